@@ -1,0 +1,129 @@
+"""The job spec: the public contract shared by `htl run`, the API and the worker.
+
+Pure pydantic (no torch), so the API can validate specs without importing the ML stack.
+Every field is optional; unknown fields are rejected.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Arch = Literal["unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    arch: Arch = "unet"
+    width: int = Field(16, ge=4, le=128, description="U-Net base width (channels of the first level)")
+
+
+class SplitSpec(_Strict):
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    group_column: str | None = Field(
+        None, description="metadata column whose groups never straddle the split (HAM10000: lesion_id)"
+    )
+    seed: int = 0
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(8, ge=1, le=1000)
+    batch_size: int = Field(16, ge=2, le=1024)
+    lr: float = Field(3e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    augment: bool = True
+    seed: int = 0
+
+
+class PruneSpec(_Strict):
+    sparsities: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
+    finetune_epochs: int = Field(0, ge=0, le=100)
+
+    @field_validator("sparsities")
+    @classmethod
+    def _check_sparsities(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("sparsities must name at least one sparsity")
+        for s in value:
+            if not 0.0 < s < 1.0:
+                raise ValueError(f"sparsity {s} is outside (0, 1)")
+        if len(set(value)) != len(value):
+            raise ValueError("sparsities must not repeat")
+        return sorted(value)
+
+
+class HtlSpec(_Strict):
+    top_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "HtlSpec":
+        if self.top_fraction is not None and self.threshold is not None:
+            raise ValueError("give either top_fraction or threshold, not both")
+        if self.top_fraction is None and self.threshold is None:
+            self.top_fraction = 0.1
+        return self
+
+
+class AttentionSpec(_Strict):
+    strategy: Literal["oversample", "reweight", "both"] = "oversample"
+    factor: float = Field(3.0, ge=1.0, le=100.0)
+
+
+class SampleSpec(_Strict):
+    max_images: int | None = Field(None, ge=4, description="run on a seeded random sample of this many images")
+    seed: int = 0
+
+
+class JobSpec(_Strict):
+    setting: Literal["supervised"] = "supervised"
+    image_size: int = Field(128, ge=32, le=1024, description="images are resized to image_size x image_size")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    sample: SampleSpec = Field(default_factory=SampleSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    prune: PruneSpec = Field(default_factory=PruneSpec)
+    htl: HtlSpec = Field(default_factory=HtlSpec)
+    attention: AttentionSpec = Field(default_factory=AttentionSpec)
+    attributes: list[str] | None = Field(
+        None, description="metadata columns to analyse per subgroup; default: every usable column"
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"image_size {value} is not a multiple of 32")
+        return value
+
+
+class SpecError(ValueError):
+    """A spec that is valid on its own but does not fit the dataset it is run on."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int, n_masks: int) -> None:
+    """Reject, before any work starts, a spec that cannot run on a dataset with these properties."""
+    if spec.split.group_column is not None and spec.split.group_column not in columns:
+        raise SpecError(
+            "split.group_column",
+            f"column {spec.split.group_column!r} is not in the metadata (columns: {sorted(columns)})",
+        )
+    for name in spec.attributes or []:
+        if name not in columns:
+            raise SpecError("attributes", f"column {name!r} is not in the metadata (columns: {sorted(columns)})")
+    if n_images < 4:
+        raise SpecError("dataset", f"{n_images} images: at least 4 are needed to train and validate")
+    if spec.setting == "supervised" and n_masks < n_images:
+        raise SpecError(
+            "setting",
+            f"supervised training needs a mask for every image; {n_images - n_masks} of {n_images} have none",
+        )

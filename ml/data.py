@@ -1,0 +1,286 @@
+"""Reading a dataset directory, decoding it once into cached tensors, splitting and augmenting.
+
+Layout: images/<id>.(jpg|jpeg|png), masks/<id>_segmentation.png or masks/<id>.png (optional),
+metadata.csv (optional) with an image_id column. Masks are read by displayed grey level
+(Pillow's convert("L")), never by palette index, and binarized at > 127.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASK_THRESHOLD = 127
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    image_path: Path
+    mask_path: Path | None
+    attributes: dict[str, str]
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    records: list[ImageRecord]
+    columns: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_masks(self) -> int:
+        return sum(r.mask_path is not None for r in self.records)
+
+    def ids(self) -> list[str]:
+        return [r.image_id for r in self.records]
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def _find_mask(mask_dir: Path, image_id: str) -> Path | None:
+    for name in (f"{image_id}_segmentation.png", f"{image_id}.png"):
+        path = mask_dir / name
+        if path.is_file():
+            return path
+    return None
+
+
+def read_metadata(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Columns other than image_id, and each row's values by image id (strings, stripped)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in reader.fieldnames or []]
+        if "image_id" not in fields:
+            raise DatasetError(f"{path.name} has no image_id column (columns: {fields})")
+        rows: dict[str, dict[str, str]] = {}
+        for row in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            image_id = row.pop("image_id")
+            if image_id in rows:
+                raise DatasetError(f"{path.name} lists image {image_id!r} twice")
+            rows[image_id] = row
+    return [c for c in fields if c != "image_id"], rows
+
+
+def scan_dataset(root: str | os.PathLike) -> DatasetIndex:
+    root = Path(root)
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise DatasetError(f"{root} has no images/ folder")
+    paths: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in paths:
+            raise DatasetError(f"image id {path.stem!r} appears twice ({paths[path.stem].name}, {path.name})")
+        paths[path.stem] = path
+    if not paths:
+        raise DatasetError(f"{image_dir} holds no .jpg/.jpeg/.png images")
+
+    columns: list[str] = []
+    metadata: dict[str, dict[str, str]] = {}
+    warnings: list[str] = []
+    if (root / "metadata.csv").is_file():
+        columns, metadata = read_metadata(root / "metadata.csv")
+        unknown = sorted(set(metadata) - set(paths))
+        if unknown:
+            warnings.append(f"metadata.csv names {len(unknown)} ids with no image; ignored (e.g. {unknown[0]})")
+    mask_dir = root / "masks"
+    records = [
+        ImageRecord(
+            image_id=image_id,
+            image_path=path,
+            mask_path=_find_mask(mask_dir, image_id) if mask_dir.is_dir() else None,
+            attributes=metadata.get(image_id, {}),
+        )
+        for image_id, path in paths.items()
+    ]
+    n_without = sum(r.mask_path is None for r in records)
+    if n_without:
+        warnings.append(f"{n_without} of {len(records)} images have no mask")
+    return DatasetIndex(root=root, records=records, columns=columns, warnings=warnings)
+
+
+def sample_records(index: DatasetIndex, max_images: int | None, seed: int) -> DatasetIndex:
+    """The index restricted to a seeded random sample of max_images images (all when None or more)."""
+    if max_images is None or max_images >= len(index.records):
+        return index
+    chosen = sorted(random.Random(seed).sample(range(len(index.records)), max_images))
+    return DatasetIndex(index.root, [index.records[i] for i in chosen], index.columns, list(index.warnings))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A boolean mask at the file's own size, by displayed grey level > 127."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L")) > MASK_THRESHOLD
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(height, width) from the header, without decoding pixels."""
+    with Image.open(path) as img:
+        return img.height, img.width
+
+
+def _decode_record(record: ImageRecord, size: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    with Image.open(record.image_path) as img:
+        original = (img.height, img.width)
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the image is large
+        rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    image = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    mask = None
+    if record.mask_path is not None:
+        binary = read_mask(record.mask_path)
+        if binary.shape != original:
+            raise DatasetError(
+                f"mask of {record.image_id} is {binary.shape[1]}x{binary.shape[0]}, "
+                f"its image {original[1]}x{original[0]}"
+            )
+        small = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
+        mask = (np.asarray(small) > MASK_THRESHOLD).astype(np.uint8)[None]
+    return image, mask, original
+
+
+@dataclass
+class DecodedDataset:
+    """Every image decoded once, resized to size x size, as uint8 arrays (in memory or memory-mapped)."""
+
+    image_ids: list[str]
+    images: np.ndarray  # (N, 3, S, S) uint8
+    masks: np.ndarray  # (N, 1, S, S) uint8 in {0, 1}; zeros where has_mask is False
+    has_mask: np.ndarray  # (N,) bool
+    original_sizes: list[tuple[int, int]]  # (height, width)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices)
+        return torch.from_numpy(np.ascontiguousarray(self.images[idx])), torch.from_numpy(
+            np.ascontiguousarray(self.masks[idx])
+        )
+
+
+def _cache_key(index: DatasetIndex, size: int) -> str:
+    h = hashlib.sha256(str(size).encode())
+    for r in index.records:
+        for p in (r.image_path, r.mask_path):
+            if p is not None:
+                st = p.stat()
+                h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def decode_dataset(index: DatasetIndex, size: int, cache_dir: Path | None = None, workers: int | None = None) -> DecodedDataset:
+    """Decode every image once. With cache_dir, the arrays are kept there as .npy files and reused
+    (memory-mapped) by a later call on the same files and size."""
+    key = _cache_key(index, size)
+    if cache_dir is not None:
+        manifest_path = cache_dir / f"decoded-{size}.json"
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("key") == key:
+                return DecodedDataset(
+                    image_ids=manifest["image_ids"],
+                    images=np.load(cache_dir / f"images-{size}.npy", mmap_mode="r"),
+                    masks=np.load(cache_dir / f"masks-{size}.npy", mmap_mode="r"),
+                    has_mask=np.asarray(manifest["has_mask"], dtype=bool),
+                    original_sizes=[tuple(s) for s in manifest["original_sizes"]],
+                )
+    n = len(index.records)
+    images = np.zeros((n, 3, size, size), dtype=np.uint8)
+    masks = np.zeros((n, 1, size, size), dtype=np.uint8)
+    has_mask = np.zeros(n, dtype=bool)
+    sizes: list[tuple[int, int]] = [(0, 0)] * n
+
+    def work(i: int) -> None:
+        image, mask, original = _decode_record(index.records[i], size)
+        images[i] = image
+        if mask is not None:
+            masks[i] = mask
+            has_mask[i] = True
+        sizes[i] = original
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, range(n)))
+    decoded = DecodedDataset(index.ids(), images, masks, has_mask, sizes)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(cache_dir / f"images-{size}.npy", images)
+        np.save(cache_dir / f"masks-{size}.npy", masks)
+        manifest = {"key": key, "image_ids": decoded.image_ids, "has_mask": has_mask.tolist(), "original_sizes": sizes}
+        tmp = cache_dir / f"decoded-{size}.json.tmp"
+        tmp.write_text(json.dumps(manifest))
+        tmp.replace(cache_dir / f"decoded-{size}.json")
+    return decoded
+
+
+def split_indices(
+    index: DatasetIndex, *, val_fraction: float, group_column: str | None, seed: int
+) -> tuple[list[int], list[int]]:
+    """Seeded train/validation split. With group_column, all images of one group land on one side;
+    an image with an empty group value is a group of its own."""
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(index.records):
+        value = record.attributes.get(group_column, "") if group_column else ""
+        key = value if value else f"\0{record.image_id}"
+        groups.setdefault(key, []).append(i)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    target = max(1, round(val_fraction * len(index.records)))
+    val: list[int] = []
+    for key in keys:
+        if len(val) >= target:
+            break
+        val.extend(groups[key])
+    val_set = set(val)
+    train = [i for i in range(len(index.records)) if i not in val_set]
+    if not train or not val:
+        raise DatasetError(
+            f"the split left {len(train)} training and {len(val)} validation images; "
+            "change split.val_fraction or use more images"
+        )
+    return train, sorted(val)
+
+
+MEAN = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
+STD = torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1)
+
+
+def to_model_input(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,3,H,W) to normalized float32."""
+    x = images_u8.float().div_(255.0)
+    return (x - MEAN.to(x.device)) / STD.to(x.device)
+
+
+class PairedAugment:
+    """Flips, a small rotation and colour jitter; image and mask move together (mask: nearest)."""
+
+    def __init__(self, rotation: float = 15.0, colour: bool = True):
+        self.geometric = v2.Compose(
+            [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(rotation)]
+        )
+        self.colour = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2) if colour else v2.Identity()
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out_images = torch.empty_like(images)
+        out_masks = torch.empty_like(masks)
+        for i in range(images.shape[0]):
+            image, mask = self.geometric(tv_tensors.Image(images[i]), tv_tensors.Mask(masks[i]))
+            out_images[i] = self.colour(image)
+            out_masks[i] = mask
+        return out_images, out_masks

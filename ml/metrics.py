@@ -1,0 +1,125 @@
+"""Per-image localization metrics (the ISIC challenge's conventions: empty vs empty scores 1) and
+their aggregation overall and per subgroup of metadata attributes."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METRICS = ("dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity")
+ISIC_JACCARD_THRESHOLD = 0.65
+MISSING = {"", "unknown", "nan", "na", "n/a", "none", "null"}
+UNKNOWN = "unknown"
+MAX_CATEGORIES = 20  # a categorical column with more distinct values is an id, not a subgroup
+
+
+def _ratio(num: float, den: float) -> float:
+    return 1.0 if den == 0 else num / den
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right), inclusive, or None for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+def box_iou(truth: np.ndarray, pred: np.ndarray) -> float:
+    a, b = bounding_box(truth), bounding_box(pred)
+    if a is None or b is None:
+        return 1.0 if a is None and b is None else 0.0
+    ih = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    iw = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(ih, 0) * max(iw, 0)
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def image_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """truth and pred: boolean masks of one size."""
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in size")
+    truth = truth.astype(bool, copy=False)
+    pred = pred.astype(bool, copy=False)
+    tp = int(np.count_nonzero(truth & pred))
+    fp = int(np.count_nonzero(pred)) - tp
+    fn = int(np.count_nonzero(truth)) - tp
+    tn = truth.size - tp - fp - fn
+    jaccard = _ratio(tp, tp + fp + fn)
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "jaccard": jaccard,
+        "threshold_jaccard": jaccard if jaccard >= ISIC_JACCARD_THRESHOLD else 0.0,
+        "box_iou": box_iou(truth, pred),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+    }
+
+
+def _as_number(value: str) -> float | None:
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def subgroup_labels(column: str, values: list[str]) -> list[str]:
+    """One label per value: categorical values as they are; numeric columns in bands (age: 20-year
+    bands, others: quartiles); missing values (empty, 'unknown', ...) as 'unknown'."""
+    present = [v for v in values if v.strip().lower() not in MISSING]
+    numbers = [_as_number(v) for v in present]
+    numeric = bool(present) and all(x is not None for x in numbers) and len(set(numbers)) > 6
+    if not numeric:
+        return [v if v.strip().lower() not in MISSING else UNKNOWN for v in values]
+    if "age" in column.lower():
+        edges = list(range(0, int(max(numbers)) // 20 * 20 + 21, 20))
+    else:
+        edges = sorted(set(np.quantile(np.asarray(numbers), [0, 0.25, 0.5, 0.75, 1.0]).tolist()))
+    labels = []
+    for v in values:
+        x = _as_number(v) if v.strip().lower() not in MISSING else None
+        if x is None:
+            labels.append(UNKNOWN)
+            continue
+        i = max(0, min(int(np.searchsorted(edges, x, side="right")) - 1, len(edges) - 2))
+        last = i == len(edges) - 2
+        labels.append(f"[{_fmt(edges[i])}, {_fmt(edges[i + 1])}{']' if last else ')'}")
+    return labels
+
+
+def usable_attributes(columns: list[str], rows: list[dict[str, str]], *, exclude: set[str]) -> list[str]:
+    """Default attributes: every column except excluded ones and id-like categorical columns."""
+    chosen = []
+    for column in columns:
+        if column in exclude:
+            continue
+        values = [r.get(column, "") for r in rows]
+        labels = set(subgroup_labels(column, values))
+        if len(labels) <= MAX_CATEGORIES:
+            chosen.append(column)
+    return chosen
+
+
+def mean_metrics(per_image: list[dict[str, float]]) -> dict[str, float]:
+    return {m: float(np.mean([p[m] for p in per_image])) for m in METRICS} if per_image else {}
+
+
+def aggregate(per_image: list[dict[str, float]], groups: dict[str, list[str]]) -> dict:
+    """Overall means, and per attribute and subgroup label the count and means.
+    groups maps an attribute to one label per image, aligned with per_image."""
+    out = {"n": len(per_image), "overall": mean_metrics(per_image), "subgroups": {}}
+    for attribute, labels in groups.items():
+        by_label: dict[str, list[dict[str, float]]] = {}
+        for label, metrics in zip(labels, per_image):
+            by_label.setdefault(label, []).append(metrics)
+        out["subgroups"][attribute] = {
+            label: {"n": len(items), **mean_metrics(items)} for label, items in sorted(by_label.items())
+        }
+    return out

@@ -1,0 +1,75 @@
+"""Per-image HTL scores: how much each pruned model's binarized prediction disagrees with the dense
+model's (1 - Dice), and their mean over sparsities."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ml.data import DecodedDataset
+from ml.train import iterate_batches, predict_logits
+
+
+def binary_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample Dice of boolean (N, ...) tensors; two empty masks agree fully (1)."""
+    a = a.flatten(1).float()
+    b = b.flatten(1).float()
+    inter = (a * b).sum(1)
+    denom = a.sum(1) + b.sum(1)
+    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
+
+
+@dataclass
+class HtlScores:
+    image_indices: list[int]  # positions in the decoded dataset
+    per_sparsity: dict[float, np.ndarray]  # sparsity -> disagreement per image
+    htl_score: np.ndarray  # mean over sparsities
+
+    def ranks(self) -> np.ndarray:
+        """1 = hardest; ties broken by position so the ranking is deterministic."""
+        order = np.lexsort((np.arange(len(self.htl_score)), -self.htl_score))
+        ranks = np.empty(len(order), dtype=np.int64)
+        ranks[order] = np.arange(1, len(order) + 1)
+        return ranks
+
+
+@torch.no_grad()
+def score_disagreement(
+    dense: nn.Module,
+    pruned: dict[float, nn.Module],
+    data: DecodedDataset,
+    indices: list[int],
+    *,
+    batch_size: int = 64,
+    progress: Callable[[float], None] | None = None,
+) -> HtlScores:
+    """Runs the dense model and every pruned model on each batch, so each image is loaded once."""
+    per_sparsity = {s: np.zeros(len(indices)) for s in pruned}
+    done = 0
+    for batch in iterate_batches(indices, batch_size):
+        images, _ = data.batch(batch)
+        reference = predict_logits(dense, images) > 0
+        for s, model in pruned.items():
+            agree = binary_dice(reference, predict_logits(model, images) > 0)
+            per_sparsity[s][done : done + len(batch)] = (1 - agree).cpu().numpy()
+        done += len(batch)
+        if progress is not None:
+            progress(done / len(indices))
+    mean = np.mean(np.stack([per_sparsity[s] for s in sorted(per_sparsity)]), axis=0)
+    return HtlScores(image_indices=list(indices), per_sparsity=per_sparsity, htl_score=mean)
+
+
+def select_htl(scores: np.ndarray, *, top_fraction: float | None = None, threshold: float | None = None) -> np.ndarray:
+    """Boolean HTL membership: the top top_fraction of the ranking (at least one image), or score >= threshold."""
+    if (top_fraction is None) == (threshold is None):
+        raise ValueError("give exactly one of top_fraction and threshold")
+    if threshold is not None:
+        return scores >= threshold
+    k = max(1, int(round(top_fraction * len(scores))))
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    chosen = np.zeros(len(scores), dtype=bool)
+    chosen[order[:k]] = True
+    return chosen

@@ -1,0 +1,143 @@
+"""Training: BCE + soft Dice per sample, per-sample loss weights, optional oversampling, AdamW with a
+one-cycle or cosine schedule, channels_last, bfloat16 autocast on CUDA. Seeded and deterministic on CPU."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml.data import DecodedDataset, PairedAugment, to_model_input
+
+# fraction of this fit done, latest batch loss
+StepProgress = Callable[[float, float], None]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"
+    augment: bool = True
+    seed: int = 0
+
+
+def per_sample_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """BCE (mean over pixels) + soft Dice loss, one value per sample."""
+    target = masks.float()
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    prob = torch.sigmoid(logits).flatten(1)
+    flat = target.flatten(1)
+    dice = (2 * (prob * flat).sum(1) + eps) / (prob.sum(1) + flat.sum(1) + eps)
+    return bce + (1 - dice)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prepare_for_device(model: nn.Module, device: str | torch.device) -> nn.Module:
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
+def model_input(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = to_model_input(images_u8.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _draws(n: int, steps: int, batch_size: int, sampling_weights: np.ndarray | None, g: torch.Generator) -> Iterator[torch.Tensor]:
+    """Positions into the training list for each step. Uniform: a fresh permutation per epoch.
+    Weighted: draws with replacement in proportion to sampling_weights, the same number of steps."""
+    if sampling_weights is None:
+        order = torch.randperm(n, generator=g)
+        for s in range(steps):
+            yield order[s * batch_size : (s + 1) * batch_size]
+        return
+    probs = torch.as_tensor(sampling_weights, dtype=torch.float64)
+    picks = torch.multinomial(probs, steps * batch_size, replacement=True, generator=g)
+    for s in range(steps):
+        yield picks[s * batch_size : (s + 1) * batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    # drop the ragged last batch (a batch of one breaks BatchNorm); never fewer than one step
+    return max(1, n // batch_size)
+
+
+def fit(
+    model: nn.Module,
+    data: DecodedDataset,
+    indices: list[int],
+    cfg: FitConfig,
+    *,
+    loss_weights: np.ndarray | None = None,
+    sampling_weights: np.ndarray | None = None,
+    progress: StepProgress | None = None,
+) -> list[float]:
+    """Train in place on data[indices]; loss_weights and sampling_weights align with indices.
+    Returns the mean training loss of each epoch."""
+    device = device_of(model)
+    positions = np.asarray(indices)
+    n = len(positions)
+    batch_size = min(cfg.batch_size, n)
+    steps = steps_per_epoch(n, batch_size)
+    total = steps * cfg.epochs
+    weights = torch.ones(n) if loss_weights is None else torch.as_tensor(loss_weights, dtype=torch.float32)
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + 1)  # augmentation and dropout draw from the global generator
+    augment = PairedAugment() if cfg.augment else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+
+    model.train()
+    epoch_losses = []
+    done = 0
+    for _ in range(cfg.epochs):
+        running = 0.0
+        for pick in _draws(n, steps, batch_size, sampling_weights, g):
+            images, masks = data.batch(positions[pick.numpy()])
+            if augment is not None:
+                images, masks = augment(images, masks)
+            w = weights[pick].to(device)
+            with autocast(device):
+                logits = model(model_input(images, device))
+            losses = per_sample_loss(logits, masks.to(device))
+            loss = (losses * w).sum() / w.sum().clamp_min(1e-8)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item()
+            done += 1
+            if progress is not None:
+                progress(done / total, loss.item())
+        epoch_losses.append(running / steps)
+    model.eval()
+    return epoch_losses
+
+
+def iterate_batches(indices: list[int], batch_size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), batch_size):
+        yield list(indices[start : start + batch_size])
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images_u8: torch.Tensor) -> torch.Tensor:
+    device = device_of(model)
+    with autocast(device):
+        return model(model_input(images_u8, device)).float()

@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobspec import JobSpec
+from ml.checkpoints import load_checkpoint
+from ml.pipeline import Run, RunDirError, run_pipeline
+from ml.synthetic import make_dataset
+
+SPEC = {
+    "image_size": 32,
+    "model": {"width": 8},
+    "train": {"epochs": 6, "batch_size": 16},
+    "split": {"group_column": "lesion_id", "val_fraction": 0.2},
+    "prune": {"sparsities": [0.3, 0.5, 0.7, 0.9]},
+    "htl": {"top_fraction": 0.1},
+}
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """One uninterrupted run on data with a planted hard minority (site=rare, 15%)."""
+    root = tmp_path_factory.mktemp("planted")
+    data = make_dataset(root / "data", n=240, size=32, hard_fraction=0.15, seed=0)
+    out = root / "out"
+    metrics = run_pipeline(data, JobSpec.model_validate(SPEC), out, device="cpu")
+    return data, out, metrics
+
+
+def _scores(out):
+    return json.loads((out / "scores.json").read_text())
+
+
+def test_htl_set_is_enriched_for_the_planted_hard_minority(planted):
+    _, out, _ = planted
+    items = _scores(out)
+    base = np.mean([i["attributes"]["site"] == "rare" for i in items])
+    htl = [i for i in items if i["is_htl"]]
+    rate = np.mean([i["attributes"]["site"] == "rare" for i in htl])
+    assert len(htl) == round(0.1 * len(items))
+    assert rate >= 3 * base, (rate, base)
+
+
+def test_scores_json_lists_every_training_image_by_rank(planted):
+    _, out, _ = planted
+    items = _scores(out)
+    assert [i["rank"] for i in items] == list(range(1, len(items) + 1))
+    assert all(a["htl_score"] >= b["htl_score"] for a, b in zip(items, items[1:]))
+    first = items[0]
+    assert set(first) == {"image_id", "htl_score", "is_htl", "rank", "per_sparsity", "attributes"}
+    assert set(first["per_sparsity"]) == {"0.3", "0.5", "0.7", "0.9"}
+    assert first["htl_score"] == pytest.approx(np.mean(list(first["per_sparsity"].values())))
+    assert set(first["attributes"]) == {"lesion_id", "site", "sex", "age"}
+
+
+def test_metrics_cover_every_model_overall_and_per_subgroup(planted):
+    _, out, metrics = planted
+    assert set(metrics["models"]) == {"dense", "attended", "pruned@0.3", "pruned@0.5", "pruned@0.7", "pruned@0.9"}
+    dense = metrics["models"]["dense"]
+    assert dense["n"] == metrics["scored_images"] == len(dense["per_image"]) == metrics["validation_images"]
+    assert dense["overall"]["dice"] > 0.8
+    assert set(dense["subgroups"]) == {"site", "sex", "age"}  # lesion_id is the group column
+    assert set(dense["subgroups"]["site"]) == {"common", "rare"}
+    assert dense["subgroups"]["site"]["rare"]["dice"] < dense["subgroups"]["site"]["common"]["dice"]
+    assert metrics["pruning"]["0.9"]["achieved"] == pytest.approx(0.9, abs=1e-3)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_predictions_are_written_at_original_size_and_rescore_to_the_reported_metrics(planted):
+    data, out, metrics = planted
+    from ml.data import read_mask
+    from ml.metrics import image_metrics
+
+    first = metrics["models"]["attended"]["per_image"][0]
+    pred_path = out / "predictions" / "attended" / f"{first['image_id']}.png"
+    with Image.open(pred_path) as img:
+        pred = np.asarray(img)
+    assert set(np.unique(pred)) <= {0, 255}
+    truth = read_mask(data / "masks" / f"{first['image_id']}_segmentation.png")
+    assert pred.shape == truth.shape
+    assert image_metrics(truth, pred > 127) == {k: v for k, v in first.items() if k != "image_id"}
+
+
+def test_checkpoints_rebuild_from_the_file_alone(planted):
+    _, out, _ = planted
+    model, meta = load_checkpoint(out / "checkpoints" / "pruned@0.5.safetensors")
+    assert meta["architecture"] == {"arch": "unet", "width": 8}
+    assert meta["spec"]["prune"]["sparsities"] == [0.3, 0.5, 0.7, 0.9]
+    assert meta["sparsity"] == 0.5 and abs(meta["achieved_sparsity"] - 0.5) < 1e-3
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {
+        "dense.safetensors", "attended.safetensors", *(f"pruned@{s}.safetensors" for s in ("0.3", "0.5", "0.7", "0.9"))
+    }
+
+
+def test_spec_json_has_every_default_filled_in(planted):
+    _, out, _ = planted
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["attention"] == {"strategy": "oversample", "factor": 3.0}
+    assert spec["train"]["lr"] == JobSpec().train.lr and spec["image_size"] == 32
+
+
+def test_resume_after_an_interrupted_stage_gives_the_same_results(planted, tmp_path):
+    data, out, metrics = planted
+
+    def interrupt_while_scoring(p):
+        if p.stage == "score" and p.stage_fraction >= 0.5:
+            raise Interrupt()
+
+    spec = JobSpec.model_validate(SPEC)
+    with pytest.raises(Interrupt):
+        Run(data, spec, tmp_path / "run", device="cpu", progress=interrupt_while_scoring).run()
+    assert (tmp_path / "run" / "state" / "prune.json").is_file()
+    assert not (tmp_path / "run" / "scores.json").exists()
+    stages = []
+    resumed = Run(data, spec, tmp_path / "run", device="cpu", progress=lambda p: stages.append(p.stage)).run()
+    assert stages[0] == "dense" and stages[1] == "prune" and "dense" not in stages[2:]  # finished ones skipped
+    assert _scores(tmp_path / "run") == _scores(out)
+    assert resumed == metrics
+
+
+def test_an_output_folder_of_another_spec_is_refused(planted, tmp_path):
+    data, out, _ = planted
+    other = JobSpec.model_validate({**SPEC, "train": {"epochs": 1}})
+    with pytest.raises(RunDirError, match="another spec"):
+        Run(data, other, out, device="cpu")

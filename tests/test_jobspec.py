@@ -1,0 +1,54 @@
+import pytest
+from pydantic import ValidationError
+
+from jobspec import JobSpec, SpecError, check_spec_fits_dataset
+
+
+def _error_fields(raw) -> list[str]:
+    with pytest.raises(ValidationError) as e:
+        JobSpec.model_validate(raw)
+    return [".".join(str(p) for p in err["loc"]) for err in e.value.errors()]
+
+
+def test_every_field_is_optional():
+    spec = JobSpec.model_validate({})
+    assert spec.model.arch == "unet" and spec.prune.sparsities == [0.3, 0.5, 0.7, 0.9]
+    assert spec.htl.top_fraction == 0.1 and spec.htl.threshold is None
+
+
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ({"epochs": 3}, "epochs"),
+        ({"train": {"epochs": 3, "momentum": 0.9}}, "train.momentum"),
+        ({"prune": {"sparsities": [0.5, 1.0]}}, "prune.sparsities"),
+        ({"prune": {"sparsities": [0.0]}}, "prune.sparsities"),
+        ({"prune": {"sparsities": []}}, "prune.sparsities"),
+        ({"model": {"arch": "vit"}}, "model.arch"),
+        ({"image_size": 100}, "image_size"),
+        ({"htl": {"top_fraction": 0.1, "threshold": 0.5}}, "htl"),
+        ({"attention": {"strategy": "ignore"}}, "attention.strategy"),
+    ],
+)
+def test_a_bad_spec_is_rejected_naming_the_field(raw, field):
+    assert field in _error_fields(raw)
+
+
+def test_sparsity_error_says_what_is_wrong():
+    with pytest.raises(ValidationError, match=r"sparsity 1.0 is outside \(0, 1\)"):
+        JobSpec.model_validate({"prune": {"sparsities": [0.5, 1.0]}})
+
+
+def test_a_group_column_missing_from_the_metadata_is_rejected():
+    spec = JobSpec.model_validate({"split": {"group_column": "lesion_id"}})
+    with pytest.raises(SpecError) as e:
+        check_spec_fits_dataset(spec, columns=["sex", "age"], n_images=10, n_masks=10)
+    assert e.value.field == "split.group_column" and "lesion_id" in str(e.value)
+    check_spec_fits_dataset(spec, columns=["lesion_id"], n_images=10, n_masks=10)
+
+
+def test_unknown_attributes_and_missing_masks_are_rejected():
+    with pytest.raises(SpecError, match="attributes: column 'site'"):
+        check_spec_fits_dataset(JobSpec(attributes=["site"]), columns=["sex"], n_images=10, n_masks=10)
+    with pytest.raises(SpecError, match="3 of 10 have none"):
+        check_spec_fits_dataset(JobSpec(), columns=[], n_images=10, n_masks=7)
