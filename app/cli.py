@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from jobspec import JobSpec, SpecError
+from contract.jobspec import JobSpec, SpecError
+from contract.layout import LayoutError
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -36,7 +37,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     from tqdm import tqdm
 
-    from ml.data import DatasetError
     from ml.pipeline import Progress, Run, RunDirError
 
     bar = tqdm(total=1000, mininterval=0.5, bar_format="{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for warning in run.index.warnings:
             tqdm.write(f"warning: {warning}")
         metrics = run.run()
-    except (SpecError, DatasetError, RunDirError) as e:
+    except (SpecError, LayoutError, RunDirError) as e:
         bar.close()
         print(f"htl: {e}", file=sys.stderr)
         return 2
@@ -76,6 +76,110 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace):
+    import os
+
+    if getattr(args, "data_dir_opt", None):
+        os.environ["HTL_DATA_DIR"] = str(Path(args.data_dir_opt).resolve())
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    upgrade(settings.resolved_database_url, args.revision)
+    print(f"database at {_redacted(settings.resolved_database_url)} is at revision {args.revision}")
+    return 0
+
+
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    from app.db.migrate import downgrade
+
+    settings = _settings(args)
+    downgrade(settings.resolved_database_url, args.revision)
+    print(f"database at {_redacted(settings.resolved_database_url)} is at revision {args.revision}")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from app.db import queries
+    from app.db.session import make_engine, make_sessionmaker
+
+    settings = _settings(args)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            owner, key = queries.create_api_key(session=session, owner_name=args.owner)
+            session.commit()
+    finally:
+        engine.dispose()
+    print(key)
+    print(f"(a new API key for owner {owner.name!r}; it is shown only now, store it)", file=sys.stderr)
+    return 0
+
+
+def _worker_command(settings) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
+        "-Q", "htl", "-n", "htl@%h", "--loglevel=INFO",
+    ]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    os.execv(sys.executable, _worker_command(settings))
+    return 0  # not reached
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The API plus a local Celery worker, started and stopped together."""
+    import os
+    import signal
+    import subprocess
+
+    import uvicorn
+
+    from app.db.migrate import upgrade
+    from app.main import create_app
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    upgrade(settings.resolved_database_url)
+    env = dict(os.environ, HTL_DATA_DIR=str(settings.data_dir.resolve()))
+    worker = None if args.no_worker else subprocess.Popen(_worker_command(settings), env=env)
+    print(f"htl serve: API on http://{args.host}:{args.port}, data in {settings.data_dir.resolve()}, "
+          f"database {_redacted(settings.resolved_database_url)}, broker {settings.resolved_broker_url}"
+          + ("" if worker is None else f", worker pid {worker.pid}"), file=sys.stderr, flush=True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turned into SystemExit, it reaches the
+    # finally below, so the worker is stopped with the API instead of being left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()  # a job it was running is taken up again when the worker next starts
+                worker.wait()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="htl", description="htl-miner: find hard-to-learn images by pruning")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +196,33 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--hard-fraction", type=float, default=0.15)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_synth)
+
+    def data_dir_option(p):
+        p.add_argument("--data-dir", dest="data_dir_opt", help="service data folder (default: $HTL_DATA_DIR or ./htl-data)")
+
+    serve = sub.add_parser("serve", help="run the API and a local worker (embedded: SQLite, local files, local broker)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="API only (run workers with `htl worker`)")
+    data_dir_option(serve)
+    serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="run a Celery worker alone (one job at a time)")
+    data_dir_option(worker)
+    worker.set_defaults(func=cmd_worker)
+    db = sub.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
+    up = db.add_parser("upgrade", help="migrate the database to the newest schema")
+    up.add_argument("revision", nargs="?", default="head")
+    data_dir_option(up)
+    up.set_defaults(func=cmd_db_upgrade)
+    down = db.add_parser("downgrade", help="migrate the database down (default: to an empty schema)")
+    down.add_argument("revision", nargs="?", default="base")
+    data_dir_option(down)
+    down.set_defaults(func=cmd_db_downgrade)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="print a new API key for an owner (created if new)")
+    create.add_argument("--owner", required=True)
+    data_dir_option(create)
+    create.set_defaults(func=cmd_keys_create)
     return parser
 
 

@@ -6,7 +6,6 @@ metadata.csv (optional) with an image_id column. Masks are read by displayed gre
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -21,8 +20,8 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MASK_THRESHOLD = 127
+from contract.layout import IMAGE_SUFFIXES, MASK_THRESHOLD, METADATA_FILE, LayoutError, find_mask, read_mask, read_metadata
+
 
 
 @dataclass(frozen=True)
@@ -48,55 +47,28 @@ class DatasetIndex:
         return [r.image_id for r in self.records]
 
 
-class DatasetError(ValueError):
-    pass
-
-
-def _find_mask(mask_dir: Path, image_id: str) -> Path | None:
-    for name in (f"{image_id}_segmentation.png", f"{image_id}.png"):
-        path = mask_dir / name
-        if path.is_file():
-            return path
-    return None
-
-
-def read_metadata(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """Columns other than image_id, and each row's values by image id (strings, stripped)."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip() for c in reader.fieldnames or []]
-        if "image_id" not in fields:
-            raise DatasetError(f"{path.name} has no image_id column (columns: {fields})")
-        rows: dict[str, dict[str, str]] = {}
-        for row in reader:
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            image_id = row.pop("image_id")
-            if image_id in rows:
-                raise DatasetError(f"{path.name} lists image {image_id!r} twice")
-            rows[image_id] = row
-    return [c for c in fields if c != "image_id"], rows
 
 
 def scan_dataset(root: str | os.PathLike) -> DatasetIndex:
     root = Path(root)
     image_dir = root / "images"
     if not image_dir.is_dir():
-        raise DatasetError(f"{root} has no images/ folder")
+        raise LayoutError(f"{root} has no images/ folder")
     paths: dict[str, Path] = {}
     for path in sorted(image_dir.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
             continue
         if path.stem in paths:
-            raise DatasetError(f"image id {path.stem!r} appears twice ({paths[path.stem].name}, {path.name})")
+            raise LayoutError(f"image id {path.stem!r} appears twice ({paths[path.stem].name}, {path.name})")
         paths[path.stem] = path
     if not paths:
-        raise DatasetError(f"{image_dir} holds no .jpg/.jpeg/.png images")
+        raise LayoutError(f"{image_dir} holds no .jpg/.jpeg/.png images")
 
     columns: list[str] = []
     metadata: dict[str, dict[str, str]] = {}
     warnings: list[str] = []
-    if (root / "metadata.csv").is_file():
-        columns, metadata = read_metadata(root / "metadata.csv")
+    if (root / METADATA_FILE).is_file():
+        columns, metadata = read_metadata(root / METADATA_FILE)
         unknown = sorted(set(metadata) - set(paths))
         if unknown:
             warnings.append(f"metadata.csv names {len(unknown)} ids with no image; ignored (e.g. {unknown[0]})")
@@ -105,7 +77,7 @@ def scan_dataset(root: str | os.PathLike) -> DatasetIndex:
         ImageRecord(
             image_id=image_id,
             image_path=path,
-            mask_path=_find_mask(mask_dir, image_id) if mask_dir.is_dir() else None,
+            mask_path=find_mask(mask_dir, image_id) if mask_dir.is_dir() else None,
             attributes=metadata.get(image_id, {}),
         )
         for image_id, path in paths.items()
@@ -124,12 +96,6 @@ def sample_records(index: DatasetIndex, max_images: int | None, seed: int) -> Da
     return DatasetIndex(index.root, [index.records[i] for i in chosen], index.columns, list(index.warnings))
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A boolean mask at the file's own size, by displayed grey level > 127."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("L")) > MASK_THRESHOLD
-
-
 def image_size_of(path: Path) -> tuple[int, int]:
     """(height, width) from the header, without decoding pixels."""
     with Image.open(path) as img:
@@ -146,7 +112,7 @@ def _decode_record(record: ImageRecord, size: int) -> tuple[np.ndarray, np.ndarr
     if record.mask_path is not None:
         binary = read_mask(record.mask_path)
         if binary.shape != original:
-            raise DatasetError(
+            raise LayoutError(
                 f"mask of {record.image_id} is {binary.shape[1]}x{binary.shape[0]}, "
                 f"its image {original[1]}x{original[0]}"
             )
@@ -250,7 +216,7 @@ def split_indices(
     val_set = set(val)
     train = [i for i in range(len(index.records)) if i not in val_set]
     if not train or not val:
-        raise DatasetError(
+        raise LayoutError(
             f"the split left {len(train)} training and {len(val)} validation images; "
             "change split.val_fraction or use more images"
         )

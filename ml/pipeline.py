@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from jobspec import JobSpec, check_spec_fits_dataset
+from contract.jobspec import JobSpec, check_spec_fits_dataset
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import (
     DatasetIndex,

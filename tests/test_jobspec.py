@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from jobspec import JobSpec, SpecError, check_spec_fits_dataset
+from contract.jobspec import JobSpec, SpecError, check_spec_fits_dataset
 
 
 def _error_fields(raw) -> list[str]:

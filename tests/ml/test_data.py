@@ -5,7 +5,7 @@ from PIL import Image
 
 from ml import data as data_mod
 from ml.data import (
-    DatasetError,
+    LayoutError,
     PairedAugment,
     decode_dataset,
     read_mask,
@@ -91,14 +91,14 @@ def test_mask_of_another_size_is_rejected(tmp_path):
     (root / "masks").mkdir()
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(root / "images" / "a.png")
     Image.fromarray(np.zeros((21, 20), dtype=np.uint8)).save(root / "masks" / "a.png")
-    with pytest.raises(DatasetError, match="mask of a is 20x21"):
+    with pytest.raises(LayoutError, match="mask of a is 20x21"):
         decode_dataset(scan_dataset(root), 32)
 
 
 def test_metadata_needs_an_image_id_column(tmp_path):
     root = make_dataset(tmp_path / "d", n=4, size=32)
     (root / "metadata.csv").write_text("id,sex\nSYN_00000,male\n")
-    with pytest.raises(DatasetError, match="no image_id column"):
+    with pytest.raises(LayoutError, match="no image_id column"):
         scan_dataset(root)
 
 

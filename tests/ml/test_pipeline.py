@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobspec import JobSpec
+from contract.jobspec import JobSpec
 from ml.checkpoints import load_checkpoint
 from ml.pipeline import Run, RunDirError, run_pipeline
 from ml.synthetic import make_dataset

@@ -1,0 +1,148 @@
+"""Jobs: submit, list, get, cancel; and what a finished job produced: scores, metrics, checkpoints."""
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from app.api.deps import CurrentOwner, SessionDep
+from app.db import queries
+from app.db.models import FINISHED, Job
+from app.errors import Conflict, InvalidInput, NotFound, Unavailable
+from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from app.queue import enqueue_job
+from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut
+from contract.jobspec import SpecError, check_spec_fits_dataset
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _job_or_404(session, owner, job_id: uuid.UUID) -> Job:
+    job = queries.get_job(session=session, owner_id=owner.id, job_id=job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
+    job = _job_or_404(session, owner, job_id)
+    if job.status != "succeeded":
+        raise Conflict(f"job {job_id} is {job.status}; its results are available once it has succeeded")
+    return job
+
+
+@router.post("", status_code=202, response_model=JobOut)
+def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: SessionDep) -> JobOut:
+    dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=body.dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {body.dataset_id} not found")
+    try:
+        check_spec_fits_dataset(body.spec, columns=dataset.attributes, n_images=dataset.n_images, n_masks=dataset.n_masks)
+    except SpecError as e:
+        raise InvalidInput(f"spec.{e.field}: {e.message}") from e
+    job = queries.create_job(session=session, owner_id=owner.id, dataset_id=dataset.id, spec=body.spec.model_dump(mode="json"))
+    session.commit()
+    try:
+        enqueue_job(request.app.state.celery, job.id)
+    except Unavailable as e:
+        queries.finish_job(session=session, job_id=job.id, status="failed", error=e.detail, from_status="queued")
+        session.commit()
+        raise
+    return JobOut.model_validate(job)
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(
+    owner: CurrentOwner, session: SessionDep, status: Status | None = None, dataset_id: uuid.UUID | None = None,
+    limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
+):
+    rows, after = queries.list_jobs(
+        session=session, owner_id=owner.id, limit=limit, after=decode_cursor(cursor, keys=("created_at", "id")),
+        status=status, dataset_id=dataset_id,
+    )
+    return Page(items=[JobOut.model_validate(r) for r in rows], next_cursor=encode_cursor(after) if after else None)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> JobOut:
+    return JobOut.model_validate(_job_or_404(session, owner, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+def cancel_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> JobOut:
+    job = _job_or_404(session, owner, job_id)
+    if job.status in FINISHED:
+        raise Conflict(f"job {job_id} is already {job.status}")
+    queries.request_cancel(session=session, job=job)
+    session.commit()
+    session.refresh(job)
+    return JobOut.model_validate(job)
+
+
+@router.get("/{job_id}/scores", response_model=Page[ScoreOut])
+def job_scores(
+    job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep, htl_only: bool = False,
+    limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
+):
+    """Per training image, hardest first (rank 1)."""
+    _succeeded_job(session, owner, job_id)
+    after = decode_cursor(cursor, keys=("rank",))
+    if after is not None and not isinstance(after["rank"], int):
+        raise InvalidInput("cursor is not one this API issued")
+    rows = queries.list_scores(session=session, job_id=job_id, htl_only=htl_only, limit=limit, after_rank=after and after["rank"])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        ScoreOut(image_id=r.image_id, htl_score=r.htl_score, is_htl=r.is_htl, rank=r.rank, per_sparsity=r.per_sparsity, attributes=r.attributes)
+        for r in rows
+    ]
+    return Page(items=items, next_cursor=encode_cursor({"rank": rows[-1].rank}) if more else None)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut)
+def job_metrics(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> MetricsOut:
+    """Per model (dense, attended, pruned@S): overall means and per attribute and subgroup, with counts."""
+    _succeeded_job(session, owner, job_id)
+    models: dict[str, dict] = {}
+    for m in queries.job_metrics(session=session, job_id=job_id):
+        entry = models.setdefault(m.model, {"n": 0, "overall": {}, "subgroups": {}})
+        if m.attribute is None:
+            entry["overall"][m.metric] = m.value
+            entry["n"] = m.n
+        else:
+            group = entry["subgroups"].setdefault(m.attribute, {}).setdefault(m.subgroup, {"n": m.n})
+            group[m.metric] = m.value
+    return MetricsOut(job_id=job_id, split="validation", models=models)
+
+
+@router.get("/{job_id}/checkpoints", response_model=Page[CheckpointOut])
+def job_checkpoints(
+    job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep,
+    limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
+):
+    _succeeded_job(session, owner, job_id)
+    after = decode_cursor(cursor, keys=("name",))
+    rows = queries.list_checkpoints(session=session, job_id=job_id, limit=limit, after_name=after and str(after["name"]))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(items=[CheckpointOut.model_validate(r) for r in rows], next_cursor=encode_cursor({"name": rows[-1].name}) if more else None)
+
+
+@router.get("/{job_id}/checkpoints/{name}")
+def download_checkpoint(job_id: uuid.UUID, name: str, request: Request, owner: CurrentOwner, session: SessionDep):
+    """The safetensors file, streamed, with Content-Length, its sha256 in X-Checksum-SHA256 and as the ETag."""
+    _succeeded_job(session, owner, job_id)
+    checkpoint = queries.get_checkpoint(session=session, job_id=job_id, name=name)
+    if checkpoint is None:
+        raise NotFound(f"job {job_id} has no checkpoint {name!r}")
+    etag = f'"{checkpoint.sha256}"'
+    headers = {"ETag": etag, "X-Checksum-SHA256": checkpoint.sha256, "Cache-Control": "private, max-age=0"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    store = request.app.state.store
+    headers["Content-Length"] = str(checkpoint.size_bytes)
+    headers["Content-Disposition"] = f'attachment; filename="{checkpoint.name}.safetensors"'
+    return StreamingResponse(store.iter_chunks(checkpoint.storage_key), media_type="application/octet-stream", headers=headers)

@@ -1,0 +1,118 @@
+"""Tables: owners and their API keys, datasets and their images, jobs and what a job produced
+(per-image scores, metrics, checkpoints)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, CreatedAt, UUIDPrimaryKey
+
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class Owner(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "owners"
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class ApiKey(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "api_keys"
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key
+    prefix: Mapped[str] = mapped_column(String(16))  # shown to tell keys apart; not enough to use one
+    revoked_at: Mapped[datetime | None]
+
+
+class Dataset(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_owner_created", "owner_id", "created_at"),)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    storage_key: Mapped[str] = mapped_column(String(400))
+    n_images: Mapped[int]
+    n_masks: Mapped[int]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    attributes: Mapped[list]
+    warnings: Mapped[list]
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("dataset_id", "image_id"),)
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    image_id: Mapped[str] = mapped_column(String(200))
+    has_mask: Mapped[bool]
+    width: Mapped[int]
+    height: Mapped[int]
+    attributes: Mapped[dict]
+
+
+class Job(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner_id", "created_at"),
+        Index("ix_jobs_owner_status_created", "owner_id", "status", "created_at"),
+        Index("ix_jobs_dataset", "dataset_id"),
+    )
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    spec: Mapped[dict]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    stage: Mapped[str | None] = mapped_column(String(16))
+    progress: Mapped[float] = mapped_column(default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(default=0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
+
+
+class Score(Base):
+    __tablename__ = "scores"
+    __table_args__ = (
+        UniqueConstraint("job_id", "image_id"),
+        Index("ix_scores_job_htl_rank", "job_id", "is_htl", "rank"),
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[str] = mapped_column(String(200))
+    htl_score: Mapped[float]
+    is_htl: Mapped[bool]
+    per_sparsity: Mapped[dict]
+    attributes: Mapped[dict]
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_job_model", "job_id", "model"),)
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(40))
+    split: Mapped[str] = mapped_column(String(20))
+    attribute: Mapped[str | None] = mapped_column(String(200))  # None: over all images of the split
+    subgroup: Mapped[str | None] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(40))
+    value: Mapped[float]
+    n: Mapped[int]
+
+
+class Checkpoint(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(60))
+    storage_key: Mapped[str] = mapped_column(String(400))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sparsity: Mapped[float | None]
+    format: Mapped[str] = mapped_column(String(20), default="safetensors")

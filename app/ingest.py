@@ -1,0 +1,325 @@
+"""Archive validation and unpacking: the only code that touches uploaded bytes.
+
+Nothing in an archive is trusted: member paths (absolute, '..', backslashes), member types (links,
+devices), declared sizes (bytes are counted while extracting), compression ratios, file counts and
+image dimensions (read from the header and checked before any pixel is decoded). A rejected archive
+raises an ApiError (422, 413 or 415) naming the problem, and its staging folder is removed."""
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterator
+
+from PIL import Image
+
+from contract.layout import IMAGE_SUFFIXES, METADATA_FILE, LayoutError, mask_image_id, read_metadata
+from app.errors import InvalidInput, TooLarge, UnsupportedMediaType
+
+CHUNK = 1024 * 1024
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+RATIO_GRACE_BYTES = 1024 * 1024  # tiny archives compress well; judge the ratio past this much output
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_files: int
+    max_uncompressed_bytes: int
+    max_compression_ratio: float
+    max_image_pixels: int
+
+
+@dataclass
+class ImageInfo:
+    image_id: str
+    filename: str
+    mask_filename: str | None
+    width: int
+    height: int
+    attributes: dict[str, str]
+
+
+@dataclass
+class IngestResult:
+    images: list[ImageInfo]
+    columns: list[str]
+    warnings: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+
+    @property
+    def n_masks(self) -> int:
+        return sum(i.mask_filename is not None for i in self.images)
+
+
+def _clean_member_path(name: str) -> PurePosixPath:
+    if "\\" in name or "\0" in name:
+        raise InvalidInput(f"archive member {name!r} has a backslash or NUL in its path")
+    path = PurePosixPath(name)
+    if path.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        raise InvalidInput(f"archive member {name!r} has an absolute path")
+    parts = [p for p in path.parts if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidInput(f"archive member {name!r} escapes the archive with '..'")
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+class _CountingReader:
+    """Decompressed bytes of a gzip stream, refused once the total or the ratio is over the limit."""
+
+    def __init__(self, raw: BinaryIO, compressed_size: int, limits: Limits):
+        self.inner = gzip.GzipFile(fileobj=raw, mode="rb")
+        self.compressed_size = max(compressed_size, 1)
+        self.limits = limits
+        self.total = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.total += len(data)
+        if self.total > self.limits.max_uncompressed_bytes:
+            raise TooLarge(f"archive unpacks to more than {self.limits.max_uncompressed_bytes} bytes")
+        if self.total > RATIO_GRACE_BYTES and self.total / self.compressed_size > self.limits.max_compression_ratio:
+            raise TooLarge(
+                f"archive compression ratio is over {self.limits.max_compression_ratio:g}: refused as a possible decompression bomb"
+            )
+        return data
+
+
+@dataclass
+class _Member:
+    path: PurePosixPath
+    size: int
+    open: Callable[[], BinaryIO]
+
+
+def _zip_members(archive: Path, limits: Limits) -> Iterator[_Member]:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as e:
+        raise InvalidInput(f"the zip archive is corrupt: {e}") from e
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > limits.max_files:
+            raise TooLarge(f"archive holds {len(infos)} entries, over the limit of {limits.max_files}")
+        declared = 0
+        for info in infos:
+            _clean_member_path(info.filename)  # refuses unsafe paths before anything is written
+            mode = (info.external_attr >> 16) & 0o170000
+            if mode == 0o120000:
+                raise InvalidInput(f"archive member {info.filename!r} is a link; links are not accepted")
+            if mode not in (0, 0o100000, 0o040000):
+                raise InvalidInput(f"archive member {info.filename!r} is not a regular file")
+            if info.flag_bits & 0x1:
+                raise InvalidInput(f"archive member {info.filename!r} is encrypted")
+            declared += info.file_size
+            if info.file_size > RATIO_GRACE_BYTES and info.file_size / max(info.compress_size, 1) > limits.max_compression_ratio:
+                raise TooLarge(
+                    f"archive member {info.filename!r} has a compression ratio over {limits.max_compression_ratio:g}: "
+                    "refused as a possible decompression bomb"
+                )
+        if declared > limits.max_uncompressed_bytes:
+            raise TooLarge(f"archive unpacks to {declared} bytes, over the limit of {limits.max_uncompressed_bytes}")
+        for info in infos:
+            if info.is_dir():
+                continue
+            yield _Member(_clean_member_path(info.filename), info.file_size, lambda info=info: zf.open(info))
+
+
+def _tar_members(archive: Path, limits: Limits) -> Iterator[_Member]:
+    with archive.open("rb") as raw:
+        reader = _CountingReader(raw, archive.stat().st_size, limits)
+        try:
+            tf = tarfile.open(fileobj=reader, mode="r|")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise InvalidInput(f"the tar.gz archive is corrupt: {e}") from e
+        count = 0
+        try:
+            for info in tf:
+                count += 1
+                if count > limits.max_files:
+                    raise TooLarge(f"archive holds more than {limits.max_files} entries")
+                path = _clean_member_path(info.name)
+                if info.issym() or info.islnk():
+                    raise InvalidInput(f"archive member {info.name!r} is a link; links are not accepted")
+                if info.isdir():
+                    continue
+                if not info.isreg():
+                    raise InvalidInput(f"archive member {info.name!r} is not a regular file")
+                yield _Member(path, info.size, lambda info=info: tf.extractfile(info))
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise InvalidInput(f"the tar.gz archive is corrupt: {e}") from e
+
+
+def _archive_kind(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head.startswith(b"\x1f\x8b"):
+        return "tar.gz"
+    raise UnsupportedMediaType("the upload is neither a zip nor a tar.gz archive")
+
+
+def _copy_counted(src: BinaryIO, dst: Path, declared: int, budget: list[int], name: str) -> int:
+    written = 0
+    with dst.open("wb") as out:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            budget[0] -= len(chunk)
+            if written > declared:
+                raise InvalidInput(f"archive member {name!r} holds more bytes than its header declares")
+            if budget[0] < 0:
+                raise TooLarge("archive unpacks to more bytes than the limit")
+            out.write(chunk)
+    return written
+
+
+def _target(path: PurePosixPath) -> tuple[str, str] | None:
+    """('images'|'masks'|'metadata', file name) for a member the layout uses, else None."""
+    parts = path.parts
+    if len(parts) == 1 and parts[0] == METADATA_FILE:
+        return "metadata", METADATA_FILE
+    if len(parts) == 2 and parts[0] == "images" and parts[1].lower().endswith(IMAGE_SUFFIXES):
+        return "images", parts[1]
+    if len(parts) == 2 and parts[0] == "masks" and parts[1].lower().endswith(".png"):
+        return "masks", parts[1]
+    return None
+
+
+def unpack(archive: Path, dest: Path, limits: Limits) -> list[str]:
+    """Extract the members the layout uses into dest/images, dest/masks, dest/metadata.csv.
+    Returns warnings about ignored members."""
+    kind = _archive_kind(archive)
+    members = _zip_members(archive, limits) if kind == "zip" else _tar_members(archive, limits)
+    budget = [limits.max_uncompressed_bytes]
+    ignored: list[str] = []
+    # a tar.gz is read in one pass, so a wrapping folder ("mydata/images/...") is recognised on
+    # the first file; members under it lose that folder, others are taken as they are
+    root: str | None = None
+    seen: set[str] = set()
+    for k, member in enumerate(members):
+        parts = member.path.parts
+        if k == 0 and len(parts) > 1 and parts[0] not in ("images", "masks"):
+            root = parts[0]
+        if root is not None and len(parts) > 1 and parts[0] == root:
+            parts = parts[1:]
+        relative = PurePosixPath(*parts)
+        target = _target(relative)
+        if target is None or relative.name in IGNORED_NAMES:
+            ignored.append(str(member.path))
+            continue
+        folder, name = target
+        key = f"{folder}/{name}"
+        if key in seen:
+            raise InvalidInput(f"archive holds {key} twice")
+        seen.add(key)
+        out = dest / name if folder == "metadata" else dest / folder / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with member.open() as src:
+            _copy_counted(src, out, member.size, budget, str(member.path))
+    warnings = []
+    if ignored:
+        warnings.append(f"{len(ignored)} archive members are not part of the layout and were ignored (e.g. {ignored[0]})")
+    return warnings
+
+
+def _image_header(path: Path, limits: Limits, what: str) -> tuple[int, int, str]:
+    try:
+        with Image.open(path) as img:
+            width, height, fmt = img.width, img.height, img.format
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the upload's fault
+        raise InvalidInput(f"{what} is not a readable image: {e}") from e
+    if width * height > limits.max_image_pixels:
+        raise InvalidInput(
+            f"{what} is {width}x{height} = {width * height} pixels, over the limit of {limits.max_image_pixels}"
+        )
+    return width, height, fmt
+
+
+def _decode_fully(path: Path, what: str) -> None:
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as e:  # noqa: BLE001
+        raise InvalidInput(f"{what} does not decode: {e}") from e
+
+
+def validate_layout(root: Path, limits: Limits) -> IngestResult:
+    """Check the unpacked folder: images decode within the pixel limit, masks match their image's size,
+    ids are unique and safe, metadata.csv names only known images."""
+    warnings: list[str] = []
+    image_dir, mask_dir = root / "images", root / "masks"
+    files = sorted(image_dir.iterdir()) if image_dir.is_dir() else []
+    if not files:
+        raise InvalidInput("the archive has no images: put them in images/<image_id>.jpg|.jpeg|.png")
+    by_id: dict[str, Path] = {}
+    for path in files:
+        image_id = path.stem
+        if not SAFE_ID.match(image_id):
+            raise InvalidInput(f"images/{path.name}: an image id may hold only letters, digits, '.', '_' and '-'")
+        if image_id in by_id:
+            raise InvalidInput(f"duplicate image id {image_id!r}: images/{by_id[image_id].name} and images/{path.name}")
+        by_id[image_id] = path
+
+    masks: dict[str, Path] = {}
+    for path in sorted(mask_dir.iterdir()) if mask_dir.is_dir() else []:
+        image_id = mask_image_id(path.name)
+        if image_id not in by_id:
+            path.unlink()
+            warnings.append(f"masks/{path.name} matches no image and was dropped")
+            continue
+        if image_id in masks:
+            raise InvalidInput(f"image {image_id!r} has two masks: masks/{masks[image_id].name} and masks/{path.name}")
+        masks[image_id] = path
+
+    columns: list[str] = []
+    metadata: dict[str, dict[str, str]] = {}
+    if (root / METADATA_FILE).is_file():
+        try:
+            columns, metadata = read_metadata(root / METADATA_FILE)
+        except LayoutError as e:
+            raise InvalidInput(str(e)) from e
+        unknown = sorted(set(metadata) - set(by_id))
+        if unknown:
+            raise InvalidInput(f"metadata.csv names {len(unknown)} images that are not in images/ (e.g. {unknown[0]!r})")
+
+    images = []
+    for image_id, path in by_id.items():
+        width, height, fmt = _image_header(path, limits, f"images/{path.name}")
+        if fmt not in ("JPEG", "PNG"):
+            raise InvalidInput(f"images/{path.name} is {fmt}, not JPEG or PNG")
+        _decode_fully(path, f"images/{path.name}")
+        mask = masks.get(image_id)
+        if mask is not None:
+            mw, mh, _ = _image_header(mask, limits, f"masks/{mask.name}")
+            if (mw, mh) != (width, height):
+                raise InvalidInput(f"masks/{mask.name} is {mw}x{mh} but its image is {width}x{height}")
+            _decode_fully(mask, f"masks/{mask.name}")
+        images.append(ImageInfo(image_id, path.name, mask.name if mask else None, width, height, metadata.get(image_id, {})))
+    n_without = sum(i.mask_filename is None for i in images)
+    if n_without:
+        warnings.append(f"{n_without} of {len(images)} images have no mask")
+    if metadata:
+        missing = len(images) - len(metadata)
+        if missing:
+            warnings.append(f"{missing} images have no row in metadata.csv")
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    return IngestResult(images=images, columns=columns, warnings=warnings, size_bytes=size)
+
+
+def ingest_archive(archive: Path, staging: Path, limits: Limits) -> IngestResult:
+    """Unpack and validate into staging (which must not exist). On error staging is removed."""
+    staging.mkdir(parents=True)
+    try:
+        warnings = unpack(archive, staging, limits)
+        result = validate_layout(staging, limits)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result.warnings = warnings + result.warnings
+    return result

@@ -1,0 +1,76 @@
+"""Request and response models of the v1 API (kept apart from the tables). JobSpec is the public
+contract shared with `htl run`."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contract.jobspec import JobSpec
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    name: str
+    n_images: int
+    n_masks: int
+    size_bytes: int
+    attributes: list[str]
+    warnings: list[str]
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: uuid.UUID
+    spec: JobSpec = Field(default_factory=JobSpec)
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    dataset_id: uuid.UUID
+    status: str
+    stage: str | None
+    progress: float
+    error: str | None
+    attempt: int
+    spec: dict
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime | None
+
+
+class ScoreOut(BaseModel):
+    image_id: str
+    htl_score: float
+    is_htl: bool
+    rank: int
+    per_sparsity: dict[str, float]
+    attributes: dict[str, str]
+
+
+class CheckpointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    sha256: str
+    size_bytes: int
+    sparsity: float | None
+    format: str
+
+
+class MetricsOut(BaseModel):
+    job_id: uuid.UUID
+    split: str
+    models: dict[str, dict]

@@ -1,0 +1,74 @@
+"""One Settings object, environment prefix HTL_. The defaults are the embedded deployment: SQLite,
+artifacts and a filesystem broker under one data directory, no external server."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HTL_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(Path("htl-data"), description="embedded database, broker folders, artifacts, uploads")
+    database_url: str | None = Field(None, description="default: SQLite in data_dir")
+    broker_url: str | None = Field(None, description="default: a filesystem broker in data_dir")
+    artifact_dir: Path | None = Field(None, description="default: data_dir/artifacts")
+
+    # ingest limits: an archive is refused before anything is written past these
+    max_upload_bytes: int = 4 * 1024**3
+    max_archive_files: int = 100_000
+    max_uncompressed_bytes: int = 16 * 1024**3
+    max_compression_ratio: float = 200.0
+    max_image_pixels: int = 50_000_000
+
+    # jobs
+    job_visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job, or Redis redelivers a running one
+    job_stale_after_s: int = 300  # a running job silent this long belongs to a dead worker and may be reclaimed
+    progress_interval_s: float = 0.5
+    device: str | None = Field(None, description="cpu or cuda for workers; default: cuda when available")
+
+    @model_validator(mode="after")
+    def _safe_outside_development(self) -> "Settings":
+        if self.environment == "production":
+            if self.resolved_database_url.startswith("sqlite"):
+                raise ValueError("HTL_DATABASE_URL must name a server database (PostgreSQL) in production")
+            if self.resolved_broker_url.startswith("filesystem"):
+                raise ValueError("HTL_BROKER_URL must name a broker server (Redis) in production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'htl.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def uploads(self) -> Path:
+        return (self.data_dir / "uploads").resolve()
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.artifacts, self.uploads):
+            path.mkdir(parents=True, exist_ok=True)
+        if self.resolved_broker_url.startswith("filesystem"):
+            for sub in ("queue", "processed"):
+                (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,119 @@
+"""Pipeline throughput per stage on a HAM10000 subset, next to the bare speed of the same model on
+the same tensors (the limit: forward+backward+step for training, forward for inference).
+
+    .venv/bin/python bench/bench_pipeline.py --images 1000 --size 64 --epochs 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from contract.jobspec import JobSpec
+from ml.models import build_model
+from ml.pipeline import Progress, Run
+from ml.train import FitConfig, per_sample_loss, predict_logits, prepare_for_device, model_input
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bare_speed(decoded, indices, spec: JobSpec, device: str, seconds: float = 8.0) -> dict:
+    """Images/s of plain training steps and plain forward passes on cached tensors, no pipeline."""
+    torch.manual_seed(0)
+    model = prepare_for_device(build_model(spec.model.arch, spec.model.width), device)
+    bs = spec.train.batch_size
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images, masks = decoded.batch(indices[:bs])
+    masks = masks.to(device)
+
+    def train_step():
+        logits = model(model_input(images, torch.device(device)))
+        loss = per_sample_loss(logits, masks).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def timed(fn, batch):
+        fn()  # warm-up
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            n += batch
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return n / (time.perf_counter() - start)
+
+    model.train()
+    train = timed(train_step, bs)
+    model.eval()
+    infer_images, _ = decoded.batch(indices[:32])
+    infer = timed(lambda: predict_logits(model, infer_images), 32)
+    return {"train_images_per_s": train, "infer_images_per_s": infer}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ham10000"))
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--arch", default="unet")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    spec = JobSpec.model_validate({
+        "image_size": args.size, "sample": {"max_images": args.images},
+        "model": {"arch": args.arch}, "split": {"group_column": "lesion_id"},
+        "train": {"epochs": args.epochs}, "prune": {"sparsities": [0.3, 0.5, 0.7, 0.9]},
+    })
+    out = Path(tempfile.mkdtemp(prefix="htl-bench-"))
+    marks: dict[str, list[float]] = {}
+
+    def on_progress(p: Progress) -> None:
+        marks.setdefault(p.stage, []).append(time.perf_counter())
+
+    try:
+        t0 = time.perf_counter()
+        run = Run(args.data, spec, out, device=args.device, progress=on_progress)
+        decoded = run.decoded()
+        decode_s = time.perf_counter() - t0
+        start = time.perf_counter()
+        run.run()
+        n_train, n_val, n_sp = len(run.train_idx), len(run.val_idx), len(spec.prune.sparsities)
+        bounds, prev = {}, start
+        for stage in ("dense", "prune", "score", "attend", "evaluate"):
+            bounds[stage] = marks[stage][-1] - prev
+            prev = marks[stage][-1]
+        limit = bare_speed(decoded, run.train_idx, spec, args.device)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+    rows = {
+        "dense": (n_train * args.epochs / bounds["dense"], limit["train_images_per_s"], "train steps"),
+        "attend": (n_train * args.epochs / bounds["attend"], limit["train_images_per_s"], "train steps"),
+        "score": (n_train / bounds["score"], limit["infer_images_per_s"] / (1 + n_sp), f"1 dense + {n_sp} pruned forwards"),
+        "evaluate": (n_val / bounds["evaluate"], limit["infer_images_per_s"] / (2 + n_sp), f"{2 + n_sp} forwards + full-size masks, PNGs"),
+    }
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
+        "images": args.images, "size": args.size, "epochs": args.epochs, "arch": args.arch,
+        "decode_s": round(decode_s, 2), "decode_images_per_s": round(args.images / decode_s, 1),
+        "prune_s": round(bounds["prune"], 2),
+        "stages": {k: {"images_per_s": round(v, 1), "limit_images_per_s": round(l, 1), "ratio": round(v / l, 2), "limit_is": what}
+                   for k, (v, l, what) in rows.items()},
+    }
+    print(json.dumps(result, indent=1))
+    print(f"\n| stage | pipeline img/s | bare img/s (limit) | ratio |\n|---|---|---|---|")
+    for k, s in result["stages"].items():
+        print(f"| {k} | {s['images_per_s']} | {s['limit_images_per_s']} ({s['limit_is']}) | {s['ratio']} |")
+
+
+if __name__ == "__main__":
+    main()
