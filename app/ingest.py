@@ -232,6 +232,8 @@ def _image_header(path: Path, limits: Limits, what: str) -> tuple[int, int, str]
     try:
         with Image.open(path) as img:
             width, height, fmt = img.width, img.height, img.format
+    except Image.DecompressionBombError as e:
+        raise InvalidInput(f"{what} is over the limit of {limits.max_image_pixels} pixels ({e})") from e
     except Exception as e:  # noqa: BLE001 - any decoder failure is the upload's fault
         raise InvalidInput(f"{what} is not a readable image: {e}") from e
     if width * height > limits.max_image_pixels:

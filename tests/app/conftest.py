@@ -1,0 +1,98 @@
+"""Service fixtures: a migrated database (SQLite always; PostgreSQL when HTL_TEST_DATABASE_URL is
+set), a real broker (the filesystem broker; Redis when HTL_TEST_REDIS_URL is set), an API client."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from app.db import queries
+from app.db.migrate import upgrade
+from app.db.session import make_engine, make_sessionmaker
+from app.main import create_app
+from app.settings import Settings
+
+PG_URL = os.environ.get("HTL_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("HTL_TEST_REDIS_URL")
+NO_PG = "PostgreSQL tests need HTL_TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test); .ci/run sets it"
+NO_REDIS = "Redis tests need HTL_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/15); .ci/run sets it"
+
+
+def _fresh_postgres_database() -> tuple[str, callable]:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"htl_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop():
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request, tmp_path):
+    """A new, empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    if not PG_URL:
+        pytest.skip(NO_PG)
+    url, drop = _fresh_postgres_database()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def db_url(empty_db_url):
+    upgrade(empty_db_url)
+    return empty_db_url
+
+
+@pytest.fixture
+def settings(db_url, tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=db_url, progress_interval_s=0.1)
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def session_factory(app):
+    return app.state.sessionmaker
+
+
+def make_key(session_factory, owner: str) -> str:
+    with session_factory() as session:
+        _, key = queries.create_api_key(session=session, owner_name=owner)
+        session.commit()
+    return key
+
+
+@pytest.fixture
+def alice(session_factory) -> dict:
+    return {"Authorization": f"Bearer {make_key(session_factory, 'alice')}"}
+
+
+@pytest.fixture
+def bob(session_factory) -> dict:
+    return {"Authorization": f"Bearer {make_key(session_factory, 'bob')}"}
+
+
+def count_rows(session_factory, model) -> int:
+    with session_factory() as session:
+        return session.scalar(select(func.count()).select_from(model))

@@ -1,0 +1,55 @@
+import uuid
+
+import pytest
+
+from worker.tasks import execute_job
+
+from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
+
+
+def test_v1_routes_need_a_bearer_key(client):
+    for method, path in [("get", "/v1/datasets"), ("post", "/v1/jobs"), ("get", f"/v1/jobs/{uuid.uuid4()}")]:
+        r = getattr(client, method)(path)
+        assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+    r = client.get("/v1/datasets", headers={"Authorization": "Bearer htl_wrong"})
+    assert r.status_code == 401 and r.json()["detail"] == "the API key is not valid"
+
+
+def test_health_needs_no_key(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_keys_are_stored_hashed(client, alice, session_factory):
+    from sqlalchemy import select
+
+    from app.db.models import ApiKey
+
+    key = alice["Authorization"].split()[1]
+    with session_factory() as session:
+        stored = session.scalars(select(ApiKey.key_hash)).all()
+    assert key not in stored and all(len(h) == 64 for h in stored)
+
+
+def test_another_owners_resources_answer_404_like_missing_ones(client, alice, bob, dataset_id, settings):
+    job = submit(client, alice, dataset_id).json()
+    execute_job(uuid.UUID(job["id"]), settings=settings, worker="w")
+    missing_ds, missing_job = uuid.uuid4(), uuid.uuid4()
+    pairs = [
+        (f"/v1/datasets/{dataset_id}", f"/v1/datasets/{missing_ds}"),
+        (f"/v1/jobs/{job['id']}", f"/v1/jobs/{missing_job}"),
+        (f"/v1/jobs/{job['id']}/scores", f"/v1/jobs/{missing_job}/scores"),
+        (f"/v1/jobs/{job['id']}/metrics", f"/v1/jobs/{missing_job}/metrics"),
+        (f"/v1/jobs/{job['id']}/checkpoints", f"/v1/jobs/{missing_job}/checkpoints"),
+        (f"/v1/jobs/{job['id']}/checkpoints/dense", f"/v1/jobs/{missing_job}/checkpoints/dense"),
+    ]
+    for theirs, missing in pairs:
+        assert client.get(theirs, headers=alice).status_code == 200, theirs
+        a, b = client.get(theirs, headers=bob), client.get(missing, headers=bob)
+        assert a.status_code == b.status_code == 404
+        assert a.json()["detail"].replace(job["id"], "X").replace(dataset_id, "X") == b.json()["detail"].replace(str(missing_job), "X").replace(str(missing_ds), "X")
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob).status_code == 404
+    assert submit(client, bob, dataset_id).status_code == 404
+    assert client.get("/v1/datasets", headers=bob).json()["items"] == []
+    assert client.get("/v1/jobs", headers=bob).json()["items"] == []

@@ -1,0 +1,120 @@
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from app.db.models import Dataset, Image
+
+from .archives import dataset_files, make_targz, make_zip, png_bytes, png_claiming_size
+from .conftest import count_rows
+
+
+def upload(client, headers, data: bytes, name="ds", filename="ds.zip"):
+    return client.post("/v1/datasets", headers=headers, files={"file": (filename, data)}, data={"name": name})
+
+
+def assert_nothing_left(app, session_factory):
+    settings = app.state.settings
+    assert count_rows(session_factory, Dataset) == 0
+    assert count_rows(session_factory, Image) == 0
+    assert not any(settings.artifacts.rglob("*")), list(settings.artifacts.rglob("*"))
+    assert not any(settings.uploads.iterdir()), list(settings.uploads.iterdir())
+
+
+@pytest.mark.parametrize("pack", [make_zip, make_targz])
+def test_upload_reports_counts_attributes_and_warnings(client, alice, session_factory, tmp_path, pack):
+    files = dataset_files(tmp_path, n=12)
+    del files["masks/SYN_00003_segmentation.png"]
+    files["__MACOSX/._x"] = b"junk"
+    r = upload(client, alice, pack({f"mydata/{k}": v for k, v in files.items()}), name="skin")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["name"] == "skin" and body["n_images"] == 12 and body["n_masks"] == 11
+    assert body["attributes"] == ["lesion_id", "site", "sex", "age"]
+    assert any("1 of 12 images have no mask" in w for w in body["warnings"])
+    assert any("ignored" in w for w in body["warnings"])
+    assert count_rows(session_factory, Image) == 12
+    stored = client.app.state.store.path(f"datasets/{body['id']}")
+    assert len(list((stored / "images").iterdir())) == 12 and (stored / "metadata.csv").is_file()
+    assert client.get(f"/v1/datasets/{body['id']}", headers=alice).json() == body
+
+
+def test_datasets_list_paginates_newest_first(client, alice, tmp_path):
+    data = make_zip(dataset_files(tmp_path, n=4))
+    ids = [upload(client, alice, data, name=f"d{i}").json()["id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        r = client.get("/v1/datasets", headers=alice, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [d["id"] for d in r["items"]]
+        cursor = r["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+
+
+def _bad_archives(tmp_path):
+    good = dataset_files(tmp_path, n=4)
+    bomb = png_claiming_size(100_000, 100_000)  # 10 Gpx claimed in a 100-byte file
+    wrong_mask = dict(good)
+    wrong_mask["masks/SYN_00001_segmentation.png"] = png_bytes(np.zeros((31, 32), dtype=np.uint8))
+    yield "path escaping the archive", make_zip({**good, "../evil.txt": b"x"}), 422, "escapes the archive"
+    yield "absolute path", make_targz({**good, "/etc/evil": b"x"}), 422, "absolute path"
+    yield "tar symlink", make_targz(good, symlinks={"images/link.jpg": "/etc/passwd"}), 422, "is a link"
+    yield "tar hard link", make_targz(good, hardlinks={"images/hard.png": "images/SYN_00000.png"}), 422, "is a link"
+    yield "zip symlink", make_zip(good, symlinks={"images/link.png": "/etc/passwd"}), 422, "is a link"
+    yield "not an archive", b"hello, not an archive at all", 415, "neither a zip nor a tar.gz"
+    yield "image that does not decode", make_zip({**good, "images/SYN_00002.png": b"\x89PNG\r\n\x1a\n garbage"}), 422, "SYN_00002.png"
+    yield "decompression bomb image", make_zip({**good, "images/BIG.png": bomb}), 422, "BIG.png is over the limit of 50000000 pixels"
+    yield "image over the pixel limit", make_zip({**good, "images/WIDE.png": png_claiming_size(10_000, 6_000)}), 422, "WIDE.png is 10000x6000 = 60000000 pixels, over the limit"
+    yield "mask of another size", make_zip(wrong_mask), 422, "is 32x31 but its image is 32x32"
+    yield "duplicate image ids", make_zip({**good, "images/SYN_00000.jpg": good["images/SYN_00000.png"]}), 422, "duplicate image id"
+    yield "metadata without image_id", make_zip({**good, "metadata.csv": b"id,sex\nSYN_00000,male\n"}), 422, "no image_id column"
+    unknown = good["metadata.csv"] + b"GHOST,LES_9,common,male,30\n"
+    yield "metadata naming unknown images", make_zip({**good, "metadata.csv": unknown}), 422, "not in images/"
+    yield "no images", make_zip({"metadata.csv": good["metadata.csv"]}), 422, "has no images"
+
+
+@pytest.mark.parametrize("case", range(14))
+def test_each_bad_archive_is_rejected_and_leaves_nothing(client, alice, session_factory, tmp_path, case):
+    name, data, status, message = list(_bad_archives(tmp_path))[case]
+    r = upload(client, alice, data)
+    assert r.status_code == status, (name, r.text)
+    assert message in r.json()["detail"], (name, r.json())
+    assert_nothing_left(client.app, session_factory)
+
+
+def test_limits_on_size_count_and_ratio(app, settings, alice, session_factory, tmp_path):
+    from fastapi.testclient import TestClient
+
+    good = dataset_files(tmp_path, n=4)
+    zero_bomb = io.BytesIO()
+    with zipfile.ZipFile(zero_bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images/x.txt", b"\0" * (40 * 1024 * 1024))
+    cases = [
+        ({"max_upload_bytes": 2000}, make_zip(good), 413, "over the limit of 2000 bytes"),
+        ({"max_archive_files": 5}, make_zip(good), 413, "over the limit of 5"),
+        ({"max_archive_files": 5}, make_targz(good), 413, "more than 5 entries"),
+        ({"max_uncompressed_bytes": 4000}, make_zip(good), 413, "over the limit of 4000"),
+        ({"max_uncompressed_bytes": 4000}, make_targz(good), 413, "more than 4000 bytes"),
+        ({}, zero_bomb.getvalue(), 413, "compression ratio"),
+        ({}, make_targz({**good, "images/zeros.png": b"\0" * (40 * 1024 * 1024)}), 413, "compression ratio"),
+    ]
+    for overrides, data, status, message in cases:
+        for key, value in overrides.items():
+            setattr(settings, key, value)
+        with TestClient(app) as client:
+            r = upload(client, alice, data)
+        assert r.status_code == status, (overrides, r.text)
+        assert message in r.json()["detail"], (overrides, r.json())
+        assert_nothing_left(app, session_factory)
+        for key in overrides:
+            setattr(settings, key, type(settings).model_fields[key].default)
+
+
+def test_upload_needs_a_file_field(client, alice, session_factory):
+    r = client.post("/v1/datasets", headers=alice, data={"name": "x"}, files={"other": ("a", b"b")})
+    assert r.status_code == 422 and "'file' field" in r.json()["detail"]
+    r = client.post("/v1/datasets", headers=alice, json={"name": "x"})
+    assert r.status_code == 415
+    assert_nothing_left(client.app, session_factory)

@@ -1,0 +1,174 @@
+import hashlib
+import uuid
+
+import pytest
+
+from app.db.models import Checkpoint, Job, Metric, Score
+from worker.tasks import execute_job
+
+from .archives import dataset_files, make_zip
+from .conftest import count_rows
+
+TINY = {"image_size": 32, "model": {"width": 4}, "split": {"group_column": "lesion_id"}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5, 0.9]}}
+
+
+@pytest.fixture
+def dataset_id(client, alice, tmp_path):
+    files = dataset_files(tmp_path, n=40)
+    r = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "d"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def submit(client, headers, dataset_id, spec=TINY):
+    return client.post("/v1/jobs", headers=headers, json={"dataset_id": dataset_id, "spec": spec})
+
+
+@pytest.fixture
+def finished_job(client, alice, dataset_id, settings):
+    job = submit(client, alice, dataset_id).json()
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="test-worker") == "succeeded"
+    return job["id"]
+
+
+def test_submit_answers_202_with_a_queued_job(client, alice, dataset_id):
+    r = submit(client, alice, dataset_id)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["progress"] == 0 and job["stage"] is None
+    assert job["spec"]["prune"]["sparsities"] == [0.5, 0.9] and job["spec"]["htl"]["top_fraction"] == 0.1
+    assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"prune": {"sparsities": [0.5, 1.2]}}, ["body", "spec", "prune", "sparsities"]),
+        ({"trian": {}}, ["body", "spec", "trian"]),
+        ({"prune": {"sparsities": []}}, ["body", "spec", "prune", "sparsities"]),
+    ],
+)
+def test_a_bad_spec_is_422_naming_the_field(client, alice, dataset_id, session_factory, spec, field):
+    r = submit(client, alice, dataset_id, spec)
+    assert r.status_code == 422
+    assert any(e["loc"] == field for e in r.json()["detail"]), r.json()
+    assert count_rows(session_factory, Job) == 0
+
+
+def test_a_spec_that_does_not_fit_the_dataset_is_422(client, alice, dataset_id, session_factory):
+    r = submit(client, alice, dataset_id, {"split": {"group_column": "patient"}})
+    assert r.status_code == 422 and "spec.split.group_column" in r.json()["detail"] and "patient" in r.json()["detail"]
+    r = submit(client, alice, dataset_id, {"attributes": ["skin_type"]})
+    assert r.status_code == 422 and "skin_type" in r.json()["detail"]
+    assert count_rows(session_factory, Job) == 0
+
+
+def test_a_supervised_job_needs_masks(client, alice, tmp_path):
+    files = {k: v for k, v in dataset_files(tmp_path, n=8).items() if not k.startswith("masks/SYN_0000")}
+    ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}).json()
+    r = submit(client, alice, ds["id"])
+    assert r.status_code == 422 and "needs a mask for every image" in r.json()["detail"]
+
+
+def test_unknown_dataset_is_404(client, alice):
+    r = submit(client, alice, str(uuid.uuid4()))
+    assert r.status_code == 404
+
+
+def test_jobs_list_filters_and_paginates(client, alice, dataset_id):
+    ids = [submit(client, alice, dataset_id).json()["id"] for _ in range(5)]
+    client.post(f"/v1/jobs/{ids[0]}/cancel", headers=alice)
+    pages, cursor = [], None
+    while True:
+        r = client.get("/v1/jobs", headers=alice, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        pages.append([j["id"] for j in r["items"]])
+        cursor = r["next_cursor"]
+        if not cursor:
+            break
+    assert [len(p) for p in pages] == [2, 2, 1] and sum(pages, []) == ids[::-1]
+    queued = client.get("/v1/jobs", headers=alice, params={"status": "queued"}).json()["items"]
+    assert {j["id"] for j in queued} == set(ids[1:])
+    cancelled = client.get("/v1/jobs", headers=alice, params={"status": "cancelled", "dataset_id": dataset_id}).json()["items"]
+    assert [j["id"] for j in cancelled] == [ids[0]]
+    assert client.get("/v1/jobs", headers=alice, params={"status": "lost"}).status_code == 422
+    assert client.get("/v1/jobs", headers=alice, params={"cursor": "not-a-cursor"}).status_code == 422
+
+
+def test_cancelling_a_queued_job_is_immediate_and_its_delivery_then_does_nothing(client, alice, dataset_id, settings):
+    job = submit(client, alice, dataset_id).json()
+    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "skipped"
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice).status_code == 409
+
+
+def test_results_wait_for_success(client, alice, dataset_id):
+    job = submit(client, alice, dataset_id).json()
+    for path in ("scores", "metrics", "checkpoints", "checkpoints/dense"):
+        r = client.get(f"/v1/jobs/{job['id']}/{path}", headers=alice)
+        assert r.status_code == 409 and "queued" in r.json()["detail"]
+
+
+def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
+    pages, cursor = [], None
+    while True:
+        r = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"limit": 7, **({"cursor": cursor} if cursor else {})})
+        body = r.json()
+        pages.append(body["items"])
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    items = sum(pages, [])
+    assert [i["rank"] for i in items] == list(range(1, 33))  # 40 images, 8 validation
+    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "per_sparsity", "attributes"}
+    assert set(items[0]["per_sparsity"]) == {"0.5", "0.9"} and "site" in items[0]["attributes"]
+    htl = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"htl_only": True}).json()["items"]
+    assert htl == [i for i in items if i["is_htl"]] and len(htl) == 3
+
+
+def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finished_job):
+    body = client.get(f"/v1/jobs/{finished_job}/metrics", headers=alice).json()
+    assert set(body["models"]) == {"dense", "attended", "pruned@0.5", "pruned@0.9"}
+    dense = body["models"]["dense"]
+    assert dense["n"] == 8 and set(dense["overall"]) == {"dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity"}
+    assert set(dense["subgroups"]) == {"site", "sex", "age"}
+    assert sum(g["n"] for g in dense["subgroups"]["sex"].values()) == 8
+
+
+def test_checkpoints_list_and_download_with_checksum(client, alice, finished_job):
+    listing = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice).json()["items"]
+    assert [c["name"] for c in listing] == ["attended", "dense", "pruned@0.5", "pruned@0.9"]
+    assert [c["sparsity"] for c in listing] == [None, None, 0.5, 0.9]
+    first = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice, params={"limit": 3}).json()
+    rest = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice, params={"cursor": first["next_cursor"]}).json()
+    assert [c["name"] for c in first["items"] + rest["items"]] == [c["name"] for c in listing]
+    meta = listing[2]
+    r = client.get(f"/v1/jobs/{finished_job}/checkpoints/pruned@0.5", headers=alice)
+    assert r.status_code == 200
+    assert int(r.headers["content-length"]) == meta["size_bytes"] == len(r.content)
+    assert r.headers["x-checksum-sha256"] == meta["sha256"] == hashlib.sha256(r.content).hexdigest()
+    assert r.headers["etag"] == f'"{meta["sha256"]}"'
+    again = client.get(f"/v1/jobs/{finished_job}/checkpoints/pruned@0.5", headers={**alice, "If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert client.get(f"/v1/jobs/{finished_job}/checkpoints/nope", headers=alice).status_code == 404
+
+
+def test_a_second_run_of_a_finished_job_writes_nothing(client, alice, finished_job, settings, session_factory):
+    counts = [count_rows(session_factory, m) for m in (Score, Metric, Checkpoint)]
+    before = client.get(f"/v1/jobs/{finished_job}", headers=alice).json()
+    assert execute_job(uuid.UUID(finished_job), settings=settings, worker="another") == "skipped"
+    assert [count_rows(session_factory, m) for m in (Score, Metric, Checkpoint)] == counts
+    assert client.get(f"/v1/jobs/{finished_job}", headers=alice).json() == before
+    assert before["status"] == "succeeded" and before["progress"] == 1 and before["attempt"] == 1
+
+
+def test_a_failing_job_stores_a_readable_error(client, alice, dataset_id, settings):
+    job = submit(client, alice, dataset_id).json()
+    store = client.app.state.store
+    dataset_dir = store.path(f"datasets/{dataset_id}")
+    for mask in (dataset_dir / "masks").iterdir():
+        mask.write_bytes(b"corrupted")
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "failed"
+    failed = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
+    assert failed["status"] == "failed" and failed["finished_at"] is not None
+    assert "cannot identify image file" in failed["error"]
