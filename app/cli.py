@@ -117,6 +117,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from app.db.session import make_engine, make_sessionmaker
 
     settings = _settings(args)
+    settings.ensure_dirs()
     engine = make_engine(settings.resolved_database_url)
     try:
         with make_sessionmaker(engine)() as session:
