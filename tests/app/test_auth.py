@@ -53,3 +53,23 @@ def test_another_owners_resources_answer_404_like_missing_ones(client, alice, bo
     assert submit(client, bob, dataset_id).status_code == 404
     assert client.get("/v1/datasets", headers=bob).json()["items"] == []
     assert client.get("/v1/jobs", headers=bob).json()["items"] == []
+
+
+def test_readyz_checks_a_redis_broker_and_says_when_it_is_down(db_url, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    from .conftest import NO_REDIS, REDIS_URL
+
+    if not REDIS_URL:
+        pytest.skip(NO_REDIS)
+    up = create_app(Settings(data_dir=tmp_path / "a", database_url=db_url, broker_url=REDIS_URL))
+    with TestClient(up) as client:
+        assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+    down = create_app(Settings(data_dir=tmp_path / "b", database_url=db_url, broker_url="redis://127.0.0.1:1/0"))
+    with TestClient(down) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"]["database"] == "ok" and r.json()["checks"]["broker"].startswith("unavailable")

@@ -131,3 +131,17 @@ def test_sample_records_is_a_seeded_subset(tmp_path):
     assert len(a.records) == 10 and a.ids() == sorted(a.ids())
     assert a.ids() == sample_records(index, 10, seed=0).ids() != sample_records(index, 10, seed=1).ids()
     assert sample_records(index, None, seed=0) is index and sample_records(index, 99, seed=0) is index
+
+
+def test_full_resolution_isic_images_are_resized_with_their_masks(shared_data):
+    from ml.data import DatasetIndex, ImageRecord
+
+    root = shared_data / "isic2017-val"
+    ids = ["ISIC_0014217"] + sorted(p.stem for p in (root / "images").glob("*.jpg"))[:2]  # the 4288x2848 one first
+    records = [ImageRecord(i, root / "images" / f"{i}.jpg", root / "masks" / f"{i}_segmentation.png", {}) for i in ids]
+    decoded = decode_dataset(DatasetIndex(root, records, []), 64)
+    assert decoded.original_sizes[0] == (2848, 4288)
+    for k, record in enumerate(records):
+        full = read_mask(record.mask_path)
+        assert decoded.original_sizes[k] == full.shape
+        assert abs(decoded.masks[k].mean() - full.mean()) < 0.03  # the lesion keeps its share of the frame
