@@ -39,7 +39,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from ml.pipeline import Progress, Run, RunDirError
 
-    bar = tqdm(total=1000, mininterval=0.5, bar_format="{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+    # in a log file (not a terminal) a redraw every half second would flood it
+    bar = tqdm(total=1000, mininterval=0.5 if sys.stderr.isatty() else 30, bar_format="{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def on_progress(p: Progress) -> None:
         bar.set_description_str(p.stage)
@@ -63,8 +64,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, m in metrics["models"].items():
         o = m["overall"]
         print(f"{name:<14}{o['dice']:8.4f}{o['jaccard']:9.4f}{o['threshold_jaccard']:9.4f}{o['box_iou']:9.4f}")
-    print(f"attended - dense dice: {attended['dice'] - dense['dice']:+.4f}")
-    print(f"outputs in {args.out}: scores.json metrics.json predictions/ checkpoints/ spec.json")
+    comparison = metrics["attended_vs_dense"]
+    ci = comparison["overall_ci95"]["dice"]
+    interval = f" (95% interval over {len(metrics['seeds'])} seeds: {ci[0]:+.4f} to {ci[1]:+.4f})" if ci else ""
+    print(f"attended - dense dice: {attended['dice'] - dense['dice']:+.4f}{interval}")
+    if comparison["single_seed"]:
+        print(f"note: {comparison['note']}")
+    print(f"outputs in {args.out}: scores.json metrics.json subgroups.json predictions/ checkpoints/ spec.json")
     return 0
 
 

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Arch = Literal["unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50"]
+Scorer = Literal["pruning", "loss", "el2n", "forgetting", "dynamic_dice", "mc_dropout"]
 
 
 class _Strict(BaseModel):
@@ -37,6 +38,25 @@ class TrainSpec(_Strict):
     schedule: Literal["onecycle", "cosine"] = "onecycle"
     augment: bool = True
     seed: int = 0
+    seeds: list[int] | None = Field(
+        None, description="train dense and attended once per seed; HTL scores average over the dense seeds"
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("seeds must name at least one seed (or be left out to use seed)")
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must not repeat")
+        if len(value) > 10:
+            raise ValueError("at most 10 seeds")
+        return value
+
+    def seed_list(self) -> list[int]:
+        return self.seeds if self.seeds is not None else [self.seed]
 
 
 class PruneSpec(_Strict):
@@ -92,6 +112,17 @@ class JobSpec(_Strict):
     attributes: list[str] | None = Field(
         None, description="metadata columns to analyse per subgroup; default: every usable column"
     )
+    scorers: list[Scorer] = Field(
+        default_factory=lambda: ["pruning"],
+        description="hardness scores to compute per image; the HTL set always comes from 'pruning'",
+    )
+
+    @field_validator("scorers")
+    @classmethod
+    def _pruning_first(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("scorers must not repeat")
+        return ["pruning", *[v for v in value if v != "pruning"]]
 
     @field_validator("image_size")
     @classmethod

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from contract.jobspec import JobSpec, check_spec_fits_dataset
+from ml import hardness, subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import (
     DatasetIndex,
@@ -28,12 +29,13 @@ from ml.data import (
 from ml.metrics import aggregate, image_metrics, subgroup_labels, usable_attributes
 from ml.models import build_model
 from ml.prune import apply_pruning_masks, make_permanent, sparsity_report
-from ml.scoring import score_disagreement, select_htl
-from ml.train import FitConfig, fit, iterate_batches, predict_logits, prepare_for_device
+from ml.scoring import HtlScores, score_disagreement, select_htl
+from ml.train import FitConfig, TrainingRecord, fit, iterate_batches, predict_logits, prepare_for_device
 
 STAGES = ("dense", "prune", "score", "attend", "evaluate")
 FINETUNE_LR_DIVISOR = 10.0
 INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,17 @@ def sparsity_key(s: float) -> str:
 
 def checkpoint_name(model: str) -> str:
     return f"{model}.safetensors"
+
+
+def t_interval(values: list[float]) -> list[float] | None:
+    """95% t-interval of the mean over seeds; None for a single value."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None
+    mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))
+    half = float(t.ppf(0.975, len(values) - 1)) * sem
+    return [mean - half, mean + half]
 
 
 def _write_json(path: Path, payload) -> None:
@@ -91,7 +104,9 @@ class Run:
         exclude = {spec.split.group_column} if spec.split.group_column else set()
         self.attributes = spec.attributes if spec.attributes is not None else usable_attributes(self.index.columns, rows, exclude=exclude)
         self.labels = {a: subgroup_labels(a, [r.get(a, "") for r in rows]) for a in self.attributes}
+        self.seeds = spec.train.seed_list()
         self.data: DecodedDataset | None = None
+        self._property_labels: dict[str, list[str]] | None = None
         self._stage_weights = self._estimate_stage_weights()
 
     # --- bookkeeping -------------------------------------------------------------------------
@@ -117,13 +132,14 @@ class Run:
     def _estimate_stage_weights(self) -> dict[str, float]:
         n_train, n_val = len(self.train_idx), len(self.val_idx)
         n_sp = len(self.spec.prune.sparsities)
-        epochs = self.spec.train.epochs
+        epochs, n_seeds = self.spec.train.epochs, len(self.spec.train.seed_list())
+        extra = 1 + (hardness.MC_DROPOUT_SAMPLES if "mc_dropout" in self.spec.scorers else 0) + ("loss" in self.spec.scorers)
         w = {
-            "dense": epochs * n_train,
-            "prune": self.spec.prune.finetune_epochs * n_train * n_sp + 1,
-            "score": n_train * (1 + n_sp) / INFERENCE_SPEEDUP,
-            "attend": epochs * n_train,
-            "evaluate": n_val * (2 + n_sp) / INFERENCE_SPEEDUP,
+            "dense": n_seeds * epochs * n_train,
+            "prune": n_seeds * (self.spec.prune.finetune_epochs * n_train * n_sp + 1),
+            "score": n_seeds * n_train * (n_sp + extra) / INFERENCE_SPEEDUP,
+            "attend": n_seeds * epochs * n_train,
+            "evaluate": n_val * n_seeds * (2 + n_sp) / INFERENCE_SPEEDUP,
         }
         total = sum(w.values())
         return {k: v / total for k, v in w.items()}
@@ -140,18 +156,26 @@ class Run:
             self.data = decode_dataset(self.index, self.spec.image_size, cache_dir=self.out / "cache")
         return self.data
 
-    def _fit_config(self, *, epochs: int | None = None, lr: float | None = None) -> FitConfig:
+    def _fit_config(self, seed: int, *, epochs: int | None = None, lr: float | None = None) -> FitConfig:
         t = self.spec.train
         return FitConfig(
             epochs=epochs or t.epochs, batch_size=t.batch_size, lr=lr or t.lr, weight_decay=t.weight_decay,
-            schedule=t.schedule, augment=t.augment, seed=t.seed,
+            schedule=t.schedule, augment=t.augment, seed=seed,
         )
 
-    def _fresh_model(self) -> torch.nn.Module:
-        torch.manual_seed(self.spec.train.seed)
+    def _fresh_model(self, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
         return prepare_for_device(build_model(self.spec.model.arch, self.spec.model.width), self.device)
 
+    def name(self, base: str, seed: int) -> str:
+        """Model names: plain for a single-seed run (dense, pruned@0.5, attended), else suffixed -s<seed>."""
+        return base if len(self.seeds) == 1 else f"{base}-s{seed}"
+
+    def _seed_fraction(self, k: int, fraction: float) -> float:
+        return (k + fraction) / len(self.seeds)
+
     def _save(self, model: torch.nn.Module, name: str, **extra) -> None:
+        (self.out / "state").mkdir(parents=True, exist_ok=True)
         save_checkpoint(
             model, self.out / "checkpoints" / checkpoint_name(name), arch=self.spec.model.arch,
             width=self.spec.model.width, spec=self.spec_dict, extra={"model": name, **extra},
@@ -161,40 +185,91 @@ class Run:
         model, _ = load_checkpoint(self.out / "checkpoints" / checkpoint_name(name))
         return prepare_for_device(model, self.device).eval()
 
-    def model_names(self) -> list[str]:
+    def bases(self) -> list[str]:
         return ["dense", *(f"pruned@{sparsity_key(s)}" for s in self.spec.prune.sparsities), "attended"]
+
+    def model_names(self) -> list[str]:
+        return [self.name(base, seed) for seed in self.seeds for base in self.bases()]
+
+    def property_labels(self) -> dict[str, list[str]]:
+        """Image-derived properties of every image, banded over the whole dataset."""
+        if self._property_labels is None:
+            values = subgroups.image_properties(self.decoded(), list(range(len(self.index.records))))
+            self._property_labels = subgroups.band_properties(values)
+        return self._property_labels
+
+    def groups_of(self, positions: list[int]) -> dict[str, list[str]]:
+        labels = {**self.labels, **self.property_labels()}
+        return {a: [values[i] for i in positions] for a, values in labels.items()}
 
     # --- stages ------------------------------------------------------------------------------
     def stage_dense(self) -> None:
-        model = self._fresh_model()
-        losses = fit(model, self.decoded(), self.train_idx, self._fit_config(), progress=lambda f, l: self.report("dense", f, l))
-        self._save(model, "dense")
+        losses = {}
+        for k, seed in enumerate(self.seeds):
+            name = self.name("dense", seed)
+            done = self.out / "state" / f"dense-{name}.json"
+            if done.is_file():  # this seed finished before an interruption
+                losses[name] = json.loads(done.read_text())["epoch_losses"]
+                continue
+            model = self._fresh_model(seed)
+            record = TrainingRecord(len(self.train_idx), self.spec.train.epochs)
+            losses[name] = fit(model, self.decoded(), self.train_idx, self._fit_config(seed), record=record,
+                               progress=lambda f, l, k=k: self.report("dense", self._seed_fraction(k, f), l))
+            self._save(model, name, seed=seed)
+            np.savez(self.out / "state" / f"dynamics-{name}.npz", dice=record.dice, error=record.error)
+            _write_json(done, {"epoch_losses": losses[name]})
         _write_json(self._marker("dense"), {"epoch_losses": losses})
 
     def stage_prune(self) -> None:
-        dense = self.load("dense")
         reports = {}
         sparsities = self.spec.prune.sparsities
-        for k, s in enumerate(sparsities):
-            model = apply_pruning_masks(dense, s)
-            if self.spec.prune.finetune_epochs:
-                model = prepare_for_device(model, self.device)
-                cfg = self._fit_config(epochs=self.spec.prune.finetune_epochs, lr=self.spec.train.lr / FINETUNE_LR_DIVISOR)
-                fit(model, self.decoded(), self.train_idx, cfg,
-                    progress=lambda f, l, k=k: self.report("prune", (k + f) / len(sparsities), l))
-            model = make_permanent(model)
-            report = sparsity_report(model, s)
-            self._save(model, f"pruned@{sparsity_key(s)}", sparsity=s, achieved_sparsity=report.achieved)
-            reports[sparsity_key(s)] = report.as_dict()
-            self.report("prune", (k + 1) / len(sparsities))
+        steps = len(sparsities) * len(self.seeds)
+        for j, seed in enumerate(self.seeds):
+            dense = self.load(self.name("dense", seed))
+            for i, s in enumerate(sparsities):
+                k = j * len(sparsities) + i
+                model = apply_pruning_masks(dense, s)
+                if self.spec.prune.finetune_epochs:
+                    model = prepare_for_device(model, self.device)
+                    cfg = self._fit_config(seed, epochs=self.spec.prune.finetune_epochs, lr=self.spec.train.lr / FINETUNE_LR_DIVISOR)
+                    fit(model, self.decoded(), self.train_idx, cfg,
+                        progress=lambda f, l, k=k: self.report("prune", (k + f) / steps, l))
+                model = make_permanent(model)
+                report = sparsity_report(model, s)
+                name = self.name(f"pruned@{sparsity_key(s)}", seed)
+                self._save(model, name, seed=seed, sparsity=s, achieved_sparsity=report.achieved)
+                reports[name.removeprefix("pruned@")] = report.as_dict()
+                self.report("prune", (k + 1) / steps)
         _write_json(self._marker("prune"), {"reports": reports})
 
-    def stage_score(self) -> None:
-        pruned = {s: self.load(f"pruned@{sparsity_key(s)}") for s in self.spec.prune.sparsities}
-        scores = score_disagreement(
-            self.load("dense"), pruned, self.decoded(), self.train_idx,
-            batch_size=max(self.spec.train.batch_size, 32), progress=lambda f: self.report("score", f),
+    def _scores_of_seed(self, k: int, seed: int) -> tuple[dict[float, np.ndarray], dict[str, np.ndarray]]:
+        """Pruning disagreement per sparsity, and the other requested scorers, for one dense seed."""
+        dense = self.load(self.name("dense", seed))
+        pruned = {s: self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}
+        result = score_disagreement(
+            dense, pruned, self.decoded(), self.train_idx, batch_size=max(self.spec.train.batch_size, 32),
+            progress=lambda f: self.report("score", self._seed_fraction(k, 0.8 * f)),
         )
+        others: dict[str, np.ndarray] = {}
+        wanted = set(self.spec.scorers)
+        if wanted & {"el2n", "forgetting", "dynamic_dice"}:
+            dynamics = np.load(self.out / "state" / f"dynamics-{self.name('dense', seed)}.npz")
+            read_off = hardness.from_dynamics(dynamics["dice"], dynamics["error"])
+            others.update({name: values for name, values in read_off.items() if name in wanted})
+        if "loss" in wanted:
+            others["loss"] = hardness.final_loss(dense, self.decoded(), self.train_idx)
+        if "mc_dropout" in wanted:
+            others["mc_dropout"] = hardness.mc_dropout_disagreement(dense, self.decoded(), self.train_idx, seed=seed)
+        self.report("score", self._seed_fraction(k, 1.0))
+        return result.per_sparsity, others
+
+    def stage_score(self) -> None:
+        per_seed = [self._scores_of_seed(k, seed) for k, seed in enumerate(self.seeds)]
+        # as PIE averages over model populations, scores average over the dense seeds
+        per_sparsity = {s: np.mean([p[s] for p, _ in per_seed], axis=0) for s in self.spec.prune.sparsities}
+        htl_score = np.mean(np.stack([per_sparsity[s] for s in self.spec.prune.sparsities]), axis=0)
+        others = {name: np.mean([o[name] for _, o in per_seed], axis=0) for name in per_seed[0][1]}
+        scores = HtlScores(image_indices=list(self.train_idx), per_sparsity=per_sparsity, htl_score=htl_score)
         is_htl = select_htl(scores.htl_score, top_fraction=self.spec.htl.top_fraction, threshold=self.spec.htl.threshold)
         ranks = scores.ranks()
         items = []
@@ -206,11 +281,15 @@ class Run:
                 "is_htl": bool(is_htl[j]),
                 "rank": int(ranks[j]),
                 "per_sparsity": {sparsity_key(s): float(v[j]) for s, v in sorted(scores.per_sparsity.items())},
+                "scores": {name: float(values[j]) for name, values in others.items()},
                 "attributes": dict(record.attributes),
             })
         items.sort(key=lambda item: item["rank"])
+        top_fraction = self.spec.htl.top_fraction or max(float(is_htl.mean()), 1 / len(is_htl))
+        agreement = hardness.agreement({"pruning": scores.htl_score, **others}, top_fraction) if others else []
+        _write_json(self.out / "state" / "enrichment.json", subgroups.enrichment(self.groups_of(self.train_idx), is_htl))
         _write_json(self.out / "scores.json", items)
-        _write_json(self._marker("score"), {"n_scored": len(items), "n_htl": int(is_htl.sum())})
+        _write_json(self._marker("score"), {"n_scored": len(items), "n_htl": int(is_htl.sum()), "scorer_agreement": agreement})
 
     def htl_mask(self) -> np.ndarray:
         """HTL membership aligned with self.train_idx, read back from scores.json."""
@@ -227,11 +306,19 @@ class Run:
 
     def stage_attend(self) -> None:
         loss_weights, sampling_weights = self.attention_weights()
-        model = self._fresh_model()
-        losses = fit(model, self.decoded(), self.train_idx, self._fit_config(),
-                     loss_weights=loss_weights, sampling_weights=sampling_weights,
-                     progress=lambda f, l: self.report("attend", f, l))
-        self._save(model, "attended")
+        losses = {}
+        for k, seed in enumerate(self.seeds):
+            name = self.name("attended", seed)
+            done = self.out / "state" / f"attend-{name}.json"
+            if done.is_file():
+                losses[name] = json.loads(done.read_text())["epoch_losses"]
+                continue
+            model = self._fresh_model(seed)
+            losses[name] = fit(model, self.decoded(), self.train_idx, self._fit_config(seed),
+                               loss_weights=loss_weights, sampling_weights=sampling_weights,
+                               progress=lambda f, l, k=k: self.report("attend", self._seed_fraction(k, f), l))
+            self._save(model, name, seed=seed)
+            _write_json(done, {"epoch_losses": losses[name]})
         _write_json(self._marker("attend"), {"epoch_losses": losses})
 
     @torch.no_grad()
@@ -262,19 +349,48 @@ class Run:
             done += len(batch)
             self.report("evaluate", done / len(self.val_idx))
         groups = {a: [self.labels[a][i] for i in scored_positions] for a in self.attributes}
+        training_loss = {}
+        for stage in ("dense", "attend"):
+            training_loss.update(json.loads(self._marker(stage).read_text())["epoch_losses"])
         report = {
             "validation_images": len(self.val_idx),
             "scored_images": len(scored_positions),
             "attributes": self.attributes,
+            "seeds": self.seeds,
             "models": {},
             "pruning": json.loads(self._marker("prune").read_text())["reports"],
-            "training_loss": {s: json.loads(self._marker(s).read_text())["epoch_losses"] for s in ("dense", "attend")},
+            "training_loss": training_loss,
+            "scorer_agreement": json.loads(self._marker("score").read_text())["scorer_agreement"],
         }
         for name in names:
             report["models"][name] = {**aggregate(per_image[name], groups), "per_image": per_image[name]}
-        report["attended_vs_dense"] = compare(report["models"]["dense"], report["models"]["attended"])
+        if len(self.seeds) > 1:
+            for base in self.bases():
+                report["models"][base] = over_seeds([report["models"][self.name(base, s)] for s in self.seeds])
+        report["attended_vs_dense"] = compare_over_seeds(
+            [report["models"][self.name("dense", s)] for s in self.seeds],
+            [report["models"][self.name("attended", s)] for s in self.seeds],
+        )
         _write_json(self.out / "metrics.json", report)
+        self._write_subgroups(report, scored_positions)
         _write_json(self._marker("evaluate"), {"models": names})
+
+    def _write_subgroups(self, report: dict, scored_positions: list[int]) -> None:
+        """subgroups.json: HTL enrichment per training subgroup, and per validation subgroup whether
+        attention closed the gap (Dice averaged over seeds per image, bootstrap over images)."""
+        def mean_dice(base: str) -> np.ndarray:
+            return np.mean([[p["dice"] for p in report["models"][self.name(base, s)]["per_image"]] for s in self.seeds], axis=0)
+
+        gap = subgroups.gap_closing(
+            mean_dice("dense"), mean_dice("attended"), self.groups_of(scored_positions),
+            resamples=BOOTSTRAP_RESAMPLES, seed=self.spec.split.seed,
+        ) if scored_positions else None
+        _write_json(self.out / "subgroups.json", {
+            "seeds": self.seeds,
+            "single_seed": len(self.seeds) == 1,
+            "enrichment": json.loads((self.out / "state" / "enrichment.json").read_text()),
+            "gap_closing": gap,
+        })
 
     def run(self) -> dict:
         for stage in STAGES:
@@ -285,18 +401,49 @@ class Run:
         return json.loads((self.out / "metrics.json").read_text())
 
 
-def compare(dense: dict, attended: dict) -> dict:
-    """Attended minus dense, overall and per subgroup."""
+def over_seeds(entries: list[dict]) -> dict:
+    """One model trained with several seeds: means over the seeds, with a 95% t-interval overall."""
+    first = entries[0]
+    overall = {m: float(np.mean([e["overall"][m] for e in entries])) for m in first["overall"]}
+    return {
+        "n": first["n"],
+        "seeds": len(entries),
+        "overall": overall,
+        "overall_ci95": {m: t_interval([e["overall"][m] for e in entries]) for m in first["overall"]},
+        "subgroups": {
+            attr: {
+                label: {"n": stats["n"], **{m: float(np.mean([e["subgroups"][attr][label][m] for e in entries])) for m in stats if m != "n"}}
+                for label, stats in groups.items()
+            }
+            for attr, groups in first["subgroups"].items()
+        },
+    }
+
+
+def compare_over_seeds(dense: list[dict], attended: list[dict]) -> dict:
+    """Attended minus dense, overall (per seed, mean, 95% interval over seeds) and per subgroup (mean
+    over seeds). With one seed there is no interval, and the output says so."""
     def delta(a: dict, b: dict) -> dict:
         return {m: b[m] - a[m] for m in a if m != "n"}
 
-    return {
-        "overall": delta(dense["overall"], attended["overall"]),
+    per_seed = [delta(d["overall"], a["overall"]) for d, a in zip(dense, attended)]
+    out = {
+        "overall": {m: float(np.mean([p[m] for p in per_seed])) for m in per_seed[0]},
+        "overall_ci95": {m: t_interval([p[m] for p in per_seed]) for m in per_seed[0]},
+        "per_seed": per_seed,
+        "single_seed": len(per_seed) == 1,
         "subgroups": {
-            attr: {label: {"n": stats["n"], **delta(stats, attended["subgroups"][attr][label])} for label, stats in groups.items()}
-            for attr, groups in dense["subgroups"].items()
+            attr: {
+                label: {"n": stats["n"], **{m: float(np.mean([delta(d["subgroups"][attr][label], a["subgroups"][attr][label])[m]
+                                                             for d, a in zip(dense, attended)])) for m in stats if m != "n"}}
+                for label, stats in groups.items()
+            }
+            for attr, groups in dense[0]["subgroups"].items()
         },
     }
+    if out["single_seed"]:
+        out["note"] = "one seed: a difference here is not evidence of an improvement; set train.seeds for an interval"
+    return out
 
 
 def run_pipeline(data_dir, spec: JobSpec, out_dir, *, device: str | None = None, progress: ProgressFn | None = None) -> dict:

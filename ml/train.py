@@ -28,6 +28,28 @@ class FitConfig:
     seed: int = 0
 
 
+class TrainingRecord:
+    """Per training sample and epoch, what the model made of it in its training step (augmented view,
+    train mode): the Dice of its binarized prediction and the mean |p - y|. NaN where a sample was not
+    drawn that epoch. Feeds the forgetting, dynamic-Dice and EL2N scorers."""
+
+    def __init__(self, n: int, epochs: int):
+        self.dice = np.full((n, epochs), np.nan, dtype=np.float32)
+        self.error = np.full((n, epochs), np.nan, dtype=np.float32)
+
+    @torch.no_grad()
+    def add(self, positions: torch.Tensor, epoch: int, logits: torch.Tensor, masks: torch.Tensor) -> None:
+        target = masks.flatten(1).float()
+        prob = torch.sigmoid(logits.float()).flatten(1)
+        pred = (prob > 0.5).float()
+        inter = (pred * target).sum(1)
+        denom = pred.sum(1) + target.sum(1)
+        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
+        idx = positions.numpy()
+        self.dice[idx, epoch] = dice.cpu().numpy()
+        self.error[idx, epoch] = (prob - target).abs().mean(1).cpu().numpy()
+
+
 def per_sample_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """BCE (mean over pixels) + soft Dice loss, one value per sample."""
     target = masks.float()
@@ -84,9 +106,10 @@ def fit(
     loss_weights: np.ndarray | None = None,
     sampling_weights: np.ndarray | None = None,
     progress: StepProgress | None = None,
+    record: TrainingRecord | None = None,
 ) -> list[float]:
     """Train in place on data[indices]; loss_weights and sampling_weights align with indices.
-    Returns the mean training loss of each epoch."""
+    Returns the mean training loss of each epoch; with record, also fills per-sample dynamics."""
     device = device_of(model)
     positions = np.asarray(indices)
     n = len(positions)
@@ -107,7 +130,7 @@ def fit(
     model.train()
     epoch_losses = []
     done = 0
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         running = 0.0
         for pick in _draws(n, steps, batch_size, sampling_weights, g):
             images, masks = data.batch(positions[pick.numpy()])
@@ -116,8 +139,11 @@ def fit(
             w = weights[pick].to(device)
             with autocast(device):
                 logits = model(model_input(images, device))
-            losses = per_sample_loss(logits, masks.to(device))
+            masks = masks.to(device)
+            losses = per_sample_loss(logits, masks)
             loss = (losses * w).sum() / w.sum().clamp_min(1e-8)
+            if record is not None:
+                record.add(pick, epoch, logits, masks)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -53,7 +53,8 @@ def test_scores_json_lists_every_training_image_by_rank(planted):
     assert [i["rank"] for i in items] == list(range(1, len(items) + 1))
     assert all(a["htl_score"] >= b["htl_score"] for a, b in zip(items, items[1:]))
     first = items[0]
-    assert set(first) == {"image_id", "htl_score", "is_htl", "rank", "per_sparsity", "attributes"}
+    assert set(first) == {"image_id", "htl_score", "is_htl", "rank", "per_sparsity", "scores", "attributes"}
+    assert first["scores"] == {}  # no other scorer asked for
     assert set(first["per_sparsity"]) == {"0.3", "0.5", "0.7", "0.9"}
     assert first["htl_score"] == pytest.approx(np.mean(list(first["per_sparsity"].values())))
     assert set(first["attributes"]) == {"lesion_id", "site", "sex", "age"}
@@ -129,3 +130,39 @@ def test_an_output_folder_of_another_spec_is_refused(planted, tmp_path):
     other = JobSpec.model_validate({**SPEC, "train": {"epochs": 1}})
     with pytest.raises(RunDirError, match="another spec"):
         Run(data, other, out, device="cpu")
+
+
+def test_subgroups_json_finds_the_planted_minority_enriched_and_not_sex(planted):
+    _, out, _ = planted
+    report = json.loads((out / "subgroups.json").read_text())
+    rows = {(r["attribute"], r["value"]): r for r in report["enrichment"]["groups"]}
+    rare = rows[("site", "rare")]
+    assert rare["significant"] and rare["enrichment"] >= 3 and rare["enrichment_ci95"][0] > 1
+    assert not any(r["significant"] for (a, _), r in rows.items() if a == "sex")
+    assert {a for a, _ in rows} >= {"site", "sex", "age", "image:lesion_area", "image:lesion_contrast", "image:brightness"}
+    assert report["single_seed"] is True
+    gap = {(g["attribute"], g["value"]): g for g in report["gap_closing"]["subgroups"]}
+    assert gap[("site", "rare")]["n"] + gap[("site", "common")]["n"] == report["gap_closing"]["overall"]["n"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["attended_vs_dense"]["single_seed"] is True and "not evidence" in metrics["attended_vs_dense"]["note"]
+
+
+def test_several_seeds_and_scorers(tmp_path):
+    data = make_dataset(tmp_path / "data", n=60, size=32, seed=4)
+    spec = JobSpec.model_validate({
+        "image_size": 32, "model": {"width": 4}, "train": {"epochs": 2, "batch_size": 8, "seeds": [3, 5]},
+        "prune": {"sparsities": [0.5]}, "scorers": ["loss", "forgetting", "el2n", "dynamic_dice", "mc_dropout"],
+    })
+    metrics = run_pipeline(data, spec, tmp_path / "out", device="cpu")
+    names = {p.name for p in (tmp_path / "out" / "checkpoints").iterdir()}
+    assert names == {f"{m}-s{s}.safetensors" for m in ("dense", "pruned@0.5", "attended") for s in (3, 5)}
+    dense = metrics["models"]["dense"]
+    assert dense["seeds"] == 2 and dense["overall_ci95"]["dice"][0] <= dense["overall"]["dice"] <= dense["overall_ci95"]["dice"][1]
+    seeds_mean = np.mean([metrics["models"][f"dense-s{s}"]["overall"]["dice"] for s in (3, 5)])
+    assert dense["overall"]["dice"] == pytest.approx(seeds_mean)
+    cmp = metrics["attended_vs_dense"]
+    assert cmp["single_seed"] is False and len(cmp["per_seed"]) == 2 and cmp["overall_ci95"]["dice"] is not None
+    items = _scores(tmp_path / "out")
+    assert set(items[0]["scores"]) == {"loss", "forgetting", "el2n", "dynamic_dice", "mc_dropout"}
+    pairs = {(r["a"], r["b"]) for r in metrics["scorer_agreement"]}
+    assert ("pruning", "loss") in pairs and len(pairs) == 15

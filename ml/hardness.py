@@ -1,0 +1,119 @@
+"""Hardness scores other than pruning disagreement, each per training image, higher = harder:
+
+- loss: the dense model's BCE + soft-Dice loss on the (unaugmented) image after training;
+- el2n: mean |p - y| in the first fifth of training (at least the first epoch), as in EL2N scores;
+- forgetting: how often the image's training Dice fell below a threshold after having been at or
+  above it (forgetting events, counted on its training steps);
+- dynamic_dice: 1 - its training Dice averaged over the epochs ("Data-Centric Diet" for medical
+  segmentation), so an image learned late or never scores high;
+- mc_dropout: disagreement (1 - Dice) between the dense prediction and predictions with test-time
+  channel dropout on every convolution's output, averaged over samples. The models are trained
+  without dropout, so this is dropout used as a perturbation, as pruning is.
+
+And agreement between scorers: Spearman correlation of the rankings and overlap of the top sets."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+from ml.data import DecodedDataset
+from ml.models import prunable_layers
+from ml.scoring import binary_dice
+from ml.train import iterate_batches, per_sample_loss, predict_logits
+
+FORGETTING_THRESHOLD = 0.5
+EL2N_FRACTION = 0.2
+MC_DROPOUT_P = 0.1
+MC_DROPOUT_SAMPLES = 8
+
+
+def forgetting_events(dice: np.ndarray, threshold: float = FORGETTING_THRESHOLD) -> np.ndarray:
+    """dice: (n, epochs), NaN where not seen. A forgetting event is a step from learned
+    (>= threshold) to not learned, between consecutive epochs in which the image was seen."""
+    out = np.zeros(dice.shape[0])
+    for i, row in enumerate(dice):
+        seen = row[~np.isnan(row)] >= threshold
+        out[i] = np.count_nonzero(seen[:-1] & ~seen[1:])
+    return out
+
+
+def dynamic_dice(dice: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return 1.0 - np.nan_to_num(np.nanmean(dice, axis=1), nan=0.0)
+
+
+def el2n(error: np.ndarray, fraction: float = EL2N_FRACTION) -> np.ndarray:
+    early = max(1, math.ceil(fraction * error.shape[1]))
+    with np.errstate(all="ignore"):
+        return np.nan_to_num(np.nanmean(error[:, :early], axis=1), nan=1.0)
+
+
+def from_dynamics(dice: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
+    """The scorers read off a TrainingRecord's arrays (n, epochs)."""
+    return {"el2n": el2n(error), "forgetting": forgetting_events(dice), "dynamic_dice": dynamic_dice(dice)}
+
+
+@torch.no_grad()
+def final_loss(model: nn.Module, data: DecodedDataset, indices: list[int], batch_size: int = 64) -> np.ndarray:
+    out = []
+    for batch in iterate_batches(indices, batch_size):
+        images, masks = data.batch(batch)
+        logits = predict_logits(model, images)
+        out.append(per_sample_loss(logits, masks.to(logits.device)).cpu().numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def mc_dropout_disagreement(
+    model: nn.Module, data: DecodedDataset, indices: list[int], *, p: float = MC_DROPOUT_P,
+    samples: int = MC_DROPOUT_SAMPLES, seed: int = 0, batch_size: int = 64,
+) -> np.ndarray:
+    heads = {id(m) for _, m in prunable_layers(model)[-1:]}  # leave the output layer alone
+    active = {"on": False}
+
+    def drop(module, _inputs, output):
+        if active["on"] and id(module) not in heads:
+            return F.dropout2d(output, p=p, training=True)
+        return output
+
+    hooks = [m.register_forward_hook(drop) for _, m in prunable_layers(model)]
+    torch.manual_seed(seed)
+    try:
+        out = []
+        for batch in iterate_batches(indices, batch_size):
+            images, _ = data.batch(batch)
+            active["on"] = False
+            reference = predict_logits(model, images) > 0
+            active["on"] = True
+            total = torch.zeros(len(batch), device=reference.device)
+            for _ in range(samples):
+                total += 1 - binary_dice(reference, predict_logits(model, images) > 0)
+            out.append((total / samples).cpu().numpy())
+        return np.concatenate(out)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def agreement(scores: dict[str, np.ndarray], top_fraction: float) -> list[dict]:
+    """Per pair of scorers: Spearman correlation of the scores and the overlap |A & B| / k of their
+    top-k sets, k = top_fraction of the images (at least one)."""
+    names = list(scores)
+    n = len(next(iter(scores.values())))
+    k = max(1, int(round(top_fraction * n)))
+    tops = {name: set(np.lexsort((np.arange(n), -scores[name]))[:k].tolist()) for name in names}
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            rho = spearmanr(scores[a], scores[b]).statistic if n > 2 else float("nan")
+            rows.append({
+                "a": a, "b": b,
+                "spearman": None if not np.isfinite(rho) else float(rho),
+                "top_overlap": len(tops[a] & tops[b]) / k, "top_k": k,
+            })
+    return rows
