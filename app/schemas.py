@@ -58,6 +58,7 @@ class ScoreOut(BaseModel):
     is_htl: bool
     rank: int
     per_sparsity: dict[str, float]
+    scores: dict[str, float] = Field(default_factory=dict, description="other hardness scorers the spec asked for")
     attributes: dict[str, str]
 
 
@@ -73,4 +74,16 @@ class CheckpointOut(BaseModel):
 class MetricsOut(BaseModel):
     job_id: uuid.UUID
     split: str
+    seeds: list[int]
     models: dict[str, dict]
+    attended_vs_dense: dict
+    scorer_agreement: list[dict]
+    pruning: dict
+
+
+class SubgroupsOut(BaseModel):
+    job_id: uuid.UUID
+    seeds: list[int]
+    single_seed: bool
+    enrichment: dict
+    gap_closing: dict | None

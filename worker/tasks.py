@@ -62,8 +62,8 @@ def _metric_rows(metrics: dict) -> list[dict]:
 def _checkpoint_rows(out: Path, job_id: uuid.UUID) -> list[dict]:
     rows = []
     for path in sorted((out / "checkpoints").glob("*.safetensors")):
-        name = path.name[: -len(".safetensors")]
-        sparsity = float(name.split("@", 1)[1]) if name.startswith("pruned@") else None
+        name = path.name[: -len(".safetensors")]  # dense, pruned@0.5, attended; with several seeds: ...-s<seed>
+        sparsity = float(name.removeprefix("pruned@").split("-s")[0]) if name.startswith("pruned@") else None
         rows.append({
             "name": name, "storage_key": f"jobs/{job_id}/run/checkpoints/{path.name}", "sha256": sha256_of(path),
             "size_bytes": path.stat().st_size, "sparsity": sparsity, "format": "safetensors",
@@ -106,11 +106,17 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         Run(data_dir, JobSpec.model_validate(spec_raw), out, device=settings.device, progress=on_progress).run()
         scores = json.loads((out / "scores.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
+        summary = {k: v for k, v in metrics.items() if k not in ("models",)}
         with sessionmaker() as session:
             queries.replace_results(
                 session=session, job_id=job_id,
-                scores=[{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "per_sparsity", "attributes")} for item in scores],
+                scores=[
+                    {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "per_sparsity", "attributes")},
+                     "other_scores": item["scores"]}
+                    for item in scores
+                ],
                 metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id),
+                reports={"subgroups": json.loads((out / "subgroups.json").read_text()), "summary": summary},
             )
             queries.finish_job(session=session, job_id=job_id, status="succeeded")
             session.commit()

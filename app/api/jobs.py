@@ -13,7 +13,7 @@ from app.db.models import FINISHED, Job
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
-from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut
+from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut
 from contract.jobspec import SpecError, check_spec_fits_dataset
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -96,7 +96,8 @@ def job_scores(
     more = len(rows) > limit
     rows = rows[:limit]
     items = [
-        ScoreOut(image_id=r.image_id, htl_score=r.htl_score, is_htl=r.is_htl, rank=r.rank, per_sparsity=r.per_sparsity, attributes=r.attributes)
+        ScoreOut(image_id=r.image_id, htl_score=r.htl_score, is_htl=r.is_htl, rank=r.rank, per_sparsity=r.per_sparsity,
+                 scores=r.other_scores, attributes=r.attributes)
         for r in rows
     ]
     return Page(items=items, next_cursor=encode_cursor({"rank": rows[-1].rank}) if more else None)
@@ -115,7 +116,23 @@ def job_metrics(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> 
         else:
             group = entry["subgroups"].setdefault(m.attribute, {}).setdefault(m.subgroup, {"n": m.n})
             group[m.metric] = m.value
-    return MetricsOut(job_id=job_id, split="validation", models=models)
+    summary = queries.job_report(session=session, job_id=job_id, kind="summary") or {}
+    return MetricsOut(
+        job_id=job_id, split="validation", seeds=summary.get("seeds", []), models=models,
+        attended_vs_dense=summary.get("attended_vs_dense", {}), scorer_agreement=summary.get("scorer_agreement", []),
+        pruning=summary.get("pruning", {}),
+    )
+
+
+@router.get("/{job_id}/subgroups", response_model=SubgroupsOut)
+def job_subgroups(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> SubgroupsOut:
+    """Which subgroups the HTL set over-represents (enrichment, interval, corrected p-value), and per
+    validation subgroup whether attention closed the gap (dense vs attended Dice, bootstrap interval)."""
+    _succeeded_job(session, owner, job_id)
+    body = queries.job_report(session=session, job_id=job_id, kind="subgroups")
+    if body is None:
+        raise NotFound(f"job {job_id} has no subgroup analysis")
+    return SubgroupsOut(job_id=job_id, **body)
 
 
 @router.get("/{job_id}/checkpoints", response_model=Page[CheckpointOut])

@@ -89,6 +89,7 @@ class Score(Base):
     htl_score: Mapped[float]
     is_htl: Mapped[bool]
     per_sparsity: Mapped[dict]
+    other_scores: Mapped[dict]  # the other hardness scorers the spec asked for, by name
     attributes: Mapped[dict]
 
 
@@ -104,6 +105,16 @@ class Metric(Base):
     metric: Mapped[str] = mapped_column(String(40))
     value: Mapped[float]
     n: Mapped[int]
+
+
+class JobReport(Base):
+    """A job's analysis documents, as JSON: 'subgroups' (enrichment, gap closing) and 'summary'
+    (attended vs dense over seeds, scorer agreement, pruning reports)."""
+
+    __tablename__ = "job_reports"
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), primary_key=True)
+    body: Mapped[dict]
 
 
 class Checkpoint(UUIDPrimaryKey, CreatedAt, Base):

@@ -11,7 +11,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import ApiKey, Checkpoint, Dataset, Image, Job, Metric, Owner, Score
+from app.db.models import ApiKey, Checkpoint, Dataset, Image, Job, JobReport, Metric, Owner, Score
 
 KEY_PREFIX = "htl_"
 
@@ -176,11 +176,14 @@ def finish_job(
 
 # --- results ---------------------------------------------------------------------------------------
 def replace_results(
-    *, session: Session, job_id: uuid.UUID, scores: list[dict], metrics: list[dict], checkpoints: list[dict]
+    *, session: Session, job_id: uuid.UUID, scores: list[dict], metrics: list[dict], checkpoints: list[dict],
+    reports: dict[str, dict] | None = None,
 ) -> None:
     """Results of a job, replacing any earlier attempt's, so a rerun never duplicates a row."""
-    for model in (Score, Metric, Checkpoint):
+    for model in (Score, Metric, Checkpoint, JobReport):
         session.execute(delete(model).where(model.job_id == job_id))
+    for kind, body in (reports or {}).items():
+        session.add(JobReport(job_id=job_id, kind=kind, body=body))
     if scores:
         session.execute(Score.__table__.insert(), [dict(s, job_id=job_id) for s in scores])
     if metrics:
@@ -197,6 +200,10 @@ def list_scores(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: i
     if after_rank is not None:
         stmt = stmt.where(Score.rank > after_rank)
     return list(session.scalars(stmt.order_by(Score.rank).limit(limit + 1)))
+
+
+def job_report(*, session: Session, job_id: uuid.UUID, kind: str) -> dict | None:
+    return session.scalar(select(JobReport.body).where(JobReport.job_id == job_id, JobReport.kind == kind))
 
 
 def job_metrics(*, session: Session, job_id: uuid.UUID) -> list[Metric]:

@@ -104,7 +104,7 @@ def test_cancelling_a_queued_job_is_immediate_and_its_delivery_then_does_nothing
 
 def test_results_wait_for_success(client, alice, dataset_id):
     job = submit(client, alice, dataset_id).json()
-    for path in ("scores", "metrics", "checkpoints", "checkpoints/dense"):
+    for path in ("scores", "metrics", "subgroups", "checkpoints", "checkpoints/dense"):
         r = client.get(f"/v1/jobs/{job['id']}/{path}", headers=alice)
         assert r.status_code == 409 and "queued" in r.json()["detail"]
 
@@ -120,7 +120,7 @@ def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
             break
     items = sum(pages, [])
     assert [i["rank"] for i in items] == list(range(1, 33))  # 40 images, 8 validation
-    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "per_sparsity", "attributes"}
+    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "per_sparsity", "scores", "attributes"}
     assert set(items[0]["per_sparsity"]) == {"0.5", "0.9"} and "site" in items[0]["attributes"]
     htl = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"htl_only": True}).json()["items"]
     assert htl == [i for i in items if i["is_htl"]] and len(htl) == 3
@@ -133,6 +133,31 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finis
     assert dense["n"] == 8 and set(dense["overall"]) == {"dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity"}
     assert set(dense["subgroups"]) == {"site", "sex", "age"}
     assert sum(g["n"] for g in dense["subgroups"]["sex"].values()) == 8
+    assert body["seeds"] == [0] and body["attended_vs_dense"]["single_seed"] is True
+    assert set(body["pruning"]) == {"0.5", "0.9"} and body["scorer_agreement"] == []
+
+
+def test_subgroups_report_enrichment_and_gap_closing(client, alice, finished_job):
+    body = client.get(f"/v1/jobs/{finished_job}/subgroups", headers=alice).json()
+    assert body["single_seed"] is True and body["seeds"] == [0]
+    groups = body["enrichment"]["groups"]
+    assert {g["attribute"] for g in groups} >= {"site", "sex", "age", "image:lesion_area", "image:brightness"}
+    assert sum(g["htl"] for g in groups if g["attribute"] == "site") == body["enrichment"]["htl"] == 3
+    assert all(0 <= g["p_adjusted"] <= 1 for g in groups)
+    assert body["gap_closing"]["overall"]["n"] == 8
+
+
+def test_other_scorers_reach_the_scores_endpoint(client, alice, dataset_id, settings):
+    spec = {**TINY, "scorers": ["loss", "forgetting"], "train": {"epochs": 2, "batch_size": 8, "seeds": [0, 1]}}
+    job = submit(client, alice, dataset_id, spec).json()
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"
+    items = client.get(f"/v1/jobs/{job['id']}/scores", headers=alice, params={"limit": 5}).json()["items"]
+    assert set(items[0]["scores"]) == {"loss", "forgetting"}
+    metrics = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()
+    assert metrics["seeds"] == [0, 1] and {"dense", "dense-s0", "dense-s1", "attended"} <= set(metrics["models"])
+    assert metrics["attended_vs_dense"]["single_seed"] is False and len(metrics["scorer_agreement"]) == 3
+    checkpoints = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=alice).json()["items"]
+    assert {c["name"]: c["sparsity"] for c in checkpoints}["pruned@0.9-s1"] == 0.9
 
 
 def test_checkpoints_list_and_download_with_checksum(client, alice, finished_job):
