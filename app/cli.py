@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     bar = tqdm(total=1000, mininterval=0.5 if sys.stderr.isatty() else 30, bar_format="{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def on_progress(p: Progress) -> None:
-        bar.set_description_str(p.stage)
+        bar.set_description_str(p.stage, refresh=False)
         if p.loss is not None:
             bar.set_postfix_str(f"loss {p.loss:.3f}", refresh=False)
         bar.update(int(p.overall * 1000) - bar.n)
