@@ -57,8 +57,11 @@ class ScoreOut(BaseModel):
     htl_score: float
     is_htl: bool
     rank: int
+    labeled: bool = Field(description="whether the image had the target its setting trains on (mask, or image label)")
     per_sparsity: dict[str, float]
-    scores: dict[str, float] = Field(default_factory=dict, description="other hardness scorers the spec asked for")
+    scores: dict[str, float | None] = Field(
+        default_factory=dict, description="other hardness scorers the spec asked for; null where one needs a target the image lacks"
+    )
     attributes: dict[str, str]
 
 

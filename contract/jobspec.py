@@ -9,7 +9,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Arch = Literal["unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50"]
+Arch = Literal["unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50", "cnn", "resnet18"]
+SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50")
+CLASSIFIERS = ("cnn", "resnet18")
+Setting = Literal["supervised", "semi_supervised", "weakly_supervised"]
 Scorer = Literal["pruning", "loss", "el2n", "forgetting", "dynamic_dice", "mc_dropout"]
 
 
@@ -18,8 +21,11 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    arch: Arch = "unet"
-    width: int = Field(16, ge=4, le=128, description="U-Net base width (channels of the first level)")
+    arch: Arch | None = Field(
+        None, description="default: unet, or cnn (a classifier) for weakly_supervised; segmentation settings "
+        "take unet|lraspp_mobilenet_v3|deeplabv3_resnet50, weakly_supervised cnn|resnet18"
+    )
+    width: int = Field(16, ge=4, le=128, description="base width (channels of the first level) of unet and cnn")
 
 
 class SplitSpec(_Strict):
@@ -99,8 +105,24 @@ class SampleSpec(_Strict):
     seed: int = 0
 
 
+class SemiSpec(_Strict):
+    labeled_fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="keep the masks of this seeded fraction of the training images, hide the rest"
+    )
+    method: Literal["mean_teacher", "pseudo_label"] = "mean_teacher"
+    unlabeled_weight: float = Field(1.0, ge=0.0, le=100.0, description="weight of the unlabeled loss after ramp-up")
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
+    confidence: float = Field(0.9, gt=0.5, lt=1.0, description="pseudo_label: teacher probability that makes a pixel a target")
+
+
+class WeakSpec(_Strict):
+    label_column: str | None = Field(None, description="metadata column holding the image-level label")
+    positive: list[str] = Field(default_factory=list, description="values of label_column that mean positive")
+    cam_threshold: float = Field(0.3, gt=0.0, lt=1.0, description="fraction of the class activation map's range that counts as lesion")
+
+
 class JobSpec(_Strict):
-    setting: Literal["supervised"] = "supervised"
+    setting: Setting = "supervised"
     image_size: int = Field(128, ge=32, le=1024, description="images are resized to image_size x image_size")
     model: ModelSpec = Field(default_factory=ModelSpec)
     sample: SampleSpec = Field(default_factory=SampleSpec)
@@ -109,6 +131,8 @@ class JobSpec(_Strict):
     prune: PruneSpec = Field(default_factory=PruneSpec)
     htl: HtlSpec = Field(default_factory=HtlSpec)
     attention: AttentionSpec = Field(default_factory=AttentionSpec)
+    semi: SemiSpec = Field(default_factory=SemiSpec)
+    weak: WeakSpec = Field(default_factory=WeakSpec)
     attributes: list[str] | None = Field(
         None, description="metadata columns to analyse per subgroup; default: every usable column"
     )
@@ -123,6 +147,19 @@ class JobSpec(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("scorers must not repeat")
         return ["pruning", *[v for v in value if v != "pruning"]]
+
+    @model_validator(mode="after")
+    def _setting_fits(self) -> "JobSpec":
+        weak = self.setting == "weakly_supervised"
+        if self.model.arch is None:
+            self.model.arch = "cnn" if weak else "unet"
+        if weak and self.model.arch not in CLASSIFIERS:
+            raise ValueError(f"model.arch {self.model.arch!r} is a segmentation model; weakly_supervised takes {'|'.join(CLASSIFIERS)}")
+        if not weak and self.model.arch not in SEGMENTERS:
+            raise ValueError(f"model.arch {self.model.arch!r} is a classifier; {self.setting} takes {'|'.join(SEGMENTERS)}")
+        if weak and (not self.weak.label_column or not self.weak.positive):
+            raise ValueError("weakly_supervised needs weak.label_column and weak.positive (the values that mean positive)")
+        return self
 
     @field_validator("image_size")
     @classmethod
@@ -156,5 +193,12 @@ def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int,
     if spec.setting == "supervised" and n_masks < n_images:
         raise SpecError(
             "setting",
-            f"supervised training needs a mask for every image; {n_images - n_masks} of {n_images} have none",
+            f"supervised training needs a mask for every image; {n_images - n_masks} of {n_images} have none "
+            "(semi_supervised trains on both)",
+        )
+    if spec.setting == "semi_supervised" and n_masks < 2:
+        raise SpecError("setting", f"semi_supervised training needs at least 2 images with masks; {n_masks} have one")
+    if spec.setting == "weakly_supervised" and spec.weak.label_column not in columns:
+        raise SpecError(
+            "weak.label_column", f"column {spec.weak.label_column!r} is not in the metadata (columns: {sorted(columns)})"
         )

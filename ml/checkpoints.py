@@ -14,11 +14,14 @@ from ml.models import build_model
 FORMAT = "htl-miner/1"
 
 
-def save_checkpoint(model: nn.Module, path: Path, *, arch: str, width: int, spec: dict, extra: dict | None = None) -> None:
+def save_checkpoint(
+    model: nn.Module, path: Path, *, arch: str, width: int, spec: dict, extra: dict | None = None, cam_threshold: float | None = None,
+) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    architecture = {"arch": arch, "width": width, **({"cam_threshold": cam_threshold} if cam_threshold is not None else {})}
     metadata = {
         "format": FORMAT,
-        "architecture": json.dumps({"arch": arch, "width": width}),
+        "architecture": json.dumps(architecture),
         "spec": json.dumps(spec, sort_keys=True),
     }
     for key, value in (extra or {}).items():
@@ -41,6 +44,6 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     """The model in eval mode, and the file's metadata."""
     metadata = read_metadata(path)
     arch = metadata["architecture"]
-    model = build_model(arch["arch"], arch["width"])
+    model = build_model(arch["arch"], arch["width"], **({"cam_threshold": arch["cam_threshold"]} if "cam_threshold" in arch else {}))
     model.load_state_dict(load_file(str(path), device="cpu"))
     return model.to(device).eval(), metadata

@@ -14,6 +14,7 @@ And agreement between scorers: Spearman correlation of the rankings and overlap 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 from ml.data import DecodedDataset
 from ml.models import prunable_layers
 from ml.scoring import binary_dice
-from ml.train import iterate_batches, per_sample_loss, predict_logits
+from ml.train import device_of, iterate_batches, model_input, predict_logits, segmentation_objective
 
 FORGETTING_THRESHOLD = 0.5
 EL2N_FRACTION = 0.2
@@ -43,14 +44,18 @@ def forgetting_events(dice: np.ndarray, threshold: float = FORGETTING_THRESHOLD)
 
 
 def dynamic_dice(dice: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        return 1.0 - np.nan_to_num(np.nanmean(dice, axis=1), nan=0.0)
+    """NaN for an image never recorded (no target)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice" for those rows
+        return 1.0 - np.nanmean(dice, axis=1)
 
 
 def el2n(error: np.ndarray, fraction: float = EL2N_FRACTION) -> np.ndarray:
+    """Mean error over the early epochs in which the image was seen (NaN if it never was)."""
     early = max(1, math.ceil(fraction * error.shape[1]))
-    with np.errstate(all="ignore"):
-        return np.nan_to_num(np.nanmean(error[:, :early], axis=1), nan=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(error[:, :early], axis=1)
 
 
 def from_dynamics(dice: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
@@ -59,12 +64,15 @@ def from_dynamics(dice: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def final_loss(model: nn.Module, data: DecodedDataset, indices: list[int], batch_size: int = 64) -> np.ndarray:
+def final_loss(model: nn.Module, data: DecodedDataset, indices: list[int], objective=segmentation_objective, batch_size: int = 64) -> np.ndarray:
+    """The training objective's per-sample loss, in eval mode on unaugmented images."""
+    model.eval()
+    device = device_of(model)
     out = []
     for batch in iterate_batches(indices, batch_size):
         images, masks = data.batch(batch)
-        logits = predict_logits(model, images)
-        out.append(per_sample_loss(logits, masks.to(logits.device)).cpu().numpy())
+        result = objective(model, model_input(images, device), masks.to(device), np.asarray(batch))
+        out.append(result.loss.float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -104,7 +112,9 @@ def agreement(scores: dict[str, np.ndarray], top_fraction: float) -> list[dict]:
     """Per pair of scorers: Spearman correlation of the scores and the overlap |A & B| / k of their
     top-k sets, k = top_fraction of the images (at least one)."""
     names = list(scores)
-    n = len(next(iter(scores.values())))
+    finite = np.all([np.isfinite(v) for v in scores.values()], axis=0)  # images every scorer scored
+    scores = {name: np.asarray(v)[finite] for name, v in scores.items()}
+    n = int(finite.sum())
     k = max(1, int(round(top_fraction * n)))
     tops = {name: set(np.lexsort((np.arange(n), -scores[name]))[:k].tolist()) for name in names}
     rows = []

@@ -108,7 +108,23 @@ def usable_attributes(columns: list[str], rows: list[dict[str, str]], *, exclude
 
 
 def mean_metrics(per_image: list[dict[str, float]]) -> dict[str, float]:
-    return {m: float(np.mean([p[m] for p in per_image])) for m in METRICS} if per_image else {}
+    """Means of every metric the per-image entries carry (METRICS, and e.g. pointing)."""
+    if not per_image:
+        return {}
+    names = [k for k in per_image[0] if k != "image_id"]
+    return {m: float(np.mean([p[m] for p in per_image])) for m in names}
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); None without both classes."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def aggregate(per_image: list[dict[str, float]], groups: dict[str, list[str]]) -> dict:

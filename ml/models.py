@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+import torch.nn.functional as F
+from torchvision.models import resnet18
 from torchvision.models.segmentation import deeplabv3_resnet50, lraspp_mobilenet_v3_large
 
-ARCHES = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50")
+SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50")
+CLASSIFIERS = ("cnn", "resnet18")
+ARCHES = SEGMENTERS + CLASSIFIERS
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
@@ -55,7 +59,57 @@ class _TorchvisionSegmentation(nn.Module):
         return self.model(x)["out"]
 
 
-def build_model(arch: str, width: int = 16) -> nn.Module:
+class CamClassifier(nn.Module):
+    """An image classifier (one logit: positive) whose forward answers a localization map, so the
+    pipeline treats it like a segmentation model: the class activation map (CAM, Zhou et al. 2016) of
+    the predicted class, scaled to [0, 1] per image, minus cam_threshold: > 0 is lesion.
+    classify() answers the classification logit, for training and AUROC."""
+
+    def __init__(self, features: nn.Module, channels: int, cam_threshold: float):
+        super().__init__()
+        self.features = features
+        self.head = nn.Linear(channels, 1)
+        self.cam_threshold = cam_threshold
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3))).squeeze(1)
+
+    def cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CAM of the predicted class scaled to [0, 1] at input size, classification logit)."""
+        feats = self.features(x)
+        logit = self.head(feats.mean(dim=(2, 3))).squeeze(1)
+        cam = torch.einsum("nchw,c->nhw", feats, self.head.weight[0]).unsqueeze(1)
+        cam = cam * torch.where(logit >= 0, 1.0, -1.0).view(-1, 1, 1, 1)  # the predicted class's map
+        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        flat = cam.flatten(1)
+        lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+        scaled = ((flat - lo) / (hi - lo).clamp_min(1e-8)).view_as(cam)
+        return scaled, logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cam(x)[0] - self.cam_threshold
+
+
+def _small_cnn_features(width: int) -> nn.Sequential:
+    """Four conv blocks, three poolings: the map keeps 1/8 of the input's resolution."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for i in range(4):
+        cout = width * 2**i
+        layers += [_double_conv(cin, cout)]
+        if i < 3:
+            layers.append(nn.MaxPool2d(2))
+        cin = cout
+    return nn.Sequential(*layers)
+
+
+def build_model(arch: str, width: int = 16, cam_threshold: float = 0.3) -> nn.Module:
+    if arch == "cnn":
+        return CamClassifier(_small_cnn_features(width), width * 8, cam_threshold)
+    if arch == "resnet18":
+        r = resnet18(weights=None)
+        features = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)
+        return CamClassifier(features, 512, cam_threshold)
     if arch == "unet":
         return UNet(width=width)
     if arch == "lraspp_mobilenet_v3":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from contract.jobspec import JobSpec, check_spec_fits_dataset
+from contract.jobspec import JobSpec, SpecError, check_spec_fits_dataset
 from ml import hardness, subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import (
@@ -26,11 +27,21 @@ from ml.data import (
     scan_dataset,
     split_indices,
 )
-from ml.metrics import aggregate, image_metrics, subgroup_labels, usable_attributes
+from ml.metrics import MISSING, aggregate, auroc, image_metrics, subgroup_labels, usable_attributes
 from ml.models import build_model
 from ml.prune import apply_pruning_masks, make_permanent, sparsity_report
 from ml.scoring import HtlScores, score_disagreement, select_htl
-from ml.train import FitConfig, TrainingRecord, fit, iterate_batches, predict_logits, prepare_for_device
+from ml.semi import fit_semi
+from ml.train import (
+    ClassificationObjective,
+    FitConfig,
+    TrainingRecord,
+    fit,
+    iterate_batches,
+    predict_logits,
+    prepare_for_device,
+    segmentation_objective,
+)
 
 STAGES = ("dense", "prune", "score", "attend", "evaluate")
 FINETUNE_LR_DIVISOR = 10.0
@@ -105,9 +116,52 @@ class Run:
         self.attributes = spec.attributes if spec.attributes is not None else usable_attributes(self.index.columns, rows, exclude=exclude)
         self.labels = {a: subgroup_labels(a, [r.get(a, "") for r in rows]) for a in self.attributes}
         self.seeds = spec.train.seed_list()
+        self.setting = spec.setting
+        self.image_labels = self._image_labels() if self.setting == "weakly_supervised" else None
+        self.mask_known = self._masks_known()
+        # per training image: whether it carries the target its setting trains on
+        if self.setting == "weakly_supervised":
+            self.train_labeled = ~np.isnan(self.image_labels[self.train_idx])
+        else:
+            self.train_labeled = self.mask_known[self.train_idx]
         self.data: DecodedDataset | None = None
         self._property_labels: dict[str, list[str]] | None = None
         self._stage_weights = self._estimate_stage_weights()
+
+    def _image_labels(self) -> np.ndarray:
+        """weakly_supervised: 1 for a positive value of weak.label_column, 0 for another value, NaN when missing."""
+        column, positive = self.spec.weak.label_column, set(self.spec.weak.positive)
+        values = [r.attributes.get(column, "").strip() for r in self.index.records]
+        labels = np.array([np.nan if v.lower() in MISSING else float(v in positive) for v in values])
+        train = labels[self.train_idx]
+        n_pos, n_neg = int(np.nansum(train)), int(np.sum(train == 0))
+        if n_pos == 0 or n_neg == 0:
+            raise SpecError(
+                "weak.positive",
+                f"the training images hold {n_pos} positives and {n_neg} negatives of {column} in {sorted(positive)}; both are needed",
+            )
+        return labels
+
+    def _masks_known(self) -> np.ndarray:
+        """Per image, whether its mask may be used: semi.labeled_fraction hides the masks of all but a
+        seeded fraction of the training images (validation images always keep theirs)."""
+        known = np.array([r.mask_path is not None for r in self.index.records])
+        fraction = self.spec.semi.labeled_fraction
+        if self.setting == "semi_supervised" and fraction is not None:
+            with_mask = [i for i in self.train_idx if known[i]]
+            keep = max(2, int(round(fraction * len(with_mask))))
+            kept = set(random.Random(self.spec.split.seed).sample(with_mask, min(keep, len(with_mask))))
+            for i in with_mask:
+                known[i] = i in kept
+        if self.setting == "semi_supervised":
+            n_labeled = int(known[self.train_idx].sum())
+            if n_labeled < 2 or n_labeled == len(self.train_idx):
+                raise SpecError(
+                    "semi.labeled_fraction",
+                    f"{n_labeled} of {len(self.train_idx)} training images keep a mask; semi_supervised needs at least 2 "
+                    "with and at least 1 without (set semi.labeled_fraction below 1, or upload images without masks)",
+                )
+        return known
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _claim_out_dir(self, data_dir: Path) -> None:
@@ -165,7 +219,30 @@ class Run:
 
     def _fresh_model(self, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        return prepare_for_device(build_model(self.spec.model.arch, self.spec.model.width), self.device)
+        model = build_model(self.spec.model.arch, self.spec.model.width, cam_threshold=self.spec.weak.cam_threshold)
+        return prepare_for_device(model, self.device)
+
+    def objective(self):
+        if self.setting != "weakly_supervised":
+            return segmentation_objective
+        train = self.image_labels[self.train_idx]
+        return ClassificationObjective(self.image_labels, pos_weight=float(np.sum(train == 0)) / max(1.0, float(np.nansum(train))))
+
+    def _train(self, model, cfg: FitConfig, *, loss_weights=None, sampling_weights=None, progress=None, record=None) -> list[float]:
+        """Train on the training images as the setting says; weights align with self.train_idx."""
+        if self.setting != "semi_supervised":
+            return fit(model, self.decoded(), self.train_idx, cfg, loss_weights=loss_weights, sampling_weights=sampling_weights,
+                       progress=progress, record=record, objective=self.objective())
+        labeled = [i for i, known in zip(self.train_idx, self.train_labeled) if known]
+        unlabeled = [i for i, known in zip(self.train_idx, self.train_labeled) if not known]
+        by_index = lambda w: None if w is None else dict(zip(self.train_idx, map(float, w)))  # noqa: E731
+        semi = self.spec.semi
+        return fit_semi(
+            model, self.decoded(), labeled, unlabeled, cfg, method=semi.method, unlabeled_weight=semi.unlabeled_weight,
+            ema_decay=semi.ema_decay, confidence=semi.confidence, loss_weights=by_index(loss_weights),
+            sampling_weights=by_index(sampling_weights), progress=progress, record=record,
+            record_positions={i: row for row, i in enumerate(self.train_idx)},
+        )
 
     def name(self, base: str, seed: int) -> str:
         """Model names: plain for a single-seed run (dense, pruned@0.5, attended), else suffixed -s<seed>."""
@@ -194,7 +271,7 @@ class Run:
     def property_labels(self) -> dict[str, list[str]]:
         """Image-derived properties of every image, banded over the whole dataset."""
         if self._property_labels is None:
-            values = subgroups.image_properties(self.decoded(), list(range(len(self.index.records))))
+            values = subgroups.image_properties(self.decoded(), list(range(len(self.index.records))), self.mask_known)
             self._property_labels = subgroups.band_properties(values)
         return self._property_labels
 
@@ -213,8 +290,8 @@ class Run:
                 continue
             model = self._fresh_model(seed)
             record = TrainingRecord(len(self.train_idx), self.spec.train.epochs)
-            losses[name] = fit(model, self.decoded(), self.train_idx, self._fit_config(seed), record=record,
-                               progress=lambda f, l, k=k: self.report("dense", self._seed_fraction(k, f), l))
+            losses[name] = self._train(model, self._fit_config(seed), record=record,
+                                       progress=lambda f, l, k=k: self.report("dense", self._seed_fraction(k, f), l))
             self._save(model, name, seed=seed)
             np.savez(self.out / "state" / f"dynamics-{name}.npz", dice=record.dice, error=record.error)
             _write_json(done, {"epoch_losses": losses[name]})
@@ -232,8 +309,7 @@ class Run:
                 if self.spec.prune.finetune_epochs:
                     model = prepare_for_device(model, self.device)
                     cfg = self._fit_config(seed, epochs=self.spec.prune.finetune_epochs, lr=self.spec.train.lr / FINETUNE_LR_DIVISOR)
-                    fit(model, self.decoded(), self.train_idx, cfg,
-                        progress=lambda f, l, k=k: self.report("prune", (k + f) / steps, l))
+                    self._train(model, cfg, progress=lambda f, l, k=k: self.report("prune", (k + f) / steps, l))
                 model = make_permanent(model)
                 report = sparsity_report(model, s)
                 name = self.name(f"pruned@{sparsity_key(s)}", seed)
@@ -257,7 +333,10 @@ class Run:
             read_off = hardness.from_dynamics(dynamics["dice"], dynamics["error"])
             others.update({name: values for name, values in read_off.items() if name in wanted})
         if "loss" in wanted:
-            others["loss"] = hardness.final_loss(dense, self.decoded(), self.train_idx)
+            others["loss"] = hardness.final_loss(dense, self.decoded(), self.train_idx, self.objective())
+        for name in ("loss", "el2n", "forgetting", "dynamic_dice"):
+            if name in others:  # these need the image's target: undefined (NaN) where it has none
+                others[name] = np.where(self.train_labeled, others[name], np.nan)
         if "mc_dropout" in wanted:
             others["mc_dropout"] = hardness.mc_dropout_disagreement(dense, self.decoded(), self.train_idx, seed=seed)
         self.report("score", self._seed_fraction(k, 1.0))
@@ -280,8 +359,9 @@ class Run:
                 "htl_score": float(scores.htl_score[j]),
                 "is_htl": bool(is_htl[j]),
                 "rank": int(ranks[j]),
+                "labeled": bool(self.train_labeled[j]),
                 "per_sparsity": {sparsity_key(s): float(v[j]) for s, v in sorted(scores.per_sparsity.items())},
-                "scores": {name: float(values[j]) for name, values in others.items()},
+                "scores": {name: (float(values[j]) if np.isfinite(values[j]) else None) for name, values in others.items()},
                 "attributes": dict(record.attributes),
             })
         items.sort(key=lambda item: item["rank"])
@@ -314,9 +394,8 @@ class Run:
                 losses[name] = json.loads(done.read_text())["epoch_losses"]
                 continue
             model = self._fresh_model(seed)
-            losses[name] = fit(model, self.decoded(), self.train_idx, self._fit_config(seed),
-                               loss_weights=loss_weights, sampling_weights=sampling_weights,
-                               progress=lambda f, l, k=k: self.report("attend", self._seed_fraction(k, f), l))
+            losses[name] = self._train(model, self._fit_config(seed), loss_weights=loss_weights, sampling_weights=sampling_weights,
+                                       progress=lambda f, l, k=k: self.report("attend", self._seed_fraction(k, f), l))
             self._save(model, name, seed=seed)
             _write_json(done, {"epoch_losses": losses[name]})
         _write_json(self._marker("attend"), {"epoch_losses": losses})
@@ -329,9 +408,14 @@ class Run:
         scored_positions: list[int] = []
         data = self.decoded()
         done = 0
+        weak = self.setting == "weakly_supervised"
+        probs: dict[str, list[float]] = {name: [] for name in names}
         for batch in iterate_batches(self.val_idx, 32):
             images, _ = data.batch(batch)
             logits = {name: predict_logits(model, images).cpu() for name, model in models.items()}
+            if weak:
+                for name, model in models.items():
+                    probs[name] += torch.sigmoid(classify(model, images)).tolist()
             for j, i in enumerate(batch):
                 record = self.index.records[i]
                 height, width = data.original_sizes[i]
@@ -345,7 +429,11 @@ class Run:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(pred.astype(np.uint8) * 255).save(target)
                     if truth is not None:
-                        per_image[name].append({"image_id": record.image_id, **image_metrics(truth, pred)})
+                        entry = {"image_id": record.image_id, **image_metrics(truth, pred)}
+                        if weak:  # does the map's peak fall inside the lesion?
+                            peak = int(torch.argmax(full[0, 0]))
+                            entry["pointing"] = float(truth.flat[peak])
+                        per_image[name].append(entry)
             done += len(batch)
             self.report("evaluate", done / len(self.val_idx))
         groups = {a: [self.labels[a][i] for i in scored_positions] for a in self.attributes}
@@ -364,6 +452,13 @@ class Run:
         }
         for name in names:
             report["models"][name] = {**aggregate(per_image[name], groups), "per_image": per_image[name]}
+            if weak:
+                truth_labels = self.image_labels[self.val_idx]
+                known = ~np.isnan(truth_labels)
+                report["models"][name]["classification"] = {
+                    "auroc": auroc(np.asarray(probs[name])[known], truth_labels[known]),
+                    "n": int(known.sum()), "positives": int(np.nansum(truth_labels)),
+                }
         if len(self.seeds) > 1:
             for base in self.bases():
                 report["models"][base] = over_seeds([report["models"][self.name(base, s)] for s in self.seeds])
@@ -399,6 +494,15 @@ class Run:
                 continue
             getattr(self, f"stage_{stage}")()
         return json.loads((self.out / "metrics.json").read_text())
+
+
+@torch.no_grad()
+def classify(model: torch.nn.Module, images_u8: torch.Tensor) -> torch.Tensor:
+    from ml.train import autocast, device_of, model_input
+
+    device = device_of(model)
+    with autocast(device):
+        return model.classify(model_input(images_u8, device)).float().cpu()
 
 
 def over_seeds(entries: list[dict]) -> dict:

@@ -16,15 +16,15 @@ ALPHA = 0.05
 IMAGE_PROPERTIES = ("image:lesion_area", "image:lesion_contrast", "image:brightness")
 
 
-def image_properties(data: DecodedDataset, indices: list[int]) -> dict[str, list[str]]:
+def image_properties(data: DecodedDataset, indices: list[int], mask_known: np.ndarray | None = None) -> dict[str, list[str]]:
     """Per image, as strings for banding: lesion area fraction, lesion/skin contrast (absolute
     difference of mean grey level inside and outside the mask, 0..1) and mean brightness (0..1).
-    Computed on the decoded image and its mask; empty where there is no mask or no lesion."""
+    Computed on the decoded image and its mask; empty where there is no (usable) mask or no lesion."""
     area, contrast, brightness = [], [], []
     for i in indices:
         image = data.images[i].astype(np.float32).mean(axis=0) / 255.0
         brightness.append(f"{image.mean():.4f}")
-        if not data.has_mask[i]:
+        if not data.has_mask[i] or (mask_known is not None and not mask_known[i]):
             area.append("")
             contrast.append("")
             continue

@@ -2,7 +2,8 @@
 
 Majority images: a dark, high-contrast lesion on noisy skin. Minority images (metadata
 `site=rare`): a faint lesion whose colour is close to the skin's, which a model learns late and
-which pruning disturbs first. `sex` is drawn independently of hardness."""
+which pruning disturbs first. `sex` is drawn independently of hardness. `dx` (mel or nv, an image
+label for weakly-supervised runs) sets the lesion's tint."""
 from __future__ import annotations
 
 import csv
@@ -24,12 +25,16 @@ def _lesion_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return (u / rx) ** 2 + (v / ry) ** 2 <= wobble**2
 
 
-def make_image(rng: np.random.Generator, size: int, hard: bool) -> tuple[np.ndarray, np.ndarray]:
+# lesion colour per diagnosis: brown for nv, blue-grey for mel (what a classifier can learn from)
+TINT = {"nv": np.array([1.0, 1.15, 1.2]), "mel": np.array([1.35, 1.1, 0.6])}
+
+
+def make_image(rng: np.random.Generator, size: int, hard: bool, dx: str = "nv") -> tuple[np.ndarray, np.ndarray]:
     mask = _lesion_mask(rng, size)
     skin = np.array([205, 160, 135]) + rng.normal(0, 8, 3)
     image = np.broadcast_to(skin, (size, size, 3)).copy()
     contrast = rng.uniform(12, 22) if hard else rng.uniform(70, 110)
-    lesion = skin - contrast * np.array([1.0, 1.15, 1.2])
+    lesion = skin - contrast * TINT[dx]
     image[mask] = lesion
     image += rng.normal(0, 14 if hard else 10, (size, size, 3))
     return np.clip(image, 0, 255).astype(np.uint8), mask
@@ -43,10 +48,11 @@ def make_dataset(root: str | Path, *, n: int = 200, size: int = 64, hard_fractio
     n_hard = int(round(hard_fraction * n))
     hard_flags = np.zeros(n, dtype=bool)
     hard_flags[rng.choice(n, n_hard, replace=False)] = True
+    diagnoses = np.random.default_rng(seed + 1000).choice(["mel", "nv"], n, p=[0.4, 0.6])
     rows = []
     for i in range(n):
         image_id = f"SYN_{i:05d}"
-        image, mask = make_image(rng, size, bool(hard_flags[i]))
+        image, mask = make_image(rng, size, bool(hard_flags[i]), str(diagnoses[i]))
         Image.fromarray(image).save(root / "images" / f"{image_id}.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{image_id}_segmentation.png")
         rows.append({
@@ -55,6 +61,7 @@ def make_dataset(root: str | Path, *, n: int = 200, size: int = 64, hard_fractio
             "site": "rare" if hard_flags[i] else "common",
             "sex": str(rng.choice(["female", "male"])),
             "age": str(int(rng.integers(5, 90))),
+            "dx": str(diagnoses[i]),
         })
     with (root / "metadata.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

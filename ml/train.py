@@ -30,24 +30,67 @@ class FitConfig:
 
 class TrainingRecord:
     """Per training sample and epoch, what the model made of it in its training step (augmented view,
-    train mode): the Dice of its binarized prediction and the mean |p - y|. NaN where a sample was not
-    drawn that epoch. Feeds the forgetting, dynamic-Dice and EL2N scorers."""
+    train mode): its success in [0, 1] (Dice of the binarized mask; for a classifier, whether the
+    label was right) and its error, mean |p - y|. NaN where a sample was not drawn (or has no target)
+    that epoch. Feeds the forgetting, dynamic-Dice and EL2N scorers."""
 
     def __init__(self, n: int, epochs: int):
         self.dice = np.full((n, epochs), np.nan, dtype=np.float32)
         self.error = np.full((n, epochs), np.nan, dtype=np.float32)
 
-    @torch.no_grad()
-    def add(self, positions: torch.Tensor, epoch: int, logits: torch.Tensor, masks: torch.Tensor) -> None:
+    def add(self, positions: np.ndarray, epoch: int, success: torch.Tensor, error: torch.Tensor) -> None:
+        self.dice[positions, epoch] = success.detach().float().cpu().numpy()
+        self.error[positions, epoch] = error.detach().float().cpu().numpy()
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # per sample
+    success: torch.Tensor  # per sample, in [0, 1]
+    error: torch.Tensor  # per sample, mean |p - y|
+
+
+# (model, model input, masks, dataset indices) -> per-sample loss, success and error
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], StepOutput]
+
+
+def segmentation_objective(model: nn.Module, x: torch.Tensor, masks: torch.Tensor, _indices: np.ndarray) -> StepOutput:
+    with autocast(x.device):
+        logits = model(x)
+    loss = per_sample_loss(logits, masks)
+    with torch.no_grad():
         target = masks.flatten(1).float()
         prob = torch.sigmoid(logits.float()).flatten(1)
         pred = (prob > 0.5).float()
         inter = (pred * target).sum(1)
         denom = pred.sum(1) + target.sum(1)
         dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
-        idx = positions.numpy()
-        self.dice[idx, epoch] = dice.cpu().numpy()
-        self.error[idx, epoch] = (prob - target).abs().mean(1).cpu().numpy()
+        error = (prob - target).abs().mean(1)
+    return StepOutput(loss, dice, error)
+
+
+class ClassificationObjective:
+    """Image-level labels (1 positive, 0 negative, NaN unknown: no loss) for a CamClassifier, with
+    positives weighted by the negatives-to-positives ratio so a rare class still counts."""
+
+    def __init__(self, labels: np.ndarray, pos_weight: float):
+        self.labels = torch.as_tensor(labels, dtype=torch.float32)
+        self.pos_weight = pos_weight
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, _masks: torch.Tensor, indices: np.ndarray) -> StepOutput:
+        y = self.labels[torch.as_tensor(indices)].to(x.device)
+        known = ~torch.isnan(y)
+        target = torch.nan_to_num(y, nan=0.0)
+        with autocast(x.device):
+            logit = model.classify(x)
+        weight = torch.where(target > 0.5, self.pos_weight, 1.0) * known
+        loss = F.binary_cross_entropy_with_logits(logit.float(), target, reduction="none") * weight
+        with torch.no_grad():
+            prob = torch.sigmoid(logit.float())
+            success = ((prob > 0.5).float() == target).float()
+            error = (prob - target).abs()
+            nan = torch.full_like(prob, float("nan"))
+        return StepOutput(loss, torch.where(known, success, nan), torch.where(known, error, nan))
 
 
 def per_sample_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -92,6 +135,15 @@ def _draws(n: int, steps: int, batch_size: int, sampling_weights: np.ndarray | N
         yield picks[s * batch_size : (s + 1) * batch_size]
 
 
+def optimizer_and_schedule(model: nn.Module, cfg: FitConfig, total_steps: int):
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.2)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    return opt, sched
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     # drop the ragged last batch (a batch of one breaks BatchNorm); never fewer than one step
     return max(1, n // batch_size)
@@ -107,6 +159,7 @@ def fit(
     sampling_weights: np.ndarray | None = None,
     progress: StepProgress | None = None,
     record: TrainingRecord | None = None,
+    objective: Objective = segmentation_objective,
 ) -> list[float]:
     """Train in place on data[indices]; loss_weights and sampling_weights align with indices.
     Returns the mean training loss of each epoch; with record, also fills per-sample dynamics."""
@@ -121,11 +174,7 @@ def fit(
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + 1)  # augmentation and dropout draw from the global generator
     augment = PairedAugment() if cfg.augment else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    opt, sched = optimizer_and_schedule(model, cfg, total)
 
     model.train()
     epoch_losses = []
@@ -137,13 +186,10 @@ def fit(
             if augment is not None:
                 images, masks = augment(images, masks)
             w = weights[pick].to(device)
-            with autocast(device):
-                logits = model(model_input(images, device))
-            masks = masks.to(device)
-            losses = per_sample_loss(logits, masks)
-            loss = (losses * w).sum() / w.sum().clamp_min(1e-8)
+            out = objective(model, model_input(images, device), masks.to(device), positions[pick.numpy()])
+            loss = (out.loss * w).sum() / w.sum().clamp_min(1e-8)
             if record is not None:
-                record.add(pick, epoch, logits, masks)
+                record.add(pick.numpy(), epoch, out.success, out.error)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -51,6 +51,10 @@ def _metric_rows(metrics: dict) -> list[dict]:
     for model, report in metrics["models"].items():
         for name, value in report["overall"].items():
             rows.append({"model": model, "split": "validation", "attribute": None, "subgroup": None, "metric": name, "value": value, "n": report["n"]})
+        classification = report.get("classification")  # weakly_supervised: the classifier's AUROC
+        if classification and classification["auroc"] is not None:
+            rows.append({"model": model, "split": "validation", "attribute": None, "subgroup": None, "metric": "auroc",
+                         "value": classification["auroc"], "n": classification["n"]})
         for attribute, groups in report["subgroups"].items():
             for label, stats in groups.items():
                 for name, value in stats.items():
@@ -111,7 +115,7 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             queries.replace_results(
                 session=session, job_id=job_id,
                 scores=[
-                    {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "per_sparsity", "attributes")},
+                    {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "labeled", "per_sparsity", "attributes")},
                      "other_scores": item["scores"]}
                     for item in scores
                 ],

@@ -96,8 +96,8 @@ def job_scores(
     more = len(rows) > limit
     rows = rows[:limit]
     items = [
-        ScoreOut(image_id=r.image_id, htl_score=r.htl_score, is_htl=r.is_htl, rank=r.rank, per_sparsity=r.per_sparsity,
-                 scores=r.other_scores, attributes=r.attributes)
+        ScoreOut(image_id=r.image_id, htl_score=r.htl_score, is_htl=r.is_htl, rank=r.rank, labeled=r.labeled,
+                 per_sparsity=r.per_sparsity, scores=r.other_scores, attributes=r.attributes)
         for r in rows
     ]
     return Page(items=items, next_cursor=encode_cursor({"rank": rows[-1].rank}) if more else None)

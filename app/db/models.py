@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, CreatedAt, UUIDPrimaryKey
@@ -90,6 +90,7 @@ class Score(Base):
     is_htl: Mapped[bool]
     per_sparsity: Mapped[dict]
     other_scores: Mapped[dict]  # the other hardness scorers the spec asked for, by name
+    labeled: Mapped[bool] = mapped_column(server_default=true())  # had the target its setting trains on
     attributes: Mapped[dict]
 
 

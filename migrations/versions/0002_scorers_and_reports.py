@@ -1,4 +1,4 @@
-"""other hardness scores per image; job reports (subgroups, summary)
+"""per image: other hardness scores and whether it was labeled; job reports (subgroups, summary)
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +18,7 @@ JSONType = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "post
 def upgrade() -> None:
     with op.batch_alter_table("scores", schema=None) as batch_op:
         batch_op.add_column(sa.Column("other_scores", JSONType, nullable=False, server_default=sa.text("'{}'")))
+        batch_op.add_column(sa.Column("labeled", sa.Boolean(), nullable=False, server_default=sa.true()))
     op.create_table(
         "job_reports",
         sa.Column("job_id", sa.Uuid(), nullable=False),
@@ -31,4 +32,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("job_reports")
     with op.batch_alter_table("scores", schema=None) as batch_op:
+        batch_op.drop_column("labeled")
         batch_op.drop_column("other_scores")

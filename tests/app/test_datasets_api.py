@@ -31,7 +31,7 @@ def test_upload_reports_counts_attributes_and_warnings(client, alice, session_fa
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["name"] == "skin" and body["n_images"] == 12 and body["n_masks"] == 11
-    assert body["attributes"] == ["lesion_id", "site", "sex", "age"]
+    assert body["attributes"] == ["lesion_id", "site", "sex", "age", "dx"]
     assert any("1 of 12 images have no mask" in w for w in body["warnings"])
     assert any("ignored" in w for w in body["warnings"])
     assert count_rows(session_factory, Image) == 12

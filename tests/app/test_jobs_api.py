@@ -120,7 +120,7 @@ def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
             break
     items = sum(pages, [])
     assert [i["rank"] for i in items] == list(range(1, 33))  # 40 images, 8 validation
-    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "per_sparsity", "scores", "attributes"}
+    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes"}
     assert set(items[0]["per_sparsity"]) == {"0.5", "0.9"} and "site" in items[0]["attributes"]
     htl = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"htl_only": True}).json()["items"]
     assert htl == [i for i in items if i["is_htl"]] and len(htl) == 3
@@ -131,7 +131,7 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finis
     assert set(body["models"]) == {"dense", "attended", "pruned@0.5", "pruned@0.9"}
     dense = body["models"]["dense"]
     assert dense["n"] == 8 and set(dense["overall"]) == {"dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity"}
-    assert set(dense["subgroups"]) == {"site", "sex", "age"}
+    assert set(dense["subgroups"]) == {"site", "sex", "age", "dx"}
     assert sum(g["n"] for g in dense["subgroups"]["sex"].values()) == 8
     assert body["seeds"] == [0] and body["attended_vs_dense"]["single_seed"] is True
     assert set(body["pruning"]) == {"0.5", "0.9"} and body["scorer_agreement"] == []
@@ -197,3 +197,24 @@ def test_a_failing_job_stores_a_readable_error(client, alice, dataset_id, settin
     failed = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
     assert failed["status"] == "failed" and failed["finished_at"] is not None
     assert "cannot identify image file" in failed["error"]
+
+
+def test_semi_and_weak_jobs_through_the_same_endpoints(client, alice, tmp_path, settings):
+    files = dataset_files(tmp_path, n=40)
+    for k in [k for k in files if k.startswith("masks/SYN_0001")]:  # ten images lose their masks
+        del files[k]
+    ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}).json()
+    assert ds["n_masks"] == 30
+    assert submit(client, alice, ds["id"]).status_code == 422  # supervised needs every mask
+    semi = submit(client, alice, ds["id"], {**TINY, "setting": "semi_supervised"}).json()
+    weak = submit(client, alice, ds["id"], {**TINY, "setting": "weakly_supervised", "weak": {"label_column": "dx", "positive": ["mel"]}}).json()
+    assert weak["spec"]["model"]["arch"] == "cnn"
+    for job in (semi, weak):
+        assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded", client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
+    semi_scores = client.get(f"/v1/jobs/{semi['id']}/scores", headers=alice, params={"limit": 100}).json()["items"]
+    unlabeled = {s["image_id"] for s in semi_scores if not s["labeled"]}
+    assert unlabeled and all(i.startswith("SYN_0001") for i in unlabeled)
+    weak_metrics = client.get(f"/v1/jobs/{weak['id']}/metrics", headers=alice).json()
+    assert "pointing" in weak_metrics["models"]["dense"]["overall"] and "auroc" in weak_metrics["models"]["dense"]["overall"]
+    r = submit(client, alice, ds["id"], {**TINY, "setting": "weakly_supervised", "weak": {"label_column": "grade", "positive": ["x"]}})
+    assert r.status_code == 422 and "spec.weak.label_column" in r.json()["detail"]

@@ -53,11 +53,12 @@ def test_scores_json_lists_every_training_image_by_rank(planted):
     assert [i["rank"] for i in items] == list(range(1, len(items) + 1))
     assert all(a["htl_score"] >= b["htl_score"] for a, b in zip(items, items[1:]))
     first = items[0]
-    assert set(first) == {"image_id", "htl_score", "is_htl", "rank", "per_sparsity", "scores", "attributes"}
+    assert set(first) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes"}
+    assert all(i["labeled"] for i in items)
     assert first["scores"] == {}  # no other scorer asked for
     assert set(first["per_sparsity"]) == {"0.3", "0.5", "0.7", "0.9"}
     assert first["htl_score"] == pytest.approx(np.mean(list(first["per_sparsity"].values())))
-    assert set(first["attributes"]) == {"lesion_id", "site", "sex", "age"}
+    assert set(first["attributes"]) == {"lesion_id", "site", "sex", "age", "dx"}
 
 
 def test_metrics_cover_every_model_overall_and_per_subgroup(planted):
@@ -66,7 +67,7 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(planted):
     dense = metrics["models"]["dense"]
     assert dense["n"] == metrics["scored_images"] == len(dense["per_image"]) == metrics["validation_images"]
     assert dense["overall"]["dice"] > 0.8
-    assert set(dense["subgroups"]) == {"site", "sex", "age"}  # lesion_id is the group column
+    assert set(dense["subgroups"]) == {"site", "sex", "age", "dx"}  # lesion_id is the group column
     assert set(dense["subgroups"]["site"]) == {"common", "rare"}
     assert dense["subgroups"]["site"]["rare"]["dice"] < dense["subgroups"]["site"]["common"]["dice"]
     assert metrics["pruning"]["0.9"]["achieved"] == pytest.approx(0.9, abs=1e-3)
@@ -139,7 +140,7 @@ def test_subgroups_json_finds_the_planted_minority_enriched_and_not_sex(planted)
     rare = rows[("site", "rare")]
     assert rare["significant"] and rare["enrichment"] >= 3 and rare["enrichment_ci95"][0] > 1
     assert not any(r["significant"] for (a, _), r in rows.items() if a == "sex")
-    assert {a for a, _ in rows} >= {"site", "sex", "age", "image:lesion_area", "image:lesion_contrast", "image:brightness"}
+    assert {a for a, _ in rows} >= {"site", "sex", "age", "dx", "image:lesion_area", "image:lesion_contrast", "image:brightness"}
     assert report["single_seed"] is True
     gap = {(g["attribute"], g["value"]): g for g in report["gap_closing"]["subgroups"]}
     assert gap[("site", "rare")]["n"] + gap[("site", "common")]["n"] == report["gap_closing"]["overall"]["n"]

@@ -1,0 +1,157 @@
+"""Semi-supervised training: labeled images take the supervised loss; unlabeled ones learn from an
+exponential-moving-average teacher (Tarvainen & Valpola, 2017), either by consistency (mean squared
+difference of the student's and the teacher's probabilities on differently perturbed views) or by
+the teacher's confident pixels as pseudo-labels. Each step draws half its batch from each pool, so a
+step costs what a supervised one does. The teacher's weights are the result."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml.data import DecodedDataset, PairedAugment
+from ml.train import (
+    FitConfig,
+    StepProgress,
+    TrainingRecord,
+    _draws,
+    autocast,
+    device_of,
+    model_input,
+    optimizer_and_schedule,
+    segmentation_objective,
+    steps_per_epoch,
+)
+
+RAMP_UP_FRACTION = 0.3
+NOISE_STD = 0.1
+
+
+def ramp_up(step: int, total: int) -> float:
+    """Sigmoid ramp-up of the unlabeled weight over the first 30% of training."""
+    length = max(1, int(RAMP_UP_FRACTION * total))
+    t = min(step, length) / length
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def _perturb(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Photometric only (noise, brightness), so student and teacher views stay pixel-aligned."""
+    noise = torch.randn(x.shape, generator=g).to(x.device) * NOISE_STD
+    gain = 1.0 + 0.1 * (torch.rand((x.shape[0], 1, 1, 1), generator=g).to(x.device) - 0.5)
+    return (x * gain + noise).contiguous(memory_format=torch.channels_last)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The teacher follows the student closely at first (the original mean teacher's warm-up), so a
+    short run does not end with a teacher that is still mostly its random initialisation."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def _update_teacher(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+def _unlabeled_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, method: str, confidence: float) -> torch.Tensor:
+    s = torch.sigmoid(student_logits.float()).flatten(1)
+    t = torch.sigmoid(teacher_logits.float()).flatten(1)
+    if method == "mean_teacher":
+        return ((s - t) ** 2).mean(1)
+    confident = ((t >= confidence) | (t <= 1 - confidence)).float()
+    bce = F.binary_cross_entropy_with_logits(student_logits.float().flatten(1), (t >= 0.5).float(), reduction="none")
+    return (bce * confident).sum(1) / confident.sum(1).clamp_min(1.0)
+
+
+def fit_semi(
+    model: nn.Module,
+    data: DecodedDataset,
+    labeled: list[int],
+    unlabeled: list[int],
+    cfg: FitConfig,
+    *,
+    method: str = "mean_teacher",
+    unlabeled_weight: float = 1.0,
+    ema_decay: float = 0.99,
+    confidence: float = 0.9,
+    loss_weights: dict[int, float] | None = None,
+    sampling_weights: dict[int, float] | None = None,
+    progress: StepProgress | None = None,
+    record: TrainingRecord | None = None,
+    record_positions: dict[int, int] | None = None,
+) -> list[float]:
+    """Trains model in place (ending with the teacher's weights). Weights are per dataset index;
+    record_positions maps a dataset index to its row in record (labeled images only are recorded)."""
+    if not unlabeled:
+        raise ValueError("semi-supervised training needs unlabeled images")
+    device = device_of(model)
+    half = max(1, cfg.batch_size // 2)
+    labeled_arr, unlabeled_arr = np.asarray(labeled), np.asarray(unlabeled)
+    steps = steps_per_epoch(len(labeled) + len(unlabeled), 2 * half)
+    total = steps * cfg.epochs
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + 1)
+    augment = PairedAugment() if cfg.augment else None
+    teacher = copy.deepcopy(model)
+    teacher.train()
+    opt, sched = optimizer_and_schedule(model, cfg, total)
+
+    def pool_weights(pool: np.ndarray, weights: dict[int, float] | None) -> np.ndarray | None:
+        return None if weights is None else np.array([weights[int(i)] for i in pool])
+
+    def endless(pool: np.ndarray, weights: dict[int, float] | None):
+        w = pool_weights(pool, weights)
+        while True:
+            for pick in _draws(len(pool), steps_per_epoch(len(pool), min(half, len(pool))), min(half, len(pool)), w, g):
+                yield pool[pick.numpy()]
+
+    lab_draws, unl_draws = endless(labeled_arr, sampling_weights), endless(unlabeled_arr, sampling_weights)
+    lw = (lambda idx: torch.tensor([loss_weights[int(i)] for i in idx], device=device)) if loss_weights else (
+        lambda idx: torch.ones(len(idx), device=device))
+
+    model.train()
+    epoch_losses, done = [], 0
+    for epoch in range(cfg.epochs):
+        running = 0.0
+        for _ in range(steps):
+            lab, unl = next(lab_draws), next(unl_draws)
+            images, masks = data.batch(lab)
+            if augment is not None:
+                images, masks = augment(images, masks)
+            out = segmentation_objective(model, model_input(images, device), masks.to(device), lab)
+            w_l = lw(lab)
+            sup = (out.loss * w_l).sum() / w_l.sum().clamp_min(1e-8)
+
+            u_images, u_masks = data.batch(unl)
+            if augment is not None:
+                u_images, _ = augment(u_images, u_masks)
+            x = model_input(u_images, device)
+            with torch.no_grad(), autocast(device):
+                teacher_logits = teacher(_perturb(x, g))
+            with autocast(device):
+                student_logits = model(_perturb(x, g))
+            w_u = lw(unl)
+            unsup = (_unlabeled_loss(student_logits, teacher_logits, method, confidence) * w_u).sum() / w_u.sum().clamp_min(1e-8)
+            loss = sup + unlabeled_weight * ramp_up(done, total) * unsup
+
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            _update_teacher(teacher, model, ema_decay_at(done, ema_decay))
+            if record is not None and record_positions is not None:
+                record.add(np.array([record_positions[int(i)] for i in lab]), epoch, out.success, out.error)
+            running += loss.item()
+            done += 1
+            if progress is not None:
+                progress(done / total, loss.item())
+        epoch_losses.append(running / steps)
+    model.load_state_dict(teacher.state_dict())
+    model.eval()
+    return epoch_losses
