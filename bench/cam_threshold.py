@@ -1,0 +1,58 @@
+"""Choose weak.cam_threshold by measurement: load the dense classifier(s) of a finished
+weakly-supervised run and score their class activation maps on its validation images at a range of
+thresholds (localization Dice at the original image size).
+
+    .venv/bin/python bench/cam_threshold.py runs/weak-threshold
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from contract.jobspec import JobSpec
+from ml.checkpoints import load_checkpoint
+from ml.data import read_mask
+from ml.metrics import image_metrics
+from ml.pipeline import Run
+from ml.train import iterate_batches, predict_logits, prepare_for_device
+
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    spec = JobSpec.model_validate(json.loads((out / "spec.json").read_text()))
+    data_dir = json.loads((out / "state" / "run.json").read_text())["data_dir"]
+    run = Run(data_dir, spec, out, device="cpu")
+    data = run.decoded()
+    results = {}
+    for path in sorted((out / "checkpoints").glob("dense*.safetensors")):
+        model, _ = load_checkpoint(path)
+        model.cam_threshold = 0.0  # forward now answers the scaled map itself
+        model = prepare_for_device(model, "cpu").eval()
+        dice = {t: [] for t in THRESHOLDS}
+        for batch in iterate_batches(run.val_idx, 64):
+            images, _ = data.batch(batch)
+            maps = predict_logits(model, images)
+            for j, i in enumerate(batch):
+                record = run.index.records[i]
+                if record.mask_path is None:
+                    continue
+                truth = read_mask(record.mask_path)
+                full = F.interpolate(maps[j : j + 1], size=truth.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+                for t in THRESHOLDS:
+                    dice[t].append(image_metrics(truth, full > t)["dice"])
+        results[path.stem] = {str(t): round(float(np.mean(v)), 4) for t, v in dice.items()}
+    print(json.dumps(results, indent=1))
+    means = {t: np.mean([r[str(t)] for r in results.values()]) for t in THRESHOLDS}
+    print("best threshold by mean validation Dice:", max(means, key=means.get), {t: round(float(m), 4) for t, m in means.items()})
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

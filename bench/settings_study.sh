@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Dense vs attended for the semi- and weakly-supervised settings on HAM10000 (2,000 images, 64 px,
+# 2 seeds), after choosing the CAM threshold on a 1,000-image weakly-supervised run.
+#   bench/settings_study.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/settings-study}
+mkdir -p "$out"
+htl=".venv/bin/htl"
+data=../shared/data/ham10000
+weak='"setting": "weakly_supervised", "weak": {"label_column": "dx", "positive": ["mel"]}'
+echo "{$weak, \"image_size\": 64, \"sample\": {\"max_images\": 1000}, \"split\": {\"group_column\": \"lesion_id\"}, \"train\": {\"epochs\": 8}}" > "$out/weak-threshold.json"
+$htl run $data --spec "$out/weak-threshold.json" --out "$out/weak-threshold" > "$out/weak-threshold.log" 2>&1
+.venv/bin/python bench/cam_threshold.py "$out/weak-threshold" | tee "$out/cam-threshold.txt"
+echo "{$weak, \"image_size\": 64, \"sample\": {\"max_images\": 2000}, \"split\": {\"group_column\": \"lesion_id\"}, \"train\": {\"epochs\": 8, \"seeds\": [0, 1]}}" > "$out/weak.json"
+$htl run $data --spec "$out/weak.json" --out "$out/weak" > "$out/weak.log" 2>&1
+echo '{"setting": "semi_supervised", "semi": {"labeled_fraction": 0.25}, "image_size": 64, "sample": {"max_images": 2000}, "split": {"group_column": "lesion_id"}, "train": {"epochs": 6, "seeds": [0, 1]}}' > "$out/semi.json"
+$htl run $data --spec "$out/semi.json" --out "$out/semi" > "$out/semi.log" 2>&1
+echo done
