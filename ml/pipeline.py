@@ -31,11 +31,13 @@ from ml.metrics import MISSING, aggregate, auroc, image_metrics, subgroup_labels
 from ml.models import build_model
 from ml.prune import apply_pruning_masks, make_permanent, sparsity_report
 from ml.scoring import HtlScores, score_disagreement, select_htl
+from ml.seeds import compare_over_seeds, over_seeds
 from ml.semi import fit_semi
 from ml.train import (
     ClassificationObjective,
     FitConfig,
     TrainingRecord,
+    classify,
     fit,
     iterate_batches,
     predict_logits,
@@ -70,17 +72,6 @@ def sparsity_key(s: float) -> str:
 
 def checkpoint_name(model: str) -> str:
     return f"{model}.safetensors"
-
-
-def t_interval(values: list[float]) -> list[float] | None:
-    """95% t-interval of the mean over seeds; None for a single value."""
-    from scipy.stats import t
-
-    if len(values) < 2:
-        return None
-    mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))
-    half = float(t.ppf(0.975, len(values) - 1)) * sem
-    return [mean - half, mean + half]
 
 
 def _write_json(path: Path, payload) -> None:
@@ -494,60 +485,6 @@ class Run:
                 continue
             getattr(self, f"stage_{stage}")()
         return json.loads((self.out / "metrics.json").read_text())
-
-
-@torch.no_grad()
-def classify(model: torch.nn.Module, images_u8: torch.Tensor) -> torch.Tensor:
-    from ml.train import autocast, device_of, model_input
-
-    device = device_of(model)
-    with autocast(device):
-        return model.classify(model_input(images_u8, device)).float().cpu()
-
-
-def over_seeds(entries: list[dict]) -> dict:
-    """One model trained with several seeds: means over the seeds, with a 95% t-interval overall."""
-    first = entries[0]
-    overall = {m: float(np.mean([e["overall"][m] for e in entries])) for m in first["overall"]}
-    return {
-        "n": first["n"],
-        "seeds": len(entries),
-        "overall": overall,
-        "overall_ci95": {m: t_interval([e["overall"][m] for e in entries]) for m in first["overall"]},
-        "subgroups": {
-            attr: {
-                label: {"n": stats["n"], **{m: float(np.mean([e["subgroups"][attr][label][m] for e in entries])) for m in stats if m != "n"}}
-                for label, stats in groups.items()
-            }
-            for attr, groups in first["subgroups"].items()
-        },
-    }
-
-
-def compare_over_seeds(dense: list[dict], attended: list[dict]) -> dict:
-    """Attended minus dense, overall (per seed, mean, 95% interval over seeds) and per subgroup (mean
-    over seeds). With one seed there is no interval, and the output says so."""
-    def delta(a: dict, b: dict) -> dict:
-        return {m: b[m] - a[m] for m in a if m != "n"}
-
-    per_seed = [delta(d["overall"], a["overall"]) for d, a in zip(dense, attended)]
-    out = {
-        "overall": {m: float(np.mean([p[m] for p in per_seed])) for m in per_seed[0]},
-        "overall_ci95": {m: t_interval([p[m] for p in per_seed]) for m in per_seed[0]},
-        "per_seed": per_seed,
-        "single_seed": len(per_seed) == 1,
-        "subgroups": {
-            attr: {
-                label: {"n": stats["n"], **{m: float(np.mean([delta(d["subgroups"][attr][label], a["subgroups"][attr][label])[m]
-                                                             for d, a in zip(dense, attended)])) for m in stats if m != "n"}}
-                for label, stats in groups.items()
-            }
-            for attr, groups in dense[0]["subgroups"].items()
-        },
-    }
-    if out["single_seed"]:
-        out["note"] = "one seed: a difference here is not evidence of an improvement; set train.seeds for an interval"
-    return out
 
 
 def run_pipeline(data_dir, spec: JobSpec, out_dir, *, device: str | None = None, progress: ProgressFn | None = None) -> dict:

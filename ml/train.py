@@ -213,3 +213,10 @@ def predict_logits(model: nn.Module, images_u8: torch.Tensor) -> torch.Tensor:
     device = device_of(model)
     with autocast(device):
         return model(model_input(images_u8, device)).float()
+
+
+@torch.no_grad()
+def classify(model: torch.nn.Module, images_u8: torch.Tensor) -> torch.Tensor:
+    device = device_of(model)
+    with autocast(device):
+        return model.classify(model_input(images_u8, device)).float().cpu()
