@@ -76,7 +76,7 @@ def fit_semi(
     unlabeled: list[int],
     cfg: FitConfig,
     *,
-    method: str = "mean_teacher",
+    method: str = "pseudo_label",
     unlabeled_weight: float = 1.0,
     ema_decay: float = 0.99,
     confidence: float = 0.9,
