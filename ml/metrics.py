@@ -3,6 +3,7 @@ their aggregation overall and per subgroup of metadata attributes."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -11,6 +12,7 @@ ISIC_JACCARD_THRESHOLD = 0.65
 MISSING = {"", "unknown", "nan", "na", "n/a", "none", "null"}
 UNKNOWN = "unknown"
 MAX_CATEGORIES = 20  # a categorical column with more distinct values is an id, not a subgroup
+AGE_COLUMN = re.compile(r"(^|[^a-z])age([^a-z]|$)")  # age, age_approximate, patient_age; not image
 
 
 def _ratio(num: float, den: float) -> float:
@@ -78,7 +80,7 @@ def subgroup_labels(column: str, values: list[str]) -> list[str]:
     numeric = bool(present) and all(x is not None for x in numbers) and len(set(numbers)) > 6
     if not numeric:
         return [v if v.strip().lower() not in MISSING else UNKNOWN for v in values]
-    if "age" in column.lower():
+    if AGE_COLUMN.search(column.lower()):
         edges = list(range(0, int(max(numbers)) // 20 * 20 + 21, 20))
     else:
         edges = sorted(set(np.quantile(np.asarray(numbers), [0, 0.25, 0.5, 0.75, 1.0]).tolist()))

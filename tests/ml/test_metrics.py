@@ -100,8 +100,10 @@ def test_subgroup_labels_band_ages_and_keep_missing_as_unknown():
     ]
     assert subgroup_labels("sex", ["male", "", "female", "unknown"]) == ["male", "unknown", "female", "unknown"]
     sizes = [str(x) for x in range(1, 101)]
-    labels = subgroup_labels("lesion_area", sizes)
-    assert len(set(labels)) == 4 and labels[0].startswith("[1, ") and labels[-1].endswith("100]")
+    for column in ("lesion_area", "image:brightness"):  # "image" holds the letters a-g-e: no age bands
+        labels = subgroup_labels(column, sizes)
+        assert len(set(labels)) == 4 and labels[0].startswith("[1, ") and labels[-1].endswith("100]")
+    assert subgroup_labels("age_approximate", ages) == subgroup_labels("age", ages)
 
 
 def test_id_like_columns_are_not_default_attributes():

@@ -141,6 +141,9 @@ def test_subgroups_json_finds_the_planted_minority_enriched_and_not_sex(planted)
     assert rare["significant"] and rare["enrichment"] >= 3 and rare["enrichment_ci95"][0] > 1
     assert not any(r["significant"] for (a, _), r in rows.items() if a == "sex")
     assert {a for a, _ in rows} >= {"site", "sex", "age", "dx", "image:lesion_area", "image:lesion_contrast", "image:brightness"}
+    assert len({v for a, v in rows if a == "image:lesion_contrast"}) == 4  # quartile bands
+    low_contrast = min((v for a, v in rows if a == "image:lesion_contrast"), key=lambda v: float(v[1:].split(",")[0]))
+    assert rows[("image:lesion_contrast", low_contrast)]["significant"]  # the planted minority is the faint lesions
     assert report["single_seed"] is True
     gap = {(g["attribute"], g["value"]): g for g in report["gap_closing"]["subgroups"]}
     assert gap[("site", "rare")]["n"] + gap[("site", "common")]["n"] == report["gap_closing"]["overall"]["n"]
