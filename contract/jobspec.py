@@ -198,6 +198,11 @@ def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int,
         )
     if spec.setting == "semi_supervised" and n_masks < 2:
         raise SpecError("setting", f"semi_supervised training needs at least 2 images with masks; {n_masks} have one")
+    if spec.setting == "semi_supervised" and n_masks == n_images and spec.semi.labeled_fraction is None:
+        raise SpecError(
+            "semi.labeled_fraction",
+            "every image has a mask: set semi.labeled_fraction to hide some, or use the supervised setting",
+        )
     if spec.setting == "weakly_supervised" and spec.weak.label_column not in columns:
         raise SpecError(
             "weak.label_column", f"column {spec.weak.label_column!r} is not in the metadata (columns: {sorted(columns)})"

@@ -52,3 +52,13 @@ def test_unknown_attributes_and_missing_masks_are_rejected():
         check_spec_fits_dataset(JobSpec(attributes=["site"]), columns=["sex"], n_images=10, n_masks=10)
     with pytest.raises(SpecError, match="3 of 10 have none"):
         check_spec_fits_dataset(JobSpec(), columns=[], n_images=10, n_masks=7)
+
+
+def test_semi_supervised_needs_images_without_masks_or_a_labeled_fraction():
+    semi = JobSpec.model_validate({"setting": "semi_supervised"})
+    with pytest.raises(SpecError) as e:
+        check_spec_fits_dataset(semi, columns=[], n_images=10, n_masks=10)
+    assert e.value.field == "semi.labeled_fraction"
+    check_spec_fits_dataset(semi, columns=[], n_images=10, n_masks=4)
+    check_spec_fits_dataset(JobSpec.model_validate({"setting": "semi_supervised", "semi": {"labeled_fraction": 0.2}}),
+                            columns=[], n_images=10, n_masks=10)
