@@ -271,22 +271,28 @@ class Run:
         return {a: [values[i] for i in positions] for a, values in labels.items()}
 
     # --- stages ------------------------------------------------------------------------------
-    def stage_dense(self) -> None:
+    def _train_each_seed(self, stage: str, base: str, *, record_dynamics: bool = False, **weights) -> None:
+        """Train a fresh model per seed and save it as base (suffixed per seed). A seed that finished
+        before an interruption is not trained again."""
         losses = {}
         for k, seed in enumerate(self.seeds):
-            name = self.name("dense", seed)
-            done = self.out / "state" / f"dense-{name}.json"
-            if done.is_file():  # this seed finished before an interruption
+            name = self.name(base, seed)
+            done = self.out / "state" / f"{stage}-{name}.json"
+            if done.is_file():
                 losses[name] = json.loads(done.read_text())["epoch_losses"]
                 continue
             model = self._fresh_model(seed)
-            record = TrainingRecord(len(self.train_idx), self.spec.train.epochs)
-            losses[name] = self._train(model, self._fit_config(seed), record=record,
-                                       progress=lambda f, l, k=k: self.report("dense", self._seed_fraction(k, f), l))
+            record = TrainingRecord(len(self.train_idx), self.spec.train.epochs) if record_dynamics else None
+            losses[name] = self._train(model, self._fit_config(seed), record=record, **weights,
+                                       progress=lambda f, l, k=k: self.report(stage, self._seed_fraction(k, f), l))
             self._save(model, name, seed=seed)
-            np.savez(self.out / "state" / f"dynamics-{name}.npz", dice=record.dice, error=record.error)
+            if record is not None:
+                np.savez(self.out / "state" / f"dynamics-{name}.npz", dice=record.dice, error=record.error)
             _write_json(done, {"epoch_losses": losses[name]})
-        _write_json(self._marker("dense"), {"epoch_losses": losses})
+        _write_json(self._marker(stage), {"epoch_losses": losses})
+
+    def stage_dense(self) -> None:
+        self._train_each_seed("dense", "dense", record_dynamics=True)
 
     def stage_prune(self) -> None:
         reports = {}
@@ -377,19 +383,7 @@ class Run:
 
     def stage_attend(self) -> None:
         loss_weights, sampling_weights = self.attention_weights()
-        losses = {}
-        for k, seed in enumerate(self.seeds):
-            name = self.name("attended", seed)
-            done = self.out / "state" / f"attend-{name}.json"
-            if done.is_file():
-                losses[name] = json.loads(done.read_text())["epoch_losses"]
-                continue
-            model = self._fresh_model(seed)
-            losses[name] = self._train(model, self._fit_config(seed), loss_weights=loss_weights, sampling_weights=sampling_weights,
-                                       progress=lambda f, l, k=k: self.report("attend", self._seed_fraction(k, f), l))
-            self._save(model, name, seed=seed)
-            _write_json(done, {"epoch_losses": losses[name]})
-        _write_json(self._marker("attend"), {"epoch_losses": losses})
+        self._train_each_seed("attend", "attended", loss_weights=loss_weights, sampling_weights=sampling_weights)
 
     @torch.no_grad()
     def stage_evaluate(self) -> None:
