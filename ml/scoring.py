@@ -10,16 +10,7 @@ import torch
 from torch import nn
 
 from ml.data import DecodedDataset
-from ml.train import iterate_batches, predict_logits
-
-
-def binary_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample Dice of boolean (N, ...) tensors; two empty masks agree fully (1)."""
-    a = a.flatten(1).float()
-    b = b.flatten(1).float()
-    inter = (a * b).sum(1)
-    denom = a.sum(1) + b.sum(1)
-    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
+from ml.train import binary_dice, iterate_batches, predict_logits
 
 
 @dataclass

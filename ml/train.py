@@ -54,19 +54,23 @@ class StepOutput:
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], StepOutput]
 
 
+def binary_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample Dice of boolean (N, ...) tensors; two empty masks agree fully (1)."""
+    a = a.flatten(1).float()
+    b = b.flatten(1).float()
+    inter = (a * b).sum(1)
+    denom = a.sum(1) + b.sum(1)
+    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
+
+
 def segmentation_objective(model: nn.Module, x: torch.Tensor, masks: torch.Tensor, _indices: np.ndarray) -> StepOutput:
     with autocast(x.device):
         logits = model(x)
     loss = per_sample_loss(logits, masks)
     with torch.no_grad():
-        target = masks.flatten(1).float()
         prob = torch.sigmoid(logits.float()).flatten(1)
-        pred = (prob > 0.5).float()
-        inter = (pred * target).sum(1)
-        denom = pred.sum(1) + target.sum(1)
-        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
-        error = (prob - target).abs().mean(1)
-    return StepOutput(loss, dice, error)
+        error = (prob - masks.flatten(1).float()).abs().mean(1)
+    return StepOutput(loss, binary_dice(prob > 0.5, masks.bool()), error)
 
 
 class ClassificationObjective:
