@@ -136,7 +136,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_command(settings) -> list[str]:
+def _worker_command() -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
         "-Q", "htl", "-n", "htl@%h", "--loglevel=INFO",
@@ -148,7 +148,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings.ensure_dirs()
-    os.execv(sys.executable, _worker_command(settings))
+    os.execv(sys.executable, _worker_command())
     return 0  # not reached
 
 
@@ -167,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.ensure_dirs()
     upgrade(settings.resolved_database_url)
     env = dict(os.environ, HTL_DATA_DIR=str(settings.data_dir.resolve()))
-    worker = None if args.no_worker else subprocess.Popen(_worker_command(settings), env=env)
+    worker = None if args.no_worker else subprocess.Popen(_worker_command(), env=env)
     print(f"htl serve: API on http://{args.host}:{args.port}, data in {settings.data_dir.resolve()}, "
           f"database {_redacted(settings.resolved_database_url)}, broker {settings.resolved_broker_url}"
           + ("" if worker is None else f", worker pid {worker.pid}"), file=sys.stderr, flush=True)
