@@ -21,6 +21,8 @@ def make_celery(settings: Settings) -> Celery:
         transport = {
             "data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"), "store_processed": False, "polling_interval": 0.2,
+            # without it kombu writes its control (broadcast) folder to ./control, wherever the process runs
+            "control_folder": str(folder / "control"),
         }
     else:
         # a job may run for hours; a shorter visibility timeout would hand it to a second worker
