@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     from tqdm import tqdm
 
-    from ml.pipeline import Progress, Run, RunDirError
+    from ml.pipeline import DegenerateError, Progress, Run, RunDirError
 
     # in a log file (not a terminal) a redraw every half second would flood it
     bar = tqdm(total=1000, mininterval=0.5 if sys.stderr.isatty() else 30, bar_format="{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
@@ -50,26 +50,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         run = Run(args.data_dir, spec, args.out, device=args.device, progress=on_progress)
-        for warning in run.index.warnings:
+        for warning in [*run.index.warnings, *run.split_warnings]:
             tqdm.write(f"warning: {warning}")
         metrics = run.run()
-    except (SpecError, LayoutError, RunDirError) as e:
+    except (SpecError, LayoutError, RunDirError, DegenerateError) as e:
         bar.close()
         print(f"htl: {e}", file=sys.stderr)
         return 2
     bar.close()
-    dense, attended = metrics["models"]["dense"]["overall"], metrics["models"]["attended"]["overall"]
-    print(f"validation images: {metrics['scored_images']}")
-    print(f"{'model':<14}{'dice':>8}{'jaccard':>9}{'thr.jac':>9}{'box_iou':>9}")
-    for name, m in metrics["models"].items():
-        o = m["overall"]
-        print(f"{name:<14}{o['dice']:8.4f}{o['jaccard']:9.4f}{o['threshold_jaccard']:9.4f}{o['box_iou']:9.4f}")
-    comparison = metrics["attended_vs_dense"]
-    ci = comparison["overall_ci95"]["dice"]
-    interval = f" (95% interval over {len(metrics['seeds'])} seeds: {ci[0]:+.4f} to {ci[1]:+.4f})" if ci else ""
-    print(f"attended - dense dice: {attended['dice'] - dense['dice']:+.4f}{interval}")
-    if comparison["single_seed"]:
-        print(f"note: {comparison['note']}")
+    for warning in metrics["warnings"]:
+        if warning not in run.split_warnings:
+            print(f"warning: {warning}")
+    print(f"split by {metrics['group_column'] or 'image (no group column)'}; validation images: {metrics['scored_images']}"
+          + (f", test images: {metrics['test_images']}" if metrics["test_images"] else ""))
+    for split in metrics["splits"]:
+        print(f"{split}:")
+        print(f"  {'model':<14}{'dice':>8}{'jaccard':>9}{'thr.jac':>9}{'box_iou':>9}")
+        for name, m in metrics["models"].items():
+            o = (m if split == "validation" else m["test"])["overall"]
+            print(f"  {name:<14}{o['dice']:8.4f}{o['jaccard']:9.4f}{o['threshold_jaccard']:9.4f}{o['box_iou']:9.4f}")
+        for key, label in (("attended_vs_dense", "attended - dense"), ("attended_vs_control", "attended - control")):
+            if key not in metrics:
+                continue
+            comparison = metrics[key] if split == "validation" else metrics[key]["test"]
+            ci = comparison["overall_ci95"]["dice"]
+            interval = f" (95% interval over {len(metrics['seeds'])} seeds: {ci[0]:+.4f} to {ci[1]:+.4f})" if ci else ""
+            print(f"  {label} dice: {comparison['overall']['dice']:+.4f}{interval}")
+    if metrics["attended_vs_dense"]["single_seed"]:
+        print(f"note: {metrics['attended_vs_dense']['note']}")
     print(f"outputs in {args.out}: scores.json metrics.json subgroups.json predictions/ checkpoints/ spec.json")
     return 0
 

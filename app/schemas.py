@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,7 +45,9 @@ class JobOut(BaseModel):
     progress: float
     error: str | None
     attempt: int
-    spec: dict
+    spec: dict = Field(description="the spec as run: split.group_column 'auto' is replaced by the column chosen (or null)")
+    warnings: list[str] = Field(default_factory=list, description="how the job ran that its user should know: a split without a "
+                                "group column, pruned models left out of htl_score as degenerate")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -76,12 +78,19 @@ class CheckpointOut(BaseModel):
 
 class MetricsOut(BaseModel):
     job_id: uuid.UUID
-    split: str
+    split: Literal["validation", "test"]
+    splits: list[str] = Field(default_factory=lambda: ["validation"], description="the splits the job evaluated on")
+    group_column: str | None = None
     seeds: list[int]
     models: dict[str, dict]
-    attended_vs_dense: dict
+    attended_vs_dense: dict = Field(description="attended minus dense on this split: per seed, mean, 95% t-interval over seeds")
+    attended_vs_control: dict | None = Field(None, description="attended minus the random control (attention.control 'random')")
+    control_vs_dense: dict | None = None
     scorer_agreement: list[dict]
-    pruning: dict
+    pruning: dict = Field(description="per pruned model: achieved and per-layer sparsity, zeroed layers, validation Dice, degenerate")
+    degenerate_sparsities: list[float] = Field(default_factory=list, description="left out of htl_score")
+    validation_curve: dict[str, list[float | None]] = Field(default_factory=dict, description="dense models' validation Dice per epoch")
+    warnings: list[str] = Field(default_factory=list)
 
 
 class SubgroupsOut(BaseModel):

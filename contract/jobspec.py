@@ -28,12 +28,31 @@ class ModelSpec(_Strict):
     width: int = Field(16, ge=4, le=128, description="base width (channels of the first level) of unet and cnn")
 
 
+GROUP_KEY_NAMES = (
+    "patient_id", "patient", "subject_id", "subject", "participant_id", "lesion_id", "case_id", "study_id",
+    "person_id", "individual_id", "mrn",
+)
+
+
 class SplitSpec(_Strict):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="when > 0, a held-out test split made like the validation split; every model is evaluated on it too"
+    )
     group_column: str | None = Field(
-        None, description="metadata column whose groups never straddle the split (HAM10000: lesion_id)"
+        "auto", description="metadata column whose groups never straddle the splits (HAM10000: lesion_id); 'auto': the "
+        f"first column named like a grouping key ({', '.join(GROUP_KEY_NAMES)}; case-insensitive), else none with a warning; "
+        "null: split images independently"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> "SplitSpec":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} leaves under 10% of the images for training"
+            )
+        return self
 
 
 class TrainSpec(_Strict):
@@ -68,6 +87,19 @@ class TrainSpec(_Strict):
 class PruneSpec(_Strict):
     sparsities: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
     finetune_epochs: int = Field(0, ge=0, le=100)
+    scope: Literal["global", "layerwise"] = Field(
+        "global", description="global: one magnitude threshold over every conv weight; layerwise: each layer pruned to the "
+        "sparsity by its own threshold (Hooker et al.'s pruning code)"
+    )
+    bn_recalibration: bool = Field(
+        False, description="re-estimate the BatchNorm running statistics of each pruned model, and of the dense model it is "
+        "compared with, on the (unaugmented) training images before scoring and evaluating (off by default: on HAM10000 it "
+        "made the HTL set less stable across seeds and less enriched for hard groups; see BENCHMARKS.md)"
+    )
+    degenerate_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="a pruned model whose validation Dice falls below this fraction of the dense "
+        "model's, or that predicts (nearly) no foreground, is degenerate: left out of htl_score"
+    )
 
     @field_validator("sparsities")
     @classmethod
@@ -98,6 +130,13 @@ class HtlSpec(_Strict):
 class AttentionSpec(_Strict):
     strategy: Literal["oversample", "reweight", "both"] = "oversample"
     factor: float = Field(3.0, ge=1.0, le=100.0)
+    scorer: Scorer = Field(
+        "pruning", description="the hardness score whose top set is attended (as large as the HTL set); any scorer in scorers"
+    )
+    control: Literal["none", "random"] = Field(
+        "none", description="random: also train, per seed, a control model attending the same way to a seeded random "
+        "subset of the training images as large as the HTL set"
+    )
 
 
 class SampleSpec(_Strict):
@@ -159,6 +198,10 @@ class JobSpec(_Strict):
             raise ValueError(f"model.arch {self.model.arch!r} is a classifier; {self.setting} takes {'|'.join(SEGMENTERS)}")
         if weak and (not self.weak.label_column or not self.weak.positive):
             raise ValueError("weakly_supervised needs weak.label_column and weak.positive (the values that mean positive)")
+        if self.attention.scorer not in self.scorers:
+            raise ValueError(
+                f"attention.scorer {self.attention.scorer!r} is not computed: add it to scorers ({', '.join(self.scorers)})"
+            )
         return self
 
     @field_validator("image_size")
@@ -178,9 +221,26 @@ class SpecError(ValueError):
         self.message = message
 
 
+def resolve_group_column(spec: JobSpec, columns: list[str]) -> tuple[JobSpec, list[str]]:
+    """The spec with split.group_column 'auto' replaced by the first metadata column named like a
+    grouping key (or None), and the warnings that choice deserves."""
+    if spec.split.group_column != "auto":
+        return spec, []
+    chosen = next((c for c in columns if c.strip().lower() in GROUP_KEY_NAMES), None)
+    resolved = spec.model_copy(deep=True)
+    resolved.split.group_column = chosen
+    if chosen is None:
+        return resolved, [
+            "split.group_column 'auto' found no column named like a grouping key "
+            f"({', '.join(GROUP_KEY_NAMES)}): images are split independently, so images of one patient or lesion "
+            "may fall on both sides; name the column in split.group_column if there is one"
+        ]
+    return resolved, []
+
+
 def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int, n_masks: int) -> None:
     """Reject, before any work starts, a spec that cannot run on a dataset with these properties."""
-    if spec.split.group_column is not None and spec.split.group_column not in columns:
+    if spec.split.group_column not in (None, "auto") and spec.split.group_column not in columns:
         raise SpecError(
             "split.group_column",
             f"column {spec.split.group_column!r} is not in the metadata (columns: {sorted(columns)})",

@@ -1,4 +1,4 @@
-"""Checkpoints as safetensors whose metadata holds the architecture and the spec, so a model is
+"""Checkpoints as safetensors whose metadata holds the model config and the spec, so a model is
 rebuilt from the file alone."""
 from __future__ import annotations
 
@@ -9,19 +9,16 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from ml.models import build_model
+from ml.models import ModelConfig
 
 FORMAT = "htl-miner/1"
 
 
-def save_checkpoint(
-    model: nn.Module, path: Path, *, arch: str, width: int, spec: dict, extra: dict | None = None, cam_threshold: float | None = None,
-) -> None:
+def save_checkpoint(model: nn.Module, path: Path, *, config: ModelConfig, spec: dict, extra: dict | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    architecture = {"arch": arch, "width": width, **({"cam_threshold": cam_threshold} if cam_threshold is not None else {})}
     metadata = {
         "format": FORMAT,
-        "architecture": json.dumps(architecture),
+        "architecture": json.dumps(config.as_dict(), sort_keys=True),
         "spec": json.dumps(spec, sort_keys=True),
     }
     for key, value in (extra or {}).items():
@@ -43,7 +40,6 @@ def read_metadata(path: Path) -> dict:
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The model in eval mode, and the file's metadata."""
     metadata = read_metadata(path)
-    arch = metadata["architecture"]
-    model = build_model(arch["arch"], arch["width"], **({"cam_threshold": arch["cam_threshold"]} if "cam_threshold" in arch else {}))
+    model = ModelConfig.from_dict(metadata["architecture"]).build()
     model.load_state_dict(load_file(str(path), device="cpu"))
     return model.to(device).eval(), metadata

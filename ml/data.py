@@ -196,10 +196,12 @@ def decode_dataset(index: DatasetIndex, size: int, cache_dir: Path | None = None
 
 
 def split_indices(
-    index: DatasetIndex, *, val_fraction: float, group_column: str | None, seed: int
-) -> tuple[list[int], list[int]]:
-    """Seeded train/validation split. With group_column, all images of one group land on one side;
-    an image with an empty group value is a group of its own."""
+    index: DatasetIndex, *, val_fraction: float, group_column: str | None, seed: int, test_fraction: float = 0.0,
+) -> tuple[list[int], list[int], list[int]]:
+    """Seeded train/validation/test split. With group_column, all images of one group land on one
+    side; an image with an empty group value is a group of its own. Groups are shuffled and dealt to
+    validation until it holds val_fraction of the images, then to test (test_fraction), so a split
+    without a test set is the same as before test splits existed."""
     groups: dict[str, list[int]] = {}
     for i, record in enumerate(index.records):
         value = record.attributes.get(group_column, "") if group_column else ""
@@ -207,20 +209,25 @@ def split_indices(
         groups.setdefault(key, []).append(i)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
-    target = max(1, round(val_fraction * len(index.records)))
-    val: list[int] = []
+    n = len(index.records)
+    targets = [max(1, round(val_fraction * n)), round(test_fraction * n)]
+    held: list[list[int]] = [[], []]
+    side = 0
     for key in keys:
-        if len(val) >= target:
+        while side < 2 and len(held[side]) >= targets[side]:
+            side += 1
+        if side == 2:
             break
-        val.extend(groups[key])
-    val_set = set(val)
-    train = [i for i in range(len(index.records)) if i not in val_set]
-    if not train or not val:
+        held[side].extend(groups[key])
+    val, test = held
+    taken = set(val) | set(test)
+    train = [i for i in range(n) if i not in taken]
+    if not train or not val or (test_fraction > 0 and not test):
         raise LayoutError(
-            f"the split left {len(train)} training and {len(val)} validation images; "
-            "change split.val_fraction or use more images"
+            f"the split left {len(train)} training, {len(val)} validation and {len(test)} test images; "
+            "change split.val_fraction / split.test_fraction or use more images"
         )
-    return train, sorted(val)
+    return train, sorted(val), sorted(test)
 
 
 MEAN = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)

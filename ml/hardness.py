@@ -1,9 +1,16 @@
 """Hardness scores other than pruning disagreement, each per training image, higher = harder:
 
 - loss: the dense model's BCE + soft-Dice loss on the (unaugmented) image after training;
-- el2n: mean |p - y| in the first fifth of training (at least the first epoch), as in EL2N scores;
-- forgetting: how often the image's training Dice fell below a threshold after having been at or
-  above it (forgetting events, counted on its training steps);
+- el2n: the error L2 norm of Paul et al. (2021), ||p - y||_2 of the dense model's prediction on the
+  unaugmented image, in eval mode, at the end of an early epoch (EL2N_EPOCH_FRACTION of training,
+  at least the first epoch). A mask's error vector has a component per pixel, so the norm is divided
+  by sqrt(pixel count): the root-mean-square error, comparable across image sizes. For a classifier
+  it is |p - y|. Paul et al. average over several initializations; here each dense seed scores and
+  the seeds' scores are averaged;
+- forgetting: forgetting events (Toneva et al., 2019): how often the image's training Dice fell below
+  a threshold after having been at or above it, counted on its training steps. An image never learned
+  (never at or above the threshold) counts as most forgotten: Toneva et al. give it an infinite
+  count; here it gets the number of epochs, more than any learned image can reach;
 - dynamic_dice: 1 - its training Dice averaged over the epochs ("Data-Centric Diet" for medical
   segmentation), so an image learned late or never scores high;
 - mc_dropout: disagreement (1 - Dice) between the dense prediction and predictions with test-time
@@ -28,18 +35,24 @@ from ml.scoring import binary_dice
 from ml.train import device_of, iterate_batches, model_input, predict_logits, segmentation_objective
 
 FORGETTING_THRESHOLD = 0.5
-EL2N_FRACTION = 0.2
+EL2N_EPOCH_FRACTION = 0.2
 MC_DROPOUT_P = 0.1
 MC_DROPOUT_SAMPLES = 8
 
 
 def forgetting_events(dice: np.ndarray, threshold: float = FORGETTING_THRESHOLD) -> np.ndarray:
     """dice: (n, epochs), NaN where not seen. A forgetting event is a step from learned
-    (>= threshold) to not learned, between consecutive epochs in which the image was seen."""
+    (>= threshold) to not learned, between consecutive epochs in which the image was seen. Never
+    learned: the number of epochs (at most epochs / 2 events can happen). Never seen: NaN."""
     out = np.zeros(dice.shape[0])
     for i, row in enumerate(dice):
         seen = row[~np.isnan(row)] >= threshold
-        out[i] = np.count_nonzero(seen[:-1] & ~seen[1:])
+        if seen.size == 0:
+            out[i] = np.nan
+        elif not seen.any():
+            out[i] = dice.shape[1]
+        else:
+            out[i] = np.count_nonzero(seen[:-1] & ~seen[1:])
     return out
 
 
@@ -50,29 +63,36 @@ def dynamic_dice(dice: np.ndarray) -> np.ndarray:
         return 1.0 - np.nanmean(dice, axis=1)
 
 
-def el2n(error: np.ndarray, fraction: float = EL2N_FRACTION) -> np.ndarray:
-    """Mean error over the early epochs in which the image was seen (NaN if it never was)."""
-    early = max(1, math.ceil(fraction * error.shape[1]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(error[:, :early], axis=1)
+def el2n_epoch(epochs: int, fraction: float = EL2N_EPOCH_FRACTION) -> int:
+    """The (0-based) epoch after which EL2N is read: the end of the first `fraction` of training."""
+    return max(1, math.ceil(fraction * epochs)) - 1
 
 
-def from_dynamics(dice: np.ndarray, error: np.ndarray) -> dict[str, np.ndarray]:
-    """The scorers read off a TrainingRecord's arrays (n, epochs)."""
-    return {"el2n": el2n(error), "forgetting": forgetting_events(dice), "dynamic_dice": dynamic_dice(dice)}
+def from_dynamics(dice: np.ndarray) -> dict[str, np.ndarray]:
+    """The scorers read off a TrainingRecord's success array (n, epochs)."""
+    return {"forgetting": forgetting_events(dice), "dynamic_dice": dynamic_dice(dice)}
+
+
+@torch.no_grad()
+def error_norm(model: nn.Module, data: DecodedDataset, indices: list[int], objective=segmentation_objective, batch_size: int = 64) -> np.ndarray:
+    """EL2N as of now: the objective's per-sample error norm on unaugmented images, in eval mode."""
+    return _per_sample(model, data, indices, objective, batch_size, lambda out: out.error)
 
 
 @torch.no_grad()
 def final_loss(model: nn.Module, data: DecodedDataset, indices: list[int], objective=segmentation_objective, batch_size: int = 64) -> np.ndarray:
     """The training objective's per-sample loss, in eval mode on unaugmented images."""
+    return _per_sample(model, data, indices, objective, batch_size, lambda out: out.loss)
+
+
+def _per_sample(model, data, indices, objective, batch_size, read) -> np.ndarray:
     model.eval()
     device = device_of(model)
     out = []
     for batch in iterate_batches(indices, batch_size):
         images, masks = data.batch(batch)
         result = objective(model, model_input(images, device), masks.to(device), np.asarray(batch))
-        out.append(result.loss.float().cpu().numpy())
+        out.append(read(result).float().cpu().numpy())
     return np.concatenate(out)
 
 

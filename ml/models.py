@@ -2,6 +2,8 @@
 models built with weights=None, so nothing is downloaded."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -119,6 +121,25 @@ def build_model(arch: str, width: int = 16, cam_threshold: float = 0.3) -> nn.Mo
             deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=1, aux_loss=False)
         )
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHES}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model: what the pipeline builds from and checkpoints store."""
+
+    arch: str
+    width: int = 16
+    cam_threshold: float = 0.3  # CAM classifiers only: the map's share that counts as lesion
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, self.width, cam_threshold=self.cam_threshold)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelConfig":
+        return cls(**{k: raw[k] for k in ("arch", "width", "cam_threshold") if k in raw})
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from contract.jobspec import JobSpec, SpecError, check_spec_fits_dataset
+from contract.jobspec import JobSpec, SpecError, check_spec_fits_dataset, resolve_group_column
 from ml import hardness, subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import (
@@ -28,8 +28,8 @@ from ml.data import (
     split_indices,
 )
 from ml.metrics import MISSING, aggregate, auroc, image_metrics, subgroup_labels, usable_attributes
-from ml.models import build_model
-from ml.prune import apply_pruning_masks, make_permanent, sparsity_report
+from ml.models import ModelConfig
+from ml.prune import apply_pruning_masks, health, make_permanent, recalibrate_batchnorm, sparsity_report, validation_prediction
 from ml.scoring import HtlScores, score_disagreement, select_htl
 from ml.seeds import compare_over_seeds, over_seeds
 from ml.semi import fit_semi
@@ -66,6 +66,10 @@ class RunDirError(ValueError):
     pass
 
 
+class DegenerateError(RuntimeError):
+    """Every pruned model collapsed: nothing is left to rank the images by."""
+
+
 def sparsity_key(s: float) -> str:
     return format(s, "g")
 
@@ -97,11 +101,17 @@ class Run:
         check_spec_fits_dataset(
             spec, columns=self.index.columns, n_images=len(self.index.records), n_masks=self.index.n_masks
         )
+        # 'auto' is resolved here, so spec.json and every checkpoint name the column actually used
+        spec, self.split_warnings = resolve_group_column(spec, self.index.columns)
+        self.spec = spec
         self.spec_dict = spec.model_dump(mode="json")
+        self.model_config = ModelConfig(spec.model.arch, spec.model.width, spec.weak.cam_threshold)
         self._claim_out_dir(Path(data_dir).resolve())
-        self.train_idx, self.val_idx = split_indices(
-            self.index, val_fraction=spec.split.val_fraction, group_column=spec.split.group_column, seed=spec.split.seed
+        self.train_idx, self.val_idx, self.test_idx = split_indices(
+            self.index, val_fraction=spec.split.val_fraction, test_fraction=spec.split.test_fraction,
+            group_column=spec.split.group_column, seed=spec.split.seed,
         )
+        self.eval_splits = {"validation": self.val_idx, **({"test": self.test_idx} if self.test_idx else {})}
         rows = [r.attributes for r in self.index.records]
         exclude = {spec.split.group_column} if spec.split.group_column else set()
         self.attributes = spec.attributes if spec.attributes is not None else usable_attributes(self.index.columns, rows, exclude=exclude)
@@ -178,13 +188,14 @@ class Run:
         n_train, n_val = len(self.train_idx), len(self.val_idx)
         n_sp = len(self.spec.prune.sparsities)
         epochs, n_seeds = self.spec.train.epochs, len(self.spec.train.seed_list())
+        epochs += epochs * n_val / n_train / INFERENCE_SPEEDUP  # the dense validation curve
         extra = 1 + (hardness.MC_DROPOUT_SAMPLES if "mc_dropout" in self.spec.scorers else 0) + ("loss" in self.spec.scorers)
         w = {
             "dense": n_seeds * epochs * n_train,
-            "prune": n_seeds * (self.spec.prune.finetune_epochs * n_train * n_sp + 1),
+            "prune": n_seeds * n_sp * (self.spec.prune.finetune_epochs * n_train + (n_train + n_val) / INFERENCE_SPEEDUP),
             "score": n_seeds * n_train * (n_sp + extra) / INFERENCE_SPEEDUP,
-            "attend": n_seeds * epochs * n_train,
-            "evaluate": n_val * n_seeds * (2 + n_sp) / INFERENCE_SPEEDUP,
+            "attend": n_seeds * epochs * n_train * (2 if self.spec.attention.control == "random" else 1),
+            "evaluate": (n_val + len(self.test_idx)) * n_seeds * len(self.bases()) / INFERENCE_SPEEDUP,
         }
         total = sum(w.values())
         return {k: v / total for k, v in w.items()}
@@ -210,8 +221,7 @@ class Run:
 
     def _fresh_model(self, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        model = build_model(self.spec.model.arch, self.spec.model.width, cam_threshold=self.spec.weak.cam_threshold)
-        return prepare_for_device(model, self.device)
+        return prepare_for_device(self.model_config.build(), self.device)
 
     def objective(self):
         if self.setting != "weakly_supervised":
@@ -219,11 +229,12 @@ class Run:
         train = self.image_labels[self.train_idx]
         return ClassificationObjective(self.image_labels, pos_weight=float(np.sum(train == 0)) / max(1.0, float(np.nansum(train))))
 
-    def _train(self, model, cfg: FitConfig, *, loss_weights=None, sampling_weights=None, progress=None, record=None) -> list[float]:
+    def _train(self, model, cfg: FitConfig, *, loss_weights=None, sampling_weights=None, progress=None, record=None,
+               on_epoch_end=None) -> list[float]:
         """Train on the training images as the setting says; weights align with self.train_idx."""
         if self.setting != "semi_supervised":
             return fit(model, self.decoded(), self.train_idx, cfg, loss_weights=loss_weights, sampling_weights=sampling_weights,
-                       progress=progress, record=record, objective=self.objective())
+                       progress=progress, record=record, objective=self.objective(), on_epoch_end=on_epoch_end)
         labeled = [i for i, known in zip(self.train_idx, self.train_labeled) if known]
         unlabeled = [i for i, known in zip(self.train_idx, self.train_labeled) if not known]
         by_index = lambda w: None if w is None else dict(zip(self.train_idx, map(float, w)))  # noqa: E731
@@ -232,7 +243,7 @@ class Run:
             model, self.decoded(), labeled, unlabeled, cfg, method=semi.method, unlabeled_weight=semi.unlabeled_weight,
             ema_decay=semi.ema_decay, confidence=semi.confidence, loss_weights=by_index(loss_weights),
             sampling_weights=by_index(sampling_weights), progress=progress, record=record,
-            record_positions={i: row for row, i in enumerate(self.train_idx)},
+            record_positions={i: row for row, i in enumerate(self.train_idx)}, on_epoch_end=on_epoch_end,
         )
 
     def name(self, base: str, seed: int) -> str:
@@ -245,8 +256,8 @@ class Run:
     def _save(self, model: torch.nn.Module, name: str, **extra) -> None:
         (self.out / "state").mkdir(parents=True, exist_ok=True)
         save_checkpoint(
-            model, self.out / "checkpoints" / checkpoint_name(name), arch=self.spec.model.arch,
-            width=self.spec.model.width, spec=self.spec_dict, extra={"model": name, **extra},
+            model, self.out / "checkpoints" / checkpoint_name(name), config=self.model_config,
+            spec=self.spec_dict, extra={"model": name, **extra},
         )
 
     def load(self, name: str) -> torch.nn.Module:
@@ -254,7 +265,8 @@ class Run:
         return prepare_for_device(model, self.device).eval()
 
     def bases(self) -> list[str]:
-        return ["dense", *(f"pruned@{sparsity_key(s)}" for s in self.spec.prune.sparsities), "attended"]
+        control = ["control"] if self.spec.attention.control == "random" else []
+        return ["dense", *(f"pruned@{sparsity_key(s)}" for s in self.spec.prune.sparsities), "attended", *control]
 
     def model_names(self) -> list[str]:
         return [self.name(base, seed) for seed in self.seeds for base in self.bases()]
@@ -271,63 +283,112 @@ class Run:
         return {a: [values[i] for i in positions] for a, values in labels.items()}
 
     # --- stages ------------------------------------------------------------------------------
-    def _train_each_seed(self, stage: str, base: str, *, record_dynamics: bool = False, **weights) -> None:
-        """Train a fresh model per seed and save it as base (suffixed per seed). A seed that finished
-        before an interruption is not trained again."""
-        losses = {}
+    def _train_each_seed(self, stage: str, base: str, weights_for, *, part: tuple[int, int] = (0, 1),
+                         record_dynamics: bool = False) -> dict[str, dict]:
+        """Train a fresh model per seed and save it as base (suffixed per seed); weights_for(seed)
+        answers its (loss_weights, sampling_weights). A seed that finished before an interruption is
+        not trained again. part=(i, n): this is the i-th of n trainings that make up the stage."""
+        results = {}
         for k, seed in enumerate(self.seeds):
             name = self.name(base, seed)
             done = self.out / "state" / f"{stage}-{name}.json"
             if done.is_file():
-                losses[name] = json.loads(done.read_text())["epoch_losses"]
+                results[name] = json.loads(done.read_text())
                 continue
             model = self._fresh_model(seed)
             record = TrainingRecord(len(self.train_idx), self.spec.train.epochs) if record_dynamics else None
-            losses[name] = self._train(model, self._fit_config(seed), record=record, **weights,
-                                       progress=lambda f, l, k=k: self.report(stage, self._seed_fraction(k, f), l))
+            curve: list[float | None] = []
+            early_error: dict[str, np.ndarray] = {}
+
+            def on_epoch_end(epoch: int, current: torch.nn.Module) -> None:
+                curve.append(validation_prediction(current, self.decoded(), self.val_idx, self.mask_known[self.val_idx]).dice)
+                if epoch == hardness.el2n_epoch(self.spec.train.epochs) and "el2n" in self.spec.scorers:
+                    early_error["el2n"] = hardness.error_norm(current, self.decoded(), self.train_idx, self.objective())
+
+            loss_weights, sampling_weights = weights_for(seed)
+            losses = self._train(
+                model, self._fit_config(seed), record=record, loss_weights=loss_weights, sampling_weights=sampling_weights,
+                on_epoch_end=on_epoch_end if record_dynamics else None,
+                progress=lambda f, l, k=k: self.report(stage, (part[0] + self._seed_fraction(k, f)) / part[1], l),
+            )
             self._save(model, name, seed=seed)
             if record is not None:
-                np.savez(self.out / "state" / f"dynamics-{name}.npz", dice=record.dice, error=record.error)
-            _write_json(done, {"epoch_losses": losses[name]})
-        _write_json(self._marker(stage), {"epoch_losses": losses})
+                np.savez(self.out / "state" / f"dynamics-{name}.npz", dice=record.dice, **early_error)
+            results[name] = {"epoch_losses": losses, **({"validation_dice": curve} if record_dynamics else {})}
+            _write_json(done, results[name])
+        return results
 
     def stage_dense(self) -> None:
-        self._train_each_seed("dense", "dense", record_dynamics=True)
+        curves = self._train_each_seed("dense", "dense", lambda seed: (None, None), record_dynamics=True)
+        _write_json(self._marker("dense"), {"training": curves})
 
     def stage_prune(self) -> None:
+        """Prune each dense seed at each sparsity, fine-tune if asked, re-estimate BatchNorm statistics
+        if asked, and report each pruned model's health next to its dense model's."""
+        p = self.spec.prune
         reports = {}
-        sparsities = self.spec.prune.sparsities
-        steps = len(sparsities) * len(self.seeds)
+        steps = len(p.sparsities) * len(self.seeds)
+        has_target = self.mask_known[self.val_idx]
         for j, seed in enumerate(self.seeds):
             dense = self.load(self.name("dense", seed))
-            for i, s in enumerate(sparsities):
-                k = j * len(sparsities) + i
-                model = apply_pruning_masks(dense, s)
-                if self.spec.prune.finetune_epochs:
-                    model = prepare_for_device(model, self.device)
-                    cfg = self._fit_config(seed, epochs=self.spec.prune.finetune_epochs, lr=self.spec.train.lr / FINETUNE_LR_DIVISOR)
+            dense_prediction = validation_prediction(self.reference(seed), self.decoded(), self.val_idx, has_target)
+            for i, s in enumerate(p.sparsities):
+                k = j * len(p.sparsities) + i
+                model = prepare_for_device(apply_pruning_masks(dense, s, p.scope), self.device)
+                if p.finetune_epochs:
+                    cfg = self._fit_config(seed, epochs=p.finetune_epochs, lr=self.spec.train.lr / FINETUNE_LR_DIVISOR)
                     self._train(model, cfg, progress=lambda f, l, k=k: self.report("prune", (k + f) / steps, l))
                 model = make_permanent(model)
-                report = sparsity_report(model, s)
+                if p.bn_recalibration:
+                    recalibrate_batchnorm(prepare_for_device(model, self.device), self.decoded(), self.train_idx)
+                model = prepare_for_device(model, self.device).eval()
+                prediction = validation_prediction(model, self.decoded(), self.val_idx, has_target)
+                report = health(sparsity_report(model, s), prediction, dense_prediction, degenerate_fraction=p.degenerate_fraction)
                 name = self.name(f"pruned@{sparsity_key(s)}", seed)
-                self._save(model, name, seed=seed, sparsity=s, achieved_sparsity=report.achieved)
-                reports[name.removeprefix("pruned@")] = report.as_dict()
+                self._save(model, name, seed=seed, sparsity=s, achieved_sparsity=report["achieved"], degenerate=report["degenerate"])
+                reports[name.removeprefix("pruned@")] = {"sparsity": s, "seed": seed, "scope": p.scope,
+                                                         "bn_recalibrated": p.bn_recalibration, **report}
                 self.report("prune", (k + 1) / steps)
         _write_json(self._marker("prune"), {"reports": reports})
+
+    def reference(self, seed: int) -> torch.nn.Module:
+        """The dense model the pruned ones are compared with. With prune.bn_recalibration its BatchNorm
+        statistics are re-estimated on the same unaugmented training images as theirs, so the two
+        differ by the pruned weights alone (the dense model's own statistics come from augmented
+        images in train mode: a shift that pruning did not cause)."""
+        dense = self.load(self.name("dense", seed))
+        if self.spec.prune.bn_recalibration:
+            recalibrate_batchnorm(dense, self.decoded(), self.train_idx)
+        return dense
+
+    def degenerate_sparsities(self) -> list[float]:
+        """Sparsities at which the pruned model of any seed is degenerate: they rank nothing."""
+        reports = json.loads(self._marker("prune").read_text())["reports"]
+        return sorted({r["sparsity"] for r in reports.values() if r["degenerate"]})
+
+    def warnings(self) -> list[str]:
+        out = list(self.split_warnings)
+        if self.finished("prune") and (bad := self.degenerate_sparsities()):
+            out.append(
+                f"pruned models at sparsity {', '.join(sparsity_key(s) for s in bad)} are degenerate (they predict "
+                "(nearly) nothing, or far worse than the dense model: see metrics.json 'pruning'); they are left out of "
+                "htl_score, and per_sparsity still shows them"
+            )
+        return out
 
     def _scores_of_seed(self, k: int, seed: int) -> tuple[dict[float, np.ndarray], dict[str, np.ndarray]]:
         """Pruning disagreement per sparsity, and the other requested scorers, for one dense seed."""
         dense = self.load(self.name("dense", seed))
         pruned = {s: self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}
         result = score_disagreement(
-            dense, pruned, self.decoded(), self.train_idx, batch_size=max(self.spec.train.batch_size, 32),
+            self.reference(seed), pruned, self.decoded(), self.train_idx, batch_size=max(self.spec.train.batch_size, 32),
             progress=lambda f: self.report("score", self._seed_fraction(k, 0.8 * f)),
         )
         others: dict[str, np.ndarray] = {}
         wanted = set(self.spec.scorers)
         if wanted & {"el2n", "forgetting", "dynamic_dice"}:
             dynamics = np.load(self.out / "state" / f"dynamics-{self.name('dense', seed)}.npz")
-            read_off = hardness.from_dynamics(dynamics["dice"], dynamics["error"])
+            read_off = {**hardness.from_dynamics(dynamics["dice"]), **({"el2n": dynamics["el2n"]} if "el2n" in dynamics else {})}
             others.update({name: values for name, values in read_off.items() if name in wanted})
         if "loss" in wanted:
             others["loss"] = hardness.final_loss(dense, self.decoded(), self.train_idx, self.objective())
@@ -341,9 +402,17 @@ class Run:
 
     def stage_score(self) -> None:
         per_seed = [self._scores_of_seed(k, seed) for k, seed in enumerate(self.seeds)]
+        sparsities = self.spec.prune.sparsities
         # as PIE averages over model populations, scores average over the dense seeds
-        per_sparsity = {s: np.mean([p[s] for p, _ in per_seed], axis=0) for s in self.spec.prune.sparsities}
-        htl_score = np.mean(np.stack([per_sparsity[s] for s in self.spec.prune.sparsities]), axis=0)
+        per_sparsity = {s: np.mean([p[s] for p, _ in per_seed], axis=0) for s in sparsities}
+        degenerate = set(self.degenerate_sparsities())
+        ranked_by = [s for s in sparsities if s not in degenerate]
+        if not ranked_by:
+            raise DegenerateError(
+                f"every pruned model is degenerate (sparsities {', '.join(map(sparsity_key, sparsities))}; see the pruning "
+                "report): nothing is left to rank by; choose lower prune.sparsities, train longer, or set prune.bn_recalibration"
+            )
+        htl_score = np.mean(np.stack([per_sparsity[s] for s in ranked_by]), axis=0)
         others = {name: np.mean([o[name] for _, o in per_seed], axis=0) for name in per_seed[0][1]}
         scores = HtlScores(image_indices=list(self.train_idx), per_sparsity=per_sparsity, htl_score=htl_score)
         is_htl = select_htl(scores.htl_score, top_fraction=self.spec.htl.top_fraction, threshold=self.spec.htl.threshold)
@@ -364,38 +433,68 @@ class Run:
         items.sort(key=lambda item: item["rank"])
         top_fraction = self.spec.htl.top_fraction or max(float(is_htl.mean()), 1 / len(is_htl))
         agreement = hardness.agreement({"pruning": scores.htl_score, **others}, top_fraction) if others else []
-        _write_json(self.out / "state" / "enrichment.json", subgroups.enrichment(self.groups_of(self.train_idx), is_htl))
+        column = self.spec.split.group_column
+        clusters = [self.index.records[i].attributes.get(column, "") for i in self.train_idx] if column else None
+        _write_json(self.out / "state" / "enrichment.json",
+                    subgroups.enrichment(self.groups_of(self.train_idx), is_htl, clusters=clusters, cluster_name=column))
+        _write_json(self.out / "state" / "attention.json", self._attention_sets(is_htl, others))
         _write_json(self.out / "scores.json", items)
-        _write_json(self._marker("score"), {"n_scored": len(items), "n_htl": int(is_htl.sum()), "scorer_agreement": agreement})
+        _write_json(self._marker("score"), {
+            "n_scored": len(items), "n_htl": int(is_htl.sum()), "scorer_agreement": agreement,
+            "ranked_by_sparsities": ranked_by, "degenerate_sparsities": sorted(degenerate),
+        })
 
-    def htl_mask(self) -> np.ndarray:
-        """HTL membership aligned with self.train_idx, read back from scores.json."""
-        flags = {item["image_id"]: item["is_htl"] for item in json.loads((self.out / "scores.json").read_text())}
-        return np.array([flags[self.index.records[i].image_id] for i in self.train_idx], dtype=bool)
+    def _attention_sets(self, is_htl: np.ndarray, others: dict[str, np.ndarray]) -> dict:
+        """Which training images (by id) attention boosts: the top of the attention scorer, as many as
+        the HTL set; and per seed, the random control set of that size."""
+        k = int(is_htl.sum())
+        scorer = self.spec.attention.scorer
+        if scorer == "pruning":
+            attended = np.flatnonzero(is_htl)
+        else:
+            values = others[scorer]
+            finite = np.flatnonzero(np.isfinite(values))
+            order = finite[np.lexsort((finite, -values[finite]))]
+            attended = np.sort(order[:k])
+        ids = [self.index.records[i].image_id for i in self.train_idx]
+        out = {"scorer": scorer, "size": k, "attended": [ids[j] for j in attended]}
+        if self.spec.attention.control == "random":
+            n = len(self.train_idx)
+            out["control"] = {
+                str(seed): [ids[j] for j in np.sort(np.random.default_rng([self.spec.split.seed, seed]).choice(n, k, replace=False))]
+                for seed in self.seeds
+            }
+        return out
 
-    def attention_weights(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(loss_weights, sampling_weights) over the training images, per the attention strategy."""
+    def _boost(self, image_ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(loss_weights, sampling_weights) over the training images that boost these images."""
         a = self.spec.attention
-        boosted = np.where(self.htl_mask(), a.factor, 1.0)
+        chosen = set(image_ids)
+        boosted = np.array([a.factor if self.index.records[i].image_id in chosen else 1.0 for i in self.train_idx])
         loss_weights = boosted if a.strategy in ("reweight", "both") else None
         sampling_weights = boosted if a.strategy in ("oversample", "both") else None
         return loss_weights, sampling_weights
 
     def stage_attend(self) -> None:
-        loss_weights, sampling_weights = self.attention_weights()
-        self._train_each_seed("attend", "attended", loss_weights=loss_weights, sampling_weights=sampling_weights)
+        sets = json.loads((self.out / "state" / "attention.json").read_text())
+        control = "control" in sets
+        parts = 2 if control else 1
+        results = self._train_each_seed("attend", "attended", lambda seed: self._boost(sets["attended"]), part=(0, parts))
+        if control:
+            results.update(self._train_each_seed("attend", "control", lambda seed: self._boost(sets["control"][str(seed)]), part=(1, parts)))
+        _write_json(self._marker("attend"), {"training": results})
 
     @torch.no_grad()
-    def stage_evaluate(self) -> None:
-        names = self.model_names()
-        models = {name: self.load(name) for name in names}
+    def _evaluate_split(self, models: dict[str, torch.nn.Module], indices: list[int]) -> tuple[dict[str, list[dict]], dict[str, list[float]], list[int]]:
+        """Per model, per image with a mask: metrics at the image's own size; for classifiers the
+        positive probability of every image; and the images that were scored."""
+        names = list(models)
         per_image: dict[str, list[dict]] = {name: [] for name in names}
-        scored_positions: list[int] = []
-        data = self.decoded()
-        done = 0
-        weak = self.setting == "weakly_supervised"
         probs: dict[str, list[float]] = {name: [] for name in names}
-        for batch in iterate_batches(self.val_idx, 32):
+        scored: list[int] = []
+        data = self.decoded()
+        weak = self.setting == "weakly_supervised"
+        for batch in iterate_batches(indices, 32):
             images, _ = data.batch(batch)
             logits = {name: predict_logits(model, images).cpu() for name, model in models.items()}
             if weak:
@@ -406,7 +505,7 @@ class Run:
                 height, width = data.original_sizes[i]
                 truth = read_mask(record.mask_path) if record.mask_path is not None else None
                 if truth is not None:
-                    scored_positions.append(i)
+                    scored.append(i)
                 for name in names:
                     full = F.interpolate(logits[name][j : j + 1], size=(height, width), mode="bilinear", align_corners=False)
                     pred = (full[0, 0] > 0).numpy()
@@ -419,57 +518,104 @@ class Run:
                             peak = int(torch.argmax(full[0, 0]))
                             entry["pointing"] = float(truth.flat[peak])
                         per_image[name].append(entry)
-            done += len(batch)
-            self.report("evaluate", done / len(self.val_idx))
-        groups = {a: [self.labels[a][i] for i in scored_positions] for a in self.attributes}
-        training_loss = {}
+            self._evaluated += len(batch)
+            self.report("evaluate", self._evaluated / self._to_evaluate)
+        return per_image, probs, scored
+
+    def stage_evaluate(self) -> None:
+        names = self.model_names()
+        models = {name: self.load(name) for name in names}
+        self._evaluated, self._to_evaluate = 0, sum(map(len, self.eval_splits.values()))
+        blocks: dict[str, dict[str, dict]] = {name: {} for name in names}
+        scored_by_split: dict[str, list[int]] = {}
+        for split, indices in self.eval_splits.items():
+            per_image, probs, scored = self._evaluate_split(models, indices)
+            scored_by_split[split] = scored
+            groups = {a: [self.labels[a][i] for i in scored] for a in self.attributes}
+            for name in names:
+                block = {**aggregate(per_image[name], groups), "per_image": per_image[name]}
+                if self.setting == "weakly_supervised":
+                    truth_labels = self.image_labels[indices]
+                    known = ~np.isnan(truth_labels)
+                    block["classification"] = {
+                        "auroc": auroc(np.asarray(probs[name])[known], truth_labels[known]),
+                        "n": int(known.sum()), "positives": int(np.nansum(truth_labels)),
+                    }
+                blocks[name][split] = block
+        training = {}
         for stage in ("dense", "attend"):
-            training_loss.update(json.loads(self._marker(stage).read_text())["epoch_losses"])
+            training.update(json.loads(self._marker(stage).read_text())["training"])
+        score_marker = json.loads(self._marker("score").read_text())
         report = {
             "validation_images": len(self.val_idx),
-            "scored_images": len(scored_positions),
+            "test_images": len(self.test_idx),
+            "scored_images": len(scored_by_split["validation"]),
+            "splits": list(self.eval_splits),
+            "group_column": self.spec.split.group_column,
             "attributes": self.attributes,
             "seeds": self.seeds,
             "models": {},
             "pruning": json.loads(self._marker("prune").read_text())["reports"],
-            "training_loss": training_loss,
-            "scorer_agreement": json.loads(self._marker("score").read_text())["scorer_agreement"],
+            "ranked_by_sparsities": score_marker["ranked_by_sparsities"],
+            "degenerate_sparsities": score_marker["degenerate_sparsities"],
+            "attention": {k: v for k, v in json.loads((self.out / "state" / "attention.json").read_text()).items() if k in ("scorer", "size")},
+            "training_loss": {name: t["epoch_losses"] for name, t in training.items()},
+            "validation_curve": {name: t["validation_dice"] for name, t in training.items() if "validation_dice" in t},
+            "scorer_agreement": score_marker["scorer_agreement"],
+            "warnings": self.warnings(),
         }
+        # a model's entry is its validation report, with a 'test' block shaped like it
         for name in names:
-            report["models"][name] = {**aggregate(per_image[name], groups), "per_image": per_image[name]}
-            if weak:
-                truth_labels = self.image_labels[self.val_idx]
-                known = ~np.isnan(truth_labels)
-                report["models"][name]["classification"] = {
-                    "auroc": auroc(np.asarray(probs[name])[known], truth_labels[known]),
-                    "n": int(known.sum()), "positives": int(np.nansum(truth_labels)),
-                }
+            report["models"][name] = {**blocks[name]["validation"], **({"test": blocks[name]["test"]} if "test" in blocks[name] else {})}
         if len(self.seeds) > 1:
             for base in self.bases():
-                report["models"][base] = over_seeds([report["models"][self.name(base, s)] for s in self.seeds])
-        report["attended_vs_dense"] = compare_over_seeds(
-            [report["models"][self.name("dense", s)] for s in self.seeds],
-            [report["models"][self.name("attended", s)] for s in self.seeds],
-        )
+                entries = [report["models"][self.name(base, s)] for s in self.seeds]
+                report["models"][base] = {**over_seeds(entries), **({"test": over_seeds([e["test"] for e in entries])} if self.test_idx else {})}
+
+        def compare(a: str, b: str) -> dict:
+            first = [report["models"][self.name(a, s)] for s in self.seeds]
+            second = [report["models"][self.name(b, s)] for s in self.seeds]
+            out = compare_over_seeds(first, second)
+            if self.test_idx:
+                out["test"] = compare_over_seeds([e["test"] for e in first], [e["test"] for e in second])
+            return out
+
+        report["attended_vs_dense"] = compare("dense", "attended")
+        if "control" in self.bases():
+            report["attended_vs_control"] = compare("control", "attended")
+            report["control_vs_dense"] = compare("dense", "control")
         _write_json(self.out / "metrics.json", report)
-        self._write_subgroups(report, scored_positions)
+        self._write_subgroups(report, scored_by_split)
         _write_json(self._marker("evaluate"), {"models": names})
 
-    def _write_subgroups(self, report: dict, scored_positions: list[int]) -> None:
-        """subgroups.json: HTL enrichment per training subgroup, and per validation subgroup whether
-        attention closed the gap (Dice averaged over seeds per image, bootstrap over images)."""
-        def mean_dice(base: str) -> np.ndarray:
-            return np.mean([[p["dice"] for p in report["models"][self.name(base, s)]["per_image"]] for s in self.seeds], axis=0)
+    def _write_subgroups(self, report: dict, scored_by_split: dict[str, list[int]]) -> None:
+        """subgroups.json: HTL enrichment per training subgroup, and per split and subgroup whether
+        attention closed the gap: paired per-image Dice differences, bootstrapped over seeds and
+        clusters of split.group_column, Benjamini-Hochberg across subgroups."""
+        column = self.spec.split.group_column
+        control = "control" in self.bases()
 
-        gap = subgroups.gap_closing(
-            mean_dice("dense"), mean_dice("attended"), self.groups_of(scored_positions),
-            resamples=BOOTSTRAP_RESAMPLES, seed=self.spec.split.seed,
-        ) if scored_positions else None
+        def dice(base: str, split: str) -> np.ndarray:
+            def block(s):
+                entry = report["models"][self.name(base, s)]
+                return entry if split == "validation" else entry["test"]
+            return np.array([[p["dice"] for p in block(s)["per_image"]] for s in self.seeds])
+
+        gap = {}
+        for split, scored in scored_by_split.items():
+            if not scored:
+                continue
+            gap[split] = subgroups.gap_closing(
+                dice("dense", split), dice("attended", split), self.groups_of(scored),
+                control=dice("control", split) if control else None,
+                clusters=[self.index.records[i].attributes.get(column, "") for i in scored] if column else None,
+                cluster_name=column, resamples=BOOTSTRAP_RESAMPLES, seed=self.spec.split.seed,
+            )
         _write_json(self.out / "subgroups.json", {
             "seeds": self.seeds,
             "single_seed": len(self.seeds) == 1,
             "enrichment": json.loads((self.out / "state" / "enrichment.json").read_text()),
-            "gap_closing": gap,
+            "gap_closing": gap or None,
         })
 
     def run(self) -> dict:

@@ -1,15 +1,24 @@
-"""Global magnitude (L1 unstructured) pruning of every conv and transposed-conv weight, on copies
-of the dense model, made permanent; optional fine-tuning with the masks kept on."""
+"""Magnitude (L1 unstructured) pruning of every conv and transposed-conv weight, on copies of the
+dense model: one threshold over all layers (global) or one per layer (layerwise, as in Hooker et
+al.'s pruning code). Optional fine-tuning with the masks kept on, BatchNorm statistics re-estimated
+for the pruned weights, and a health report that says whether a pruned model still predicts."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from ml.data import DecodedDataset
 from ml.models import prunable_layers
+from ml.train import binary_dice, iterate_batches, model_input, predict_logits
+
+SCOPES = ("global", "layerwise")
+# predicting less than this share of the dense model's foreground counts as predicting nothing
+EMPTY_FOREGROUND_RATIO = 0.05
 
 
 @dataclass
@@ -18,16 +27,26 @@ class SparsityReport:
     achieved: float  # zeros / weights over all pruned layers
     layers: dict[str, float]  # per layer, fraction of zero weights
 
+    @property
+    def zeroed_layers(self) -> int:
+        return sum(1 for v in self.layers.values() if v >= 1.0)
+
     def as_dict(self) -> dict:
-        return {"requested": self.requested, "achieved": self.achieved, "layers": self.layers}
+        return {"requested": self.requested, "achieved": self.achieved, "layers": self.layers, "zeroed_layers": self.zeroed_layers}
 
 
-def apply_pruning_masks(dense: nn.Module, sparsity: float) -> nn.Module:
+def apply_pruning_masks(dense: nn.Module, sparsity: float, scope: str = "global") -> nn.Module:
     """A copy of dense with pruning masks attached (weights not yet permanent)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown pruning scope {scope!r}; choose one of {SCOPES}")
     # pruning reshapes weights with view(): a channels_last copy must be made contiguous first
     model = copy.deepcopy(dense).to(memory_format=torch.contiguous_format)
-    params = [(module, "weight") for _, module in prunable_layers(model)]
-    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
+    layers = [module for _, module in prunable_layers(model)]
+    if scope == "global":
+        prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=sparsity)
+    else:
+        for module in layers:
+            prune.l1_unstructured(module, "weight", amount=sparsity)
     return model
 
 
@@ -50,6 +69,82 @@ def sparsity_report(model: nn.Module, requested: float) -> SparsityReport:
     return SparsityReport(requested=requested, achieved=zeros / total, layers=layers)
 
 
-def prune_model(dense: nn.Module, sparsity: float) -> tuple[nn.Module, SparsityReport]:
-    model = make_permanent(apply_pruning_masks(dense, sparsity))
+def prune_model(dense: nn.Module, sparsity: float, scope: str = "global") -> tuple[nn.Module, SparsityReport]:
+    model = make_permanent(apply_pruning_masks(dense, sparsity, scope))
     return model.eval(), sparsity_report(model, sparsity)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: DecodedDataset, indices: list[int], batch_size: int = 32) -> nn.Module:
+    """Re-estimate every BatchNorm layer's running mean and variance for the model's present weights:
+    forward passes over the unaugmented images in train mode, with a cumulative average (momentum
+    None), no gradient. Pruning changes what each layer sees; statistics left from the dense model are
+    an accident of the order of operations, not a loss of capacity."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    device = next(model.parameters()).device
+    model.train()
+    try:
+        for batch in iterate_batches(indices, batch_size):
+            if len(batch) < 2:  # a batch of one has no variance to estimate
+                continue
+            images, _ = data.batch(batch)
+            model(model_input(images, device))
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+    return model
+
+
+@dataclass
+class Prediction:
+    """What a model makes of the validation images: mean Dice against the masks (None without masks)
+    and the mean share of pixels it calls foreground."""
+
+    dice: float | None
+    foreground: float
+    per_image_dice: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+
+@torch.no_grad()
+def validation_prediction(model: nn.Module, data: DecodedDataset, indices: list[int], has_target: np.ndarray, batch_size: int = 64) -> Prediction:
+    """has_target aligns with indices: which images' masks may be compared against."""
+    dice, foreground = [], []
+    for start, batch in zip(range(0, len(indices), batch_size), iterate_batches(indices, batch_size)):
+        images, masks = data.batch(batch)
+        pred = predict_logits(model, images) > 0
+        foreground.append(pred.flatten(1).float().mean(1).cpu().numpy())
+        d = binary_dice(pred.cpu(), masks.bool()).numpy()
+        dice.append(np.where(has_target[start : start + len(batch)], d, np.nan))
+    per_image = np.concatenate(dice) if dice else np.zeros(0)
+    known = per_image[np.isfinite(per_image)]
+    return Prediction(
+        dice=float(known.mean()) if known.size else None,
+        foreground=float(np.concatenate(foreground).mean()) if foreground else 0.0,
+        per_image_dice=per_image,
+    )
+
+
+def health(report: SparsityReport, pruned: Prediction, dense: Prediction, *, degenerate_fraction: float) -> dict:
+    """The sparsity report with the pruned model's validation Dice and foreground next to the dense
+    model's, and whether the pruned model is degenerate: it predicts (nearly) no foreground where the
+    dense model does, or its Dice falls below degenerate_fraction of the dense model's."""
+    reasons = []
+    if dense.foreground > 0 and pruned.foreground < EMPTY_FOREGROUND_RATIO * dense.foreground:
+        reasons.append(
+            f"predicts {pruned.foreground:.4f} of pixels as foreground, under {EMPTY_FOREGROUND_RATIO:g} of the dense model's {dense.foreground:.4f}"
+        )
+    if pruned.dice is not None and dense.dice is not None and pruned.dice < degenerate_fraction * dense.dice:
+        reasons.append(f"validation Dice {pruned.dice:.4f} is under {degenerate_fraction:g} x the dense model's {dense.dice:.4f}")
+    return {
+        **report.as_dict(),
+        "validation_dice": pruned.dice, "dense_validation_dice": dense.dice,
+        "foreground": pruned.foreground, "dense_foreground": dense.foreground,
+        "degenerate": bool(reasons), "degenerate_reasons": reasons,
+    }

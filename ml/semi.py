@@ -15,6 +15,7 @@ from torch import nn
 
 from ml.data import DecodedDataset, PairedAugment
 from ml.train import (
+    EpochEnd,
     FitConfig,
     StepProgress,
     TrainingRecord,
@@ -85,6 +86,7 @@ def fit_semi(
     progress: StepProgress | None = None,
     record: TrainingRecord | None = None,
     record_positions: dict[int, int] | None = None,
+    on_epoch_end: EpochEnd | None = None,
 ) -> list[float]:
     """Trains model in place (ending with the teacher's weights). Weights are per dataset index;
     record_positions maps a dataset index to its row in record (labeled images only are recorded)."""
@@ -146,12 +148,16 @@ def fit_semi(
             sched.step()
             _update_teacher(teacher, model, ema_decay_at(done, ema_decay))
             if record is not None and record_positions is not None:
-                record.add(np.array([record_positions[int(i)] for i in lab]), epoch, out.success, out.error)
+                record.add(np.array([record_positions[int(i)] for i in lab]), epoch, out.success)
             running += loss.item()
             done += 1
             if progress is not None:
                 progress(done / total, loss.item())
         epoch_losses.append(running / steps)
+        if on_epoch_end is not None:  # the teacher is the model kept in the end
+            teacher.eval()
+            on_epoch_end(epoch, teacher)
+            teacher.train()
     model.load_state_dict(teacher.state_dict())
     model.eval()
     return epoch_losses

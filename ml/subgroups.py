@@ -1,6 +1,8 @@
 """Who is weak: which subgroups the HTL set over-represents (enrichment with an interval and a
 corrected p-value), image-derived properties to group by, and whether attention closed each
-subgroup's gap (dense vs attended Dice with a bootstrap interval over images)."""
+subgroup's gap (paired attended - dense, and random-control, Dice differences with a bootstrap
+interval and p-value that resample training seeds and clusters of images, e.g. lesions, and
+Benjamini-Hochberg across subgroups)."""
 from __future__ import annotations
 
 import math
@@ -64,11 +66,16 @@ def benjamini_hochberg(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def enrichment(groups: dict[str, list[str]], is_htl: np.ndarray) -> dict:
+def enrichment(
+    groups: dict[str, list[str]], is_htl: np.ndarray, *,
+    clusters: list[str] | None = None, cluster_name: str | None = None,
+) -> dict:
     """For each attribute and value: count, HTL count and rate, enrichment = rate / overall rate with
     a 95% interval (Wilson interval of the group's rate over the overall rate, which the HTL rule
     fixes), Fisher's exact two-sided p-value of the group against the rest, and Benjamini-Hochberg
-    adjusted p-values across every group of every attribute."""
+    adjusted p-values across every group of every attribute. Images are treated as independent; when
+    `clusters` (a key per image, empty = its own cluster) is given, the method says how many clusters
+    the images fall in, since images of one cluster are not independent and p-values may be optimistic."""
     is_htl = np.asarray(is_htl, dtype=bool)
     n_all, k_all = len(is_htl), int(is_htl.sum())
     overall = k_all / n_all if n_all else 0.0
@@ -91,37 +98,142 @@ def enrichment(groups: dict[str, list[str]], is_htl: np.ndarray) -> dict:
     for row, adjusted in zip(rows, benjamini_hochberg([r["p_value"] for r in rows]) if rows else []):
         row["p_adjusted"] = adjusted
         row["significant"] = adjusted < ALPHA
-    return {
-        "n": n_all, "htl": k_all, "htl_rate": overall,
-        "method": "Fisher's exact test (group vs rest, two-sided); Benjamini-Hochberg across all groups; "
-                  "enrichment interval: Wilson 95% interval of the group's HTL rate / overall rate",
-        "groups": rows,
-    }
+    method = ("Fisher's exact test (group vs rest, two-sided); Benjamini-Hochberg across all groups; "
+              "enrichment interval: Wilson 95% interval of the group's HTL rate / overall rate")
+    out = {"n": n_all, "htl": k_all, "htl_rate": overall, "method": method, "groups": rows}
+    if clusters is not None:
+        m = int(_cluster_codes(clusters, n_all).max()) + 1 if n_all else 0
+        out["method"] = (f"{method}; images are counted as independent though {n_all} images fall in {m} "
+                         f"clusters ({cluster_name or 'clusters'}), so p-values may be optimistic")
+        out["clusters"] = m
+    return out
+
+
+def _cluster_codes(clusters: list[str] | None, n: int) -> np.ndarray:
+    """Integer cluster id per image; None, or an empty/None key, makes an image its own cluster."""
+    if clusters is None:
+        return np.arange(n)
+    if len(clusters) != n:
+        raise ValueError(f"clusters has {len(clusters)} entries for {n} images")
+    ids: dict[str, int] = {}
+    codes = np.empty(n, dtype=np.int64)
+    next_id = 0
+    for i, key in enumerate(clusters):
+        if key is None or key == "":
+            codes[i] = next_id
+        else:
+            codes[i] = ids.setdefault(key, next_id)
+        if codes[i] == next_id:
+            next_id += 1
+    return codes
+
+
+def _as_seeds(values: np.ndarray, name: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values.reshape(1, -1)
+    if values.ndim != 2:
+        raise ValueError(f"{name} must have shape (images,) or (seeds, images), got {values.shape}")
+    return values
+
+
+def _bootstrap_p(boot: np.ndarray) -> float:
+    """Two-sided bootstrap p-value for a difference of zero, (count + 1) / (resamples + 1) per tail."""
+    r = len(boot)
+    below = (np.count_nonzero(boot <= 0) + 1) / (r + 1)
+    above = (np.count_nonzero(boot >= 0) + 1) / (r + 1)
+    return float(min(1.0, 2 * min(below, above)))
 
 
 def gap_closing(
-    dense_dice: np.ndarray, attended_dice: np.ndarray, groups: dict[str, list[str]], *,
-    resamples: int = 2000, seed: int = 0,
+    dense: np.ndarray, attended: np.ndarray, groups: dict[str, list[str]], *,
+    clusters: list[str] | None = None, control: np.ndarray | None = None,
+    resamples: int = 2000, seed: int = 0, cluster_name: str | None = None,
 ) -> dict:
-    """Per subgroup of validation images: mean dense and attended Dice, their paired difference and
-    its bootstrap 95% interval (images resampled with replacement within the group)."""
+    """Per subgroup of validation images: mean dense and attended Dice (and random-control Dice when
+    given), their paired per-image differences with a bootstrap 95% interval and two-sided p-value,
+    and Benjamini-Hochberg adjusted p-values across subgroups for each comparison.
+
+    `dense`, `attended` and `control` are (seeds, images) per-image Dice, one row per training seed
+    (a 1-D array is one seed). Each bootstrap replicate resamples seeds with replacement (when there
+    are >= 2) and, independently, clusters with replacement within the subgroup (every image of a
+    drawn cluster enters); the statistic is the mean over drawn seeds of the mean over drawn images."""
+    dense, attended = _as_seeds(dense, "dense"), _as_seeds(attended, "attended")
+    control = None if control is None else _as_seeds(control, "control")
+    if attended.shape != dense.shape or (control is not None and control.shape != dense.shape):
+        raise ValueError("dense, attended and control must have the same shape")
+    n_seeds, n_images = dense.shape
+    if n_seeds == 0 or n_images == 0:
+        raise ValueError("gap_closing needs at least one seed and one image")
+    codes = _cluster_codes(clusters, n_images)
     rng = np.random.default_rng(seed)
-    diff = np.asarray(attended_dice) - np.asarray(dense_dice)
+    # comparison key -> per-image paired differences (seeds, images); None key is attended - dense
+    diffs = {None: attended - dense}
+    if control is not None:
+        diffs["attended_vs_control"] = attended - control
+        diffs["control_vs_dense"] = control - dense
+
+    def replicate_weights(k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(resamples, k) times each cluster is drawn and (resamples, seeds) times each seed is drawn."""
+        w = np.empty((resamples, k), dtype=np.float64)
+        chunk = max(1, 262_144 // k)  # counts stay cache-sized: ~2.5x faster than one big bincount
+        for start in range(0, resamples, chunk):
+            r = min(chunk, resamples - start)
+            draws = rng.integers(0, k, size=(r, k)) + (np.arange(r) * k)[:, None]
+            w[start:start + r] = np.bincount(draws.ravel(), minlength=r * k).reshape(r, k)
+        if n_seeds >= 2:
+            draws = rng.integers(0, n_seeds, size=(resamples, n_seeds)) + (np.arange(resamples) * n_seeds)[:, None]
+            v = np.bincount(draws.ravel(), minlength=resamples * n_seeds).reshape(resamples, n_seeds).astype(np.float64)
+        else:
+            v = np.ones((resamples, 1))
+        return w, v
 
     def summarize(mask: np.ndarray) -> dict:
-        d = diff[mask]
-        n = int(mask.sum())
-        boot = d[rng.integers(0, n, size=(resamples, n))].mean(axis=1) if n else np.array([np.nan])
-        return {
-            "n": n, "dense_dice": float(np.mean(np.asarray(dense_dice)[mask])),
-            "attended_dice": float(np.mean(np.asarray(attended_dice)[mask])),
-            "difference": float(d.mean()),
-            "difference_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
-        }
+        index = np.flatnonzero(mask)
+        local = np.unique(codes[index], return_inverse=True)[1].reshape(-1)
+        k = int(local.max()) + 1
+        sizes = np.bincount(local, minlength=k).astype(np.float64)
+        w, v = replicate_weights(k)
+        drawn_images = w @ sizes                                  # (resamples,)
+        out = {"n": len(index), "clusters": k,
+               "dense_dice": float(dense[:, index].mean()), "attended_dice": float(attended[:, index].mean())}
+        if control is not None:
+            out["control_dice"] = float(control[:, index].mean())
+        for key, diff in diffs.items():
+            d = diff[:, index]
+            sums = np.stack([np.bincount(local, weights=row, minlength=k) for row in d])   # (seeds, k)
+            per_seed = (w @ sums.T) / drawn_images[:, None]        # (resamples, seeds)
+            boot = (per_seed * v).sum(axis=1) / n_seeds
+            lo, hi = np.quantile(boot, [0.025, 0.975])
+            stats = {"difference": float(d.mean(axis=1).mean()),
+                     "difference_ci95": [float(lo), float(hi)], "p_value": _bootstrap_p(boot)}
+            if key is None:
+                out.update(stats)
+            else:
+                out[key] = stats
+        return out
 
-    out = {"overall": summarize(np.ones(len(diff), dtype=bool)), "subgroups": []}
+    result = {"overall": summarize(np.ones(n_images, dtype=bool)), "subgroups": []}
     for attribute, labels in groups.items():
         labels = np.asarray(labels)
+        if len(labels) != n_images:
+            raise ValueError(f"attribute {attribute!r} has {len(labels)} labels for {n_images} images")
         for value in sorted(set(labels.tolist())):
-            out["subgroups"].append({"attribute": attribute, "value": value, **summarize(labels == value)})
-    return out
+            result["subgroups"].append({"attribute": attribute, "value": value, **summarize(labels == value)})
+    rows = result["subgroups"]
+    for key in diffs:
+        targets = [row if key is None else row[key] for row in rows]
+        for target, adjusted in zip(targets, benjamini_hochberg([t["p_value"] for t in targets]) if targets else []):
+            target["p_adjusted"] = adjusted
+            target["significant"] = adjusted < ALPHA
+    comparisons = "attended - dense" + (", attended - control, control - dense" if control is not None else "")
+    seeds_part = (f"resampling the {n_seeds} training seeds and, independently, " if n_seeds >= 2
+                  else "a single training seed (seed variance not captured), ")
+    result["seeds"] = n_seeds
+    result["method"] = (
+        f"Paired per-image differences ({comparisons}); bootstrap {seeds_part}resampling clusters of "
+        f"{cluster_name or 'images'} with replacement within each subgroup, {resamples} resamples, "
+        "percentile 95% interval; two-sided bootstrap p-values, Benjamini-Hochberg across subgroups "
+        "for each comparison."
+    )
+    return result

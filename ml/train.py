@@ -15,6 +15,8 @@ from ml.data import DecodedDataset, PairedAugment, to_model_input
 
 # fraction of this fit done, latest batch loss
 StepProgress = Callable[[float, float], None]
+# (epoch index, the model as it stands after that epoch): called in eval mode, training resumes after
+EpochEnd = Callable[[int, nn.Module], None]
 
 
 @dataclass(frozen=True)
@@ -31,23 +33,21 @@ class FitConfig:
 class TrainingRecord:
     """Per training sample and epoch, what the model made of it in its training step (augmented view,
     train mode): its success in [0, 1] (Dice of the binarized mask; for a classifier, whether the
-    label was right) and its error, mean |p - y|. NaN where a sample was not drawn (or has no target)
-    that epoch. Feeds the forgetting, dynamic-Dice and EL2N scorers."""
+    label was right). NaN where a sample was not drawn (or has no target) that epoch. Feeds the
+    forgetting and dynamic-Dice scorers."""
 
     def __init__(self, n: int, epochs: int):
         self.dice = np.full((n, epochs), np.nan, dtype=np.float32)
-        self.error = np.full((n, epochs), np.nan, dtype=np.float32)
 
-    def add(self, positions: np.ndarray, epoch: int, success: torch.Tensor, error: torch.Tensor) -> None:
+    def add(self, positions: np.ndarray, epoch: int, success: torch.Tensor) -> None:
         self.dice[positions, epoch] = success.detach().float().cpu().numpy()
-        self.error[positions, epoch] = error.detach().float().cpu().numpy()
 
 
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # per sample
     success: torch.Tensor  # per sample, in [0, 1]
-    error: torch.Tensor  # per sample, mean |p - y|
+    error: torch.Tensor  # per sample, L2 norm of p - y over pixels / sqrt(pixels): the root-mean-square error
 
 
 # (model, model input, masks, dataset indices) -> per-sample loss, success and error
@@ -69,7 +69,7 @@ def segmentation_objective(model: nn.Module, x: torch.Tensor, masks: torch.Tenso
     loss = per_sample_loss(logits, masks)
     with torch.no_grad():
         prob = torch.sigmoid(logits.float()).flatten(1)
-        error = (prob - masks.flatten(1).float()).abs().mean(1)
+        error = (prob - masks.flatten(1).float()).square().mean(1).sqrt()
     return StepOutput(loss, binary_dice(prob > 0.5, masks.bool()), error)
 
 
@@ -164,6 +164,7 @@ def fit(
     progress: StepProgress | None = None,
     record: TrainingRecord | None = None,
     objective: Objective = segmentation_objective,
+    on_epoch_end: EpochEnd | None = None,
 ) -> list[float]:
     """Train in place on data[indices]; loss_weights and sampling_weights align with indices.
     Returns the mean training loss of each epoch; with record, also fills per-sample dynamics."""
@@ -193,7 +194,7 @@ def fit(
             out = objective(model, model_input(images, device), masks.to(device), positions[pick.numpy()])
             loss = (out.loss * w).sum() / w.sum().clamp_min(1e-8)
             if record is not None:
-                record.add(pick.numpy(), epoch, out.success, out.error)
+                record.add(pick.numpy(), epoch, out.success)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -203,6 +204,10 @@ def fit(
             if progress is not None:
                 progress(done / total, loss.item())
         epoch_losses.append(running / steps)
+        if on_epoch_end is not None:
+            model.eval()
+            on_epoch_end(epoch, model)
+            model.train()
     model.eval()
     return epoch_losses
 

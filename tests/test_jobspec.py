@@ -62,3 +62,24 @@ def test_semi_supervised_needs_images_without_masks_or_a_labeled_fraction():
     check_spec_fits_dataset(semi, columns=[], n_images=10, n_masks=4)
     check_spec_fits_dataset(JobSpec.model_validate({"setting": "semi_supervised", "semi": {"labeled_fraction": 0.2}}),
                             columns=[], n_images=10, n_masks=10)
+
+
+def test_group_column_auto_picks_the_first_grouping_key_and_warns_without_one():
+    from contract.jobspec import resolve_group_column
+
+    spec = JobSpec.model_validate({})
+    assert spec.split.group_column == "auto"
+    chosen, warnings = resolve_group_column(spec, ["image_id", "dx", "Lesion_ID", "patient_id"])
+    assert chosen.split.group_column == "Lesion_ID" and warnings == [] and spec.split.group_column == "auto"
+    none, warnings = resolve_group_column(spec, ["image_id", "dx", "age"])
+    assert none.split.group_column is None and len(warnings) == 1 and "auto" in warnings[0]
+    explicit = JobSpec.model_validate({"split": {"group_column": None}})
+    assert resolve_group_column(explicit, ["lesion_id"]) == (explicit, [])
+
+
+def test_attention_scorer_must_be_computed_and_splits_must_leave_training_images():
+    with pytest.raises(ValidationError, match="attention.scorer 'loss' is not computed"):
+        JobSpec.model_validate({"attention": {"scorer": "loss"}})
+    assert JobSpec.model_validate({"attention": {"scorer": "loss"}, "scorers": ["loss"]}).attention.scorer == "loss"
+    with pytest.raises(ValidationError, match="leaves under 10%"):
+        JobSpec.model_validate({"split": {"val_fraction": 0.5, "test_fraction": 0.4}})

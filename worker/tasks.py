@@ -47,19 +47,25 @@ def worker_name() -> str:
 
 
 def _metric_rows(metrics: dict) -> list[dict]:
+    """One row per model, split, subgroup and metric. A model's entry is its validation report, with
+    the test split's report under 'test'."""
     rows = []
-    for model, report in metrics["models"].items():
-        for name, value in report["overall"].items():
-            rows.append({"model": model, "split": "validation", "attribute": None, "subgroup": None, "metric": name, "value": value, "n": report["n"]})
-        classification = report.get("classification")  # weakly_supervised: the classifier's AUROC
-        if classification and classification["auroc"] is not None:
-            rows.append({"model": model, "split": "validation", "attribute": None, "subgroup": None, "metric": "auroc",
-                         "value": classification["auroc"], "n": classification["n"]})
-        for attribute, groups in report["subgroups"].items():
-            for label, stats in groups.items():
-                for name, value in stats.items():
-                    if name != "n":
-                        rows.append({"model": model, "split": "validation", "attribute": attribute, "subgroup": label, "metric": name, "value": value, "n": stats["n"]})
+    for model, entry in metrics["models"].items():
+        for split, report in (("validation", entry), ("test", entry.get("test"))):
+            if report is None:
+                continue
+            for name, value in report["overall"].items():
+                rows.append({"model": model, "split": split, "attribute": None, "subgroup": None, "metric": name, "value": value, "n": report["n"]})
+            classification = report.get("classification")  # weakly_supervised: the classifier's AUROC
+            if classification and classification["auroc"] is not None:
+                rows.append({"model": model, "split": split, "attribute": None, "subgroup": None, "metric": "auroc",
+                             "value": classification["auroc"], "n": classification["n"]})
+            for attribute, groups in report["subgroups"].items():
+                for label, stats in groups.items():
+                    for name, value in stats.items():
+                        if name != "n":
+                            rows.append({"model": model, "split": split, "attribute": attribute, "subgroup": label, "metric": name,
+                                         "value": value, "n": stats["n"]})
     return rows
 
 
@@ -87,7 +93,7 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             return "skipped"
         job = session.get(Job, job_id)
         dataset = session.get(Dataset, job.dataset_id)
-        spec_raw, data_dir = job.spec, store.path(dataset.storage_key)
+        spec_raw, data_dir, submit_warnings = job.spec, store.path(dataset.storage_key), list(job.warnings)
     out = store.path(f"jobs/{job_id}/run")
 
     from contract.jobspec import JobSpec
@@ -122,7 +128,8 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
                 metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id),
                 reports={"subgroups": json.loads((out / "subgroups.json").read_text()), "summary": summary},
             )
-            queries.finish_job(session=session, job_id=job_id, status="succeeded")
+            warnings = submit_warnings + [w for w in metrics.get("warnings", []) if w not in submit_warnings]
+            queries.finish_job(session=session, job_id=job_id, status="succeeded", warnings=warnings)
             session.commit()
         return "succeeded"
     except JobCancelled:

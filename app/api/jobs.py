@@ -14,7 +14,7 @@ from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
 from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut
-from contract.jobspec import SpecError, check_spec_fits_dataset
+from contract.jobspec import SpecError, check_spec_fits_dataset, resolve_group_column
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -43,7 +43,8 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
         check_spec_fits_dataset(body.spec, columns=dataset.attributes, n_images=dataset.n_images, n_masks=dataset.n_masks)
     except SpecError as e:
         raise InvalidInput(f"spec.{e.field}: {e.message}") from e
-    job = queries.create_job(session=session, owner_id=owner.id, dataset_id=dataset.id, spec=body.spec.model_dump(mode="json"))
+    spec, warnings = resolve_group_column(body.spec, dataset.attributes)
+    job = queries.create_job(session=session, owner_id=owner.id, dataset_id=dataset.id, spec=spec.model_dump(mode="json"), warnings=warnings)
     session.commit()
     try:
         enqueue_job(request.app.state.celery, job.id)
@@ -104,11 +105,19 @@ def job_scores(
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
-def job_metrics(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> MetricsOut:
-    """Per model (dense, attended, pruned@S): overall means and per attribute and subgroup, with counts."""
+def job_metrics(
+    job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep,
+    split: Literal["validation", "test"] = Query("validation", description="test: the held-out split (split.test_fraction > 0)"),
+) -> MetricsOut:
+    """Per model (dense, pruned@S, attended, control): overall means and per attribute and subgroup,
+    with counts, on one split; the comparisons over seeds; the pruning health report."""
     _succeeded_job(session, owner, job_id)
+    summary = queries.job_report(session=session, job_id=job_id, kind="summary") or {}
+    splits = summary.get("splits", ["validation"])
+    if split not in splits:
+        raise NotFound(f"job {job_id} has no {split} split (it evaluated on: {', '.join(splits)}); set split.test_fraction")
     models: dict[str, dict] = {}
-    for m in queries.job_metrics(session=session, job_id=job_id):
+    for m in queries.job_metrics(session=session, job_id=job_id, split=split):
         entry = models.setdefault(m.model, {"n": 0, "overall": {}, "subgroups": {}})
         if m.attribute is None:
             entry["overall"][m.metric] = m.value
@@ -116,11 +125,18 @@ def job_metrics(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> 
         else:
             group = entry["subgroups"].setdefault(m.attribute, {}).setdefault(m.subgroup, {"n": m.n})
             group[m.metric] = m.value
-    summary = queries.job_report(session=session, job_id=job_id, kind="summary") or {}
+    def on_split(comparison: dict | None) -> dict | None:
+        if comparison is None:
+            return None
+        return comparison.get("test", {}) if split == "test" else {k: v for k, v in comparison.items() if k != "test"}
+
     return MetricsOut(
-        job_id=job_id, split="validation", seeds=summary.get("seeds", []), models=models,
-        attended_vs_dense=summary.get("attended_vs_dense", {}), scorer_agreement=summary.get("scorer_agreement", []),
-        pruning=summary.get("pruning", {}),
+        job_id=job_id, split=split, splits=splits, group_column=summary.get("group_column"), seeds=summary.get("seeds", []),
+        models=models, attended_vs_dense=on_split(summary.get("attended_vs_dense", {})),
+        attended_vs_control=on_split(summary.get("attended_vs_control")), control_vs_dense=on_split(summary.get("control_vs_dense")),
+        scorer_agreement=summary.get("scorer_agreement", []), pruning=summary.get("pruning", {}),
+        degenerate_sparsities=summary.get("degenerate_sparsities", []), validation_curve=summary.get("validation_curve", {}),
+        warnings=summary.get("warnings", []),
     )
 
 

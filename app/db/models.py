@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, true
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, CreatedAt, UUIDPrimaryKey
@@ -75,6 +75,8 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None]
+    # what the user should know about how the job ran (resolved split column, degenerate sparsities)
+    warnings: Mapped[list] = mapped_column(default=list, server_default=text("'[]'"))
 
 
 class Score(Base):

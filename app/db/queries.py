@@ -84,8 +84,9 @@ def list_datasets(*, session: Session, owner_id: uuid.UUID, limit: int, after: d
 
 
 # --- jobs ----------------------------------------------------------------------------------------
-def create_job(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, spec: dict) -> Job:
-    job = Job(owner_id=owner_id, dataset_id=dataset_id, spec=spec, status="queued", progress=0.0, updated_at=utcnow())
+def create_job(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, spec: dict, warnings: list[str] | None = None) -> Job:
+    job = Job(owner_id=owner_id, dataset_id=dataset_id, spec=spec, status="queued", progress=0.0, updated_at=utcnow(),
+              warnings=list(warnings or []))
     session.add(job)
     session.flush()
     return job
@@ -165,10 +166,13 @@ def report_progress(*, session: Session, job_id: uuid.UUID, stage: str, progress
 
 
 def finish_job(
-    *, session: Session, job_id: uuid.UUID, status: str, error: str | None = None, from_status: str = "running"
+    *, session: Session, job_id: uuid.UUID, status: str, error: str | None = None, from_status: str = "running",
+    warnings: list[str] | None = None,
 ) -> None:
     now = utcnow()
     values: dict[str, Any] = {"status": status, "error": error, "finished_at": now, "updated_at": now}
+    if warnings is not None:
+        values["warnings"] = warnings
     if status == "succeeded":
         values["progress"] = 1.0
     session.execute(update(Job).where(Job.id == job_id, Job.status == from_status).values(**values))
@@ -206,8 +210,8 @@ def job_report(*, session: Session, job_id: uuid.UUID, kind: str) -> dict | None
     return session.scalar(select(JobReport.body).where(JobReport.job_id == job_id, JobReport.kind == kind))
 
 
-def job_metrics(*, session: Session, job_id: uuid.UUID) -> list[Metric]:
-    return list(session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)))
+def job_metrics(*, session: Session, job_id: uuid.UUID, split: str = "validation") -> list[Metric]:
+    return list(session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.split == split).order_by(Metric.id)))
 
 
 def list_checkpoints(*, session: Session, job_id: uuid.UUID, limit: int, after_name: str | None) -> list[Checkpoint]:

@@ -144,7 +144,45 @@ def test_subgroups_report_enrichment_and_gap_closing(client, alice, finished_job
     assert {g["attribute"] for g in groups} >= {"site", "sex", "age", "image:lesion_area", "image:brightness"}
     assert sum(g["htl"] for g in groups if g["attribute"] == "site") == body["enrichment"]["htl"] == 3
     assert all(0 <= g["p_adjusted"] <= 1 for g in groups)
-    assert body["gap_closing"]["overall"]["n"] == 8
+    assert body["gap_closing"]["validation"]["overall"]["n"] == 8
+
+
+def test_the_split_column_is_resolved_at_submission_and_a_missing_one_is_warned_about(client, alice, dataset_id, tmp_path):
+    auto = submit(client, alice, dataset_id, {**TINY, "split": {}}).json()
+    assert auto["spec"]["split"]["group_column"] == "lesion_id" and auto["warnings"] == []
+    files = dataset_files(tmp_path, n=16)
+    lines = files["metadata.csv"].decode().splitlines()
+    files["metadata.csv"] = ("\n".join(",".join(cell for k, cell in enumerate(line.split(",")) if k != 1) for line in lines) + "\n").encode()
+    assert "lesion_id" not in files["metadata.csv"].decode().splitlines()[0]
+    other = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "no-lesions"}).json()
+    job = submit(client, alice, other["id"], {**TINY, "split": {}}).json()
+    assert job["spec"]["split"]["group_column"] is None
+    assert len(job["warnings"]) == 1 and "group_column" in job["warnings"][0]
+    assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["warnings"] == job["warnings"]
+
+
+def test_a_controlled_job_reports_test_metrics_and_attended_vs_control(client, alice, dataset_id, settings):
+    spec = {**TINY, "model": {"width": 8}, "train": {"epochs": 5, "batch_size": 8}, "split": {"test_fraction": 0.2},
+            "attention": {"control": "random"}, "prune": {"sparsities": [0.3, 0.999]}}
+    job = submit(client, alice, dataset_id, spec).json()
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"
+    done = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
+    test = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice, params={"split": "test"}).json()
+    assert test["split"] == "test" and test["splits"] == ["validation", "test"] and "control" in test["models"]
+    assert test["attended_vs_control"]["overall"]["dice"] == pytest.approx(
+        test["models"]["attended"]["overall"]["dice"] - test["models"]["control"]["overall"]["dice"])
+    validation = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()
+    assert validation["split"] == "validation" and "test" not in validation["attended_vs_control"]
+    assert validation["pruning"]["0.999"]["degenerate"] is True, validation["pruning"]
+    assert validation["degenerate_sparsities"] == [0.999]
+    assert any("0.999" in w for w in done["warnings"])
+    gap = client.get(f"/v1/jobs/{job['id']}/subgroups", headers=alice).json()["gap_closing"]
+    assert set(gap) == {"validation", "test"}
+
+
+def test_test_metrics_of_a_job_without_a_test_split_are_404(client, alice, finished_job):
+    r = client.get(f"/v1/jobs/{finished_job}/metrics", headers=alice, params={"split": "test"})
+    assert r.status_code == 404 and "test_fraction" in r.json()["detail"]
 
 
 def test_other_scorers_reach_the_scores_endpoint(client, alice, dataset_id, settings):

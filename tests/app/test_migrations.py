@@ -62,7 +62,8 @@ def test_migration_0002_keeps_existing_scores(empty_db_url):
         upgrade(empty_db_url)
         with engine.connect() as conn:
             value = conn.execute(text("SELECT other_scores FROM scores")).scalar_one()
-        assert value in ({}, "{}")
+            warnings = conn.execute(text("SELECT warnings FROM jobs")).scalar_one()
+        assert value in ({}, "{}") and warnings in ([], "[]")  # 0003 keeps the job and its scores
         downgrade(empty_db_url, "0001")
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM scores")).scalar_one() == 1

@@ -49,14 +49,27 @@ def test_real_palette_masks_in_ham10000_are_not_inverted(shared_data):
 def test_grouped_split_never_puts_a_group_on_both_sides(tmp_path):
     index = scan_dataset(make_dataset(tmp_path / "d", n=60, size=32, seed=1))
     for seed in range(5):
-        train, val = split_indices(index, val_fraction=0.3, group_column="lesion_id", seed=seed)
-        assert sorted(train + val) == list(range(60))
+        train, val, test = split_indices(index, val_fraction=0.3, group_column="lesion_id", seed=seed)
+        assert sorted(train + val) == list(range(60)) and test == []
         lesion = lambda i: index.records[i].attributes["lesion_id"]  # noqa: E731
         assert not {lesion(i) for i in train} & {lesion(i) for i in val}
         assert abs(len(val) - 18) <= 1
     a = split_indices(index, val_fraction=0.3, group_column="lesion_id", seed=0)
     assert a == split_indices(index, val_fraction=0.3, group_column="lesion_id", seed=0)
     assert a != split_indices(index, val_fraction=0.3, group_column="lesion_id", seed=1)
+
+
+def test_a_test_split_holds_out_whole_groups_and_leaves_validation_as_it_was(tmp_path):
+    index = scan_dataset(make_dataset(tmp_path / "d", n=80, size=32, seed=2))
+    lesion = lambda i: index.records[i].attributes["lesion_id"]  # noqa: E731
+    for seed in range(3):
+        train, val, test = split_indices(index, val_fraction=0.2, test_fraction=0.25, group_column="lesion_id", seed=seed)
+        assert sorted(train + val + test) == list(range(80))
+        sides = [{lesion(i) for i in part} for part in (train, val, test)]
+        assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+        assert abs(len(test) - 20) <= 2 and abs(len(val) - 16) <= 2
+        # adding a test split takes its images from training, never from validation
+        assert val == split_indices(index, val_fraction=0.2, group_column="lesion_id", seed=seed)[1]
 
 
 def test_decode_resizes_and_reuses_its_cache_without_decoding_again(tmp_path, monkeypatch):
