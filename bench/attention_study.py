@@ -17,7 +17,6 @@ from contract.jobspec import JobSpec
 from ml.pipeline import Run
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_STAGES = ("dense", "prune", "score")
 
 
 def spec_for(args, seed: int, strategy: str) -> JobSpec:
@@ -36,8 +35,9 @@ def reuse_shared_stages(src: Path, dst: Path) -> None:
         shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True)
     (dst / "checkpoints" / "attended.safetensors").unlink(missing_ok=True)
     (dst / "state").mkdir(exist_ok=True)
-    for stage in SHARED_STAGES:
-        shutil.copy(src / "state" / f"{stage}.json", dst / "state" / f"{stage}.json")
+    for path in (src / "state").iterdir():  # markers, per-seed files, dynamics, enrichment, attention sets
+        if path.name != "run.json" and not path.name.startswith(("attend", "evaluate")):
+            shutil.copy(path, dst / "state" / path.name)
     shutil.copy(src / "scores.json", dst / "scores.json")
 
 
