@@ -144,11 +144,68 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_session(args: argparse.Namespace, action):
+    from app.db.session import make_engine, make_sessionmaker
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            result = action(session)
+            session.commit()
+            return result
+    finally:
+        engine.dispose()
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from app.db import queries
+
+    rows = _with_session(args, lambda s: [(k.prefix, name, k.created_at, k.revoked_at) for k, name in
+                                          queries.list_api_keys(session=s, owner_name=args.owner)])
+    print(f"{'prefix':<14}{'owner':<20}{'created':<27}revoked")
+    for prefix, name, created, revoked in rows:
+        print(f"{prefix:<14}{name:<20}{created.isoformat(timespec='seconds'):<27}{revoked.isoformat(timespec='seconds') if revoked else '-'}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from app.db import queries
+
+    if len(args.prefix) < 12:
+        print("htl: give the key's 12-character prefix, as `htl keys list` shows it (or the whole key)", file=sys.stderr)
+        return 2
+    n = _with_session(args, lambda s: queries.revoke_api_keys(session=s, prefix=args.prefix[:12]))
+    if n == 0:
+        print(f"htl: no live key starts with {args.prefix[:12]!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {n} key(s) starting with {args.prefix[:12]!r}")
+    return 0
+
+
 def _worker_command() -> list[str]:
+    import uuid
+
+    # a name of its own per process: two workers on one host (one per GPU, or a worker left behind by a
+    # killed `htl serve`) must never take each other for the same worker
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
-        "-Q", "htl", "-n", "htl@%h", "--loglevel=INFO",
+        "-Q", "htl", "-n", f"htl-{uuid.uuid4().hex[:8]}@%h", "--loglevel=INFO",
     ]
+
+
+def _die_with_parent() -> None:
+    """In the worker child of `htl serve`: have the kernel send it SIGTERM when serve dies, however
+    it dies (kill -9 included). SIGTERM makes the worker give its running job back and stop."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the worker outlives a killed serve, and its job's heartbeat keeps it its own
+        pass
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -171,26 +228,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.db.migrate import upgrade
     from app.main import create_app
 
+    import threading
+
     settings = _settings(args)
     settings.ensure_dirs()
     upgrade(settings.resolved_database_url)
     env = dict(os.environ, HTL_DATA_DIR=str(settings.data_dir.resolve()))
-    worker = None if args.no_worker else subprocess.Popen(_worker_command(), env=env)
+    stopping = threading.Event()
+    current: dict[str, subprocess.Popen | None] = {"worker": None}
+
+    def start_worker() -> subprocess.Popen:
+        return subprocess.Popen(_worker_command(), env=env, preexec_fn=_die_with_parent)
+
+    def keep_worker_alive() -> None:
+        """A worker that dies (out of memory, a crash) is started again, after a pause if it keeps dying."""
+        pause = 1.0
+        while not stopping.wait(2.0):
+            worker = current["worker"]
+            if worker is not None and worker.poll() is not None and not stopping.is_set():
+                print(f"htl serve: the worker (pid {worker.pid}) exited with {worker.returncode}; starting another",
+                      file=sys.stderr, flush=True)
+                stopping.wait(pause)
+                pause = min(pause * 2, 60.0)
+                if not stopping.is_set():
+                    current["worker"] = start_worker()
+
+    if not args.no_worker:
+        current["worker"] = start_worker()
+        threading.Thread(target=keep_worker_alive, name="keep-worker-alive", daemon=True).start()
     print(f"htl serve: API on http://{args.host}:{args.port}, data in {settings.data_dir.resolve()}, "
           f"database {_redacted(settings.resolved_database_url)}, broker {settings.resolved_broker_url}"
-          + ("" if worker is None else f", worker pid {worker.pid}"), file=sys.stderr, flush=True)
+          + ("" if current["worker"] is None else f", worker pid {current['worker'].pid}"), file=sys.stderr, flush=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; turned into SystemExit, it reaches the
     # finally below, so the worker is stopped with the API instead of being left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     finally:
+        stopping.set()
+        worker = current["worker"]
         if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
+            worker.send_signal(signal.SIGTERM)  # it gives its running job back at the next progress report
             try:
-                worker.wait(timeout=15)
+                worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                worker.kill()  # a job it was running is taken up again when the worker next starts
+                worker.kill()  # its job is taken up again once its heartbeat is stale
                 worker.wait()
     return 0
 
@@ -235,9 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_db_downgrade)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="print a new API key for an owner (created if new)")
-    create.add_argument("--owner", required=True)
+    create.add_argument("--owner", required=True, help="the owner's name; created if new")
     data_dir_option(create)
     create.set_defaults(func=cmd_keys_create)
+    listing = keys.add_parser("list", help="list keys by prefix, owner, creation and revocation (never the keys themselves)")
+    listing.add_argument("--owner", help="only this owner's keys")
+    data_dir_option(listing)
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key: it answers 401 from then on")
+    revoke.add_argument("prefix", help="the key's 12-character prefix as `htl keys list` shows it, or the whole key")
+    data_dir_option(revoke)
+    revoke.set_defaults(func=cmd_keys_revoke)
     return parser
 
 

@@ -6,9 +6,12 @@ class ApiError(Exception):
     status_code = 400
     code = "BAD_REQUEST"
 
-    def __init__(self, detail: str):
+    def __init__(self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.detail = detail
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
 
 
 class InvalidInput(ApiError):
@@ -44,3 +47,14 @@ class Unauthorized(ApiError):
 class Unavailable(ApiError):
     status_code = 503
     code = "UNAVAILABLE"
+
+
+class TooManyRequests(ApiError):
+    status_code = 429
+    code = "RATE_LIMITED"
+
+
+# the code of an error raised as a plain HTTP status (unknown route, wrong method, ...)
+CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+         409: "CONFLICT", 413: "TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 422: "INVALID_INPUT", 429: "RATE_LIMITED",
+         500: "INTERNAL", 503: "UNAVAILABLE"}

@@ -1,17 +1,40 @@
-"""create_app(): settings, database, queue and artifact store on app.state; routers; error handlers."""
+"""create_app(): settings, database, queue and artifact store on app.state; routers; limits; error
+handlers that answer {"detail": ..., "code": ...} on every status, 500 and 503 included."""
 from __future__ import annotations
 
+import logging
+import math
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import datasets, health, jobs
 from app.db.session import make_engine, make_sessionmaker
-from app.errors import ApiError
+from app.errors import CODES, ApiError
+from app.limits import JsonBodyLimit, RateLimiter, UploadSlots
 from app.queue import make_celery
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
+
+log = logging.getLogger("htl.api")
+
+
+def _json_safe(value):
+    """Validation errors echo the input: NaN and infinity (refused there) must not break the answer."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+DATABASE_RETRY_AFTER_S = 5
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,11 +53,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
     app.state.store = ArtifactStore(settings.artifacts)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)
+
+    def error(status: int, detail, code: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status_code, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+        return error(exc.status_code, exc.detail, exc.code, {**headers, **exc.headers})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(422, _json_safe(jsonable_encoder(exc.errors())), "INVALID_INPUT")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, exc.detail, CODES.get(exc.status_code, "ERROR"), getattr(exc, "headers", None))
+
+    # the database is down, restarting, or every pooled connection is taken: come back shortly
+    async def database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return error(503, "the database is unavailable or busy; try again shortly", "DATABASE_UNAVAILABLE",
+                     {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+    for exc_type in (OperationalError, PoolTimeout):
+        app.add_exception_handler(exc_type, database_unavailable)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return await database_unavailable(request, exc)
+        log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal error", "INTERNAL")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal error", "INTERNAL")
 
     for router in (health.router, datasets.router, jobs.router):
         app.include_router(router)

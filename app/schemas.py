@@ -13,6 +13,22 @@ from contract.jobspec import JobSpec
 T = TypeVar("T")
 
 
+class ErrorOut(BaseModel):
+    """Every error, on every status."""
+
+    detail: str | list[dict] = Field(description="what is wrong; for a request that fails validation, one entry per problem with its loc")
+    code: str = Field(description="a stable code: INVALID_INPUT, INVALID_CURSOR, UNAUTHORIZED, NOT_FOUND, CONFLICT, TOO_LARGE, "
+                      "UNSUPPORTED_MEDIA_TYPE, RATE_LIMITED, BUSY, DATABASE_UNAVAILABLE, UNAVAILABLE, INTERNAL, ...")
+
+
+def error_responses(*statuses: int) -> dict:
+    """OpenAPI entries for the error statuses a route can answer, all in the ErrorOut shape."""
+    why = {401: "missing or invalid API key", 404: "not found (or another owner's)", 409: "conflicts with the resource's state",
+           413: "body over its limit", 415: "not multipart/form-data", 422: "invalid input", 429: "over the key's rate limit",
+           500: "internal error", 503: "database, broker or capacity unavailable: retry after Retry-After"}
+    return {s: {"model": ErrorOut, "description": why[s]} for s in statuses}
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = None
@@ -44,7 +60,8 @@ class JobOut(BaseModel):
     stage: str | None
     progress: float
     error: str | None
-    attempt: int
+    attempt: int = Field(description="how many times a worker has taken the job up (a job given back by a stopping worker does not count)")
+    worker: str | None = Field(None, description="the worker running it, or that ran it last")
     spec: dict = Field(description="the spec as run: split.group_column 'auto' is replaced by the column chosen (or null)")
     warnings: list[str] = Field(default_factory=list, description="how the job ran that its user should know: a split without a "
                                 "group column, pruned models left out of htl_score as degenerate")

@@ -26,9 +26,17 @@ class Settings(BaseSettings):
     max_compression_ratio: float = 200.0
     max_image_pixels: int = 50_000_000
 
+    # request limits
+    max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON (non-upload) request body")
+    rate_limit: int = Field(1200, ge=0, description="requests a minute per API key and API process; 0: no limit")
+    max_concurrent_uploads: int = Field(4, ge=1, description="uploads streaming or ingesting at once; more answer 503")
+
     # jobs
     job_visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job, or Redis redelivers a running one
     job_stale_after_s: int = 300  # a running job silent this long belongs to a dead worker and may be reclaimed
+    heartbeat_interval_s: float = Field(15.0, gt=0, description="a running job's worker stamps it this often, whatever the stage")
+    sweep_interval_s: float = Field(30.0, gt=0, description="each worker re-sends lost and orphaned jobs this often")
+    max_attempts: int = Field(3, ge=1, description="a job whose worker is lost this many times fails")
     progress_interval_s: float = 0.5
     device: str | None = Field(None, description="cpu or cuda for workers; default: cuda when available")
 

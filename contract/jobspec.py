@@ -16,8 +16,15 @@ Setting = Literal["supervised", "semi_supervised", "weakly_supervised"]
 Scorer = Literal["pruning", "loss", "el2n", "forgetting", "dynamic_dice", "mc_dropout"]
 
 
+MAX_SEED = 2**31 - 1
+MAX_LIST = 100  # attributes, weak.positive
+MAX_SPARSITIES = 16
+MAX_NAME = 200  # a metadata column or value named in the spec
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity (1e999 in JSON) are refused like any other out-of-range number
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -40,11 +47,11 @@ class SplitSpec(_Strict):
         0.0, ge=0.0, lt=1.0, description="when > 0, a held-out test split made like the validation split; every model is evaluated on it too"
     )
     group_column: str | None = Field(
-        "auto", description="metadata column whose groups never straddle the splits (HAM10000: lesion_id); 'auto': the "
+        "auto", max_length=MAX_NAME, description="metadata column whose groups never straddle the splits (HAM10000: lesion_id); 'auto': the "
         f"first column named like a grouping key ({', '.join(GROUP_KEY_NAMES)}; case-insensitive), else none with a warning; "
         "null: split images independently"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _room_for_training(self) -> "SplitSpec":
@@ -62,7 +69,7 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"
     augment: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     seeds: list[int] | None = Field(
         None, description="train dense and attended once per seed; HTL scores average over the dense seeds"
     )
@@ -78,6 +85,8 @@ class TrainSpec(_Strict):
             raise ValueError("seeds must not repeat")
         if len(value) > 10:
             raise ValueError("at most 10 seeds")
+        if any(not 0 <= s <= MAX_SEED for s in value):
+            raise ValueError(f"seeds must be in [0, {MAX_SEED}]")
         return value
 
     def seed_list(self) -> list[int]:
@@ -106,11 +115,15 @@ class PruneSpec(_Strict):
     def _check_sparsities(cls, value: list[float]) -> list[float]:
         if not value:
             raise ValueError("sparsities must name at least one sparsity")
+        if len(value) > MAX_SPARSITIES:
+            raise ValueError(f"at most {MAX_SPARSITIES} sparsities")
         for s in value:
             if not 0.0 < s < 1.0:
                 raise ValueError(f"sparsity {s} is outside (0, 1)")
-        if len(set(value)) != len(value):
-            raise ValueError("sparsities must not repeat")
+        # models are named by the sparsity's 6 significant digits: two that round alike would collide
+        keys = [format(s, "g") for s in value]
+        if len(set(keys)) != len(keys):
+            raise ValueError("sparsities must not repeat (after rounding to 6 significant digits)")
         return sorted(value)
 
 
@@ -140,8 +153,8 @@ class AttentionSpec(_Strict):
 
 
 class SampleSpec(_Strict):
-    max_images: int | None = Field(None, ge=4, description="run on a seeded random sample of this many images")
-    seed: int = 0
+    max_images: int | None = Field(None, ge=4, le=10_000_000, description="run on a seeded random sample of this many images")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class SemiSpec(_Strict):
@@ -155,8 +168,8 @@ class SemiSpec(_Strict):
 
 
 class WeakSpec(_Strict):
-    label_column: str | None = Field(None, description="metadata column holding the image-level label")
-    positive: list[str] = Field(default_factory=list, description="values of label_column that mean positive")
+    label_column: str | None = Field(None, max_length=MAX_NAME, description="metadata column holding the image-level label")
+    positive: list[str] = Field(default_factory=list, max_length=MAX_LIST, description="values of label_column that mean positive")
     cam_threshold: float = Field(0.3, gt=0.0, lt=1.0, description="fraction of the class activation map's range that counts as lesion")
 
 
@@ -173,7 +186,7 @@ class JobSpec(_Strict):
     semi: SemiSpec = Field(default_factory=SemiSpec)
     weak: WeakSpec = Field(default_factory=WeakSpec)
     attributes: list[str] | None = Field(
-        None, description="metadata columns to analyse per subgroup; default: every usable column"
+        None, max_length=MAX_LIST, description="metadata columns to analyse per subgroup; default: every usable column"
     )
     scorers: list[Scorer] = Field(
         default_factory=lambda: ["pruning"],

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -14,7 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from celery import current_task
+from celery.exceptions import Reject
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from app.db import queries
 from app.db.base import utcnow
@@ -43,7 +47,7 @@ def _resources(settings: Settings):
 
 def worker_name() -> str:
     request = getattr(current_task, "request", None)
-    return getattr(request, "hostname", None) or f"htl@{socket.gethostname()}"
+    return getattr(request, "hostname", None) or f"htl-{os.getpid()}@{socket.gethostname()}"
 
 
 def _metric_rows(metrics: dict) -> list[dict]:
@@ -81,73 +85,185 @@ def _checkpoint_rows(out: Path, job_id: uuid.UUID) -> list[dict]:
     return rows
 
 
+class JobLost(Exception):
+    """The job is no longer this worker's: another took it over after this one went silent."""
+
+
+class JobReleased(Exception):
+    """This worker is shutting down: the job goes back to the queue for another worker to resume."""
+
+
+# set when the worker process is asked to stop (SIGTERM, the parent `htl serve` dying): the running
+# job is given back at its next progress report instead of holding the shutdown for hours
+SHUTTING_DOWN = threading.Event()
+
+
+class Heartbeat:
+    """Stamps the running job every interval from a thread of its own, so a stage that reports no
+    progress for long (decoding, a slow epoch) still shows a live worker. A database outage is
+    retried at the next beat; `lost` is set once the job is no longer this worker's."""
+
+    def __init__(self, sessionmaker, job_id: uuid.UUID, worker: str, interval_s: float):
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._args = (sessionmaker, job_id, worker, interval_s)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        sessionmaker, job_id, worker, interval_s = self._args
+        while not self._stop.wait(interval_s):
+            try:
+                with sessionmaker() as session:
+                    mine = queries.heartbeat(session=session, job_id=job_id, worker=worker)
+                    session.commit()
+            except DBAPIError as e:
+                log.warning("job %s: heartbeat failed (%s); retrying", job_id, type(e).__name__)
+                continue
+            if not mine:
+                self.lost.set()
+                return
+
+
+def _with_retries(action, *, what: str, attempts: int = 8, first_wait_s: float = 0.5):
+    """Runs a short database transaction, retrying across a database restart (about a minute in all)."""
+    wait = first_wait_s
+    for attempt in range(attempts):
+        try:
+            return action()
+        except DBAPIError as e:
+            if attempt == attempts - 1:
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s", what, type(e).__name__, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 15.0)
+
+
 def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
-    """Runs one job to its end; answers what happened: skipped, succeeded, failed or cancelled."""
+    """Runs one job to its end; answers what happened: skipped, succeeded, failed, cancelled,
+    released (this worker is stopping; the job is queued again) or lost (another worker took it)."""
     sessionmaker, store = _resources(settings)
     stale_before = utcnow() - timedelta(seconds=settings.job_stale_after_s)
     with sessionmaker() as session:
-        claimed = queries.claim_job(session=session, job_id=job_id, worker=worker, stale_before=stale_before)
+        claimed = queries.claim_job(session=session, job_id=job_id, worker=worker, stale_before=stale_before,
+                                    max_attempts=settings.max_attempts)
         session.commit()
         if not claimed:
-            log.info("job %s: not claimable (finished, cancelled or running elsewhere); delivery ignored", job_id)
+            log.info("job %s: not claimable (finished, cancelled, running elsewhere or out of attempts); delivery ignored", job_id)
             return "skipped"
         job = session.get(Job, job_id)
         dataset = session.get(Dataset, job.dataset_id)
         spec_raw, data_dir, submit_warnings = job.spec, store.path(dataset.storage_key), list(job.warnings)
     out = store.path(f"jobs/{job_id}/run")
+    log.info("job %s: claimed by %s (attempt %d)", job_id, worker, job.attempt)
 
     from contract.jobspec import JobSpec
     from ml.pipeline import Progress, Run
 
     last = {"t": 0.0, "stage": None}
+    heartbeat = Heartbeat(sessionmaker, job_id, worker, settings.heartbeat_interval_s)
 
     def on_progress(p: Progress) -> None:
+        if SHUTTING_DOWN.is_set():
+            raise JobReleased()
+        if heartbeat.lost.is_set():
+            raise JobLost()
         now = time.monotonic()
         if p.stage == last["stage"] and now - last["t"] < settings.progress_interval_s:
             return
         last.update(t=now, stage=p.stage)
-        with sessionmaker() as s:
-            cancel = queries.report_progress(session=s, job_id=job_id, stage=p.stage, progress=round(p.overall, 4))
-            s.commit()
+        try:
+            with sessionmaker() as s:
+                mine, cancel = queries.report_progress(session=s, job_id=job_id, worker=worker, stage=p.stage, progress=round(p.overall, 4))
+                s.commit()
+        except DBAPIError as e:  # the heartbeat thread keeps the job alive; report again next time
+            log.warning("job %s: progress report failed (%s)", job_id, type(e).__name__)
+            return
+        if not mine:
+            raise JobLost()
         if cancel:
             raise JobCancelled()
 
+    def finish(status: str, error: str | None = None) -> bool:
+        def write():
+            with sessionmaker() as session:
+                done = queries.finish_job(session=session, job_id=job_id, status=status, error=error, worker=worker)
+                session.commit()
+                return done
+        return _with_retries(write, what=f"job {job_id}: recording {status}")
+
     try:
-        Run(data_dir, JobSpec.model_validate(spec_raw), out, device=settings.device, progress=on_progress).run()
+        with heartbeat:
+            Run(data_dir, JobSpec.model_validate(spec_raw), out, device=settings.device, progress=on_progress).run()
         scores = json.loads((out / "scores.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
         summary = {k: v for k, v in metrics.items() if k not in ("models",)}
-        with sessionmaker() as session:
-            queries.replace_results(
-                session=session, job_id=job_id,
-                scores=[
-                    {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "labeled", "per_sparsity", "attributes")},
-                     "other_scores": item["scores"]}
-                    for item in scores
-                ],
-                metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id),
-                reports={"subgroups": json.loads((out / "subgroups.json").read_text()), "summary": summary},
-            )
-            warnings = submit_warnings + [w for w in metrics.get("warnings", []) if w not in submit_warnings]
-            queries.finish_job(session=session, job_id=job_id, status="succeeded", warnings=warnings)
-            session.commit()
+        warnings = submit_warnings + [w for w in metrics.get("warnings", []) if w not in submit_warnings]
+
+        def persist() -> bool:
+            with sessionmaker() as session:
+                if not queries.finish_job(session=session, job_id=job_id, status="succeeded", warnings=warnings, worker=worker):
+                    session.rollback()
+                    return False
+                queries.replace_results(
+                    session=session, job_id=job_id,
+                    scores=[
+                        {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "labeled", "per_sparsity", "attributes")},
+                         "other_scores": item["scores"]}
+                        for item in scores
+                    ],
+                    metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id),
+                    reports={"subgroups": json.loads((out / "subgroups.json").read_text()), "summary": summary},
+                )
+                session.commit()
+                return True
+
+        if not _with_retries(persist, what=f"job {job_id}: writing results"):
+            log.warning("job %s: taken over by another worker before its results were written; this run's are dropped", job_id)
+            return "lost"
         return "succeeded"
     except JobCancelled:
-        with sessionmaker() as session:
-            queries.finish_job(session=session, job_id=job_id, status="cancelled", error="cancelled on request")
-            session.commit()
+        finish("cancelled", "cancelled on request")
         return "cancelled"
+    except JobLost:
+        log.warning("job %s: taken over by another worker; stopping this run", job_id)
+        return "lost"
+    except JobReleased:
+        def release():
+            with sessionmaker() as session:
+                released = queries.release_job(session=session, job_id=job_id, worker=worker)
+                session.commit()
+                return released
+        if _with_retries(release, what=f"job {job_id}: giving it back"):
+            log.warning("job %s: worker %s is stopping; the job is queued again and resumes after its last finished stage", job_id, worker)
+            try:
+                enqueue_job(celery, job_id)
+            except Exception as e:  # noqa: BLE001 - the sweep of any live worker sends it again
+                log.warning("job %s: could not send it again now (%s); the next sweep will", job_id, e)
+        return "released"
     except Exception as e:  # noqa: BLE001 - any failure is stored on the job, readable
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        with sessionmaker() as session:
-            stage = session.scalar(select(Job.stage).where(Job.id == job_id))
-            queries.finish_job(session=session, job_id=job_id, status="failed", error=f"{stage or 'start'}: {type(e).__name__}: {e}")
-            session.commit()
+        stage = None
+        try:
+            with sessionmaker() as session:
+                stage = session.scalar(select(Job.stage).where(Job.id == job_id))
+        except DBAPIError:
+            pass
+        finish("failed", f"{stage or 'start'}: {type(e).__name__}: {e}")
         return "failed"
 
 
 @celery.task(name=RUN_JOB)
 def run_job(job_id: str) -> str:
+    if SHUTTING_DOWN.is_set():  # a message taken while stopping goes back to the queue, unclaimed
+        raise Reject("this worker is stopping", requeue=True)
     try:
         parsed = uuid.UUID(str(job_id))
     except ValueError:
@@ -156,16 +272,42 @@ def run_job(job_id: str) -> str:
     return execute_job(parsed, settings=get_settings(), worker=worker_name())
 
 
-def requeue_orphaned_jobs(worker_name: str | None = None) -> list[uuid.UUID]:
-    """At worker start: send again the queued jobs (a message can be lost with a crashed worker) and
-    the jobs left running by a worker that died (silent too long, or this worker's own name from
-    before a restart). A resumed run carries on after its last finished stage."""
-    settings = get_settings()
+def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
+    """Send again what no worker will otherwise take: queued jobs whose message may be lost (a broker
+    restart without persistence) and running jobs whose worker went silent, while they have attempts
+    left; fail those that have none. Any worker may sweep: a job sent twice is claimed once."""
+    settings = settings or get_settings()
     sessionmaker, _ = _resources(settings)
-    stale_before = utcnow() - timedelta(seconds=settings.job_stale_after_s)
+    now = utcnow()
     with sessionmaker() as session:
-        ids = queries.requeue_candidates(session=session, worker=worker_name or "", stale_before=stale_before)
+        failed = queries.fail_exhausted(session=session, stale_before=now - timedelta(seconds=settings.job_stale_after_s),
+                                        max_attempts=settings.max_attempts)
+        ids = queries.requeue_candidates(
+            session=session, stale_before=now - timedelta(seconds=settings.job_stale_after_s),
+            queued_before=now - timedelta(seconds=max(settings.sweep_interval_s, settings.job_stale_after_s)),
+            max_attempts=settings.max_attempts,
+        )
+        session.commit()
+    for job_id in failed:
+        log.warning("job %s: failed, its worker was lost %d times", job_id, settings.max_attempts)
     for job_id in ids:
-        log.warning("job %s: sent again at worker start", job_id)
+        log.warning("job %s: sent again by the sweep", job_id)
         enqueue_job(celery, job_id)
     return ids
+
+
+def sweep_forever(stop: threading.Event, worker: str, settings: Settings | None = None) -> None:
+    """The worker's background thread: at start, then every sweep_interval_s, it stamps this worker
+    as alive (what /readyz counts) and sweeps, surviving outages."""
+    settings = settings or get_settings()
+    sessionmaker, _ = _resources(settings)
+    while True:
+        try:
+            with sessionmaker() as session:
+                queries.worker_alive(session=session, name=worker, hostname=socket.gethostname(), pid=os.getpid())
+                session.commit()
+            sweep(settings)
+        except Exception as e:  # noqa: BLE001 - a database or broker outage: try again next round
+            log.warning("sweep failed (%s: %s); trying again in %.0f s", type(e).__name__, e, settings.sweep_interval_s)
+        if stop.wait(settings.sweep_interval_s):
+            return

@@ -4,31 +4,51 @@ from __future__ import annotations
 import shutil
 import uuid
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from python_multipart.exceptions import MultipartParseError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import CurrentOwner, SessionDep, SettingsDep
+from app.api.deps import CurrentOwner, SessionDep, SettingsDep, UploadOwner
 from app.db import queries
-from app.errors import InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.ingest import Limits, ingest_archive
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
-from app.schemas import DatasetOut, Page
+from app.schemas import DatasetOut, Page, error_responses
 from app.upload import receive_upload
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422, 429, 500, 503))
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {
+                "file": {"type": "string", "format": "binary", "description": "zip or tar.gz of images/, masks/ and metadata.csv"},
+                "name": {"type": "string", "maxLength": 200, "description": "default: the archive's file name"},
+            },
+        }}},
+    }
+}
 MAX_NAME = 200
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
-async def upload_dataset(request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep) -> DatasetOut:
-    """multipart/form-data: `file` = a zip or tar.gz of images/, masks/ and metadata.csv; optional `name`."""
+@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_BODY, responses=error_responses(413, 415))
+async def upload_dataset(request: Request, owner: UploadOwner, settings: SettingsDep) -> DatasetOut:
+    """multipart/form-data: `file` = a zip or tar.gz of images/, masks/ and metadata.csv; optional `name`.
+    No database connection is held while the archive streams in and is checked: the rows are written
+    in a short transaction at the end."""
+    with request.app.state.upload_slots:
+        return await _receive_dataset(request, owner, settings)
+
+
+async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
     store = request.app.state.store
     work = settings.uploads / uuid.uuid4().hex
     work.mkdir(parents=True)
     dataset_id = uuid.uuid4()
     storage_key = f"datasets/{dataset_id}"
     adopted = False
+    session = None
     try:
         try:
             received = await receive_upload(request, work / "archive", file_field="file", max_bytes=settings.max_upload_bytes)
@@ -44,6 +64,7 @@ async def upload_dataset(request: Request, owner: CurrentOwner, session: Session
         result = await run_in_threadpool(ingest_archive, work / "archive", work / "unpacked", limits)
         store.adopt_dir(storage_key, work / "unpacked")
         adopted = True
+        session = request.app.state.sessionmaker()
         dataset = queries.create_dataset(
             session=session, dataset_id=dataset_id, owner_id=owner.id, name=name, storage_key=storage_key,
             size_bytes=result.size_bytes, columns=result.columns, warnings=result.warnings,
@@ -57,8 +78,11 @@ async def upload_dataset(request: Request, owner: CurrentOwner, session: Session
         adopted = False  # the rows now own the files
         return DatasetOut.model_validate(dataset)
     finally:
+        if session is not None:
+            if adopted:
+                session.rollback()
+            session.close()
         if adopted:
-            session.rollback()
             store.delete(storage_key)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -71,9 +95,30 @@ def list_datasets(owner: CurrentOwner, session: SessionDep, limit: int = Query(1
     return Page(items=[DatasetOut.model_validate(r) for r in rows], next_cursor=encode_cursor(after) if after else None)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))
 def get_dataset(dataset_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> DatasetOut:
     dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=dataset_id)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found")
     return DatasetOut.model_validate(dataset)
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=error_responses(404, 409))
+def delete_dataset(dataset_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep) -> Response:
+    """The dataset, its images' rows and files, and its finished jobs with their results and files.
+    409 while one of its jobs is queued or running (cancel it first)."""
+    dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    busy = queries.jobs_using_dataset(session=session, dataset_id=dataset_id)
+    if busy:
+        raise Conflict(f"dataset {dataset_id} is used by {len(busy)} unfinished job(s) ({', '.join(map(str, busy[:5]))}); "
+                       "cancel them or wait for them to finish")
+    storage_key = dataset.storage_key
+    job_ids = queries.delete_dataset(session=session, dataset=dataset)
+    session.commit()
+    store = request.app.state.store  # rows first: a crash between leaves files no row names, never rows without files
+    for job_id in job_ids:
+        store.delete(f"jobs/{job_id}")
+    store.delete(storage_key)
+    return Response(status_code=204)

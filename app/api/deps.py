@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Iterator
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.db import queries
@@ -31,15 +32,40 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_owner(request: Request, session: SessionDep) -> Owner:
+# declares the bearer scheme in the OpenAPI document (Swagger's Authorize button); the key itself is
+# read below, so a missing one gets this API's 401 message rather than a 403
+bearer = HTTPBearer(auto_error=False, description="an API key: htl keys create --owner NAME")
+
+
+def _key(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with: htl keys create --owner NAME)")
-    owner = queries.owner_for_key(session=session, key=key.strip())
+    return key.strip()
+
+
+def _owner(request: Request, session: Session, key: str) -> Owner:
+    owner = queries.owner_for_key(session=session, key=key)
     if owner is None:
         raise Unauthorized("the API key is not valid")
+    request.app.state.rate_limiter.check(str(owner.id))
+    return owner
+
+
+def current_owner(request: Request, session: SessionDep, _scheme=Depends(bearer)) -> Owner:
+    return _owner(request, session, _key(request))
+
+
+def owner_without_session(request: Request, _scheme=Depends(bearer)) -> Owner:
+    """The owner, looked up in a session of its own that is closed before the route runs: for routes
+    that stream a body or work for long, which must not hold a pooled connection meanwhile."""
+    key = _key(request)
+    with request.app.state.sessionmaker() as session:
+        owner = _owner(request, session, key)
+        session.expunge(owner)
     return owner
 
 
 CurrentOwner = Annotated[Owner, Depends(current_owner)]
+UploadOwner = Annotated[Owner, Depends(owner_without_session)]

@@ -1,10 +1,16 @@
-"""/healthz: the process answers. /readyz: the database and the broker answer too."""
+"""/healthz: the process answers. /readyz: the database and the broker answer, and at least one
+worker has said it is alive lately (each worker's sweep thread stamps the workers table)."""
 from __future__ import annotations
+
+from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+
+from app.db import queries
+from app.db.base import utcnow
 
 from app.queue import broker_reachable
 
@@ -19,16 +25,26 @@ def healthz() -> dict:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     checks = {}
+    workers: list[str] = []
+    settings = request.app.state.settings
     try:
-        def ping_db():
+        def ping_db() -> list[str]:
             with request.app.state.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+            since = utcnow() - timedelta(seconds=3 * settings.sweep_interval_s)
+            with request.app.state.sessionmaker() as session:
+                return [w.name for w in queries.live_workers(session=session, since=since)]
 
-        await run_in_threadpool(ping_db)
+        workers = await run_in_threadpool(ping_db)
         checks["database"] = "ok"
+        checks["workers"] = "ok" if workers else "none alive: no worker has stamped itself lately (start one: htl worker)"
     except Exception as e:  # noqa: BLE001
-        checks["database"] = f"unavailable: {e}"
+        checks["database"] = f"unavailable: {type(e).__name__}"
+        checks["workers"] = "unknown: the database is unavailable"
     ok, detail = await run_in_threadpool(broker_reachable, request.app.state.celery)
     checks["broker"] = "ok" if ok else f"unavailable: {detail}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+    body = {"status": "ready" if ready else "not ready", "checks": checks, "workers": workers}
+    if not ready:
+        body.update(detail="; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"), code="NOT_READY")
+    return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "5"})

@@ -13,10 +13,10 @@ from app.db.models import FINISHED, Job
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
-from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut
+from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
 from contract.jobspec import SpecError, check_spec_fits_dataset, resolve_group_column
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 404, 422, 429, 500, 503))
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -34,7 +34,7 @@ def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post("", status_code=202, response_model=JobOut, responses=error_responses(413))
 def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: SessionDep) -> JobOut:
     dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=body.dataset_id)
     if dataset is None:
@@ -72,7 +72,7 @@ def get_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> JobO
     return JobOut.model_validate(_job_or_404(session, owner, job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=error_responses(409))
 def cancel_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> JobOut:
     job = _job_or_404(session, owner, job_id)
     if job.status in FINISHED:
@@ -83,7 +83,7 @@ def cancel_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> J
     return JobOut.model_validate(job)
 
 
-@router.get("/{job_id}/scores", response_model=Page[ScoreOut])
+@router.get("/{job_id}/scores", response_model=Page[ScoreOut], responses=error_responses(409))
 def job_scores(
     job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep, htl_only: bool = False,
     limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
@@ -104,7 +104,7 @@ def job_scores(
     return Page(items=items, next_cursor=encode_cursor({"rank": rows[-1].rank}) if more else None)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsOut)
+@router.get("/{job_id}/metrics", response_model=MetricsOut, responses=error_responses(409))
 def job_metrics(
     job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep,
     split: Literal["validation", "test"] = Query("validation", description="test: the held-out split (split.test_fraction > 0)"),
@@ -140,7 +140,7 @@ def job_metrics(
     )
 
 
-@router.get("/{job_id}/subgroups", response_model=SubgroupsOut)
+@router.get("/{job_id}/subgroups", response_model=SubgroupsOut, responses=error_responses(409))
 def job_subgroups(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> SubgroupsOut:
     """Which subgroups the HTL set over-represents (enrichment, interval, corrected p-value), and per
     validation subgroup whether attention closed the gap (dense vs attended Dice, bootstrap interval)."""
@@ -151,7 +151,7 @@ def job_subgroups(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -
     return SubgroupsOut(job_id=job_id, **body)
 
 
-@router.get("/{job_id}/checkpoints", response_model=Page[CheckpointOut])
+@router.get("/{job_id}/checkpoints", response_model=Page[CheckpointOut], responses=error_responses(409))
 def job_checkpoints(
     job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep,
     limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
@@ -164,7 +164,9 @@ def job_checkpoints(
     return Page(items=[CheckpointOut.model_validate(r) for r in rows], next_cursor=encode_cursor({"name": rows[-1].name}) if more else None)
 
 
-@router.get("/{job_id}/checkpoints/{name}")
+@router.get("/{job_id}/checkpoints/{name}", response_class=StreamingResponse, responses={
+    **error_responses(409), 200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                                  "description": "the safetensors file"}, 304: {"description": "not modified (If-None-Match)"}})
 def download_checkpoint(job_id: uuid.UUID, name: str, request: Request, owner: CurrentOwner, session: SessionDep):
     """The safetensors file, streamed, with Content-Length, its sha256 in X-Checksum-SHA256 and as the ETag."""
     _succeeded_job(session, owner, job_id)
@@ -179,3 +181,16 @@ def download_checkpoint(job_id: uuid.UUID, name: str, request: Request, owner: C
     headers["Content-Length"] = str(checkpoint.size_bytes)
     headers["Content-Disposition"] = f'attachment; filename="{checkpoint.name}.safetensors"'
     return StreamingResponse(store.iter_chunks(checkpoint.storage_key), media_type="application/octet-stream", headers=headers)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=error_responses(409))
+def delete_job(job_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep) -> Response:
+    """A finished job (succeeded, failed or cancelled) with its scores, metrics, reports, checkpoints
+    and files. 409 while it is queued or running (cancel it first)."""
+    job = _job_or_404(session, owner, job_id)
+    if job.status not in FINISHED:
+        raise Conflict(f"job {job_id} is {job.status}; cancel it and wait for it to stop before deleting it")
+    queries.delete_job_rows(session=session, job_id=job_id)
+    session.commit()
+    request.app.state.store.delete(f"jobs/{job_id}")
+    return Response(status_code=204)

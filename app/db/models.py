@@ -79,6 +79,17 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     warnings: Mapped[list] = mapped_column(default=list, server_default=text("'[]'"))
 
 
+class Worker(Base):
+    """A worker process, as it last said it was alive (its sweep thread stamps it)."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int]
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+
+
 class Score(Base):
     __tablename__ = "scores"
     __table_args__ = (

@@ -4,14 +4,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import ApiKey, Checkpoint, Dataset, Image, Job, JobReport, Metric, Owner, Score
+from app.db.models import ApiKey, Checkpoint, Dataset, Image, Job, JobReport, Metric, Owner, Score, Worker
 
 KEY_PREFIX = "htl_"
 
@@ -32,6 +32,22 @@ def create_api_key(*, session: Session, owner_name: str) -> tuple[Owner, str]:
     session.add(ApiKey(owner_id=owner.id, key_hash=hash_key(key), prefix=key[:12]))
     session.flush()
     return owner, key
+
+
+def list_api_keys(*, session: Session, owner_name: str | None = None) -> list[tuple[ApiKey, str]]:
+    """Every key (revoked ones too) with its owner's name, newest first."""
+    stmt = select(ApiKey, Owner.name).join(Owner, Owner.id == ApiKey.owner_id)
+    if owner_name is not None:
+        stmt = stmt.where(Owner.name == owner_name)
+    return [(key, name) for key, name in session.execute(stmt.order_by(ApiKey.created_at.desc()))]
+
+
+def revoke_api_keys(*, session: Session, prefix: str) -> int:
+    """Revokes the live keys whose shown prefix starts with prefix; answers how many."""
+    result = session.execute(
+        update(ApiKey).where(ApiKey.prefix.startswith(prefix, autoescape=True), ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+    return result.rowcount
 
 
 def owner_for_key(*, session: Session, key: str) -> Owner | None:
@@ -108,6 +124,27 @@ def list_jobs(
     return page_cursor(list(session.scalars(_newest_first(stmt, Job, after, limit))), limit)
 
 
+def jobs_using_dataset(*, session: Session, dataset_id: uuid.UUID) -> list[uuid.UUID]:
+    """Jobs of a dataset that have not finished: while any is queued or running, the dataset stays."""
+    return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(("queued", "running")))))
+
+
+def delete_dataset(*, session: Session, dataset: Dataset) -> list[uuid.UUID]:
+    """Deletes the dataset's rows, its finished jobs' rows with them; answers those jobs' ids."""
+    job_ids = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset.id)))
+    for job_id in job_ids:
+        delete_job_rows(session=session, job_id=job_id)
+    session.execute(delete(Image).where(Image.dataset_id == dataset.id))
+    session.execute(delete(Dataset).where(Dataset.id == dataset.id))
+    return job_ids
+
+
+def delete_job_rows(*, session: Session, job_id: uuid.UUID) -> None:
+    for model in (Score, Metric, Checkpoint, JobReport):
+        session.execute(delete(model).where(model.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+
+
 def request_cancel(*, session: Session, job: Job) -> None:
     """A queued job is cancelled at once; a running one is flagged, and its worker stops at its next
     progress report."""
@@ -121,13 +158,13 @@ def request_cancel(*, session: Session, job: Job) -> None:
         session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
 
 
-def _orphaned(worker: str, stale_before: datetime):
-    """A running job whose worker went silent, or that names this very worker (which, running one job
-    at a time and asking for another, has restarted since)."""
-    return and_(Job.status == "running", or_(Job.heartbeat_at < stale_before, Job.worker == worker))
+def _orphaned(stale_before: datetime):
+    """A running job whose worker went silent. Nothing else makes a running job another's to take:
+    worker names are unique per process, and a live worker heartbeats while it runs."""
+    return and_(Job.status == "running", Job.heartbeat_at < stale_before)
 
 
-def claim_job(*, session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime) -> bool:
+def claim_job(*, session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime, max_attempts: int = 1000) -> bool:
     """Atomically move a queued or orphaned job to running. False when the job is finished,
     cancelled, or running on a live worker: that delivery does nothing."""
     now = utcnow()
@@ -136,7 +173,8 @@ def claim_job(*, session: Session, job_id: uuid.UUID, worker: str, stale_before:
         .where(
             Job.id == job_id,
             Job.cancel_requested.is_(False),
-            or_(Job.status == "queued", _orphaned(worker, stale_before)),
+            Job.attempt < max_attempts,
+            or_(Job.status == "queued", _orphaned(stale_before)),
         )
         .values(
             status="running", attempt=Job.attempt + 1, worker=worker, error=None,
@@ -146,36 +184,93 @@ def claim_job(*, session: Session, job_id: uuid.UUID, worker: str, stale_before:
     return result.rowcount == 1
 
 
-def requeue_candidates(*, session: Session, worker: str, stale_before: datetime) -> list[uuid.UUID]:
-    """Queued jobs (their message may have been lost) and orphaned running ones. Sending a job twice
-    is harmless: only one delivery can claim it."""
-    return list(session.scalars(
-        select(Job.id).where(or_(Job.status == "queued", _orphaned(worker, stale_before)), Job.cancel_requested.is_(False))
-        .order_by(Job.created_at)
+def requeue_candidates(*, session: Session, stale_before: datetime, queued_before: datetime, max_attempts: int) -> list[uuid.UUID]:
+    """Jobs to send again: queued ones untouched since queued_before (their message may have been
+    lost; re-sending stamps them, so a sweep does not send them again at once) and running ones whose
+    worker went silent, with attempts left. Sending a job twice is harmless: one delivery claims it."""
+    ids = list(session.scalars(
+        select(Job.id).where(
+            Job.cancel_requested.is_(False),
+            or_(and_(Job.status == "queued", Job.updated_at < queued_before),
+                and_(_orphaned(stale_before), Job.attempt < max_attempts)),
+        ).order_by(Job.created_at)
     ))
+    if ids:
+        session.execute(update(Job).where(Job.id.in_(ids), Job.status == "queued").values(updated_at=utcnow()))
+    return ids
 
 
-def report_progress(*, session: Session, job_id: uuid.UUID, stage: str, progress: float) -> bool:
-    """Writes stage, progress and a heartbeat; answers whether a cancel was requested."""
+def fail_exhausted(*, session: Session, stale_before: datetime, max_attempts: int) -> list[uuid.UUID]:
+    """Running jobs whose worker went silent and that have used every attempt: failed, with why."""
+    ids = list(session.scalars(select(Job.id).where(_orphaned(stale_before), Job.attempt >= max_attempts)))
     now = utcnow()
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running")
+    for job_id in ids:
+        session.execute(
+            update(Job).where(Job.id == job_id, _orphaned(stale_before)).values(
+                status="failed", finished_at=now, updated_at=now,
+                error=f"worker lost: the worker running it went silent on each of {max_attempts} attempts "
+                      "(HTL_MAX_ATTEMPTS); giving up",
+            )
+        )
+    return ids
+
+
+def worker_alive(*, session: Session, name: str, hostname: str, pid: int) -> None:
+    now = utcnow()
+    if session.execute(update(Worker).where(Worker.name == name).values(heartbeat_at=now)).rowcount == 0:
+        session.add(Worker(name=name, hostname=hostname, pid=pid, started_at=now, heartbeat_at=now))
+    # forget workers silent for a day
+    session.execute(delete(Worker).where(Worker.heartbeat_at < now - timedelta(days=1)))
+
+
+def live_workers(*, session: Session, since: datetime) -> list[Worker]:
+    return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= since).order_by(Worker.name)))
+
+
+def heartbeat(*, session: Session, job_id: uuid.UUID, worker: str) -> bool:
+    """Stamps the job as alive; False when it is no longer this worker's to run."""
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker).values(heartbeat_at=now)
+    )
+    return result.rowcount == 1
+
+
+def report_progress(*, session: Session, job_id: uuid.UUID, worker: str, stage: str, progress: float) -> tuple[bool, bool]:
+    """Writes stage, progress and a heartbeat; answers (still this worker's job, cancel requested)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
         .values(stage=stage, progress=progress, heartbeat_at=now, updated_at=now)
     )
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    return result.rowcount == 1, bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def release_job(*, session: Session, job_id: uuid.UUID, worker: str) -> bool:
+    """A stopping worker gives its running job back, queued again for another to resume. A job given
+    back was not lost: its attempt does not count against HTL_MAX_ATTEMPTS."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
+        .values(status="queued", worker=None, heartbeat_at=None, attempt=Job.attempt - 1, updated_at=utcnow())
+    )
+    return result.rowcount == 1
 
 
 def finish_job(
     *, session: Session, job_id: uuid.UUID, status: str, error: str | None = None, from_status: str = "running",
-    warnings: list[str] | None = None,
-) -> None:
+    warnings: list[str] | None = None, worker: str | None = None,
+) -> bool:
+    """Moves the job to a final status; with worker, only while that worker runs it. Answers whether it did."""
     now = utcnow()
     values: dict[str, Any] = {"status": status, "error": error, "finished_at": now, "updated_at": now}
     if warnings is not None:
         values["warnings"] = warnings
     if status == "succeeded":
         values["progress"] = 1.0
-    session.execute(update(Job).where(Job.id == job_id, Job.status == from_status).values(**values))
+    stmt = update(Job).where(Job.id == job_id, Job.status == from_status)
+    if worker is not None:
+        stmt = stmt.where(Job.worker == worker)
+    return session.execute(stmt.values(**values)).rowcount == 1
 
 
 # --- results ---------------------------------------------------------------------------------------

@@ -15,10 +15,32 @@ def test_v1_routes_need_a_bearer_key(client):
     assert r.status_code == 401 and r.json()["detail"] == "the API key is not valid"
 
 
-def test_health_needs_no_key(client):
+def _stamp_worker(session_factory, name="w-1@host", age_s=0.0):
+    from datetime import timedelta
+
+    from app.db import queries
+    from app.db.base import utcnow
+    from app.db.models import Worker
+
+    with session_factory() as session:
+        queries.worker_alive(session=session, name=name, hostname="host", pid=1)
+        session.flush()
+        session.get(Worker, name).heartbeat_at = utcnow() - timedelta(seconds=age_s)
+        session.commit()
+
+
+def test_health_needs_no_key_and_readiness_needs_a_live_worker(client, session_factory):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "broker": "ok"}
+    body = r.json()
+    assert r.status_code == 503 and body["code"] == "NOT_READY" and body["checks"]["workers"].startswith("none alive")
+    assert body["checks"]["database"] == "ok" and "workers" in body["detail"] and r.headers["retry-after"]
+    _stamp_worker(session_factory, age_s=3600)  # silent for an hour: dead
+    assert client.get("/readyz").status_code == 503
+    _stamp_worker(session_factory, name="w-2@host")
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "workers": "ok", "broker": "ok"}
+    assert r.json()["workers"] == ["w-2@host"]
 
 
 def test_keys_are_stored_hashed(client, alice, session_factory):
@@ -66,8 +88,9 @@ def test_readyz_checks_a_redis_broker_and_says_when_it_is_down(db_url, tmp_path)
     if not REDIS_URL:
         pytest.skip(NO_REDIS)
     up = create_app(Settings(data_dir=tmp_path / "a", database_url=db_url, broker_url=REDIS_URL))
+    _stamp_worker(up.state.sessionmaker)
     with TestClient(up) as client:
-        assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+        assert client.get("/readyz").json()["checks"] == {"database": "ok", "workers": "ok", "broker": "ok"}
     down = create_app(Settings(data_dir=tmp_path / "b", database_url=db_url, broker_url="redis://127.0.0.1:1/0"))
     with TestClient(down) as client:
         r = client.get("/readyz")

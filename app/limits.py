@@ -1,0 +1,116 @@
+"""Request limits that protect the service: a cap on JSON bodies (read whole, so bounded), a per-key
+token bucket, and a bound on uploads ingesting at once."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+from app.errors import TooManyRequests, Unavailable
+
+
+def _error_message(status: int, detail: str, code: str, headers: dict[str, str] | None = None) -> tuple[dict, dict]:
+    body = json.dumps({"detail": detail, "code": code}).encode()
+    start = {
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class JsonBodyLimit:
+    """ASGI middleware: a request body that is not a multipart upload may hold at most max_bytes; a
+    larger one is answered 413 before the app sees it (declared Content-Length, or bytes counted as
+    they arrive). The body is read here and replayed to the app."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
+            return await self.app(scope, receive, send)  # uploads stream to disk under their own limit
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(send)
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.max_bytes:
+                return await self._too_large(send)
+            chunks.append(body)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        start, body = _error_message(413, f"the request body is over the limit of {self.max_bytes} bytes (HTL_MAX_JSON_BYTES)", "TOO_LARGE")
+        await send(start)
+        await send(body)
+
+
+class RateLimiter:
+    """A token bucket per key: `per_minute` requests a minute on average, bursts up to a tenth of a
+    minute's worth (at least 10). Per API process: several processes each allow the rate."""
+
+    def __init__(self, per_minute: int):
+        self.rate = per_minute / 60.0
+        self.capacity = max(10.0, per_minute / 6.0)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - at) * self.rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                wait = math.ceil((1.0 - tokens) / self.rate)
+                raise TooManyRequests(f"over the rate limit of {self.rate * 60:g} requests a minute for this key (HTL_RATE_LIMIT)",
+                                      headers={"Retry-After": str(wait)})
+            self._buckets[key] = (tokens - 1.0, now)
+            if len(self._buckets) > 100_000:  # forget idle keys rather than grow without bound
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+
+
+class UploadSlots:
+    """At most `limit` uploads stream and ingest at once; one more is told to come back later."""
+
+    def __init__(self, limit: int, retry_after_s: int = 10):
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "UploadSlots":
+        with self._lock:
+            if self.active >= self.limit:
+                raise Unavailable(f"{self.active} uploads are being ingested (HTL_MAX_CONCURRENT_UPLOADS); try again shortly",
+                                  code="BUSY", headers={"Retry-After": str(self.retry_after_s)})
+            self.active += 1
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        with self._lock:
+            self.active -= 1

@@ -1,0 +1,194 @@
+"""Hostile or unlucky requests get a 4xx or 503 naming the problem, in the one error shape
+{"detail", "code"}; never a 500 for bad input, and a 500 that does happen is JSON too."""
+import base64
+import json
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db import queries
+from app.db.models import Dataset, Image, Job, Score
+from app.main import create_app
+from app.settings import Settings
+from worker.tasks import execute_job
+
+from .archives import dataset_files, make_zip
+from .conftest import count_rows, make_key
+from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
+
+
+def _error(r, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) >= {"detail", "code"} and body["code"] == code, body
+    return body
+
+
+def _cursor(values) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def test_a_json_body_over_the_limit_is_413_before_it_is_parsed(tmp_path, db_url):
+    app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, max_json_bytes=4096))
+    with TestClient(app) as client:
+        key = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
+        big = {"dataset_id": str(uuid.uuid4()), "spec": {"attributes": ["x" * 100] * 60}}
+        body = _error(client.post("/v1/jobs", headers=key, json=big), 413, "TOO_LARGE")
+        assert "HTL_MAX_JSON_BYTES" in body["detail"]
+
+        def chunks():  # no Content-Length: counted as it arrives
+            yield b'{"dataset_id": "' + str(uuid.uuid4()).encode() + b'", "spec": {"attributes": ['
+            for _ in range(100):
+                yield b'"' + b"y" * 100 + b'",'
+            yield b'"z"]}}'
+
+        _error(client.post("/v1/jobs", headers={**key, "Content-Type": "application/json"}, content=chunks()), 413, "TOO_LARGE")
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_in_a_spec_are_422(client, alice, dataset_id, number):
+    raw = '{"dataset_id": "%s", "spec": {"train": {"lr": %s}}}' % (dataset_id, number)
+    body = _error(client.post("/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=raw), 422, "INVALID_INPUT")
+    assert any(e["loc"][-2:] == ["train", "lr"] for e in body["detail"])
+    assert count_rows(client.app.state.sessionmaker, Job) == 0
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"prune": {"sparsities": [0.5, 0.5000001]}}, "sparsities"),
+    ({"train": {"seed": 2**64}}, "seed"),
+    ({"train": {"seeds": [0, -1]}}, "seeds"),
+    ({"attributes": ["a"] * 1000}, "attributes"),
+    ({"weak": {"positive": ["p"] * 1000}}, "positive"),
+    ({"sample": {"max_images": 10**12}}, "max_images"),
+    ({"split": {"val_fraction": 0.5, "test_fraction": 0.45}}, "split"),
+])
+def test_specs_that_cannot_run_are_422_naming_the_field(client, alice, dataset_id, spec, field):
+    body = _error(submit(client, alice, dataset_id, spec), 422, "INVALID_INPUT")
+    assert any(field in ".".join(map(str, e["loc"])) for e in body["detail"]), body
+
+
+@pytest.mark.parametrize("path, cursor", [
+    ("/v1/jobs", _cursor({"created_at": "2026-01-01T00:00:00", "id": str(uuid.uuid4())})),  # naive datetime
+    ("/v1/jobs", _cursor({"created_at": "yesterday", "id": str(uuid.uuid4())})),
+    ("/v1/jobs", _cursor({"created_at": "2026-01-01T00:00:00+00:00", "id": "not-a-uuid"})),
+    ("/v1/datasets", _cursor({"created_at": 5, "id": 7})),
+    ("/v1/jobs", _cursor({"rank": 3})),  # a cursor of another list
+    ("/v1/jobs", _cursor([1, 2])),
+    ("/v1/jobs", "%%%not-base64"),
+    ("/v1/jobs", "A" * 5000),
+])
+def test_forged_cursors_are_422(client, alice, path, cursor):
+    body = _error(client.get(path, headers=alice, params={"cursor": cursor}), 422, "INVALID_CURSOR")
+    assert "cursor" in body["detail"]
+
+
+@pytest.mark.parametrize("rank", [True, 2**40, -1, "5", 1.5])
+def test_forged_score_cursors_are_422(client, alice, dataset_id, settings, rank):
+    job = submit(client, alice, dataset_id).json()
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"
+    r = client.get(f"/v1/jobs/{job['id']}/scores", headers=alice, params={"cursor": _cursor({"rank": rank})})
+    _error(r, 422, "INVALID_CURSOR")
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(client, alice):
+    _error(client.get("/v1/nothing", headers=alice), 404, "NOT_FOUND")
+    _error(client.put("/v1/jobs", headers=alice), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(tmp_path, db_url):
+    app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, rate_limit=12))  # bursts of 10
+    with TestClient(app) as client:
+        alice = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
+        bob = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'bob')}"}
+        statuses = [client.get("/v1/jobs", headers=alice).status_code for _ in range(12)]
+        assert statuses[:10] == [200] * 10 and 429 in statuses[10:]
+        r = client.get("/v1/jobs", headers=alice)
+        _error(r, 429, "RATE_LIMITED")
+        assert int(r.headers["retry-after"]) >= 1
+        assert client.get("/v1/jobs", headers=bob).status_code == 200  # per key
+
+
+def test_uploads_past_the_concurrency_bound_get_503_with_retry_after(client, alice, tmp_path):
+    slots = client.app.state.upload_slots
+    slots.active = slots.limit  # as if that many were streaming now
+    try:
+        files = dataset_files(tmp_path, n=8)
+        r = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))})
+        _error(r, 503, "BUSY")
+        assert r.headers["retry-after"]
+    finally:
+        slots.active = 0
+    assert count_rows(client.app.state.sessionmaker, Dataset) == 0
+    assert client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}).status_code == 201
+
+
+def test_a_database_that_does_not_answer_is_503_json(tmp_path):
+    app = create_app(Settings(data_dir=tmp_path / "d", database_url="postgresql+psycopg://postgres@127.0.0.1:1/none"))
+    with TestClient(app) as client:
+        r = client.get("/v1/jobs", headers={"Authorization": "Bearer htl_whatever"})
+        _error(r, 503, "DATABASE_UNAVAILABLE")
+        assert r.headers["retry-after"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["code"] == "NOT_READY"
+
+
+def test_an_unexpected_error_is_a_500_in_the_error_shape(app, alice, monkeypatch):
+    def broken(**_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(queries, "list_jobs", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = _error(client.get("/v1/jobs", headers=alice), 500, "INTERNAL")
+        assert "boom" not in body["detail"]  # nothing internal leaks
+
+
+def test_deleting_a_dataset_waits_for_its_jobs_then_removes_rows_and_files(client, alice, bob, dataset_id, settings):
+    factory = client.app.state.sessionmaker
+    with factory() as session:
+        storage_key = session.get(Dataset, uuid.UUID(dataset_id)).storage_key
+    store = client.app.state.store
+    assert store.path(storage_key).is_dir()
+    job = submit(client, alice, dataset_id).json()
+    _error(client.delete(f"/v1/datasets/{dataset_id}", headers=alice), 409, "CONFLICT")
+    _error(client.delete(f"/v1/jobs/{job['id']}", headers=alice), 409, "CONFLICT")
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"
+    assert store.path(f"jobs/{job['id']}").is_dir()
+    _error(client.delete(f"/v1/datasets/{dataset_id}", headers=bob), 404, "NOT_FOUND")
+    assert client.delete(f"/v1/datasets/{dataset_id}", headers=alice).status_code == 204
+    assert not store.path(storage_key).exists() and not store.path(f"jobs/{job['id']}").exists()
+    for model in (Dataset, Image, Job, Score):
+        assert count_rows(factory, model) == 0, model
+    _error(client.get(f"/v1/datasets/{dataset_id}", headers=alice), 404, "NOT_FOUND")
+
+
+def test_deleting_a_finished_job_removes_its_results_and_files(client, alice, dataset_id, settings):
+    job = submit(client, alice, dataset_id).json()
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=alice).status_code == 204
+    assert count_rows(client.app.state.sessionmaker, Score) == 0
+    assert not client.app.state.store.path(f"jobs/{job['id']}").exists()
+    _error(client.get(f"/v1/jobs/{job['id']}", headers=alice), 404, "NOT_FOUND")
+    assert client.get(f"/v1/datasets/{dataset_id}", headers=alice).status_code == 200  # the dataset stays
+
+
+def test_keys_list_and_revoke_from_the_command_line(tmp_path, capsys):
+    from app.cli import main
+    from app.db.migrate import upgrade
+
+    data = tmp_path / "svc"
+    args = ["--data-dir", str(data)]
+    data.mkdir()
+    upgrade(f"sqlite:///{(data / 'htl.db').resolve()}")
+    assert main(["keys", "create", "--owner", "carol", *args]) == 0
+    key = capsys.readouterr().out.strip()
+    assert main(["keys", "list", *args]) == 0
+    listing = capsys.readouterr().out
+    assert key[:12] in listing and key not in listing and "carol" in listing
+    app = create_app(Settings(data_dir=data))
+    with TestClient(app) as client:
+        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert main(["keys", "revoke", key[:12], *args]) == 0
+        _error(client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}), 401, "UNAUTHORIZED")
+    assert main(["keys", "revoke", key[:12], *args]) == 1  # nothing live left to revoke
+    assert main(["keys", "revoke", "htl_", *args]) == 2  # too short to name one key

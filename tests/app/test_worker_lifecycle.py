@@ -1,0 +1,210 @@
+"""Exactly one runner per job, nothing stranded: takeover only by a stale heartbeat, a sweep that
+re-sends lost work and gives up after HTL_MAX_ATTEMPTS, a stopping worker that gives its job back,
+and `htl serve` killed with -9 whose worker dies with it, the job finishing once after a restart."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.db import queries
+from app.db.base import utcnow
+from app.db.models import Checkpoint, Job, Metric, Score
+from app.db.session import make_engine, make_sessionmaker
+from worker import tasks
+
+from .archives import dataset_files, make_zip
+from .conftest import count_rows
+from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
+from .test_worker_process import wait_for, worker_process, worker_settings  # noqa: F401 - fixtures
+
+LONG = {**TINY, "train": {"epochs": 60, "batch_size": 8}}
+
+
+def _age(factory, job_id, *, heartbeat_s: float | None = None, updated_s: float | None = None, **values):
+    with factory() as session:
+        job = session.get(Job, uuid.UUID(str(job_id)))
+        if heartbeat_s is not None:
+            job.heartbeat_at = utcnow() - timedelta(seconds=heartbeat_s)
+        if updated_s is not None:
+            job.updated_at = utcnow() - timedelta(seconds=updated_s)
+        for k, v in values.items():
+            setattr(job, k, v)
+        session.commit()
+
+
+def _claim(factory, job_id, worker: str, stale_s: float = 300, max_attempts: int = 3) -> bool:
+    with factory() as session:
+        ok = queries.claim_job(session=session, job_id=uuid.UUID(str(job_id)), worker=worker,
+                               stale_before=utcnow() - timedelta(seconds=stale_s), max_attempts=max_attempts)
+        session.commit()
+        return ok
+
+
+def test_a_running_job_is_taken_over_only_when_its_heartbeat_is_stale(client, alice, dataset_id, session_factory):
+    job = submit(client, alice, dataset_id).json()["id"]
+    assert _claim(session_factory, job, "htl-aaaa@host")
+    # the same name again (a restarted process, or a second worker that took the name) is not enough
+    assert not _claim(session_factory, job, "htl-aaaa@host")
+    assert not _claim(session_factory, job, "htl-bbbb@host")
+    _age(session_factory, job, heartbeat_s=301)
+    assert _claim(session_factory, job, "htl-bbbb@host")
+    with session_factory() as session:
+        row = session.get(Job, uuid.UUID(job))
+        assert row.worker == "htl-bbbb@host" and row.attempt == 2
+        # the first worker learns the job is no longer its own
+        assert queries.heartbeat(session=session, job_id=row.id, worker="htl-aaaa@host") is False
+        assert queries.report_progress(session=session, job_id=row.id, worker="htl-aaaa@host", stage="dense", progress=0.5)[0] is False
+        assert queries.finish_job(session=session, job_id=row.id, status="succeeded", worker="htl-aaaa@host") is False
+        assert queries.heartbeat(session=session, job_id=row.id, worker="htl-bbbb@host") is True
+
+
+def test_the_sweep_resends_lost_and_orphaned_jobs_and_fails_exhausted_ones(client, alice, dataset_id, session_factory, settings, monkeypatch):
+    sent = []
+    monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(str(job_id)))
+    monkeypatch.setattr(tasks, "_resources", lambda _s: (session_factory, None))
+    fresh, lost, orphan, exhausted = (submit(client, alice, dataset_id).json()["id"] for _ in range(4))
+    _age(session_factory, lost, updated_s=3600)  # queued an hour ago: its message is gone
+    for job, attempt in ((orphan, 1), (exhausted, settings.max_attempts)):
+        _claim(session_factory, job, f"htl-{job[:4]}@host")
+        _age(session_factory, job, heartbeat_s=3600, attempt=attempt)
+    assert sorted(map(str, tasks.sweep(settings))) == sorted([lost, orphan]) == sorted(sent)
+    with session_factory() as session:
+        failed = session.get(Job, uuid.UUID(exhausted))
+        assert failed.status == "failed" and "HTL_MAX_ATTEMPTS" in failed.error
+        assert session.get(Job, uuid.UUID(fresh)).status == "queued"
+    sent.clear()
+    assert [str(j) for j in tasks.sweep(settings)] == [orphan]  # a re-sent queued job waits a window before the next send
+
+
+def test_a_stopping_worker_gives_its_job_back_and_another_finishes_it_once(worker_settings, worker_process, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    from .conftest import make_key
+
+    proc, log_path = worker_process
+    app = create_app(worker_settings)
+    factory = app.state.sessionmaker
+    headers = {"Authorization": f"Bearer {make_key(factory, 'dora')}"}
+    with TestClient(app) as client:
+        ds = client.post("/v1/datasets", headers=headers, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=40)))}).json()
+        job = client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"], "spec": LONG}).json()
+        get = lambda: client.get(f"/v1/jobs/{job['id']}", headers=headers).json()  # noqa: E731
+        first = wait_for(lambda: (s := get())["stage"] == "dense" and s["progress"] > 0.02 and s, 120, "training to start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        released = get()
+        assert released["status"] == "queued" and released["attempt"] == 0, (released, log_path.read_text()[-2000:])
+        assert "is queued again" in log_path.read_text()
+
+        env = dict(os.environ, HTL_DATA_DIR=str(worker_settings.data_dir), HTL_DATABASE_URL=worker_settings.resolved_database_url,
+                   HTL_PROGRESS_INTERVAL_S="0.1", HTL_DEVICE="cpu", **({"HTL_BROKER_URL": worker_settings.broker_url} if worker_settings.broker_url else {}))
+        if not worker_settings.broker_url:
+            env.pop("HTL_BROKER_URL", None)
+        second_log = (tmp_path / "second.log").open("w")
+        second = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "-c", "1", "-Q", "htl",
+             "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO"], env=env, stdout=second_log, stderr=subprocess.STDOUT)
+        try:
+            done = wait_for(lambda: (s := get())["status"] in ("succeeded", "failed") and s, 240, "the second worker to finish")
+        finally:
+            second.terminate()
+            second.wait(timeout=30)
+            second_log.close()
+        assert done["status"] == "succeeded", (done["error"], (tmp_path / "second.log").read_text()[-3000:])
+        assert done["attempt"] == 1 and done["worker"] != first["worker"] and done["started_at"] == first["started_at"]
+        assert count_rows(factory, Score) == 32 and count_rows(factory, Checkpoint) == 4
+        assert count_rows(factory, Metric) > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker dies with serve through Linux's PR_SET_PDEATHSIG")
+def test_kill_9_of_htl_serve_takes_its_worker_down_and_a_restart_finishes_the_job_once(tmp_path):
+    data = tmp_path / "svc"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HTL_")}
+    env.update(HTL_DEVICE="cpu", HTL_PROGRESS_INTERVAL_S="0.1", OMP_NUM_THREADS="1")
+    htl = [sys.executable, "-m", "app.cli"]
+    subprocess.run([*htl, "db", "upgrade", "--data-dir", str(data)], env=env, capture_output=True, check=True)
+    key = subprocess.run([*htl, "keys", "create", "--owner", "erin", "--data-dir", str(data)], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    logs = []
+
+    def serve() -> subprocess.Popen:
+        log = (tmp_path / f"serve-{len(logs)}.log").open("w")
+        logs.append(log)
+        return subprocess.Popen([*htl, "serve", "--port", str(port), "--data-dir", str(data)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    first = serve()
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            wait_for(lambda: _responds(http), 60, "the API")
+            ds = http.post("/v1/datasets", files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=40)))}).json()
+            job = http.post("/v1/jobs", json={"dataset_id": ds["id"], "spec": LONG}).json()
+            running = wait_for(lambda: (s := http.get(f"/v1/jobs/{job['id']}").json())["stage"] == "dense" and s["progress"] > 0.02 and s,
+                               120, "training to start")
+            workers = _children(first.pid)
+            assert len(workers) == 1
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            wait_for(lambda: not _alive(workers[0]), 30, "the orphaned worker to stop")
+            second = serve()
+            try:
+                wait_for(lambda: _responds(http), 60, "the restarted API")
+                done = wait_for(lambda: (s := http.get(f"/v1/jobs/{job['id']}").json())["status"] in ("succeeded", "failed") and s,
+                                300, "the job to finish after the restart")
+                assert done["status"] == "succeeded", done
+                assert done["attempt"] == 1 and done["worker"] != running["worker"]
+                scores = http.get(f"/v1/jobs/{job['id']}/scores", params={"limit": 1000}).json()["items"]
+                assert len(scores) == 32 and len({s["image_id"] for s in scores}) == 32
+            finally:
+                second.send_signal(signal.SIGTERM)
+                second.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        for log in logs:
+            log.close()
+    engine = make_engine(f"sqlite:///{(data / 'htl.db').resolve()}")
+    factory = make_sessionmaker(engine)
+    assert count_rows(factory, Score) == 32 and count_rows(factory, Checkpoint) == 4
+    engine.dispose()
+
+
+def _responds(http: httpx.Client) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
