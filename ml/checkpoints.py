@@ -12,29 +12,30 @@ from torch import nn
 from ml.models import ModelConfig
 
 FORMAT = "htl-miner/1"
+# safetensors writes its metadata map in no fixed order; one key holding sorted JSON keeps the bytes
+# of identical runs identical (so are their sha256 and ETag)
+METADATA_KEY = "htl-miner"
 
 
 def save_checkpoint(model: nn.Module, path: Path, *, config: ModelConfig, spec: dict, extra: dict | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    metadata = {
-        "format": FORMAT,
-        "architecture": json.dumps(config.as_dict(), sort_keys=True),
-        "spec": json.dumps(spec, sort_keys=True),
-    }
-    for key, value in (extra or {}).items():
-        metadata[key] = json.dumps(value)
+    metadata = {**(extra or {}), "format": FORMAT, "architecture": config.as_dict(), "spec": spec}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
+    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     tmp.replace(path)
 
 
 def read_metadata(path: Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
         raw = f.metadata() or {}
-    if raw.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an htl-miner checkpoint (format {raw.get('format')!r})")
-    return {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
+    if METADATA_KEY in raw:
+        metadata = json.loads(raw[METADATA_KEY])
+    else:  # written before the single key: one JSON value per key
+        metadata = {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an htl-miner checkpoint (format {metadata.get('format')!r})")
+    return metadata
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

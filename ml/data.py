@@ -13,6 +13,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -151,9 +152,16 @@ def _cache_key(index: DatasetIndex, size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def decode_dataset(index: DatasetIndex, size: int, cache_dir: Path | None = None, workers: int | None = None) -> DecodedDataset:
+DECODE_CHUNK = 64
+
+
+def decode_dataset(
+    index: DatasetIndex, size: int, cache_dir: Path | None = None, workers: int | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> DecodedDataset:
     """Decode every image once. With cache_dir, the arrays are kept there as .npy files and reused
-    (memory-mapped) by a later call on the same files and size."""
+    (memory-mapped) by a later call on the same files and size. progress(fraction) is called after
+    each chunk of images: the caller's chance to report, or to stop the work by raising."""
     key = _cache_key(index, size)
     if cache_dir is not None:
         manifest_path = cache_dir / f"decoded-{size}.json"
@@ -182,7 +190,10 @@ def decode_dataset(index: DatasetIndex, size: int, cache_dir: Path | None = None
         sizes[i] = original
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(work, range(n)))
+        for start in range(0, n, DECODE_CHUNK):
+            list(pool.map(work, range(start, min(n, start + DECODE_CHUNK))))
+            if progress is not None:
+                progress(min(n, start + DECODE_CHUNK) / n)
     decoded = DecodedDataset(index.ids(), images, masks, has_mask, sizes)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)

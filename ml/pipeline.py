@@ -126,6 +126,7 @@ class Run:
         else:
             self.train_labeled = self.mask_known[self.train_idx]
         self.data: DecodedDataset | None = None
+        self._stage = STAGES[0]
         self._property_labels: dict[str, list[str]] | None = None
         self._stage_weights = self._estimate_stage_weights()
 
@@ -209,7 +210,10 @@ class Run:
 
     def decoded(self) -> DecodedDataset:
         if self.data is None:
-            self.data = decode_dataset(self.index, self.spec.image_size, cache_dir=self.out / "cache")
+            # decoding comes first in whichever stage needs the images: its reports carry no progress
+            # of their own, but give the caller a chance to stop (cancel) between chunks
+            self.data = decode_dataset(self.index, self.spec.image_size, cache_dir=self.out / "cache",
+                                       progress=lambda _f: self.report(self._stage, 0.0))
         return self.data
 
     def _fit_config(self, seed: int, *, epochs: int | None = None, lr: float | None = None) -> FitConfig:
@@ -623,6 +627,7 @@ class Run:
             if self.finished(stage):
                 self.report(stage, 1.0)
                 continue
+            self._stage = stage
             getattr(self, f"stage_{stage}")()
         return json.loads((self.out / "metrics.json").read_text())
 

@@ -99,12 +99,16 @@ SHUTTING_DOWN = threading.Event()
 
 
 class Heartbeat:
-    """Stamps the running job every interval from a thread of its own, so a stage that reports no
-    progress for long (decoding, a slow epoch) still shows a live worker. A database outage is
-    retried at the next beat; `lost` is set once the job is no longer this worker's."""
+    """From a thread of its own, stamps the running job every interval, so a stage that reports no
+    progress for long (decoding, a slow epoch) still shows a live worker, and looks for a cancel
+    request every second, so the run stops at its next step whatever the stage. A database outage is
+    retried at the next round; `lost` is set once the job is no longer this worker's."""
+
+    CANCEL_POLL_S = 1.0
 
     def __init__(self, sessionmaker, job_id: uuid.UUID, worker: str, interval_s: float):
         self.lost = threading.Event()
+        self.cancelled = threading.Event()
         self._stop = threading.Event()
         self._args = (sessionmaker, job_id, worker, interval_s)
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
@@ -119,17 +123,21 @@ class Heartbeat:
 
     def _run(self) -> None:
         sessionmaker, job_id, worker, interval_s = self._args
-        while not self._stop.wait(interval_s):
+        last_beat = time.monotonic()
+        while not self._stop.wait(min(self.CANCEL_POLL_S, interval_s)):
             try:
                 with sessionmaker() as session:
-                    mine = queries.heartbeat(session=session, job_id=job_id, worker=worker)
-                    session.commit()
+                    if time.monotonic() - last_beat >= interval_s:
+                        mine = queries.heartbeat(session=session, job_id=job_id, worker=worker)
+                        session.commit()
+                        last_beat = time.monotonic()
+                        if not mine:
+                            self.lost.set()
+                            return
+                    if queries.cancel_requested(session=session, job_id=job_id):
+                        self.cancelled.set()
             except DBAPIError as e:
                 log.warning("job %s: heartbeat failed (%s); retrying", job_id, type(e).__name__)
-                continue
-            if not mine:
-                self.lost.set()
-                return
 
 
 def _with_retries(action, *, what: str, attempts: int = 8, first_wait_s: float = 0.5):
@@ -175,6 +183,8 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             raise JobReleased()
         if heartbeat.lost.is_set():
             raise JobLost()
+        if heartbeat.cancelled.is_set():
+            raise JobCancelled()
         now = time.monotonic()
         if p.stage == last["stage"] and now - last["t"] < settings.progress_interval_s:
             return

@@ -236,6 +236,10 @@ def heartbeat(*, session: Session, job_id: uuid.UUID, worker: str) -> bool:
     return result.rowcount == 1
 
 
+def cancel_requested(*, session: Session, job_id: uuid.UUID) -> bool:
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
 def report_progress(*, session: Session, job_id: uuid.UUID, worker: str, stage: str, progress: float) -> tuple[bool, bool]:
     """Writes stage, progress and a heartbeat; answers (still this worker's job, cancel requested)."""
     now = utcnow()

@@ -103,13 +103,13 @@ def test_a_real_worker_runs_a_job_ignores_a_second_delivery_and_cancels(worker_s
         assert get(job["id"]) == done
 
         # a long job is cancelled while it runs
-        long_spec = {**TINY, "train": {"epochs": 500, "batch_size": 8}}
+        long_spec = {**TINY, "image_size": 128, "train": {"epochs": 500, "batch_size": 8}}
         long_job = client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"], "spec": long_spec}).json()
         wait_for(lambda: get(long_job["id"])["stage"] == "dense", 60, "the long job to start training")
         asked = time.monotonic()
         r = client.post(f"/v1/jobs/{long_job['id']}/cancel", headers=headers)
         assert r.status_code == 202
         cancelled = wait_for(lambda: (s := get(long_job["id"]))["status"] == "cancelled" and s, 15, "the cancel")
-        assert time.monotonic() - asked < 10
+        assert time.monotonic() - asked < 3  # about a second: the worker looks for a cancel every second
         assert cancelled["error"] == "cancelled on request" and cancelled["progress"] < 0.5
         assert proc.poll() is None  # the worker lives on

@@ -174,3 +174,14 @@ def test_several_seeds_and_scorers(tmp_path):
     assert set(items[0]["scores"]) == {"loss", "forgetting", "el2n", "dynamic_dice", "mc_dropout"}
     pairs = {(r["a"], r["b"]) for r in metrics["scorer_agreement"]}
     assert ("pruning", "loss") in pairs and len(pairs) == 15
+
+
+def test_identical_runs_write_byte_identical_checkpoints(tmp_path):
+    data = make_dataset(tmp_path / "data", n=40, size=32, seed=1)
+    spec = JobSpec.model_validate({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8},
+                                   "prune": {"sparsities": [0.5]}})
+    for run in ("a", "b"):
+        run_pipeline(data, spec, tmp_path / run, device="cpu")
+    for name in ("dense", "pruned@0.5", "attended"):
+        a, b = ((tmp_path / run / "checkpoints" / f"{name}.safetensors").read_bytes() for run in ("a", "b"))
+        assert a == b, name  # the same sha256 and ETag for the same model
