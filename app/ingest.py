@@ -18,11 +18,14 @@ from typing import BinaryIO, Callable, Iterator
 
 from PIL import Image
 
-from contract.layout import IMAGE_SUFFIXES, METADATA_FILE, LayoutError, mask_image_id, read_metadata
+from contract.layout import IMAGE_SUFFIXES, METADATA_FILE, LayoutError, mask_image_id, read_mask, read_metadata
 from app.errors import InvalidInput, TooLarge, UnsupportedMediaType
 
 CHUNK = 1024 * 1024
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_ID_CHARS = 128  # so every file name derived from an id (masks/<id>_segmentation.png, ...) fits the filesystem
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,%d}$" % (MAX_ID_CHARS - 1))
+MAX_NAME_BYTES = 200  # a member's file name; filesystems stop at 255
+MAX_EMPTY_MASK_WARNINGS = 20
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 RATIO_GRACE_BYTES = 1024 * 1024  # tiny archives compress well; judge the ratio past this much output
 
@@ -151,6 +154,10 @@ def _tar_members(archive: Path, limits: Limits) -> Iterator[_Member]:
                 if not info.isreg():
                     raise InvalidInput(f"archive member {info.name!r} is not a regular file")
                 yield _Member(path, info.size, lambda info=info: tf.extractfile(info))
+            # the tar's end marker comes before the gzip trailer: read to the end, so the gzip CRC
+            # and length are checked and a changed byte anywhere is caught
+            while reader.read(CHUNK):
+                pass
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             raise InvalidInput(f"the tar.gz archive is corrupt: {e}") from e
 
@@ -182,6 +189,8 @@ def _copy_counted(src: BinaryIO, dst: Path, declared: int, budget: list[int], na
 def _target(path: PurePosixPath) -> tuple[str, str] | None:
     """('images'|'masks'|'metadata', file name) for a member the layout uses, else None."""
     parts = path.parts
+    if parts and len(parts[-1].encode()) > MAX_NAME_BYTES:
+        raise InvalidInput(f"archive member {str(path)[:80]!r}...: its file name is over {MAX_NAME_BYTES} bytes")
     if len(parts) == 1 and parts[0] == METADATA_FILE:
         return "metadata", METADATA_FILE
     if len(parts) == 2 and parts[0] == "images" and parts[1].lower().endswith(IMAGE_SUFFIXES):
@@ -220,8 +229,14 @@ def unpack(archive: Path, dest: Path, limits: Limits) -> list[str]:
         seen.add(key)
         out = dest / name if folder == "metadata" else dest / folder / name
         out.parent.mkdir(parents=True, exist_ok=True)
-        with member.open() as src:
-            _copy_counted(src, out, member.size, budget, str(member.path))
+        try:
+            with member.open() as src:
+                _copy_counted(src, out, member.size, budget, str(member.path))
+        except NotImplementedError as e:  # zipfile: deflate64, bzip2 variants, ... it cannot read
+            raise InvalidInput(f"archive member {str(member.path)!r} uses a compression method this service does not read ({e}); "
+                               "use plain deflate (zip) or tar.gz") from e
+        except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as e:
+            raise InvalidInput(f"archive member {str(member.path)!r} is corrupt: {e}") from e
     warnings = []
     if ignored:
         warnings.append(f"{len(ignored)} archive members are not part of the layout and were ignored (e.g. {ignored[0]})")
@@ -263,7 +278,7 @@ def validate_layout(root: Path, limits: Limits) -> IngestResult:
     for path in files:
         image_id = path.stem
         if not SAFE_ID.match(image_id):
-            raise InvalidInput(f"images/{path.name}: an image id may hold only letters, digits, '.', '_' and '-'")
+            raise InvalidInput(f"images/{path.name[:80]}: an image id is 1 to {MAX_ID_CHARS} letters, digits, '.', '_' and '-'")
         if image_id in by_id:
             raise InvalidInput(f"duplicate image id {image_id!r}: images/{by_id[image_id].name} and images/{path.name}")
         by_id[image_id] = path
@@ -283,14 +298,12 @@ def validate_layout(root: Path, limits: Limits) -> IngestResult:
     metadata: dict[str, dict[str, str]] = {}
     if (root / METADATA_FILE).is_file():
         try:
-            columns, metadata = read_metadata(root / METADATA_FILE)
+            columns, metadata = read_metadata(root / METADATA_FILE, known_ids=set(by_id))
         except LayoutError as e:
             raise InvalidInput(str(e)) from e
-        unknown = sorted(set(metadata) - set(by_id))
-        if unknown:
-            raise InvalidInput(f"metadata.csv names {len(unknown)} images that are not in images/ (e.g. {unknown[0]!r})")
 
     images = []
+    empty_masks: list[str] = []
     for image_id, path in by_id.items():
         width, height, fmt = _image_header(path, limits, f"images/{path.name}")
         if fmt not in ("JPEG", "PNG"):
@@ -302,7 +315,13 @@ def validate_layout(root: Path, limits: Limits) -> IngestResult:
             if (mw, mh) != (width, height):
                 raise InvalidInput(f"masks/{mask.name} is {mw}x{mh} but its image is {width}x{height}")
             _decode_fully(mask, f"masks/{mask.name}")
+            if not read_mask(mask).any():
+                empty_masks.append(mask.name)
         images.append(ImageInfo(image_id, path.name, mask.name if mask else None, width, height, metadata.get(image_id, {})))
+    for name in empty_masks[:MAX_EMPTY_MASK_WARNINGS]:
+        warnings.append(f"masks/{name} holds no lesion pixel (grey level > 127, a 0/1 label, or opaque alpha): its image trains as lesion-free")
+    if len(empty_masks) > MAX_EMPTY_MASK_WARNINGS:
+        warnings.append(f"... and {len(empty_masks) - MAX_EMPTY_MASK_WARNINGS} more masks hold no lesion pixel")
     n_without = sum(i.mask_filename is None for i in images)
     if n_without:
         warnings.append(f"{n_without} of {len(images)} images have no mask")

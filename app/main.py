@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -37,12 +40,27 @@ def _json_safe(value):
 DATABASE_RETRY_AFTER_S = 5
 
 
+def remove_abandoned_uploads(uploads: Path, *, older_than_s: float) -> list[Path]:
+    """Staging folders left by an API process killed mid-upload: nothing in them changed for
+    older_than_s (a live upload keeps writing its archive; another API process's is left alone)."""
+    removed = []
+    cutoff = time.time() - older_than_s
+    for folder in uploads.iterdir() if uploads.is_dir() else []:
+        newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+        if max(newest, folder.stat().st_mtime) < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        for folder in remove_abandoned_uploads(settings.uploads, older_than_s=settings.abandoned_upload_after_s):
+            log.warning("removed an abandoned upload's staging folder %s", folder)
         yield
         app.state.engine.dispose()
 

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON (non-upload) request body")
     rate_limit: int = Field(1200, ge=0, description="requests a minute per API key and API process; 0: no limit")
     max_concurrent_uploads: int = Field(4, ge=1, description="uploads streaming or ingesting at once; more answer 503")
+    abandoned_upload_after_s: float = Field(3600, gt=0, description="at start, staging folders unchanged this long are removed")
 
     # jobs
     job_visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job, or Redis redelivers a running one

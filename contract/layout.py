@@ -38,22 +38,34 @@ def mask_image_id(name: str) -> str | None:
     return stem[: -len("_segmentation")] if stem.endswith("_segmentation") else stem
 
 
-def read_metadata(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """Columns other than image_id, and each row's values by image id (strings, stripped)."""
+MAX_COLUMNS = 200
+MAX_VALUE_CHARS = 1000
+
+
+def read_metadata(path: Path, known_ids: set[str] | None = None) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Columns other than image_id, and each row's values by image id (strings, stripped). Read row by
+    row: with known_ids, a row naming another image is refused as soon as it is read, so memory
+    holds at most one row per known image; columns and values are capped."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = [c.strip() for c in reader.fieldnames or []]
             if "image_id" not in fields:
-                raise LayoutError(f"{path.name} has no image_id column (columns: {fields})")
+                raise LayoutError(f"{path.name} has no image_id column (columns: {fields[:20]})")
+            if len(fields) > MAX_COLUMNS:
+                raise LayoutError(f"{path.name} has {len(fields)} columns, over the limit of {MAX_COLUMNS}")
             rows: dict[str, dict[str, str]] = {}
             for line, row in enumerate(reader, start=2):
                 if None in row:
                     raise LayoutError(f"{path.name} line {line} has more values than columns")
                 row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+                if any(len(v) > MAX_VALUE_CHARS for v in row.values()):
+                    raise LayoutError(f"{path.name} line {line} has a value over {MAX_VALUE_CHARS} characters")
                 image_id = row.pop("image_id")
                 if not image_id:
                     raise LayoutError(f"{path.name} line {line} has an empty image_id")
+                if known_ids is not None and image_id not in known_ids:
+                    raise LayoutError(f"{path.name} line {line} names image {image_id[:80]!r}, which is not in images/")
                 if image_id in rows:
                     raise LayoutError(f"{path.name} lists image {image_id!r} twice")
                 rows[image_id] = row
@@ -65,6 +77,28 @@ def read_metadata(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A boolean mask at the file's own size, by displayed grey level > 127."""
+    """A boolean mask at the file's own size: lesion where the displayed grey level is > 127 (ISIC).
+    Three other encodings are read as what they mean rather than as empty: a label mask holding only
+    0 and 1 (any bit depth: lesion where 1); a 16-bit mask (its grey level scaled from 0..65535); an
+    alpha-only mask (uniform colour, the shape in the alpha channel: lesion where opaque)."""
     with Image.open(path) as img:
-        return np.asarray(img.convert("L")) > MASK_THRESHOLD
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            values = np.asarray(img, dtype=np.float64)
+            if _is_label_mask(values):
+                return values == 1
+            return values > 65535 * MASK_THRESHOLD / 255
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            grey = np.asarray(rgba.convert("L"))
+            if grey.min() == grey.max():  # all one colour: the shape is in the alpha channel
+                return np.asarray(rgba)[..., 3] > MASK_THRESHOLD
+            return grey > MASK_THRESHOLD
+        grey = np.asarray(img.convert("L"))
+        if _is_label_mask(grey):
+            return grey == 1
+        return grey > MASK_THRESHOLD
+
+
+def _is_label_mask(values: np.ndarray) -> bool:
+    """Only 0 and 1, and some 1: a label map, not a grey image (whose lesion would be > 127)."""
+    return bool(values.max() == 1 and np.isin(values, (0, 1)).all())

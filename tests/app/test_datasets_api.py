@@ -73,9 +73,44 @@ def _bad_archives(tmp_path):
     unknown = good["metadata.csv"] + b"GHOST,LES_9,common,male,30\n"
     yield "metadata naming unknown images", make_zip({**good, "metadata.csv": unknown}), 422, "not in images/"
     yield "no images", make_zip({"metadata.csv": good["metadata.csv"]}), 422, "has no images"
+    stored = _stored_zip(good)
+    target = stored.index(good["images/SYN_00001.png"][100:140])
+    yield "zip member with a bad CRC", stored[:target] + bytes([stored[target] ^ 0xFF]) + stored[target + 1:], 422, "Bad CRC-32"
+    local = stored.index(b"images/SYN_00001.png")  # the local header's copy of the name (the central one comes last)
+    renamed = stored[:local] + b"images/SYN_00009.png" + stored[local + len(b"images/SYN_00001.png"):]
+    yield "zip header and directory disagree", renamed, 422, "is corrupt"
+    yield "deflate64 member", _with_method(stored, 9), 422, "compression method"
+    tgz = make_targz(good)
+    yield "truncated tar.gz", tgz[:-200], 422, "corrupt"
+    flipped = bytearray(tgz)
+    flipped[len(tgz) - 6] ^= 0x01  # a byte of the gzip trailer (CRC / length): only a full read sees it
+    yield "tar.gz with a changed byte", bytes(flipped), 422, "corrupt"
+    yield "image id too long for the filesystem", make_zip({**good, f"images/{'a' * 250}.png": good["images/SYN_00000.png"]}), 422, "over 200 bytes"
 
 
-@pytest.mark.parametrize("case", range(14))
+def _stored_zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _with_method(data: bytes, method: int) -> bytes:
+    """The zip with every member's compression method field (local header and central directory) set to method."""
+    out = bytearray(data)
+    i = 0
+    while (i := out.find(b"PK\x03\x04", i)) != -1:
+        out[i + 8:i + 10] = method.to_bytes(2, "little")
+        i += 4
+    i = 0
+    while (i := out.find(b"PK\x01\x02", i)) != -1:
+        out[i + 10:i + 12] = method.to_bytes(2, "little")
+        i += 4
+    return bytes(out)
+
+
+@pytest.mark.parametrize("case", range(20))
 def test_each_bad_archive_is_rejected_and_leaves_nothing(client, alice, session_factory, tmp_path, case):
     name, data, status, message = list(_bad_archives(tmp_path))[case]
     r = upload(client, alice, data)
@@ -118,3 +153,27 @@ def test_upload_needs_a_file_field(client, alice, session_factory):
     r = client.post("/v1/datasets", headers=alice, json={"name": "x"})
     assert r.status_code == 415
     assert_nothing_left(client.app, session_factory)
+
+
+def test_masks_in_other_encodings_count_and_an_empty_one_is_warned_about(client, alice, tmp_path):
+    from PIL import Image as PILImage
+
+    files = dataset_files(tmp_path, n=6)
+    lesion = np.zeros((32, 32), dtype=np.uint8)
+    lesion[8:20, 10:22] = 1
+
+    def png(array, mode=None) -> bytes:
+        buf = io.BytesIO()
+        PILImage.fromarray(array, mode=mode).save(buf, format="PNG")
+        return buf.getvalue()
+
+    alpha = np.zeros((32, 32, 4), dtype=np.uint8)
+    alpha[..., 3] = lesion * 255
+    files["masks/SYN_00000_segmentation.png"] = png(lesion)  # 0/1 label mask, 8-bit
+    files["masks/SYN_00001_segmentation.png"] = png(lesion.astype(np.uint16))  # 0/1, 16-bit
+    files["masks/SYN_00002_segmentation.png"] = png(alpha)  # the shape in the alpha channel
+    files["masks/SYN_00003_segmentation.png"] = png(np.zeros((32, 32), dtype=np.uint8))  # truly empty
+    r = upload(client, alice, make_zip(files))
+    assert r.status_code == 201, r.text
+    empty = [w for w in r.json()["warnings"] if "holds no lesion pixel" in w]
+    assert len(empty) == 1 and "SYN_00003" in empty[0]

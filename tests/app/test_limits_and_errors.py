@@ -192,3 +192,21 @@ def test_keys_list_and_revoke_from_the_command_line(tmp_path, capsys):
         _error(client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}), 401, "UNAUTHORIZED")
     assert main(["keys", "revoke", key[:12], *args]) == 1  # nothing live left to revoke
     assert main(["keys", "revoke", "htl_", *args]) == 2  # too short to name one key
+
+
+def test_staging_folders_of_abandoned_uploads_are_removed_at_start(tmp_path, db_url):
+    import os
+    import time
+
+    settings = Settings(data_dir=tmp_path / "d", database_url=db_url)
+    settings.ensure_dirs()
+    old, fresh = settings.uploads / "killed-mid-upload", settings.uploads / "in-flight"
+    for folder in (old, fresh):
+        (folder / "unpacked" / "images").mkdir(parents=True)
+        (folder / "archive").write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    for path in [old, *old.rglob("*")]:
+        os.utime(path, (hours_ago, hours_ago))
+    with TestClient(create_app(settings)):
+        pass
+    assert not old.exists() and fresh.exists()
