@@ -26,10 +26,17 @@ class Settings(BaseSettings):
     max_compression_ratio: float = 200.0
     max_image_pixels: int = 50_000_000
 
+    # database pool of each API process
+    db_pool_size: int = Field(5, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_timeout_s: float = Field(10.0, gt=0, description="a request waits this long for a pooled connection, then answers 503")
+
     # request limits
     max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON (non-upload) request body")
     rate_limit: int = Field(1200, ge=0, description="requests a minute per API key and API process; 0: no limit")
     max_concurrent_uploads: int = Field(4, ge=1, description="uploads streaming or ingesting at once; more answer 503")
+    max_job_memory_bytes: int = Field(24 * 1024**3, description="a job estimated to need more memory is refused at submission")
+    max_job_disk_bytes: int = Field(100 * 1024**3, description="a job estimated to need more disk is refused at submission")
     abandoned_upload_after_s: float = Field(3600, gt=0, description="at start, staging folders unchanged this long are removed")
 
     # jobs

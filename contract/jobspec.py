@@ -251,6 +251,45 @@ def resolve_group_column(spec: JobSpec, columns: list[str]) -> tuple[JobSpec, li
     return resolved, []
 
 
+# parameters of each architecture at width 16 (U-Net and the small CNN grow with width squared)
+PARAMS_AT_WIDTH_16 = {"unet": 1_930_000, "cnn": 390_000, "lraspp_mobilenet_v3": 3_220_000,
+                      "deeplabv3_resnet50": 39_640_000, "resnet18": 11_180_000}
+# bytes of activations kept for the backward pass, per pixel of a training batch, at width 16
+ACTIVATION_BYTES_PER_PIXEL = {"unet": 1_400, "cnn": 500, "lraspp_mobilenet_v3": 900, "deeplabv3_resnet50": 6_000, "resnet18": 600}
+
+
+def estimate_resources(spec: JobSpec, n_images: int) -> dict[str, int]:
+    """What a job will need, roughly: memory (decoded images held while decoding, models and
+    optimizer state, a training batch's activations) and disk (the decoded cache and every
+    checkpoint). Coarse on purpose: enough to refuse a job that cannot fit, not to plan one."""
+    n = min(n_images, spec.sample.max_images or n_images)
+    arch = spec.model.arch or "unet"
+    scale = (spec.model.width / 16) ** 2 if arch in ("unet", "cnn") else 1.0
+    params = int(PARAMS_AT_WIDTH_16[arch] * scale)
+    pixels = spec.image_size ** 2
+    decoded = n * 4 * pixels  # uint8 image (3 channels) and mask
+    n_seeds = len(spec.train.seed_list())
+    models_per_seed = 2 + len(spec.prune.sparsities) + (spec.attention.control == "random")
+    checkpoints = n_seeds * models_per_seed * params * 4
+    training = params * 4 * 4 + int(spec.train.batch_size * pixels * ACTIVATION_BYTES_PER_PIXEL[arch] * scale)
+    scoring = (1 + len(spec.prune.sparsities)) * params * 4
+    return {"memory_bytes": decoded + max(training, scoring), "disk_bytes": decoded + checkpoints}
+
+
+def check_admission(spec: JobSpec, *, n_images: int, max_memory_bytes: int, max_disk_bytes: int) -> None:
+    """Refuse a job whose estimate is over the deployment's limits, naming the limit and the estimate."""
+    need = estimate_resources(spec, n_images)
+    gib = 1024**3
+    if need["memory_bytes"] > max_memory_bytes:
+        raise SpecError("spec", f"the job needs about {need['memory_bytes'] / gib:.1f} GiB of memory (decoded images, models, a "
+                        f"training batch), over the limit of {max_memory_bytes / gib:.1f} GiB (HTL_MAX_JOB_MEMORY_BYTES): lower "
+                        "image_size, sample.max_images, train.batch_size or model.width")
+    if need["disk_bytes"] > max_disk_bytes:
+        raise SpecError("spec", f"the job needs about {need['disk_bytes'] / gib:.1f} GiB of disk (decoded cache, checkpoints), "
+                        f"over the limit of {max_disk_bytes / gib:.1f} GiB (HTL_MAX_JOB_DISK_BYTES): lower image_size, "
+                        "sample.max_images, the number of seeds or of sparsities")
+
+
 def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int, n_masks: int) -> None:
     """Reject, before any work starts, a spec that cannot run on a dataset with these properties."""
     if spec.split.group_column not in (None, "auto") and spec.split.group_column not in columns:
@@ -263,6 +302,11 @@ def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int,
             raise SpecError("attributes", f"column {name!r} is not in the metadata (columns: {sorted(columns)})")
     if n_images < 4:
         raise SpecError("dataset", f"{n_images} images: at least 4 are needed to train and validate")
+    n = min(n_images, spec.sample.max_images or n_images)
+    held_out = max(1, round(spec.split.val_fraction * n)) + round(spec.split.test_fraction * n)
+    if n - held_out < 2:
+        raise SpecError("split", f"of {n} images, {held_out} are held out for validation and test: fewer than 2 are left to "
+                        "train on; lower split.val_fraction / split.test_fraction or use more images")
     if spec.setting == "supervised" and n_masks < n_images:
         raise SpecError(
             "setting",

@@ -14,7 +14,7 @@ from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
 from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
-from contract.jobspec import SpecError, check_spec_fits_dataset, resolve_group_column
+from contract.jobspec import SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 404, 422, 429, 500, 503))
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -41,6 +41,9 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
         raise NotFound(f"dataset {body.dataset_id} not found")
     try:
         check_spec_fits_dataset(body.spec, columns=dataset.attributes, n_images=dataset.n_images, n_masks=dataset.n_masks)
+        settings = request.app.state.settings
+        check_admission(body.spec, n_images=dataset.n_images, max_memory_bytes=settings.max_job_memory_bytes,
+                        max_disk_bytes=settings.max_job_disk_bytes)
     except SpecError as e:
         raise InvalidInput(f"spec.{e.field}: {e.message}") from e
     spec, warnings = resolve_group_column(body.spec, dataset.attributes)

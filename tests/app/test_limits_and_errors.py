@@ -210,3 +210,24 @@ def test_staging_folders_of_abandoned_uploads_are_removed_at_start(tmp_path, db_
     with TestClient(create_app(settings)):
         pass
     assert not old.exists() and fresh.exists()
+
+
+def test_a_job_estimated_over_the_memory_or_disk_limit_is_422_naming_both(tmp_path, db_url):
+    app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, max_job_memory_bytes=2 * 1024**3,
+                              max_job_disk_bytes=1024**3))
+    with TestClient(app) as client:
+        key = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
+        ds = client.post("/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=8)))}).json()
+        body = _error(submit(client, key, ds["id"], {**TINY, "image_size": 1024, "model": {"width": 16}}), 422, "INVALID_INPUT")
+        assert "HTL_MAX_JOB_MEMORY_BYTES" in body["detail"] and "GiB" in body["detail"]
+        wide = {**TINY, "model": {"arch": "deeplabv3_resnet50"}, "train": {"epochs": 1, "batch_size": 2, "seeds": list(range(10))},
+                "prune": {"sparsities": [0.1 * k for k in range(1, 10)]}}
+        body = _error(submit(client, key, ds["id"], wide), 422, "INVALID_INPUT")
+        assert "HTL_MAX_JOB_DISK_BYTES" in body["detail"]
+        assert submit(client, key, ds["id"]).status_code == 202
+
+
+def test_a_split_that_leaves_nothing_to_train_on_is_refused_at_submission(client, alice, tmp_path):
+    ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=4)))}).json()
+    body = _error(submit(client, alice, ds["id"], {**TINY, "split": {"val_fraction": 0.25, "test_fraction": 0.5}}), 422, "INVALID_INPUT")
+    assert "fewer than 2 are left to train on" in body["detail"]
