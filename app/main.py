@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.api import datasets, health, jobs
 from app.db.session import make_engine, make_sessionmaker
@@ -51,6 +52,16 @@ def remove_abandoned_uploads(uploads: Path, *, older_than_s: float) -> list[Path
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def _methods_of(app: FastAPI, scope) -> set[str]:
+    """Every method some route takes on this request's path (a route of another method matches PARTIAL)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -89,8 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error(422, _json_safe(jsonable_encoder(exc.errors())), "INVALID_INPUT")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, exc.detail, CODES.get(exc.status_code, "ERROR"), getattr(exc, "headers", None))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # one path can be several routes (GET and POST): name every method it takes
+            headers["Allow"] = ", ".join(sorted(_methods_of(app, request.scope)))
+        return error(exc.status_code, exc.detail, CODES.get(exc.status_code, "ERROR"), headers)
 
     # the database is down, restarting, or every pooled connection is taken: come back shortly
     async def database_unavailable(_request: Request, exc: Exception) -> JSONResponse:

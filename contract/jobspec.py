@@ -175,7 +175,7 @@ class WeakSpec(_Strict):
 
 class JobSpec(_Strict):
     setting: Setting = "supervised"
-    image_size: int = Field(128, ge=32, le=1024, description="images are resized to image_size x image_size")
+    image_size: int = Field(128, ge=32, le=1024, multiple_of=32, description="images are resized to image_size x image_size (a multiple of 32)")
     model: ModelSpec = Field(default_factory=ModelSpec)
     sample: SampleSpec = Field(default_factory=SampleSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)

@@ -16,7 +16,7 @@ from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.schemas import DatasetOut, Page, error_responses
 from app.upload import receive_upload
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422, 429, 500, 503))
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(400, 401, 422, 429, 500, 503))
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -32,7 +32,11 @@ UPLOAD_BODY = {
 MAX_NAME = 200
 
 
-@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_BODY, responses=error_responses(413, 415))
+DATASET_LINKS = {op: {"operationId": op, "parameters": {"dataset_id": "$response.body#/id"}} for op in ("get_dataset", "delete_dataset")}
+
+
+@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_BODY, operation_id="upload_dataset",
+             responses={**error_responses(413, 415), 201: {"description": "the dataset", "links": DATASET_LINKS}})
 async def upload_dataset(request: Request, owner: UploadOwner, settings: SettingsDep) -> DatasetOut:
     """multipart/form-data: `file` = a zip or tar.gz of images/, masks/ and metadata.csv; optional `name`.
     No database connection is held while the archive streams in and is checked: the rows are written
@@ -87,7 +91,7 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
         shutil.rmtree(work, ignore_errors=True)
 
 
-@router.get("", response_model=Page[DatasetOut])
+@router.get("", response_model=Page[DatasetOut], operation_id="list_datasets")
 def list_datasets(owner: CurrentOwner, session: SessionDep, limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None):
     rows, after = queries.list_datasets(
         session=session, owner_id=owner.id, limit=limit, after=decode_cursor(cursor, keys=("created_at", "id"))
@@ -95,7 +99,7 @@ def list_datasets(owner: CurrentOwner, session: SessionDep, limit: int = Query(1
     return Page(items=[DatasetOut.model_validate(r) for r in rows], next_cursor=encode_cursor(after) if after else None)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404), operation_id="get_dataset")
 def get_dataset(dataset_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> DatasetOut:
     dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=dataset_id)
     if dataset is None:
@@ -103,7 +107,7 @@ def get_dataset(dataset_id: uuid.UUID, owner: CurrentOwner, session: SessionDep)
     return DatasetOut.model_validate(dataset)
 
 
-@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=error_responses(404, 409))
+@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=error_responses(404, 409), operation_id="delete_dataset")
 def delete_dataset(dataset_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep) -> Response:
     """The dataset, its images' rows and files, and its finished jobs with their results and files.
     409 while one of its jobs is queued or running (cancel it first)."""

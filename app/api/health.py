@@ -22,7 +22,8 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={200: {"description": "ready: database, broker and at least one live worker"},
+                                   503: {"description": "not ready; `checks` says what is missing, with detail and code NOT_READY"}})
 async def readyz(request: Request) -> JSONResponse:
     checks = {}
     workers: list[str] = []

@@ -16,7 +16,7 @@ from app.queue import enqueue_job
 from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
 from contract.jobspec import SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 404, 422, 429, 500, 503))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 422, 429, 500, 503))
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -34,7 +34,12 @@ def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut, responses=error_responses(413))
+JOB_OPERATIONS = ("get_job", "cancel_job", "delete_job", "job_scores", "job_metrics", "job_subgroups", "job_checkpoints")
+JOB_LINKS = {op: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}} for op in JOB_OPERATIONS}
+
+
+@router.post("", status_code=202, response_model=JobOut, operation_id="submit_job",
+             responses={**error_responses(413), 202: {"description": "the queued job", "links": JOB_LINKS}})
 def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: SessionDep) -> JobOut:
     dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=body.dataset_id)
     if dataset is None:
@@ -58,7 +63,7 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
     return JobOut.model_validate(job)
 
 
-@router.get("", response_model=Page[JobOut])
+@router.get("", response_model=Page[JobOut], operation_id="list_jobs")
 def list_jobs(
     owner: CurrentOwner, session: SessionDep, status: Status | None = None, dataset_id: uuid.UUID | None = None,
     limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
@@ -70,12 +75,12 @@ def list_jobs(
     return Page(items=[JobOut.model_validate(r) for r in rows], next_cursor=encode_cursor(after) if after else None)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, operation_id="get_job")
 def get_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> JobOut:
     return JobOut.model_validate(_job_or_404(session, owner, job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=error_responses(409))
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=error_responses(409), operation_id="cancel_job")
 def cancel_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> JobOut:
     job = _job_or_404(session, owner, job_id)
     if job.status in FINISHED:
@@ -86,7 +91,7 @@ def cancel_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> J
     return JobOut.model_validate(job)
 
 
-@router.get("/{job_id}/scores", response_model=Page[ScoreOut], responses=error_responses(409))
+@router.get("/{job_id}/scores", response_model=Page[ScoreOut], responses=error_responses(409), operation_id="job_scores")
 def job_scores(
     job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep, htl_only: bool = False,
     limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
@@ -107,7 +112,7 @@ def job_scores(
     return Page(items=items, next_cursor=encode_cursor({"rank": rows[-1].rank}) if more else None)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsOut, responses=error_responses(409))
+@router.get("/{job_id}/metrics", response_model=MetricsOut, responses=error_responses(409), operation_id="job_metrics")
 def job_metrics(
     job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep,
     split: Literal["validation", "test"] = Query("validation", description="test: the held-out split (split.test_fraction > 0)"),
@@ -143,7 +148,7 @@ def job_metrics(
     )
 
 
-@router.get("/{job_id}/subgroups", response_model=SubgroupsOut, responses=error_responses(409))
+@router.get("/{job_id}/subgroups", response_model=SubgroupsOut, responses=error_responses(409), operation_id="job_subgroups")
 def job_subgroups(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> SubgroupsOut:
     """Which subgroups the HTL set over-represents (enrichment, interval, corrected p-value), and per
     validation subgroup whether attention closed the gap (dense vs attended Dice, bootstrap interval)."""
@@ -154,7 +159,7 @@ def job_subgroups(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -
     return SubgroupsOut(job_id=job_id, **body)
 
 
-@router.get("/{job_id}/checkpoints", response_model=Page[CheckpointOut], responses=error_responses(409))
+@router.get("/{job_id}/checkpoints", response_model=Page[CheckpointOut], responses=error_responses(409), operation_id="job_checkpoints")
 def job_checkpoints(
     job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep,
     limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
@@ -167,7 +172,7 @@ def job_checkpoints(
     return Page(items=[CheckpointOut.model_validate(r) for r in rows], next_cursor=encode_cursor({"name": rows[-1].name}) if more else None)
 
 
-@router.get("/{job_id}/checkpoints/{name}", response_class=StreamingResponse, responses={
+@router.get("/{job_id}/checkpoints/{name}", response_class=StreamingResponse, operation_id="download_checkpoint", responses={
     **error_responses(409), 200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                                   "description": "the safetensors file"}, 304: {"description": "not modified (If-None-Match)"}})
 def download_checkpoint(job_id: uuid.UUID, name: str, request: Request, owner: CurrentOwner, session: SessionDep):
@@ -186,7 +191,7 @@ def download_checkpoint(job_id: uuid.UUID, name: str, request: Request, owner: C
     return StreamingResponse(store.iter_chunks(checkpoint.storage_key), media_type="application/octet-stream", headers=headers)
 
 
-@router.delete("/{job_id}", status_code=204, response_class=Response, responses=error_responses(409))
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=error_responses(409), operation_id="delete_job")
 def delete_job(job_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep) -> Response:
     """A finished job (succeeded, failed or cancelled) with its scores, metrics, reports, checkpoints
     and files. 409 while it is queued or running (cancel it first)."""
