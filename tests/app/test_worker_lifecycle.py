@@ -208,3 +208,24 @@ def _responds(http: httpx.Client) -> bool:
         return http.get("/healthz").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds serve's worker through ps --ppid")
+def test_htl_serve_starts_another_worker_when_its_worker_dies(tmp_path):
+    from .test_service_under_load import Server
+
+    server = Server(tmp_path, no_worker=False).start()
+    try:
+        with httpx.Client(base_url=server.base, timeout=30) as http:
+            ready = wait_for(lambda: (r := http.get("/readyz")).status_code == 200 and r.json(), 90, "a live worker")
+            (worker,) = _children(server.proc.pid)
+            os.kill(worker, signal.SIGKILL)
+            replacement = wait_for(lambda: [p for p in _children(server.proc.pid) if p != worker and _alive(p)], 60,
+                                   "serve to start another worker")
+            assert len(replacement) == 1
+            names = wait_for(lambda: set(http.get("/readyz").json()["workers"]) - set(ready["workers"]), 90,
+                             "the new worker to stamp itself alive")
+            assert len(names) == 1  # a new, unique name
+    finally:
+        server.stop()
+    assert "starting another" in server.log_path.read_text()
