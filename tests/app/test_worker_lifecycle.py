@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -128,12 +126,6 @@ def test_a_stopping_worker_gives_its_job_back_and_another_finishes_it_once(worke
         assert count_rows(factory, Metric) > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -150,64 +142,32 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker dies with serve through Linux's PR_SET_PDEATHSIG")
 def test_kill_9_of_htl_serve_takes_its_worker_down_and_a_restart_finishes_the_job_once(tmp_path):
-    data = tmp_path / "svc"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HTL_")}
-    env.update(HTL_DEVICE="cpu", HTL_PROGRESS_INTERVAL_S="0.1", OMP_NUM_THREADS="1")
-    htl = [sys.executable, "-m", "app.cli"]
-    subprocess.run([*htl, "db", "upgrade", "--data-dir", str(data)], env=env, capture_output=True, check=True)
-    key = subprocess.run([*htl, "keys", "create", "--owner", "erin", "--data-dir", str(data)], env=env,
-                         capture_output=True, text=True, check=True).stdout.strip()
-    logs = []
+    from .test_service_under_load import Server
 
-    def serve() -> subprocess.Popen:
-        log = (tmp_path / f"serve-{len(logs)}.log").open("w")
-        logs.append(log)
-        return subprocess.Popen([*htl, "serve", "--port", str(port), "--data-dir", str(data)], env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    first = serve()
-    base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {key}"}
+    server = Server(tmp_path, no_worker=False, progress_interval_s=0.1).start()
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
-            wait_for(lambda: _responds(http), 60, "the API")
+        with httpx.Client(base_url=server.base, headers=server.headers, timeout=30) as http:
             ds = http.post("/v1/datasets", files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=40)))}).json()
             job = http.post("/v1/jobs", json={"dataset_id": ds["id"], "spec": LONG}).json()
             running = wait_for(lambda: (s := http.get(f"/v1/jobs/{job['id']}").json())["stage"] == "dense" and s["progress"] > 0.02 and s,
                                120, "training to start")
-            workers = _children(first.pid)
-            assert len(workers) == 1
-            first.send_signal(signal.SIGKILL)
-            first.wait()
-            wait_for(lambda: not _alive(workers[0]), 30, "the orphaned worker to stop")
-            second = serve()
-            try:
-                wait_for(lambda: _responds(http), 60, "the restarted API")
-                done = wait_for(lambda: (s := http.get(f"/v1/jobs/{job['id']}").json())["status"] in ("succeeded", "failed") and s,
-                                300, "the job to finish after the restart")
-                assert done["status"] == "succeeded", done
-                assert done["attempt"] == 1 and done["worker"] != running["worker"]
-                scores = http.get(f"/v1/jobs/{job['id']}/scores", params={"limit": 1000}).json()["items"]
-                assert len(scores) == 32 and len({s["image_id"] for s in scores}) == 32
-            finally:
-                second.send_signal(signal.SIGTERM)
-                second.wait(timeout=60)
+            (worker,) = _children(server.proc.pid)
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait()
+            wait_for(lambda: not _alive(worker), 30, "the orphaned worker to stop")
+            server.start()
+            done = wait_for(lambda: (s := http.get(f"/v1/jobs/{job['id']}").json())["status"] in ("succeeded", "failed") and s,
+                            300, "the job to finish after the restart")
+            assert done["status"] == "succeeded", done
+            assert done["attempt"] == 1 and done["worker"] != running["worker"]
+            scores = http.get(f"/v1/jobs/{job['id']}/scores", params={"limit": 1000}).json()["items"]
+            assert len(scores) == 32 and len({s["image_id"] for s in scores}) == 32
     finally:
-        if first.poll() is None:
-            first.kill()
-        for log in logs:
-            log.close()
-    engine = make_engine(f"sqlite:///{(data / 'htl.db').resolve()}")
+        server.stop()
+    engine = make_engine(f"sqlite:///{(server.data / 'htl.db').resolve()}")
     factory = make_sessionmaker(engine)
     assert count_rows(factory, Score) == 32 and count_rows(factory, Checkpoint) == 4
     engine.dispose()
-
-
-def _responds(http: httpx.Client) -> bool:
-    try:
-        return http.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds serve's worker through ps --ppid")
