@@ -277,9 +277,188 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- client commands: talk to a running service over HTTP (client/, torch-free) ------------------
+def _client(args: argparse.Namespace):
+    from client import HtlClient
+
+    try:
+        return HtlClient(args.server, args.api_key)
+    except ValueError as e:
+        raise SystemExit(f"htl: {e}")
+
+
+def _client_call(args: argparse.Namespace, action) -> int:
+    from client import HtlError
+
+    try:
+        with _client(args) as api:
+            return action(api) or 0
+    except HtlError as e:
+        print(f"htl: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # connection refused, a file that cannot be read or written
+        print(f"htl: {e}", file=sys.stderr)
+        return 1
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_datasets_upload(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    def upload(api):
+        with tqdm(total=0, unit="B", unit_scale=True, desc="upload", disable=None) as bar:
+            def on_progress(sent: int, total: int) -> None:
+                bar.total = total
+                bar.update(sent - bar.n)
+            dataset = api.upload_dataset(Path(args.source), name=args.name, on_progress=on_progress)
+        print(f"dataset {dataset['id']}: {dataset['n_images']} images, {dataset['n_masks']} masks, "
+              f"attributes {', '.join(dataset['attributes']) or '-'}")
+        for warning in dataset["warnings"]:
+            print(f"warning: {warning}")
+    return _client_call(args, upload)
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    def listing(api):
+        for d in api.datasets():
+            print(f"{d['id']}  {d['name']:<24}{d['n_images']:>8} images{d['n_masks']:>8} masks  {d['created_at']}")
+    return _client_call(args, listing)
+
+
+def _progress_line(state: dict) -> str:
+    return f"{state['status']:<10}{state['stage'] or '-':<10}{state['progress']:>6.0%}"
+
+
+def _wait_with_bar(api, job_id: str) -> dict:
+    from tqdm import tqdm
+
+    with tqdm(total=100, desc="queued", bar_format="{desc:<18}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}", disable=None) as bar:
+        def on_update(state: dict) -> None:
+            bar.set_description_str(f"{state['status']} {state['stage'] or ''}".strip(), refresh=False)
+            bar.update(round(100 * state["progress"]) - bar.n)
+        return api.wait(job_id, on_update=on_update)
+
+
+def cmd_jobs_submit(args: argparse.Namespace) -> int:
+    spec = {}
+    if args.spec:
+        load_spec(args.spec)  # refuse a bad spec here, with the field named, before any request
+        spec = json.loads(Path(args.spec).read_text())
+
+    def submit(api):
+        job = api.submit_job(args.dataset, spec)
+        print(f"job {job['id']}: {job['status']}")
+        for warning in job.get("warnings", []):
+            print(f"warning: {warning}")
+        if not args.wait:
+            return 0
+        done = _wait_with_bar(api, job["id"])
+        print(f"job {done['id']}: {done['status']}" + (f" ({done['error']})" if done["error"] else ""))
+        for warning in done.get("warnings", []):
+            if warning not in job.get("warnings", []):
+                print(f"warning: {warning}")
+        return 0 if done["status"] == "succeeded" else 1
+    return _client_call(args, submit)
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    def listing(api):
+        for j in api.jobs(status=args.status):
+            print(f"{j['id']}  {_progress_line(j)}  {j['created_at']}" + (f"  {j['error']}" if j["error"] else ""))
+    return _client_call(args, listing)
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    return _client_call(args, lambda api: _print_json(api.job(args.job)))
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    return _client_call(args, lambda api: print(f"job {args.job}: {api.cancel_job(args.job)['status']} (cancel requested)"))
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    def scores(api):
+        if args.format == "csv":
+            for chunk in api.scores_csv(args.job, htl_only=args.htl_only):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        else:
+            _print_json(list(api.scores(args.job, htl_only=args.htl_only)))
+    return _client_call(args, scores)
+
+
+def cmd_checkpoints_download(args: argparse.Namespace) -> int:
+    def download(api):
+        path = api.download_checkpoint(args.job, args.name, Path(args.out))
+        print(f"{path} (sha256 checked)")
+    return _client_call(args, download)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("htl-miner")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="htl", description="htl-miner: find hard-to-learn images by pruning")
+    parser.add_argument("--version", action="version", version=f"htl-miner {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def client_options(p):
+        p.add_argument("--server", help="the service's URL (default: $HTL_SERVER or http://127.0.0.1:8000)")
+        p.add_argument("--api-key", help="an API key (default: $HTL_API_KEY)")
+
+    datasets = sub.add_parser("datasets", help="datasets on a running service").add_subparsers(dest="datasets_command", required=True)
+    upload = datasets.add_parser("upload", help="pack a dataset folder (or take an archive) and upload it, with a progress bar")
+    upload.add_argument("source", help="a folder with images/, masks/ and metadata.csv, or a zip / tar.gz of one")
+    upload.add_argument("--name", help="the dataset's name (default: the folder's)")
+    client_options(upload)
+    upload.set_defaults(func=cmd_datasets_upload)
+    dlist = datasets.add_parser("list", help="your datasets, newest first")
+    client_options(dlist)
+    dlist.set_defaults(func=cmd_datasets_list)
+
+    jobs = sub.add_parser("jobs", help="jobs on a running service").add_subparsers(dest="jobs_command", required=True)
+    submit = jobs.add_parser("submit", help="submit a job on a dataset")
+    submit.add_argument("dataset", help="the dataset's id")
+    submit.add_argument("--spec", help="job spec JSON file (every field optional)")
+    submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar (stage, ETA) until it ends")
+    client_options(submit)
+    submit.set_defaults(func=cmd_jobs_submit)
+    jlist = jobs.add_parser("list", help="your jobs, newest first")
+    jlist.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"], help="only jobs in this status")
+    client_options(jlist)
+    jlist.set_defaults(func=cmd_jobs_list)
+    show = jobs.add_parser("show", help="a job's status, stage, progress, warnings and spec, as JSON")
+    show.add_argument("job", help="the job's id")
+    client_options(show)
+    show.set_defaults(func=cmd_jobs_show)
+    cancel = jobs.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job", help="the job's id")
+    client_options(cancel)
+    cancel.set_defaults(func=cmd_jobs_cancel)
+
+    scores = sub.add_parser("scores", help="a finished job's per-image HTL scores, hardest first")
+    scores.add_argument("job", help="the job's id")
+    scores.add_argument("--htl-only", action="store_true", help="only the HTL images")
+    scores.add_argument("--format", choices=["json", "csv"], default="json", help="json (a list) or csv (streamed)")
+    client_options(scores)
+    scores.set_defaults(func=cmd_scores)
+
+    checkpoints = sub.add_parser("checkpoints", help="a finished job's models").add_subparsers(dest="checkpoints_command", required=True)
+    download = checkpoints.add_parser("download", help="download a checkpoint (safetensors), checking its sha256")
+    download.add_argument("job", help="the job's id")
+    download.add_argument("name", help="dense, attended, control, pruned@0.5, ... (suffixed -s<seed> with several seeds)")
+    download.add_argument("--out", default=".", help="a folder or a file name (default: the current folder)")
+    client_options(download)
+    download.set_defaults(func=cmd_checkpoints_download)
     run = sub.add_parser("run", help="run the whole pipeline locally on a dataset folder")
     run.add_argument("data_dir", help="folder with images/, masks/ and optionally metadata.csv")
     run.add_argument("--spec", help="job spec JSON (every field optional)")

@@ -12,7 +12,8 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +23,7 @@ from app.api import datasets, health, jobs
 from app.db.session import make_engine, make_sessionmaker
 from app.errors import CODES, ApiError
 from app.limits import JsonBodyLimit, RateLimiter, UploadSlots
+from app.observability import JobCollector, RequestMetrics
 from app.queue import make_celery
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
@@ -86,6 +88,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)
+    registry = CollectorRegistry()
+    registry.register(JobCollector(app.state.sessionmaker, live_window_s=3 * settings.sweep_interval_s))
+    app.add_middleware(RequestMetrics, registry=registry)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
+    def metrics() -> Response:
+        """Prometheus metrics: requests by route and status with latencies, jobs by status, queue depth,
+        live workers, durations of succeeded jobs."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def error(status: int, detail, code: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(4, ge=1, description="uploads streaming or ingesting at once; more answer 503")
     max_job_memory_bytes: int = Field(24 * 1024**3, description="a job estimated to need more memory is refused at submission")
     max_job_disk_bytes: int = Field(100 * 1024**3, description="a job estimated to need more disk is refused at submission")
-    abandoned_upload_after_s: float = Field(3600, gt=0, description="at start, staging folders unchanged this long are removed")
+    abandoned_upload_after_s: float = Field(600, gt=0, description="at start, staging folders unchanged this long are removed")
 
     # jobs
     job_visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job, or Redis redelivers a running one

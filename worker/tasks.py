@@ -186,7 +186,9 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         if heartbeat.cancelled.is_set():
             raise JobCancelled()
         now = time.monotonic()
-        if p.stage == last["stage"] and now - last["t"] < settings.progress_interval_s:
+        if p.stage != last["stage"]:
+            log.info("job %s: stage %s (attempt %d, worker %s)", job_id, p.stage, job.attempt, worker)
+        elif now - last["t"] < settings.progress_interval_s:
             return
         last.update(t=now, stage=p.stage)
         try:

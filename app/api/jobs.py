@@ -1,8 +1,10 @@
 """Jobs: submit, list, get, cancel; and what a finished job produced: scores, metrics, checkpoints."""
 from __future__ import annotations
 
+import csv
+import io
 import uuid
-from typing import Literal
+from typing import Iterator, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -91,16 +93,53 @@ def cancel_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> J
     return JobOut.model_validate(job)
 
 
-@router.get("/{job_id}/scores", response_model=Page[ScoreOut], responses=error_responses(409), operation_id="job_scores")
+CSV_PAGE = 2000
+
+
+def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str]:
+    """Every score as CSV, hardest first, read page by page in short sessions of its own (the
+    request's session is closed while the body streams). Nested fields become columns:
+    pruned@<sparsity>, score:<scorer>, attr:<metadata column>."""
+    after, columns = None, None
+    while True:
+        with sessionmaker() as session:
+            rows = queries.list_scores(session=session, job_id=job_id, htl_only=htl_only, limit=CSV_PAGE, after_rank=after)
+        rows = rows[:CSV_PAGE]
+        if columns is None:
+            first = rows[0] if rows else None
+            columns = (sorted(first.per_sparsity, key=float) if first else [], sorted(first.other_scores) if first else [],
+                       list(first.attributes) if first else [])
+            yield _csv_line(["rank", "image_id", "htl_score", "is_htl", "labeled", *(f"pruned@{s}" for s in columns[0]),
+                             *(f"score:{s}" for s in columns[1]), *(f"attr:{a}" for a in columns[2])])
+        for r in rows:
+            yield _csv_line([r.rank, r.image_id, repr(r.htl_score), r.is_htl, r.labeled, *(repr(r.per_sparsity.get(s, "")) for s in columns[0]),
+                             *("" if r.other_scores.get(s) is None else repr(r.other_scores[s]) for s in columns[1]),
+                             *(r.attributes.get(a, "") for a in columns[2])])
+        if len(rows) < CSV_PAGE:
+            return
+        after = rows[-1].rank
+
+
+def _csv_line(values) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+@router.get("/{job_id}/scores", response_model=Page[ScoreOut], operation_id="job_scores", responses={
+    **error_responses(409), 200: {"description": "a page of scores, or with `Accept: text/csv` every score as CSV",
+                                  "content": {"text/csv": {"schema": {"type": "string"}}}}})
 def job_scores(
-    job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep, htl_only: bool = False,
+    job_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep, htl_only: bool = False,
     limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
 ):
-    """Per training image, hardest first (rank 1)."""
+    """Per training image, hardest first (rank 1). With `Accept: text/csv`, every score (or every HTL
+    score) as one CSV stream; limit and cursor are then not used."""
     _succeeded_job(session, owner, job_id)
+    if "text/csv" in request.headers.get("accept", ""):
+        return StreamingResponse(_scores_csv(request.app.state.sessionmaker, job_id, htl_only), media_type="text/csv",
+                                 headers={"Content-Disposition": f'attachment; filename="scores-{job_id}.csv"'})
     after = decode_cursor(cursor, keys=("rank",))
-    if after is not None and not isinstance(after["rank"], int):
-        raise InvalidInput("cursor is not one this API issued")
     rows = queries.list_scores(session=session, job_id=job_id, htl_only=htl_only, limit=limit, after_rank=after and after["rank"])
     more = len(rows) > limit
     rows = rows[:limit]

@@ -96,3 +96,22 @@ def test_readyz_checks_a_redis_broker_and_says_when_it_is_down(db_url, tmp_path)
         r = client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["checks"]["database"] == "ok" and r.json()["checks"]["broker"].startswith("unavailable")
+
+
+def test_metrics_answer_in_the_prometheus_text_format(client, alice, dataset_id, settings):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    job = submit(client, alice, dataset_id).json()
+    execute_job(uuid.UUID(job["id"]), settings=settings, worker="w")
+    submit(client, alice, dataset_id)  # one left queued
+    client.get("/v1/jobs", headers=alice)
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    jobs = {s.labels["status"]: s.value for s in families["htl_jobs"].samples}
+    assert jobs["succeeded"] == 1 and jobs["queued"] == 1
+    assert next(iter(families["htl_queue_depth"].samples)).value == 1
+    requests = [s for s in families["htl_http_requests"].samples if s.labels.get("route") == "/v1/jobs" and s.labels["method"] == "GET"]
+    assert requests and requests[0].labels["status"] == "200"  # by route template, never by raw path
+    assert any(s.name == "htl_job_duration_seconds_count" and s.value == 1 for s in families["htl_job_duration_seconds"].samples)
+    assert "htl_live_workers" in families

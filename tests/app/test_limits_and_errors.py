@@ -204,7 +204,7 @@ def test_staging_folders_of_abandoned_uploads_are_removed_at_start(tmp_path, db_
     for folder in (old, fresh):
         (folder / "unpacked" / "images").mkdir(parents=True)
         (folder / "archive").write_bytes(b"partial")
-    hours_ago = time.time() - 2 * 3600
+    hours_ago = time.time() - 3600
     for path in [old, *old.rglob("*")]:
         os.utime(path, (hours_ago, hours_ago))
     with TestClient(create_app(settings)):

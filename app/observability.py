@@ -1,0 +1,80 @@
+"""Prometheus metrics for operators, served at GET /metrics in the text format: request counts and
+latencies by route (an ASGI middleware), and, read from the database at each scrape, jobs by
+status, the queue's depth, live workers and how long finished jobs took."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from sqlalchemy import func, select
+
+from app.db.base import utcnow
+from app.db.models import Job, Worker
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every HTTP request by method, route template and status."""
+
+    def __init__(self, app, registry: CollectorRegistry):
+        self.app = app
+        self.requests = Counter("htl_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=registry)
+        self.latency = Histogram("htl_http_request_duration_seconds", "time to answer an HTTP request", ["method", "route"],
+                                 registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+        start = time.perf_counter()
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"  # the template, never a raw path
+            self.requests.labels(scope["method"], route, str(status["code"])).inc()
+            self.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
+class JobCollector:
+    """Read at each scrape: jobs by status, queue depth, live workers, durations of finished jobs."""
+
+    def __init__(self, sessionmaker, live_window_s: float):
+        self.sessionmaker = sessionmaker
+        self.live_window_s = live_window_s
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        with self.sessionmaker() as session:
+            counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            live = session.scalar(select(func.count()).select_from(Worker).where(
+                Worker.heartbeat_at >= utcnow() - timedelta(seconds=self.live_window_s))) or 0
+            durations = [
+                (finished - started).total_seconds()
+                for started, finished in session.execute(select(Job.started_at, Job.finished_at).where(
+                    Job.status == "succeeded", Job.started_at.is_not(None), Job.finished_at.is_not(None)))
+            ]
+        jobs = GaugeMetricFamily("htl_jobs", "jobs by status", labels=["status"])
+        for status in JOB_STATUSES:
+            jobs.add_metric([status], counts.get(status, 0))
+        yield jobs
+        yield GaugeMetricFamily("htl_queue_depth", "jobs waiting for a worker", value=counts.get("queued", 0))
+        yield GaugeMetricFamily("htl_live_workers", "workers that stamped themselves alive lately", value=live)
+        buckets, running = [], 0
+        for bound in DURATION_BUCKETS:
+            running = sum(1 for d in durations if d <= bound)
+            buckets.append((str(bound), running))
+        buckets.append(("+Inf", len(durations)))
+        yield HistogramMetricFamily("htl_job_duration_seconds", "start to end of succeeded jobs", buckets=buckets,
+                                    sum_value=sum(durations))

@@ -1,0 +1,82 @@
+"""The client and the `htl` client commands against a real `htl serve` with its worker, as a user
+runs them: upload a folder, submit with --wait, fetch scores as CSV, download a checkpoint."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from client import HtlClient, HtlError
+from ml.synthetic import make_dataset
+
+from .test_service_under_load import Server
+
+SPEC = {"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5]}}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("client"), no_worker=False).start()
+    yield server
+    server.stop()
+
+
+def htl(service, *args: str) -> subprocess.CompletedProcess:
+    env = {**service.env, "HTL_SERVER": service.base, "HTL_API_KEY": service.key}
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_htl_commands_drive_a_job_from_folder_to_checkpoint(service, tmp_path):
+    folder = make_dataset(tmp_path / "mydata", n=40, size=32, seed=2)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+
+    up = htl(service, "datasets", "upload", str(folder), "--name", "mine")
+    assert up.returncode == 0, up.stderr
+    dataset_id = up.stdout.split()[1].rstrip(":")
+    assert "40 images, 40 masks" in up.stdout
+
+    submitted = htl(service, "jobs", "submit", dataset_id, "--spec", str(spec), "--wait")
+    assert submitted.returncode == 0, submitted.stderr + submitted.stdout
+    job_id = submitted.stdout.split()[1].rstrip(":")
+    assert f"job {job_id}: succeeded" in submitted.stdout
+
+    listed = htl(service, "jobs", "list", "--status", "succeeded")
+    assert job_id in listed.stdout
+    shown = json.loads(htl(service, "jobs", "show", job_id).stdout)
+    assert shown["status"] == "succeeded" and shown["spec"]["split"]["group_column"] == "lesion_id"
+
+    table = htl(service, "scores", job_id, "--format", "csv")
+    assert table.returncode == 0, table.stderr
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert len(rows) == 32 and [int(r["rank"]) for r in rows] == list(range(1, 33))
+    assert {"image_id", "htl_score", "is_htl", "pruned@0.5", "attr:site"} <= set(rows[0])
+    as_json = json.loads(htl(service, "scores", job_id, "--htl-only").stdout)
+    assert [s["image_id"] for s in as_json] == [r["image_id"] for r in rows if r["is_htl"] == "True"]
+
+    got = htl(service, "checkpoints", "download", job_id, "attended", "--out", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    data = (tmp_path / "attended.safetensors").read_bytes()
+    with HtlClient(service.base, service.key) as api:
+        stated = {c["name"]: c["sha256"] for c in api.checkpoints(job_id)}
+    assert hashlib.sha256(data).hexdigest() == stated["attended"]
+
+
+def test_client_errors_carry_the_api_code_and_the_commands_say_them(service):
+    with HtlClient(service.base, service.key) as api:
+        with pytest.raises(HtlError) as e:
+            api.job("00000000-0000-0000-0000-000000000000")
+        assert e.value.status == 404 and e.value.code == "NOT_FOUND"
+        with pytest.raises(HtlError) as e:
+            api.submit_job("00000000-0000-0000-0000-000000000000", {"image_size": 100})
+        assert e.value.status == 422 and "image_size" in str(e.value)
+    wrong = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "list", "--server", service.base, "--api-key", "htl_nope"],
+                           env=service.env, capture_output=True, text=True)
+    assert wrong.returncode == 1 and "401 UNAUTHORIZED" in wrong.stderr
+    version = subprocess.run([sys.executable, "-m", "app.cli", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("htl-miner ")
