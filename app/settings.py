@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="a job whose worker is lost this many times fails")
     progress_interval_s: float = 0.5
     device: str | None = Field(None, description="cpu or cuda for workers; default: cuda when available")
+    torch_threads: int | None = Field(None, ge=1, description="a worker's torch threads; default: the host's cores / its live workers")
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> "Settings":

@@ -140,6 +140,29 @@ class Heartbeat:
                 log.warning("job %s: heartbeat failed (%s); retrying", job_id, type(e).__name__)
 
 
+def torch_threads_for(settings: Settings, workers_on_host: int) -> int:
+    """HTL_TORCH_THREADS, or this worker's share of the host's cores: two workers each spinning all
+    cores' OpenMP threads ran a training step 16x slower than at one thread each (FACTS.md)."""
+    if settings.torch_threads:
+        return settings.torch_threads
+    return max(1, (os.cpu_count() or 1) // max(1, workers_on_host))
+
+
+def _set_torch_threads(settings: Settings, sessionmaker) -> None:
+    import torch
+
+    try:
+        with sessionmaker() as session:
+            since = utcnow() - timedelta(seconds=3 * settings.sweep_interval_s)
+            here = [w for w in queries.live_workers(session=session, since=since) if w.hostname == socket.gethostname()]
+    except DBAPIError:
+        here = []
+    threads = torch_threads_for(settings, len(here))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+        log.info("torch threads: %d (%d live workers on %s)", threads, len(here), socket.gethostname())
+
+
 def _with_retries(action, *, what: str, attempts: int = 8, first_wait_s: float = 0.5):
     """Runs a short database transaction, retrying across a database restart (about a minute in all)."""
     wait = first_wait_s
@@ -174,6 +197,8 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
 
     from contract.jobspec import JobSpec
     from ml.pipeline import Progress, Run
+
+    _set_torch_threads(settings, sessionmaker)
 
     last = {"t": 0.0, "stage": None}
     heartbeat = Heartbeat(sessionmaker, job_id, worker, settings.heartbeat_interval_s)

@@ -189,3 +189,11 @@ def test_htl_serve_starts_another_worker_when_its_worker_dies(tmp_path):
     finally:
         server.stop()
     assert "starting another" in server.log_path.read_text()
+
+
+def test_a_worker_takes_its_share_of_the_cores_for_torch(settings):
+    assert tasks.torch_threads_for(settings.model_copy(update={"torch_threads": 3}), 5) == 3
+    cores = os.cpu_count() or 1
+    assert tasks.torch_threads_for(settings, 1) == cores
+    assert tasks.torch_threads_for(settings, 2) == max(1, cores // 2)
+    assert tasks.torch_threads_for(settings, 64) == 1
