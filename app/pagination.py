@@ -39,6 +39,7 @@ CHECKS = {
     "id": _uuid,
     "rank": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_RANK,
     "name": lambda v: isinstance(v, str) and 0 < len(v) <= 200,
+    "image_id": lambda v: isinstance(v, str) and 0 < len(v) <= 200,
 }
 
 

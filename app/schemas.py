@@ -84,6 +84,13 @@ class ScoreOut(BaseModel):
     attributes: dict[str, str]
 
 
+class EvaluationOut(BaseModel):
+    image_id: str
+    model: str
+    split: str
+    metrics: dict[str, float] = Field(description="dice, jaccard, threshold_jaccard, box_iou, sensitivity, specificity (weak: pointing)")
+
+
 class CheckpointOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     name: str

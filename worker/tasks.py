@@ -73,6 +73,17 @@ def _metric_rows(metrics: dict) -> list[dict]:
     return rows
 
 
+def _evaluation_rows(metrics: dict) -> list[dict]:
+    """Per model (each seed's, not the means over seeds), split and held-out image: its metrics."""
+    rows = []
+    for model, entry in metrics["models"].items():
+        for split, report in (("validation", entry), ("test", entry.get("test"))):
+            for item in (report or {}).get("per_image", []):
+                rows.append({"model": model, "split": split, "image_id": item["image_id"],
+                             "metrics": {k: v for k, v in item.items() if k != "image_id"}})
+    return rows
+
+
 def _checkpoint_rows(out: Path, job_id: uuid.UUID) -> list[dict]:
     rows = []
     for path in sorted((out / "checkpoints").glob("*.safetensors")):
@@ -241,7 +252,7 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             Run(data_dir, JobSpec.model_validate(spec_raw), out, device=settings.device, progress=on_progress).run()
         scores = json.loads((out / "scores.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
-        summary = {k: v for k, v in metrics.items() if k not in ("models",)}
+        summary = {k: v for k, v in metrics.items() if k not in ("models",)}  # per-image values go to evaluations
         warnings = submit_warnings + [w for w in metrics.get("warnings", []) if w not in submit_warnings]
 
         def persist() -> bool:
@@ -256,7 +267,7 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
                          "other_scores": item["scores"]}
                         for item in scores
                     ],
-                    metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id),
+                    metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id), evaluations=_evaluation_rows(metrics),
                     reports={"subgroups": json.loads((out / "subgroups.json").read_text()), "summary": summary},
                 )
                 session.commit()

@@ -15,7 +15,7 @@ from app.db.models import FINISHED, Job
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
-from app.schemas import CheckpointOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
+from app.schemas import CheckpointOut, EvaluationOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
 from contract.jobspec import SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 422, 429, 500, 503))
@@ -36,7 +36,8 @@ def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
     return job
 
 
-JOB_OPERATIONS = ("get_job", "cancel_job", "delete_job", "job_scores", "job_metrics", "job_subgroups", "job_checkpoints")
+JOB_OPERATIONS = ("get_job", "cancel_job", "delete_job", "job_scores", "job_metrics", "job_subgroups", "job_checkpoints",
+                  "job_evaluations")
 JOB_LINKS = {op: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}} for op in JOB_OPERATIONS}
 
 
@@ -185,6 +186,28 @@ def job_metrics(
         degenerate_sparsities=summary.get("degenerate_sparsities", []), validation_curve=summary.get("validation_curve", {}),
         warnings=summary.get("warnings", []),
     )
+
+
+@router.get("/{job_id}/evaluations", response_model=Page[EvaluationOut], responses=error_responses(409), operation_id="job_evaluations")
+def job_evaluations(
+    job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep,
+    model: str = Query("dense", max_length=60, description="dense, attended, control, pruned@0.5, ... (-s<seed> with several seeds)"),
+    split: Literal["validation", "test"] = "validation",
+    limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
+):
+    """One model's metrics on each held-out image of a split, by image id."""
+    _succeeded_job(session, owner, job_id)
+    after = decode_cursor(cursor, keys=("image_id",))
+    rows = queries.list_evaluations(session=session, job_id=job_id, model=model, split=split, limit=limit,
+                                    after_image=after and after["image_id"])
+    if not rows and after is None:
+        known = sorted(queries.evaluated_models(session=session, job_id=job_id))
+        raise NotFound(f"job {job_id} has no {split} evaluations of model {model!r} "
+                       f"(it has: {', '.join(f'{m} on {s}' for m, s in known[:20]) or 'none'})")
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [EvaluationOut(image_id=r.image_id, model=r.model, split=r.split, metrics=r.metrics) for r in rows]
+    return Page(items=items, next_cursor=encode_cursor({"image_id": rows[-1].image_id}) if more else None)
 
 
 @router.get("/{job_id}/subgroups", response_model=SubgroupsOut, responses=error_responses(409), operation_id="job_subgroups")

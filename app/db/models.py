@@ -121,6 +121,17 @@ class Metric(Base):
     n: Mapped[int]
 
 
+class Evaluation(Base):
+    """One model's metrics on one held-out image (validation or test)."""
+
+    __tablename__ = "evaluations"
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(60), primary_key=True)
+    split: Mapped[str] = mapped_column(String(20), primary_key=True)
+    image_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    metrics: Mapped[dict]
+
+
 class JobReport(Base):
     """A job's analysis documents, as JSON: 'subgroups' (enrichment, gap closing) and 'summary'
     (attended vs dense over seeds, scorer agreement, pruning reports)."""

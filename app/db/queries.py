@@ -11,7 +11,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import ApiKey, Checkpoint, Dataset, Image, Job, JobReport, Metric, Owner, Score, Worker
+from app.db.models import ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, Metric, Owner, Score, Worker
 
 KEY_PREFIX = "htl_"
 
@@ -139,8 +139,11 @@ def delete_dataset(*, session: Session, dataset: Dataset) -> list[uuid.UUID]:
     return job_ids
 
 
+RESULT_TABLES = (Score, Metric, Checkpoint, JobReport, Evaluation)
+
+
 def delete_job_rows(*, session: Session, job_id: uuid.UUID) -> None:
-    for model in (Score, Metric, Checkpoint, JobReport):
+    for model in RESULT_TABLES:
         session.execute(delete(model).where(model.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
 
@@ -280,11 +283,13 @@ def finish_job(
 # --- results ---------------------------------------------------------------------------------------
 def replace_results(
     *, session: Session, job_id: uuid.UUID, scores: list[dict], metrics: list[dict], checkpoints: list[dict],
-    reports: dict[str, dict] | None = None,
+    reports: dict[str, dict] | None = None, evaluations: list[dict] | None = None,
 ) -> None:
     """Results of a job, replacing any earlier attempt's, so a rerun never duplicates a row."""
-    for model in (Score, Metric, Checkpoint, JobReport):
+    for model in RESULT_TABLES:
         session.execute(delete(model).where(model.job_id == job_id))
+    if evaluations:
+        session.execute(Evaluation.__table__.insert(), [dict(e, job_id=job_id) for e in evaluations])
     for kind, body in (reports or {}).items():
         session.add(JobReport(job_id=job_id, kind=kind, body=body))
     if scores:
@@ -307,6 +312,17 @@ def list_scores(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: i
 
 def job_report(*, session: Session, job_id: uuid.UUID, kind: str) -> dict | None:
     return session.scalar(select(JobReport.body).where(JobReport.job_id == job_id, JobReport.kind == kind))
+
+
+def list_evaluations(*, session: Session, job_id: uuid.UUID, model: str, split: str, limit: int, after_image: str | None) -> list[Evaluation]:
+    stmt = select(Evaluation).where(Evaluation.job_id == job_id, Evaluation.model == model, Evaluation.split == split)
+    if after_image is not None:
+        stmt = stmt.where(Evaluation.image_id > after_image)
+    return list(session.scalars(stmt.order_by(Evaluation.image_id).limit(limit + 1)))
+
+
+def evaluated_models(*, session: Session, job_id: uuid.UUID) -> list[tuple[str, str]]:
+    return [tuple(r) for r in session.execute(select(Evaluation.model, Evaluation.split).where(Evaluation.job_id == job_id).distinct())]
 
 
 def job_metrics(*, session: Session, job_id: uuid.UUID, split: str = "validation") -> list[Metric]:

@@ -256,3 +256,23 @@ def test_semi_and_weak_jobs_through_the_same_endpoints(client, alice, tmp_path, 
     assert "pointing" in weak_metrics["models"]["dense"]["overall"] and "auroc" in weak_metrics["models"]["dense"]["overall"]
     r = submit(client, alice, ds["id"], {**TINY, "setting": "weakly_supervised", "weak": {"label_column": "grade", "positive": ["x"]}})
     assert r.status_code == 422 and "spec.weak.label_column" in r.json()["detail"]
+
+
+def test_per_image_evaluations_page_by_model_and_split(client, alice, dataset_id, settings):
+    spec = {**TINY, "split": {"test_fraction": 0.2}}
+    job = submit(client, alice, dataset_id, spec).json()
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"
+    metrics = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice, params={"split": "test"}).json()
+    pages, cursor = [], None
+    while True:
+        params = {"model": "attended", "split": "test", "limit": 3, **({"cursor": cursor} if cursor else {})}
+        body = client.get(f"/v1/jobs/{job['id']}/evaluations", headers=alice, params=params).json()
+        pages += body["items"]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert len(pages) == metrics["models"]["attended"]["n"] and len({p["image_id"] for p in pages}) == len(pages)
+    mean_dice = sum(p["metrics"]["dice"] for p in pages) / len(pages)
+    assert mean_dice == pytest.approx(metrics["models"]["attended"]["overall"]["dice"])
+    missing = client.get(f"/v1/jobs/{job['id']}/evaluations", headers=alice, params={"model": "nope"})
+    assert missing.status_code == 404 and "attended on test" in missing.json()["detail"]
