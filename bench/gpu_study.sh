@@ -16,7 +16,7 @@ SEEDS=${SEEDS:-0,1,2,3,4}
 SETTINGS=${SETTINGS:-supervised semi_supervised weakly_supervised}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || { scripts/setup; PY=.venv/bin/python; }
-"$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "gpu_study: no CUDA device; this study needs one (about 6 GPU-hours on one H100 at 256 px)")'
+"$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "gpu_study: no CUDA device; this study needs one (several GPU-hours at 256 px: an estimate, not measured here)")'
 mkdir -p "$OUT/specs"
 for setting in $SETTINGS; do
   case $setting in
