@@ -293,6 +293,11 @@ def _client_call(args: argparse.Namespace, action) -> int:
     try:
         with _client(args) as api:
             return action(api) or 0
+    except BrokenPipeError:  # the reader stopped early (| head): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except HtlError as e:
         print(f"htl: {e}", file=sys.stderr)
         return 1

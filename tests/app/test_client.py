@@ -80,3 +80,13 @@ def test_client_errors_carry_the_api_code_and_the_commands_say_them(service):
     assert wrong.returncode == 1 and "401 UNAUTHORIZED" in wrong.stderr
     version = subprocess.run([sys.executable, "-m", "app.cli", "--version"], capture_output=True, text=True)
     assert version.stdout.startswith("htl-miner ")
+
+
+def test_scores_piped_into_a_reader_that_stops_early_end_quietly(service, tmp_path):
+    with HtlClient(service.base, service.key) as api:
+        dataset = api.upload_dataset(make_dataset(tmp_path / "d", n=40, size=32, seed=3))
+        job = api.wait(api.submit_job(dataset["id"], SPEC)["id"])
+    env = {**service.env, "HTL_SERVER": service.base, "HTL_API_KEY": service.key}
+    piped = subprocess.run(f"{sys.executable} -m app.cli scores {job['id']} --format csv | head -2", shell=True, env=env,
+                           capture_output=True, text=True)
+    assert piped.stdout.count("\n") == 2 and "Broken pipe" not in piped.stderr
