@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import time
 from contextlib import asynccontextmanager
@@ -17,7 +18,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from app.api import datasets, health, jobs
 from app.db.session import make_engine, make_sessionmaker
@@ -56,13 +56,13 @@ def remove_abandoned_uploads(uploads: Path, *, older_than_s: float) -> list[Path
     return removed
 
 
-def _methods_of(app: FastAPI, scope) -> set[str]:
-    """Every method some route takes on this request's path (a route of another method matches PARTIAL)."""
+def _methods_of(app: FastAPI, path: str) -> set[str]:
+    """Every method the OpenAPI document lists for this path (one path can be several routes)."""
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    for template, operations in app.openapi()["paths"].items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path):
+            methods |= {m.upper() for m in operations}
     return methods
 
 
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:  # one path can be several routes (GET and POST): name every method it takes
-            headers["Allow"] = ", ".join(sorted(_methods_of(app, request.scope)))
+            headers["Allow"] = ", ".join(sorted(_methods_of(app, request.url.path)))
         return error(exc.status_code, exc.detail, CODES.get(exc.status_code, "ERROR"), headers)
 
     # the database is down, restarting, or every pooled connection is taken: come back shortly

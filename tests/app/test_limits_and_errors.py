@@ -93,7 +93,10 @@ def test_forged_score_cursors_are_422(client, alice, dataset_id, settings, rank)
 
 def test_unknown_routes_and_methods_answer_in_the_error_shape(client, alice):
     _error(client.get("/v1/nothing", headers=alice), 404, "NOT_FOUND")
-    _error(client.put("/v1/jobs", headers=alice), 405, "METHOD_NOT_ALLOWED")
+    r = client.put("/v1/jobs", headers=alice)
+    _error(r, 405, "METHOD_NOT_ALLOWED")
+    assert r.headers["allow"] == "GET, POST"  # both routes of the path, not only the first that matched
+    assert client.post(f"/v1/jobs/{uuid.uuid4()}", headers=alice).headers["allow"] == "DELETE, GET"
 
 
 def test_a_key_over_its_rate_limit_gets_429_with_retry_after(tmp_path, db_url):
