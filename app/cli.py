@@ -189,9 +189,12 @@ def _worker_command() -> list[str]:
 
     # a name of its own per process: two workers on one host (one per GPU, or a worker left behind by a
     # killed `htl serve`) must never take each other for the same worker
+    import os
+
+    name = os.environ.get("HTL_WORKER_NAME") or f"htl-{uuid.uuid4().hex[:8]}@%h"  # must stay unique per process
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
-        "-Q", "htl", "-n", f"htl-{uuid.uuid4().hex[:8]}@%h", "--loglevel=INFO",
+        "-Q", "htl", "-n", name, "--loglevel=INFO",
     ]
 
 
