@@ -13,7 +13,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -77,8 +80,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.engine.dispose()
 
-    app = FastAPI(title="htl-miner", version="1", lifespan=lifespan,
+    # /docs serves Swagger UI from files in the package: nothing from a CDN, which many hosts cannot reach
+    app = FastAPI(title="htl-miner", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Find the images a localization model finds hard to learn, by pruning.")
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="htl-miner API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
     app.state.settings = settings
     app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
                                    max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s)

@@ -115,3 +115,15 @@ def test_metrics_answer_in_the_prometheus_text_format(client, alice, dataset_id,
     assert requests and requests[0].labels["status"] == "200"  # by route template, never by raw path
     assert any(s.name == "htl_job_duration_seconds_count" and s.value == 1 for s in families["htl_job_duration_seconds"].samples)
     assert "htl_live_workers" in families
+
+
+def test_the_api_docs_load_every_asset_from_the_service_itself(client):
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert assets and all(a.startswith("/") for a in assets), assets  # no CDN, no other host
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    assert "/openapi.json" in page.text
