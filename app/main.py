@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import datasets, health, jobs
+from app.api import datasets, health, images, jobs
 from app.db.session import make_engine, make_sessionmaker
 from app.errors import CODES, ApiError
 from app.limits import JsonBodyLimit, RateLimiter, UploadSlots
@@ -150,6 +150,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error(500, "internal error", "INTERNAL")
 
-    for router in (health.router, datasets.router, jobs.router):
+    for router in (health.router, datasets.router, jobs.router, images.router):
         app.include_router(router)
     return app

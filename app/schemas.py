@@ -84,6 +84,19 @@ class ScoreOut(BaseModel):
     attributes: dict[str, str]
 
 
+class ImageOut(BaseModel):
+    image_id: str
+    rank: int
+    htl_score: float
+    is_htl: bool
+    labeled: bool
+    per_sparsity: dict[str, float]
+    scores: dict[str, float | None]
+    attributes: dict[str, str]
+    layers: list[str] = Field(description="mask layers the overlay can draw for this image: gt, dense, pruned@<sparsity>")
+    links: dict[str, str] = Field(description="overlay: the image with every layer; image: the image alone")
+
+
 class EvaluationOut(BaseModel):
     image_id: str
     model: str

@@ -49,6 +49,7 @@ STAGES = ("dense", "prune", "score", "attend", "evaluate")
 FINETUNE_LR_DIVISOR = 10.0
 INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step
 BOOTSTRAP_RESAMPLES = 2000
+GALLERY_SAMPLE = 50  # images outside the HTL set whose predicted masks are kept too, for comparison
 
 
 @dataclass(frozen=True)
@@ -442,11 +443,36 @@ class Run:
         _write_json(self.out / "state" / "enrichment.json",
                     subgroups.enrichment(self.groups_of(self.train_idx), is_htl, clusters=clusters, cluster_name=column))
         _write_json(self.out / "state" / "attention.json", self._attention_sets(is_htl, others))
+        self._write_gallery(is_htl)
         _write_json(self.out / "scores.json", items)
         _write_json(self._marker("score"), {
             "n_scored": len(items), "n_htl": int(is_htl.sum()), "scorer_agreement": agreement,
             "ranked_by_sparsities": ranked_by, "degenerate_sparsities": sorted(degenerate),
         })
+
+    @torch.no_grad()
+    def _write_gallery(self, is_htl: np.ndarray) -> None:
+        """gallery/<layer>/<image_id>.png: the binarized masks (at image_size) that the first seed's
+        dense reference and pruned models predict for every HTL image and a seeded sample of GALLERY_SAMPLE
+        others: what the HTL gallery overlays on each image. gallery.json lists them."""
+        others = np.flatnonzero(~is_htl)
+        sample = np.random.default_rng(self.spec.split.seed).choice(others, min(GALLERY_SAMPLE, len(others)), replace=False)
+        positions = sorted({*np.flatnonzero(is_htl).tolist(), *map(int, sample)})
+        seed = self.seeds[0]
+        models = {"dense": self.reference(seed),
+                  **{f"pruned@{sparsity_key(s)}": self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}}
+        ids = []
+        for batch in iterate_batches([self.train_idx[j] for j in positions], 32):
+            images, _ = self.decoded().batch(batch)
+            for layer, model in models.items():
+                masks = (predict_logits(model, images) > 0).cpu().numpy()
+                folder = self.out / "gallery" / layer
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, mask in zip(batch, masks):
+                    Image.fromarray(mask[0].astype(np.uint8) * 255).save(folder / f"{self.index.records[i].image_id}.png")
+            ids += [self.index.records[i].image_id for i in batch]
+        _write_json(self.out / "gallery.json", {"seed": seed, "image_size": self.spec.image_size, "layers": list(models),
+                                                "images": ids, "htl": int(is_htl.sum()), "sample": len(sample)})
 
     def _attention_sets(self, is_htl: np.ndarray, others: dict[str, np.ndarray]) -> dict:
         """Which training images (by id) attention boosts: the top of the attention scorer, as many as

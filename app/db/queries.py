@@ -301,6 +301,10 @@ def replace_results(
     session.flush()
 
 
+def get_score(*, session: Session, job_id: uuid.UUID, image_id: str) -> Score | None:
+    return session.scalar(select(Score).where(Score.job_id == job_id, Score.image_id == image_id))
+
+
 def list_scores(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: int, after_rank: int | None) -> list[Score]:
     stmt = select(Score).where(Score.job_id == job_id)
     if htl_only:

@@ -1,6 +1,7 @@
 import hashlib
 import uuid
 
+import numpy as np
 import pytest
 
 from app.db.models import Checkpoint, Job, Metric, Score
@@ -276,3 +277,25 @@ def test_per_image_evaluations_page_by_model_and_split(client, alice, dataset_id
     assert mean_dice == pytest.approx(metrics["models"]["attended"]["overall"]["dice"])
     missing = client.get(f"/v1/jobs/{job['id']}/evaluations", headers=alice, params={"model": "nope"})
     assert missing.status_code == 404 and "attended on test" in missing.json()["detail"]
+
+
+def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
+    import io as _io
+
+    from PIL import Image as PILImage
+
+    scores = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"limit": 1000}).json()["items"]
+    hardest = scores[0]["image_id"]
+    detail = client.get(f"/v1/jobs/{finished_job}/images/{hardest}", headers=alice).json()
+    assert detail["rank"] == 1 and detail["is_htl"] and detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9"]
+    overlay = client.get(detail["links"]["overlay"], headers=alice)
+    assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
+    drawn = PILImage.open(_io.BytesIO(overlay.content))
+    plain = PILImage.open(_io.BytesIO(client.get(detail["links"]["image"], headers=alice).content))
+    assert drawn.size == plain.size == (32, 32)
+    assert (np.asarray(drawn) != np.asarray(plain)).any()  # the layers are drawn on the image
+    assert client.get(detail["links"]["overlay"], headers=alice).content == overlay.content  # cached, the same bytes
+    bad = client.get(f"/v1/jobs/{finished_job}/images/{hardest}/overlay.png", headers=alice, params={"layers": "gt,pruned@0.7"})
+    assert bad.status_code == 422 and "pruned@0.5" in bad.json()["detail"]
+    assert client.get(f"/v1/jobs/{finished_job}/images/{hardest}", headers=bob).status_code == 404
+    assert client.get(f"/v1/jobs/{finished_job}/images/NOPE", headers=alice).status_code == 404

@@ -150,3 +150,17 @@ def test_cam_threshold_is_kept_through_checkpoints(tmp_path):
         assert meta["architecture"]["cam_threshold"] == threshold and model.cam_threshold == threshold
     low, high = (results[t]["models"]["dense"]["overall"] for t in (0.3, 0.6))
     assert low["dice"] != high["dice"] and low["box_iou"] != high["box_iou"]
+
+
+def test_the_gallery_keeps_small_masks_of_every_htl_image_and_a_sample(controlled):
+    out, _ = controlled
+    gallery = json.loads((out / "gallery.json").read_text())
+    items = json.loads((out / "scores.json").read_text())
+    htl = {i["image_id"] for i in items if i["is_htl"]}
+    assert htl <= set(gallery["images"]) and len(gallery["images"]) == len(htl) + gallery["sample"]
+    assert gallery["layers"] == ["dense", "pruned@0.3", "pruned@0.5", "pruned@0.995"]
+    from PIL import Image as PILImage
+
+    for layer in gallery["layers"]:
+        with PILImage.open(out / "gallery" / layer / f"{gallery['images'][0]}.png") as mask:
+            assert mask.size == (32, 32) and set(np.unique(np.asarray(mask))) <= {0, 255}
