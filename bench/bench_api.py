@@ -81,7 +81,8 @@ def main() -> None:
                 s.expunge_all()
         engine.dispose()
 
-        env = dict(os.environ, HTL_DATABASE_URL=url, HTL_DATA_DIR=str(Path("runs/bench-api").resolve()))
+        # the per-key rate limit would cap the pollers: this measures the API, not the limit
+        env = dict(os.environ, HTL_DATABASE_URL=url, HTL_DATA_DIR=str(Path("runs/bench-api").resolve()), HTL_RATE_LIMIT="0")
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(args.port), "--log-level", "warning"],
             env=env,
