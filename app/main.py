@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)
     registry = CollectorRegistry()
-    registry.register(JobCollector(app.state.sessionmaker, live_window_s=3 * settings.sweep_interval_s))
+    registry.register(JobCollector(app.state.sessionmaker, settings))
     app.add_middleware(RequestMetrics, registry=registry)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, responses={

@@ -4,14 +4,13 @@ status, the queue's depth, live workers and how long finished jobs took."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select
 
-from app.db.base import utcnow
-from app.db.models import Job, Worker
+from app.db import queries
+from app.db.models import Job
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
@@ -48,9 +47,9 @@ class RequestMetrics:
 class JobCollector:
     """Read at each scrape: jobs by status, queue depth, live workers, durations of finished jobs."""
 
-    def __init__(self, sessionmaker, live_window_s: float):
+    def __init__(self, sessionmaker, settings):
         self.sessionmaker = sessionmaker
-        self.live_window_s = live_window_s
+        self.settings = settings
 
     def describe(self):
         return []
@@ -58,8 +57,7 @@ class JobCollector:
     def collect(self):
         with self.sessionmaker() as session:
             counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            live = session.scalar(select(func.count()).select_from(Worker).where(
-                Worker.heartbeat_at >= utcnow() - timedelta(seconds=self.live_window_s))) or 0
+            live = len(queries.live_workers(session=session, since=self.settings.live_workers_since))
             durations = [
                 (finished - started).total_seconds()
                 for started, finished in session.execute(select(Job.started_at, Job.finished_at).where(

@@ -2,6 +2,7 @@
 artifacts and a filesystem broker under one data directory, no external server."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def live_workers_since(self) -> datetime:
+        """A worker stamps itself every sweep; one silent for three sweeps counts as gone."""
+        return datetime.now(timezone.utc) - timedelta(seconds=3 * self.sweep_interval_s)
 
     @property
     def artifacts(self) -> Path:

@@ -3,6 +3,7 @@ marker under OUT/state/, so a restarted run resumes after the last finished stag
 models back from their checkpoint files, so a resumed run computes exactly what an unbroken one does."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -336,17 +337,16 @@ class Run:
         has_target = self.mask_known[self.val_idx]
         for j, seed in enumerate(self.seeds):
             dense = self.load(self.name("dense", seed))
-            dense_prediction = validation_prediction(self.reference(seed), self.decoded(), self.val_idx, has_target)
+            dense_prediction = validation_prediction(self.reference(dense), self.decoded(), self.val_idx, has_target)
             for i, s in enumerate(p.sparsities):
                 k = j * len(p.sparsities) + i
                 model = prepare_for_device(apply_pruning_masks(dense, s, p.scope), self.device)
                 if p.finetune_epochs:
                     cfg = self._fit_config(seed, epochs=p.finetune_epochs, lr=self.spec.train.lr / FINETUNE_LR_DIVISOR)
                     self._train(model, cfg, progress=lambda f, l, k=k: self.report("prune", (k + f) / steps, l))
-                model = make_permanent(model)
+                model = prepare_for_device(make_permanent(model), self.device).eval()
                 if p.bn_recalibration:
-                    recalibrate_batchnorm(prepare_for_device(model, self.device), self.decoded(), self.train_idx)
-                model = prepare_for_device(model, self.device).eval()
+                    recalibrate_batchnorm(model, self.decoded(), self.train_idx)
                 prediction = validation_prediction(model, self.decoded(), self.val_idx, has_target)
                 report = health(sparsity_report(model, s), prediction, dense_prediction, degenerate_fraction=p.degenerate_fraction)
                 name = self.name(f"pruned@{sparsity_key(s)}", seed)
@@ -356,15 +356,15 @@ class Run:
                 self.report("prune", (k + 1) / steps)
         _write_json(self._marker("prune"), {"reports": reports})
 
-    def reference(self, seed: int) -> torch.nn.Module:
-        """The dense model the pruned ones are compared with. With prune.bn_recalibration its BatchNorm
-        statistics are re-estimated on the same unaugmented training images as theirs, so the two
-        differ by the pruned weights alone (the dense model's own statistics come from augmented
-        images in train mode: a shift that pruning did not cause)."""
-        dense = self.load(self.name("dense", seed))
-        if self.spec.prune.bn_recalibration:
-            recalibrate_batchnorm(dense, self.decoded(), self.train_idx)
-        return dense
+    def reference(self, dense: torch.nn.Module) -> torch.nn.Module:
+        """The dense model the pruned ones are compared with: dense itself, or with
+        prune.bn_recalibration a copy whose BatchNorm statistics are re-estimated on the same
+        unaugmented training images as theirs, so the two differ by the pruned weights alone (the
+        dense model's own statistics come from augmented images in train mode: a shift that pruning
+        did not cause)."""
+        if not self.spec.prune.bn_recalibration:
+            return dense
+        return recalibrate_batchnorm(copy.deepcopy(dense), self.decoded(), self.train_idx)
 
     def degenerate_sparsities(self) -> list[float]:
         """Sparsities at which the pruned model of any seed is degenerate: they rank nothing."""
@@ -386,7 +386,7 @@ class Run:
         dense = self.load(self.name("dense", seed))
         pruned = {s: self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}
         result = score_disagreement(
-            self.reference(seed), pruned, self.decoded(), self.train_idx, batch_size=max(self.spec.train.batch_size, 32),
+            self.reference(dense), pruned, self.decoded(), self.train_idx, batch_size=max(self.spec.train.batch_size, 32),
             progress=lambda f: self.report("score", self._seed_fraction(k, 0.8 * f)),
         )
         others: dict[str, np.ndarray] = {}
@@ -459,7 +459,7 @@ class Run:
         sample = np.random.default_rng(self.spec.split.seed).choice(others, min(GALLERY_SAMPLE, len(others)), replace=False)
         positions = sorted({*np.flatnonzero(is_htl).tolist(), *map(int, sample)})
         seed = self.seeds[0]
-        models = {"dense": self.reference(seed),
+        models = {"dense": self.reference(self.load(self.name("dense", seed))),
                   **{f"pruned@{sparsity_key(s)}": self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}}
         ids = []
         for batch in iterate_batches([self.train_idx[j] for j in positions], 32):

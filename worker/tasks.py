@@ -50,37 +50,41 @@ def worker_name() -> str:
     return getattr(request, "hostname", None) or f"htl-{os.getpid()}@{socket.gethostname()}"
 
 
-def _metric_rows(metrics: dict) -> list[dict]:
-    """One row per model, split, subgroup and metric. A model's entry is its validation report, with
-    the test split's report under 'test'."""
-    rows = []
+def _split_reports(metrics: dict):
+    """(model, split, report) for each model and split: a model's entry in metrics.json is its
+    validation report, with the test split's report under 'test'."""
     for model, entry in metrics["models"].items():
         for split, report in (("validation", entry), ("test", entry.get("test"))):
-            if report is None:
-                continue
-            for name, value in report["overall"].items():
-                rows.append({"model": model, "split": split, "attribute": None, "subgroup": None, "metric": name, "value": value, "n": report["n"]})
-            classification = report.get("classification")  # weakly_supervised: the classifier's AUROC
-            if classification and classification["auroc"] is not None:
-                rows.append({"model": model, "split": split, "attribute": None, "subgroup": None, "metric": "auroc",
-                             "value": classification["auroc"], "n": classification["n"]})
-            for attribute, groups in report["subgroups"].items():
-                for label, stats in groups.items():
-                    for name, value in stats.items():
-                        if name != "n":
-                            rows.append({"model": model, "split": split, "attribute": attribute, "subgroup": label, "metric": name,
-                                         "value": value, "n": stats["n"]})
+            if report is not None:
+                yield model, split, report
+
+
+def _metric_rows(metrics: dict) -> list[dict]:
+    """One row per model, split, subgroup and metric."""
+    rows = []
+    for model, split, report in _split_reports(metrics):
+        for name, value in report["overall"].items():
+            rows.append({"model": model, "split": split, "attribute": None, "subgroup": None, "metric": name, "value": value, "n": report["n"]})
+        classification = report.get("classification")  # weakly_supervised: the classifier's AUROC
+        if classification and classification["auroc"] is not None:
+            rows.append({"model": model, "split": split, "attribute": None, "subgroup": None, "metric": "auroc",
+                         "value": classification["auroc"], "n": classification["n"]})
+        for attribute, groups in report["subgroups"].items():
+            for label, stats in groups.items():
+                for name, value in stats.items():
+                    if name != "n":
+                        rows.append({"model": model, "split": split, "attribute": attribute, "subgroup": label, "metric": name,
+                                     "value": value, "n": stats["n"]})
     return rows
 
 
 def _evaluation_rows(metrics: dict) -> list[dict]:
     """Per model (each seed's, not the means over seeds), split and held-out image: its metrics."""
     rows = []
-    for model, entry in metrics["models"].items():
-        for split, report in (("validation", entry), ("test", entry.get("test"))):
-            for item in (report or {}).get("per_image", []):
-                rows.append({"model": model, "split": split, "image_id": item["image_id"],
-                             "metrics": {k: v for k, v in item.items() if k != "image_id"}})
+    for model, split, report in _split_reports(metrics):
+        for item in report.get("per_image", []):
+            rows.append({"model": model, "split": split, "image_id": item["image_id"],
+                         "metrics": {k: v for k, v in item.items() if k != "image_id"}})
     return rows
 
 
@@ -164,8 +168,8 @@ def _set_torch_threads(settings: Settings, sessionmaker) -> None:
 
     try:
         with sessionmaker() as session:
-            since = utcnow() - timedelta(seconds=3 * settings.sweep_interval_s)
-            here = [w for w in queries.live_workers(session=session, since=since) if w.hostname == socket.gethostname()]
+            here = [w for w in queries.live_workers(session=session, since=settings.live_workers_since)
+                    if w.hostname == socket.gethostname()]
     except DBAPIError:
         here = []
     threads = torch_threads_for(settings, len(here))

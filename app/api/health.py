@@ -2,16 +2,12 @@
 worker has said it is alive lately (each worker's sweep thread stamps the workers table)."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.db import queries
-from app.db.base import utcnow
-
 from app.queue import broker_reachable
 
 router = APIRouter(tags=["health"])
@@ -32,9 +28,8 @@ async def readyz(request: Request) -> JSONResponse:
         def ping_db() -> list[str]:
             with request.app.state.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            since = utcnow() - timedelta(seconds=3 * settings.sweep_interval_s)
             with request.app.state.sessionmaker() as session:
-                return [w.name for w in queries.live_workers(session=session, since=since)]
+                return [w.name for w in queries.live_workers(session=session, since=settings.live_workers_since)]
 
         workers = await run_in_threadpool(ping_db)
         checks["database"] = "ok"
