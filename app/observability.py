@@ -13,6 +13,7 @@ from app.db import queries
 from app.db.models import Job
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STAGE_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600)
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 
 
@@ -45,7 +46,8 @@ class RequestMetrics:
 
 
 class JobCollector:
-    """Read at each scrape: jobs by status, queue depth, live workers, durations of finished jobs."""
+    """Read at each scrape: jobs by status, queue depth, live workers, durations of succeeded jobs and
+    of their stages."""
 
     def __init__(self, sessionmaker, settings):
         self.sessionmaker = sessionmaker
@@ -63,16 +65,23 @@ class JobCollector:
                 for started, finished in session.execute(select(Job.started_at, Job.finished_at).where(
                     Job.status == "succeeded", Job.started_at.is_not(None), Job.finished_at.is_not(None)))
             ]
+            stages = queries.stage_durations(session=session)
         jobs = GaugeMetricFamily("htl_jobs", "jobs by status", labels=["status"])
         for status in JOB_STATUSES:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
         yield GaugeMetricFamily("htl_queue_depth", "jobs waiting for a worker", value=counts.get("queued", 0))
         yield GaugeMetricFamily("htl_live_workers", "workers that stamped themselves alive lately", value=live)
-        buckets, running = [], 0
-        for bound in DURATION_BUCKETS:
-            running = sum(1 for d in durations if d <= bound)
-            buckets.append((str(bound), running))
-        buckets.append(("+Inf", len(durations)))
-        yield HistogramMetricFamily("htl_job_duration_seconds", "start to end of succeeded jobs", buckets=buckets,
-                                    sum_value=sum(durations))
+        yield HistogramMetricFamily("htl_job_duration_seconds", "start to end of succeeded jobs",
+                                    buckets=_buckets(durations, DURATION_BUCKETS), sum_value=sum(durations))
+        by_stage = HistogramMetricFamily("htl_stage_duration_seconds", "time each stage of a succeeded job took (per attempt)",
+                                         labels=["stage"])
+        for stage in sorted({name for name, _ in stages}):
+            seconds = [d for name, d in stages if name == stage]
+            by_stage.add_metric([stage], _buckets(seconds, STAGE_BUCKETS), sum(seconds))
+        yield by_stage
+
+
+def _buckets(values: list[float], bounds: tuple) -> list[tuple[str, int]]:
+    """Cumulative counts per upper bound, as Prometheus histograms want them."""
+    return [(str(bound), sum(1 for v in values if v <= bound)) for bound in bounds] + [("+Inf", len(values))]

@@ -82,6 +82,8 @@ class ScoreOut(BaseModel):
         default_factory=dict, description="other hardness scorers the spec asked for; null where one needs a target the image lacks"
     )
     attributes: dict[str, str]
+    subgroups: dict[str, str] = Field(default_factory=dict, description="the subgroup label the enrichment analysis gave the image per "
+                                      "attribute (age bands, image-property quartiles, 'unknown' for missing values)")
 
 
 class ImageOut(BaseModel):
@@ -93,7 +95,9 @@ class ImageOut(BaseModel):
     per_sparsity: dict[str, float]
     scores: dict[str, float | None]
     attributes: dict[str, str]
+    subgroups: dict[str, str] = Field(default_factory=dict)
     layers: list[str] = Field(description="mask layers the overlay can draw for this image: gt, dense, pruned@<sparsity>")
+    layer_colours: dict[str, str] = Field(default_factory=dict, description="the colour each layer is drawn in, as #rrggbb")
     links: dict[str, str] = Field(description="overlay: the image with every layer; image: the image alone")
 
 

@@ -422,6 +422,7 @@ class Run:
         scores = HtlScores(image_indices=list(self.train_idx), per_sparsity=per_sparsity, htl_score=htl_score)
         is_htl = select_htl(scores.htl_score, top_fraction=self.spec.htl.top_fraction, threshold=self.spec.htl.threshold)
         ranks = scores.ranks()
+        groups = self.groups_of(self.train_idx)
         items = []
         for j, i in enumerate(self.train_idx):
             record = self.index.records[i]
@@ -434,6 +435,7 @@ class Run:
                 "per_sparsity": {sparsity_key(s): float(v[j]) for s, v in sorted(scores.per_sparsity.items())},
                 "scores": {name: (float(values[j]) if np.isfinite(values[j]) else None) for name, values in others.items()},
                 "attributes": dict(record.attributes),
+                "subgroups": {attribute: labels[j] for attribute, labels in groups.items()},
             })
         items.sort(key=lambda item: item["rank"])
         top_fraction = self.spec.htl.top_fraction or max(float(is_htl.mean()), 1 / len(is_htl))
@@ -441,7 +443,7 @@ class Run:
         column = self.spec.split.group_column
         clusters = [self.index.records[i].attributes.get(column, "") for i in self.train_idx] if column else None
         _write_json(self.out / "state" / "enrichment.json",
-                    subgroups.enrichment(self.groups_of(self.train_idx), is_htl, clusters=clusters, cluster_name=column))
+                    subgroups.enrichment(groups, is_htl, clusters=clusters, cluster_name=column))
         _write_json(self.out / "state" / "attention.json", self._attention_sets(is_htl, others))
         self._write_gallery(is_htl)
         _write_json(self.out / "scores.json", items)

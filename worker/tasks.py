@@ -226,18 +226,20 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         if heartbeat.cancelled.is_set():
             raise JobCancelled()
         now = time.monotonic()
-        if p.stage != last["stage"]:
+        new_stage = p.stage != last["stage"]
+        if new_stage:
             log.info("job %s: stage %s (attempt %d, worker %s)", job_id, p.stage, job.attempt, worker)
         elif now - last["t"] < settings.progress_interval_s:
             return
-        last.update(t=now, stage=p.stage)
         try:
             with sessionmaker() as s:
-                mine, cancel = queries.report_progress(session=s, job_id=job_id, worker=worker, stage=p.stage, progress=round(p.overall, 4))
+                mine, cancel = queries.report_progress(session=s, job_id=job_id, worker=worker, stage=p.stage,
+                                                       progress=round(p.overall, 4), stage_started=new_stage)
                 s.commit()
-        except DBAPIError as e:  # the heartbeat thread keeps the job alive; report again next time
+        except DBAPIError as e:  # the heartbeat thread keeps the job alive; report again (the stage's start too) next time
             log.warning("job %s: progress report failed (%s)", job_id, type(e).__name__)
             return
+        last.update(t=now, stage=p.stage)
         if not mine:
             raise JobLost()
         if cancel:
@@ -267,7 +269,7 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
                 queries.replace_results(
                     session=session, job_id=job_id,
                     scores=[
-                        {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "labeled", "per_sparsity", "attributes")},
+                        {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "labeled", "per_sparsity", "attributes", "subgroups")},
                          "other_scores": item["scores"]}
                         for item in scores
                     ],

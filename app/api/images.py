@@ -13,7 +13,7 @@ from app.api.jobs import _succeeded_job
 from app.db import queries
 from app.db.models import Dataset
 from app.errors import InvalidInput, NotFound
-from app.gallery import MAX_SIZE, GalleryError, gallery_index, render_overlay
+from app.gallery import MAX_SIZE, GalleryError, gallery_index, layer_colour, render_overlay
 from app.schemas import ImageOut, error_responses
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/images", tags=["jobs"], responses=error_responses(400, 401, 404, 409, 422, 429, 500, 503))
@@ -37,8 +37,10 @@ def job_image(job_id: uuid.UUID, image_id: str, request: Request, owner: Current
     except GalleryError:
         layers = ["gt"]
     overlay = f"/v1/jobs/{job_id}/images/{image_id}/overlay.png?layers={','.join(layers)}"
+    colours = {layer: "#%02x%02x%02x" % layer_colour(layer, layers) for layer in layers}
     return ImageOut(image_id=image_id, rank=score.rank, htl_score=score.htl_score, is_htl=score.is_htl, labeled=score.labeled,
-                    per_sparsity=score.per_sparsity, scores=score.other_scores, attributes=score.attributes, layers=layers,
+                    per_sparsity=score.per_sparsity, scores=score.other_scores, attributes=score.attributes,
+                    subgroups=score.subgroups, layers=layers, layer_colours=colours,
                     links={"overlay": overlay, "image": f"/v1/jobs/{job_id}/images/{image_id}/overlay.png?layers="})
 
 

@@ -100,7 +100,7 @@ CSV_PAGE = 2000
 def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str]:
     """Every score as CSV, hardest first, read page by page in short sessions of its own (the
     request's session is closed while the body streams). Nested fields become columns:
-    pruned@<sparsity>, score:<scorer>, attr:<metadata column>."""
+    pruned@<sparsity>, score:<scorer>, attr:<metadata column>, group:<subgroup attribute>."""
     after, columns = None, None
     while True:
         with sessionmaker() as session:
@@ -109,13 +109,13 @@ def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str
         if columns is None:
             first = rows[0] if rows else None
             columns = (sorted(first.per_sparsity, key=float) if first else [], sorted(first.other_scores) if first else [],
-                       list(first.attributes) if first else [])
+                       list(first.attributes) if first else [], list(first.subgroups) if first else [])
             yield _csv_line(["rank", "image_id", "htl_score", "is_htl", "labeled", *(f"pruned@{s}" for s in columns[0]),
-                             *(f"score:{s}" for s in columns[1]), *(f"attr:{a}" for a in columns[2])])
+                             *(f"score:{s}" for s in columns[1]), *(f"attr:{a}" for a in columns[2]), *(f"group:{a}" for a in columns[3])])
         for r in rows:
             yield _csv_line([r.rank, r.image_id, repr(r.htl_score), r.is_htl, r.labeled, *(repr(r.per_sparsity.get(s, "")) for s in columns[0]),
                              *("" if r.other_scores.get(s) is None else repr(r.other_scores[s]) for s in columns[1]),
-                             *(r.attributes.get(a, "") for a in columns[2])])
+                             *(r.attributes.get(a, "") for a in columns[2]), *(r.subgroups.get(a, "") for a in columns[3])])
         if len(rows) < CSV_PAGE:
             return
         after = rows[-1].rank
@@ -146,7 +146,7 @@ def job_scores(
     rows = rows[:limit]
     items = [
         ScoreOut(image_id=r.image_id, htl_score=r.htl_score, is_htl=r.is_htl, rank=r.rank, labeled=r.labeled,
-                 per_sparsity=r.per_sparsity, scores=r.other_scores, attributes=r.attributes)
+                 per_sparsity=r.per_sparsity, scores=r.other_scores, attributes=r.attributes, subgroups=r.subgroups)
         for r in rows
     ]
     return Page(items=items, next_cursor=encode_cursor({"rank": rows[-1].rank}) if more else None)

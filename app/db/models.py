@@ -105,6 +105,19 @@ class Score(Base):
     other_scores: Mapped[dict]  # the other hardness scorers the spec asked for, by name
     labeled: Mapped[bool] = mapped_column(server_default=true())  # had the target its setting trains on
     attributes: Mapped[dict]
+    subgroups: Mapped[dict] = mapped_column(server_default=text("'{}'"))  # attribute -> the label enrichment gave it
+
+
+class JobStage(Base):
+    """When one stage of one attempt of a job started and ended (open while it runs)."""
+
+    __tablename__ = "job_stages"
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int]
+    stage: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
 
 
 class Metric(Base):

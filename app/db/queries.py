@@ -11,7 +11,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, Metric, Owner, Score, Worker
+from app.db.models import ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, JobStage, Metric, Owner, Score, Worker
 
 KEY_PREFIX = "htl_"
 
@@ -243,14 +243,35 @@ def cancel_requested(*, session: Session, job_id: uuid.UUID) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def report_progress(*, session: Session, job_id: uuid.UUID, worker: str, stage: str, progress: float) -> tuple[bool, bool]:
-    """Writes stage, progress and a heartbeat; answers (still this worker's job, cancel requested)."""
+def report_progress(
+    *, session: Session, job_id: uuid.UUID, worker: str, stage: str, progress: float, stage_started: bool = False,
+) -> tuple[bool, bool]:
+    """Writes stage, progress and a heartbeat; with stage_started, ends the stage before and opens a
+    job_stages row for this one. Answers (still this worker's job, cancel requested)."""
     now = utcnow()
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
         .values(stage=stage, progress=progress, heartbeat_at=now, updated_at=now)
     )
-    return result.rowcount == 1, bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    mine = result.rowcount == 1
+    if mine and stage_started:
+        _end_stages(session, job_id, now)
+        attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
+        session.add(JobStage(job_id=job_id, attempt=attempt, stage=stage, started_at=now))
+    return mine, bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def _end_stages(session: Session, job_id: uuid.UUID, now: datetime) -> None:
+    session.execute(update(JobStage).where(JobStage.job_id == job_id, JobStage.finished_at.is_(None)).values(finished_at=now))
+
+
+def stage_durations(*, session: Session) -> list[tuple[str, float]]:
+    """(stage, seconds) of every ended stage of every succeeded job."""
+    rows = session.execute(
+        select(JobStage.stage, JobStage.started_at, JobStage.finished_at).join(Job, Job.id == JobStage.job_id)
+        .where(Job.status == "succeeded", JobStage.finished_at.is_not(None))
+    )
+    return [(stage, (end - start).total_seconds()) for stage, start, end in rows]
 
 
 def release_job(*, session: Session, job_id: uuid.UUID, worker: str) -> bool:
@@ -260,6 +281,8 @@ def release_job(*, session: Session, job_id: uuid.UUID, worker: str) -> bool:
         update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
         .values(status="queued", worker=None, heartbeat_at=None, attempt=Job.attempt - 1, updated_at=utcnow())
     )
+    if result.rowcount == 1:
+        _end_stages(session, job_id, utcnow())
     return result.rowcount == 1
 
 
@@ -277,7 +300,10 @@ def finish_job(
     stmt = update(Job).where(Job.id == job_id, Job.status == from_status)
     if worker is not None:
         stmt = stmt.where(Job.worker == worker)
-    return session.execute(stmt.values(**values)).rowcount == 1
+    done = session.execute(stmt.values(**values)).rowcount == 1
+    if done:
+        _end_stages(session, job_id, now)
+    return done
 
 
 # --- results ---------------------------------------------------------------------------------------

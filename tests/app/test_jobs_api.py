@@ -121,8 +121,11 @@ def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
             break
     items = sum(pages, [])
     assert [i["rank"] for i in items] == list(range(1, 33))  # 40 images, 8 validation
-    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes"}
+    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes", "subgroups"}
     assert set(items[0]["per_sparsity"]) == {"0.5", "0.9"} and "site" in items[0]["attributes"]
+    # the labels enrichment counted: age banded, lesion contrast (an image property) in quartiles
+    assert {"site", "age", "image:lesion_contrast"} <= set(items[0]["subgroups"])
+    assert all(i["subgroups"]["site"] == i["attributes"]["site"] for i in items)
     htl = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"htl_only": True}).json()["items"]
     assert htl == [i for i in items if i["is_htl"]] and len(htl) == 3
 
@@ -288,6 +291,8 @@ def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
     hardest = scores[0]["image_id"]
     detail = client.get(f"/v1/jobs/{finished_job}/images/{hardest}", headers=alice).json()
     assert detail["rank"] == 1 and detail["is_htl"] and detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9"]
+    assert detail["layer_colours"]["gt"] == "#28dc3c" and len(set(detail["layer_colours"].values())) == 4
+    assert detail["subgroups"] == scores[0]["subgroups"]
     overlay = client.get(detail["links"]["overlay"], headers=alice)
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
     drawn = PILImage.open(_io.BytesIO(overlay.content))
