@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import web
 from app.api import datasets, health, images, jobs
 from app.db.session import make_engine, make_sessionmaker
 from app.errors import CODES, ApiError
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="htl-miner", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Find the images a localization model finds hard to learn, by pruning.")
     app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    app.mount("/static", web.Assets(directory=str(web.ASSETS)), name="static")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -150,6 +152,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error(500, "internal error", "INTERNAL")
 
-    for router in (health.router, datasets.router, jobs.router, images.router):
+    for router in (health.router, datasets.router, jobs.spec_router, jobs.router, images.router, web.router):
         app.include_router(router)
     return app

@@ -8,6 +8,7 @@ from typing import Iterator, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
 
 from app.api.deps import CurrentOwner, SessionDep
 from app.db import queries
@@ -16,7 +17,7 @@ from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
 from app.schemas import CheckpointOut, EvaluationOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
-from contract.jobspec import SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
+from contract.jobspec import JobSpec, SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 422, 429, 500, 503))
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -39,6 +40,21 @@ def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
 JOB_OPERATIONS = ("get_job", "cancel_job", "delete_job", "job_scores", "job_metrics", "job_subgroups", "job_checkpoints",
                   "job_evaluations")
 JOB_LINKS = {op: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}} for op in JOB_OPERATIONS}
+
+
+class JobSpecOut(BaseModel):
+    defaults: dict = Field(description="the spec every field left out of a job takes")
+    json_schema: dict = Field(alias="schema", description="the spec's JSON Schema (types, bounds, choices, descriptions)")
+
+
+spec_router = APIRouter(tags=["jobs"])
+
+
+@spec_router.get("/v1/job-spec", response_model=JobSpecOut, response_model_by_alias=True, operation_id="job_spec")
+def job_spec() -> dict:
+    """The job spec's defaults and JSON Schema, for forms and clients (no key needed: it is public,
+    like the OpenAPI document)."""
+    return {"defaults": JobSpec().model_dump(mode="json"), "schema": JobSpec.model_json_schema()}
 
 
 @router.post("", status_code=202, response_model=JobOut, operation_id="submit_job",

@@ -1,0 +1,275 @@
+// One job: live status; once it has succeeded, the HTL gallery (hardest first, filterable by
+// subgroup, with a detail view), who is weak, gap closing, scorer agreement, metrics and checkpoints.
+import { ApiError, getAll, getBlob, request } from "../api.js";
+import { bytes, duration, errorBox, eta, FINISHED, fixed, h, percent, signed, statusBadge, table, when } from "../dom.js";
+import { enrichmentPlot, gapPlot } from "../plots.js";
+
+const POLL_MS = 2000;
+const PAGE = 48;
+const THUMB = 192;
+
+const jobId = decodeURIComponent(location.pathname.split("/")[2] || "");
+
+function notFound(main) {
+  main.replaceChildren(h("h1", {}, "Job not found"),
+    h("p", { testid: "not-found" }, `There is no job ${jobId} under this API key.`), h("a", { href: "/jobs" }, "All jobs"));
+}
+
+function header(job, dataset, onCancel) {
+  const left = eta(job);
+  return h("section", { class: "card", "aria-label": "status" },
+    h("p", {}, "Dataset: ", dataset ? dataset.name : job.dataset_id, " · submitted ", when(job.created_at),
+      job.worker ? ` · worker ${job.worker}` : "", job.attempt > 1 ? ` · attempt ${job.attempt}` : ""),
+    h("p", { class: "status-line" }, statusBadge(job.status, { testid: "job-status" }),
+      job.stage ? ` stage ${job.stage}` : "", " ",
+      h("progress", { max: "1", value: String(job.progress) }), ` ${percent(job.progress)}`,
+      left === null ? "" : ` · about ${duration(left)} left`,
+      job.finished_at && job.started_at ? ` · took ${duration((new Date(job.finished_at) - new Date(job.started_at)) / 1000)}` : "",
+      FINISHED.includes(job.status) ? "" : h("button", { type: "button", class: "secondary", onclick: onCancel }, "Cancel")),
+    job.error ? h("p", { class: "error" }, job.error) : null,
+    job.warnings.length ? h("ul", { class: "warnings" }, job.warnings.map((w) => h("li", {}, w))) : null,
+    h("details", {}, h("summary", {}, "Spec as run"), h("pre", {}, JSON.stringify(job.spec, null, 2))));
+}
+
+async function imageInto(img, path) {
+  const url = URL.createObjectURL(await getBlob(path));
+  img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+  img.src = url;
+}
+
+const overlayPath = (image, layers, size) =>
+  `/v1/jobs/${jobId}/images/${encodeURIComponent(image)}/overlay.png?layers=${encodeURIComponent(layers.join(","))}&size=${size}`;
+
+function legend(layers, colours) {
+  return h("p", { class: "legend" }, layers.map((layer) => h("span", { class: "key" },
+    swatch(colours[layer]), layer === "gt" ? "ground truth" : layer === "dense" ? "dense model" : `${layer} model`)));
+}
+
+function swatch(colour) {
+  const box = h("span", { class: "swatch" });
+  box.style.backgroundColor = colour; // CSSOM, allowed by the page's style-src 'self'
+  return box;
+}
+
+function detailDialog() {
+  const dialog = h("dialog", { class: "detail", testid: "image-detail" });
+  document.body.append(dialog);
+  dialog.addEventListener("close", () => history.replaceState(null, "", location.pathname + location.search));
+  return async function open(imageId) {
+    history.replaceState(null, "", `#image=${encodeURIComponent(imageId)}`);
+    dialog.replaceChildren(h("p", {}, "Loading…"));
+    if (!dialog.open) dialog.showModal();
+    const image = await request(`/v1/jobs/${jobId}/images/${encodeURIComponent(imageId)}`);
+    const picture = h("img", { alt: `${image.image_id} with the chosen layers`, class: "full" });
+    const chosen = new Set(image.layers);
+    const redraw = () => imageInto(picture, overlayPath(image.image_id, image.layers.filter((l) => chosen.has(l)), 512));
+    const toggles = image.layers.map((layer) => h("label", { class: "inline" },
+      h("input", { type: "checkbox", checked: true, name: layer, onchange: (e) => { e.target.checked ? chosen.add(layer) : chosen.delete(layer); redraw(); } }),
+      swatch(image.layer_colours[layer]), ` ${layer}`));
+    dialog.replaceChildren(
+      h("form", { method: "dialog", class: "close" }, h("button", { type: "submit", "aria-label": "close" }, "Close")),
+      h("h2", {}, `#${image.rank} ${image.image_id}`, image.is_htl ? h("span", { class: "badge htl" }, "HTL") : null),
+      h("div", { class: "detail-body" },
+        h("figure", {}, picture, h("figcaption", {}, "Layers: ", toggles)),
+        h("div", {},
+          table(["Score", "Value"], [["htl_score (mean over sparsities)", fixed(image.htl_score)],
+            ...Object.entries(image.per_sparsity).map(([sp, v]) => [`disagreement at sparsity ${sp}`, fixed(v)]),
+            ...Object.entries(image.scores).map(([name, v]) => [name, fixed(v)])]),
+          table(["Attribute", "Value", "Subgroup"], Object.keys({ ...image.attributes, ...image.subgroups }).map((a) =>
+            [a, image.attributes[a] ?? "–", image.subgroups[a] ?? "–"])),
+          image.labeled ? null : h("p", { class: "hint" }, "This image had no target (mask or label) to train on."))));
+    await redraw();
+  };
+}
+
+function gallery(items, layers, colours, openDetail) {
+  const grid = h("div", { class: "gallery", testid: "htl-gallery" });
+  const more = h("button", { type: "button", class: "secondary" }, "Show more");
+  const count = h("p", { class: "hint", role: "status" });
+  const filter = h("select", { id: "gallery-filter", "aria-label": "filter by subgroup" });
+  const values = new Map();
+  for (const item of items) {
+    for (const [attribute, value] of Object.entries(item.subgroups)) {
+      const key = `${attribute}=${value}`;
+      values.set(key, (values.get(key) || 0) + 1);
+    }
+  }
+  filter.append(h("option", { value: "" }, `all HTL images (${items.length})`),
+    ...[...values.keys()].sort().map((key) => h("option", { value: key }, `${key.replace("=", " = ")} (${values.get(key)})`)));
+  let shown = [], next = 0;
+
+  function card(item) {
+    const img = h("img", { alt: `${item.image_id}: ${layers.join(", ")}`, width: THUMB, height: THUMB, loading: "lazy" });
+    imageInto(img, overlayPath(item.image_id, layers, THUMB)).catch(() => img.classList.add("broken"));
+    const scores = Object.entries(item.per_sparsity).map(([sp, v]) => `${sp}: ${fixed(v, 2)}`).join(" · ");
+    return h("button", { type: "button", class: "item", testid: "htl-item", dataset: { image: item.image_id },
+      onclick: () => openDetail(item.image_id) },
+      img, h("span", { class: "rank" }, `#${item.rank} ${item.image_id}`),
+      h("span", { class: "score" }, `htl ${fixed(item.htl_score)}`), h("span", { class: "per-sparsity" }, scores));
+  }
+
+  function showMore() {
+    grid.append(...shown.slice(next, next + PAGE).map(card));
+    next = Math.min(shown.length, next + PAGE);
+    more.hidden = next >= shown.length;
+    count.textContent = `${shown.length} image${shown.length === 1 ? "" : "s"}, hardest first; showing ${next}.`;
+  }
+
+  function apply() {
+    const [attribute, value] = filter.value ? [filter.value.slice(0, filter.value.indexOf("=")), filter.value.slice(filter.value.indexOf("=") + 1)] : [];
+    shown = attribute ? items.filter((item) => item.subgroups[attribute] === value) : items;
+    next = 0;
+    grid.replaceChildren();
+    showMore();
+  }
+
+  filter.addEventListener("change", apply);
+  more.addEventListener("click", showMore);
+  apply();
+  const select = (group) => {
+    const key = `${group.attribute}=${group.value}`;
+    if (!values.has(key)) return false;
+    filter.value = key;
+    apply();
+    return true;
+  };
+  return { element: h("div", {}, h("label", { for: "gallery-filter" }, "Subgroup "), filter, legend(layers, colours), count, grid, more), select };
+}
+
+function metricsTable(metrics) {
+  const names = Object.keys(metrics.models).filter((name) => !/-s\d+$/.test(name));
+  const columns = ["dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity"];
+  const available = columns.filter((c) => names.some((n) => metrics.models[n].overall[c] !== undefined));
+  const degenerate = new Set(metrics.degenerate_sparsities.map(String));
+  const rows = names.map((name) => {
+    const sparsity = name.startsWith("pruned@") ? name.slice(7) : null;
+    return [h("span", {}, name, sparsity && degenerate.has(String(Number(sparsity))) ? h("span", { class: "badge failed" }, "degenerate") : null),
+      metrics.models[name].n, ...available.map((c) => fixed(metrics.models[name].overall[c], 4))];
+  });
+  const delta = (label, d) => d && [label, "", ...available.map((c) =>
+    `${signed(d.overall[c], 4)} [${fixed(d.overall_ci95[c] && d.overall_ci95[c][0], 3)}, ${fixed(d.overall_ci95[c] && d.overall_ci95[c][1], 3)}]`)];
+  return table(["Model", "Images", ...available], [...rows,
+    delta("attended − dense (95% over seeds)", metrics.attended_vs_dense),
+    delta("attended − control", metrics.attended_vs_control)].filter(Boolean), { testid: "metrics-table" });
+}
+
+async function download(checkpoint, status) {
+  status.textContent = `Downloading ${checkpoint.name}…`;
+  const blob = await getBlob(`/v1/jobs/${jobId}/checkpoints/${encodeURIComponent(checkpoint.name)}`);
+  let check = "";
+  if (crypto.subtle) {
+    const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
+    const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+    check = hex === checkpoint.sha256 ? " (sha256 matches the server's)" : " (sha256 DOES NOT match the server's: do not use it)";
+  }
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: `${checkpoint.name}.${checkpoint.format}` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+  status.textContent = `Saved ${checkpoint.name}.${checkpoint.format}${check}.`;
+}
+
+async function results(main, job) {
+  const [htl, subgroups, metrics, checkpoints] = await Promise.all([
+    getAll(`/v1/jobs/${jobId}/scores`, { htl_only: "true" }),
+    request(`/v1/jobs/${jobId}/subgroups`),
+    request(`/v1/jobs/${jobId}/metrics`),
+    getAll(`/v1/jobs/${jobId}/checkpoints`),
+  ]);
+  const first = htl.length ? await request(`/v1/jobs/${jobId}/images/${encodeURIComponent(htl[0].image_id)}`) : null;
+  const openDetail = detailDialog();
+  const view = gallery(htl, first ? first.layers : ["gt"], first ? first.layer_colours : {}, (id) => openDetail(id).catch((e) => alert(e.message)));
+  const galleryBox = h("section", { id: "gallery" }, h("h2", {}, "Hard-to-learn images"),
+    h("p", { class: "hint" }, `The ${htl.length} training images the pruned models disagree with the dense model on most. `,
+      "Each thumbnail: the ground truth contour, the dense model's mask (tinted) and each pruned model's contour; ",
+      "below it the disagreement per sparsity. Click one for the full image and its layers."),
+    view.element);
+
+  const enrichment = subgroups.enrichment;
+  const pick = (group) => {
+    if (view.select(group)) document.getElementById("gallery").scrollIntoView({ behavior: "smooth" });
+  };
+  const weak = h("section", { id: "who-is-weak" }, h("h2", {}, "Who is weak"),
+    h("p", { class: "hint" }, `Each subgroup's share of HTL images relative to the overall ${percent(enrichment.htl_rate)}; `,
+      "filled and starred: significant after Benjamini-Hochberg at 5%. Click a row to filter the gallery."),
+    enrichmentPlot(enrichment.groups, pick), h("p", { class: "method" }, enrichment.method),
+    subgroups.single_seed ? h("p", { class: "warning" }, "One training seed: intervals do not include seed variance.") : null);
+
+  const gapBox = h("section", { id: "gap-closing" }, h("h2", {}, "Gap closing: did attention help the weak groups?"));
+  const gaps = subgroups.gap_closing || {};
+  for (const [split, gap] of Object.entries(gaps)) {
+    const rows = [{ attribute: "overall", value: "", ...gap.overall }, ...gap.subgroups];
+    gapBox.append(h("h3", {}, `${split} split`), gapPlot(gap),
+      table(["Subgroup", "Images", "Dense Dice", "Attended Dice", ...(gap.overall.control_dice !== undefined ? ["Control Dice"] : [])],
+        rows.map((r) => [r.attribute === "overall" ? "overall" : `${r.attribute} = ${r.value}`, r.n, fixed(r.dense_dice),
+          fixed(r.attended_dice), ...(r.control_dice !== undefined ? [fixed(r.control_dice)] : [])])),
+      h("p", { class: "method" }, gap.method));
+  }
+  if (!Object.keys(gaps).length) gapBox.append(h("p", {}, "No per-subgroup comparison for this job."));
+
+  const agreement = h("section", { id: "scorer-agreement" }, h("h2", {}, "Scorer agreement"),
+    metrics.scorer_agreement.length
+      ? table(["Scorer", "Scorer", "Spearman", "Top-set overlap", "Top k"], metrics.scorer_agreement.map((a) =>
+          [a.a, a.b, fixed(a.spearman), fixed(a.top_overlap, 2), a.top_k]), { testid: "scorer-agreement" })
+      : h("p", {}, "Only the pruning scorer ran; add scorers (loss, el2n, forgetting, ...) to the spec to compare rankings."));
+
+  const status = h("p", { role: "status", class: "hint" });
+  const metricsBox = h("section", { id: "metrics" }, h("h2", {}, `Metrics (${metrics.split} split)`), metricsTable(metrics),
+    metrics.splits.includes("test") ? h("p", { class: "hint" }, "Test split: ", h("a", { href: `/v1/jobs/${jobId}/metrics?split=test` }, "JSON")) : null,
+    h("h3", {}, "Checkpoints"),
+    table(["Name", "Sparsity", "Size", "sha256", ""], checkpoints.map((c) => [c.name, c.sparsity ?? "–", bytes(c.size_bytes),
+      h("code", { title: c.sha256 }, c.sha256.slice(0, 12)),
+      h("button", { type: "button", class: "secondary", onclick: () => download(c, status).catch((e) => { status.textContent = e.message; }) }, "Download")]),
+      { testid: "checkpoints" }), status);
+
+  main.append(h("nav", { class: "toc" }, [["gallery", "HTL gallery"], ["who-is-weak", "Who is weak"], ["gap-closing", "Gap closing"],
+    ["scorer-agreement", "Scorer agreement"], ["metrics", "Metrics and checkpoints"]].map(([id, text]) => h("a", { href: `#${id}` }, text))),
+  galleryBox, weak, gapBox, agreement, metricsBox);
+  const wanted = /^#image=(.+)$/.exec(location.hash);
+  if (wanted) openDetail(decodeURIComponent(wanted[1])).catch((e) => alert(e.message));
+}
+
+export async function render(main) {
+  let job;
+  try {
+    job = await request(`/v1/jobs/${encodeURIComponent(jobId)}`);
+  } catch (error) {
+    if (error instanceof ApiError && (error.status === 404 || error.status === 422)) return notFound(main);
+    throw error;
+  }
+  const dataset = await request(`/v1/datasets/${job.dataset_id}`).catch(() => null);
+  const title = h("h1", {}, `Job ${job.id.slice(0, 8)}`);
+  const problem = h("div");
+  let top = header(job, dataset, cancel);
+  main.replaceChildren(title, problem, top);
+  document.title = `Job ${job.id.slice(0, 8)} · htl-miner`;
+
+  async function cancel() {
+    try {
+      job = await request(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+      refreshHeader();
+    } catch (error) {
+      problem.replaceChildren(errorBox(error));
+    }
+  }
+
+  function refreshHeader() {
+    const fresh = header(job, dataset, cancel);
+    top.replaceWith(fresh);
+    top = fresh;
+  }
+
+  while (!FINISHED.includes(job.status)) {
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    try {
+      job = await request(`/v1/jobs/${job.id}`);
+      problem.replaceChildren();
+    } catch (error) {
+      problem.replaceChildren(errorBox(error));
+    }
+    refreshHeader();
+  }
+  if (job.status === "succeeded") await results(main, job);
+}
