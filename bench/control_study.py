@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def fmt_ci(ci) -> str:
-    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "(one seed: no interval)"
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci and ci[0] is not None else "(nothing to resample: no interval)"
 
 
 def report(out: Path, top_groups: int) -> str:

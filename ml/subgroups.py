@@ -157,7 +157,8 @@ def gap_closing(
     `dense`, `attended` and `control` are (seeds, images) per-image Dice, one row per training seed
     (a 1-D array is one seed). Each bootstrap replicate resamples seeds with replacement (when there
     are >= 2) and, independently, clusters with replacement within the subgroup (every image of a
-    drawn cluster enters); the statistic is the mean over drawn seeds of the mean over drawn images."""
+    drawn cluster enters); the statistic is the mean over drawn seeds of the mean over drawn images.
+    A subgroup of one cluster under one seed has nothing to resample: interval [None, None], p 1."""
     dense, attended = _as_seeds(dense, "dense"), _as_seeds(attended, "attended")
     control = None if control is None else _as_seeds(control, "control")
     if attended.shape != dense.shape or (control is not None and control.shape != dense.shape):
@@ -204,9 +205,13 @@ def gap_closing(
             sums = np.stack([np.bincount(local, weights=row, minlength=k) for row in d])   # (seeds, k)
             per_seed = (w @ sums.T) / drawn_images[:, None]        # (resamples, seeds)
             boot = (per_seed * v).sum(axis=1) / n_seeds
-            lo, hi = np.quantile(boot, [0.025, 0.975])
-            stats = {"difference": float(d.mean(axis=1).mean()),
-                     "difference_ci95": [float(lo), float(hi)], "p_value": _bootstrap_p(boot)}
+            if k < 2 and n_seeds < 2:
+                # one cluster, one seed: nothing to resample, so no interval and no evidence either way
+                stats = {"difference": float(d.mean(axis=1).mean()), "difference_ci95": [None, None], "p_value": 1.0}
+            else:
+                lo, hi = np.quantile(boot, [0.025, 0.975])
+                stats = {"difference": float(d.mean(axis=1).mean()),
+                         "difference_ci95": [float(lo), float(hi)], "p_value": _bootstrap_p(boot)}
             if key is None:
                 out.update(stats)
             else:

@@ -156,3 +156,14 @@ def test_gap_closing_with_a_random_control():
             assert row[key]["significant"] == (row[key]["p_adjusted"] < 0.05)
     assert set(out["overall"]["attended_vs_control"]) == {"difference", "difference_ci95", "p_value"}
     assert "control" in out["method"]
+
+
+def test_gap_closing_claims_nothing_for_a_single_image_under_one_seed():
+    dense = np.array([0.5, 0.5, 0.5, 0.5, 0.2])
+    attended = np.array([0.6, 0.6, 0.6, 0.6, 0.9])
+    result = gap_closing(dense, attended, {"site": ["a", "a", "a", "a", "lone"]}, resamples=500)
+    lone = next(g for g in result["subgroups"] if g["value"] == "lone")
+    assert lone["difference"] == pytest.approx(0.7)
+    assert lone["difference_ci95"] == [None, None] and lone["p_value"] == 1.0 and not lone["significant"]
+    many = next(g for g in result["subgroups"] if g["value"] == "a")
+    assert many["difference_ci95"][0] is not None

@@ -57,7 +57,7 @@ export function gapPlot(gap) {
   const series = SERIES.filter((x) => x.key === null || rows[0][x.key]);
   const pick = (row, x) => (x.key === null ? row : row[x.key]);
   const bound = Math.max(0.02, ...rows.flatMap((r) => series.map((x) => pick(r, x)).filter(Boolean)
-    .flatMap((d) => d.difference_ci95.map(Math.abs))));
+    .flatMap((d) => [d.difference, ...d.difference_ci95].filter((x) => x !== null).map(Math.abs))));
   const scale = (x) => LABEL + PAD + ((Math.max(-bound, Math.min(bound, x)) + bound) / (2 * bound)) * PLOT;
   const band = ROW * series.length;
   const top = 40, bottom = top + rows.length * band;
@@ -83,7 +83,8 @@ export function gapPlot(gap) {
           return s("g", { class: `${x.cls} ${d.significant ? "significant" : ""}` },
             s("title", {}, `${name}, ${x.name}: ${fixed(d.difference, 4)} (95% ${fixed(d.difference_ci95[0], 4)} to ${fixed(d.difference_ci95[1], 4)})` +
               (d.p_adjusted !== undefined ? `, adjusted p ${d.p_adjusted.toPrecision(2)}` : "")),
-            s("line", { class: "interval", x1: scale(d.difference_ci95[0]), x2: scale(d.difference_ci95[1]), y1: y, y2: y }),
+            d.difference_ci95[0] === null ? null // one image under one seed: no interval to draw
+              : s("line", { class: "interval", x1: scale(d.difference_ci95[0]), x2: scale(d.difference_ci95[1]), y1: y, y2: y }),
             s("circle", { class: "estimate", cx: scale(d.difference), cy: y, r: 4 }),
             s("text", { x: LABEL + PLOT + 2 * PAD, y: y + 4, class: "value" }, `${d.significant ? "* " : ""}${fixed(d.difference, 3)}`));
         }));
