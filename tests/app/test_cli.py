@@ -41,3 +41,22 @@ def test_htl_run_rejects_a_group_column_the_metadata_lacks(tmp_path):
     assert result.returncode == 2
     assert "split.group_column" in result.stderr and "patient" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from app.cli import build_parser
+
+    missing = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    walk(child, f"{name} {sub}")
+            elif not action.help and action.dest != "help":
+                missing.append(f"{name} {action.option_strings or action.dest}")
+
+    walk(build_parser(), "htl")
+    assert not missing, missing
