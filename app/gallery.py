@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from contract.layout import IMAGE_SUFFIXES, find_mask, read_mask
+from app.storage import Store
+from contract.layout import IMAGE_SUFFIXES, mask_names, read_mask
 
 MAX_SIZE = 1024
 # RGB per layer: ground truth green; dense blue; pruned models in warm colours, by rank of sparsity
@@ -22,19 +23,32 @@ class GalleryError(LookupError):
     pass
 
 
-def gallery_index(run_dir: Path) -> dict:
-    path = run_dir / "gallery.json"
-    if not path.is_file():
+def gallery_index(store: Store, run_prefix: str) -> dict:
+    path = store.local_file(f"{run_prefix}/gallery.json")
+    if path is None:
         raise GalleryError("this job kept no gallery masks (it ran before the gallery existed)")
     return json.loads(path.read_text())
 
 
-def image_file(dataset_dir: Path, image_id: str) -> Path:
-    for suffix in IMAGE_SUFFIXES:
-        for candidate in (dataset_dir / "images" / f"{image_id}{suffix}", dataset_dir / "images" / f"{image_id}{suffix.upper()}"):
-            if candidate.is_file():
-                return candidate
-    raise GalleryError(f"image {image_id!r} is not in the dataset")
+def _first_file(store: Store, keys: list[str]) -> Path | None:
+    for key in keys:
+        path = store.local_file(key)
+        if path is not None:
+            return path
+    return None
+
+
+def image_file(store: Store, dataset_key: str, image_id: str) -> Path:
+    names = [f"{image_id}{suffix}" for s in IMAGE_SUFFIXES for suffix in (s, s.upper())]
+    path = _first_file(store, [f"{dataset_key}/images/{name}" for name in names])
+    if path is None:
+        raise GalleryError(f"image {image_id!r} is not in the dataset")
+    return path
+
+
+def overlay_cache(settings, job_id) -> Path:
+    """This API process's cache of a job's rendered overlays (local, whatever the store)."""
+    return settings.scratch / "overlays" / str(job_id)
 
 
 def layer_colour(layer: str, layers: list[str]) -> tuple[int, int, int]:
@@ -50,21 +64,24 @@ def _contour(mask: np.ndarray, width: int) -> np.ndarray:
     return (np.asarray(shape) > 127) & ~(np.asarray(inner) > 127)
 
 
-def render_overlay(dataset_dir: Path, run_dir: Path, image_id: str, layers: list[str], size: int, cache_dir: Path) -> bytes:
+def render_overlay(store: Store, dataset_key: str, run_prefix: str, image_id: str, layers: list[str], size: int,
+                   cache_dir: Path) -> bytes:
     """The image at most `size` pixels on its long side; gt as a contour, dense as a tinted fill with
-    a contour, each pruned model as a contour. Unknown layers raise GalleryError naming them."""
-    index = gallery_index(run_dir)
+    a contour, each pruned model as a contour. Unknown layers raise GalleryError naming them. Files are
+    read through the store (in place, or from its scratch cache); the PNG is cached in cache_dir."""
+    index = gallery_index(store, run_prefix)
     known = ["gt", *index["layers"]]
     unknown = [layer for layer in layers if layer not in known]
     if unknown:
         raise GalleryError(f"unknown layers {unknown}; this job has {known}")
     if any(layer != "gt" for layer in layers) and image_id not in index["images"]:
         raise GalleryError(f"the job kept predicted masks only for its HTL images and {index['sample']} others; not for {image_id!r}")
-    source = image_file(dataset_dir, image_id)
-    key = hashlib.sha256(json.dumps([image_id, layers, size, source.stat().st_mtime_ns]).encode()).hexdigest()[:24]
+    # a dataset's files and a finished job's masks never change: the request alone names the picture
+    key = hashlib.sha256(json.dumps([dataset_key, run_prefix, image_id, layers, size]).encode()).hexdigest()[:24]
     cached = cache_dir / f"{key}.png"
     if cached.is_file():
         return cached.read_bytes()
+    source = image_file(store, dataset_key, image_id)
     with Image.open(source) as img:
         base = img.convert("RGB")
     base.thumbnail((size, size))
@@ -73,12 +90,15 @@ def render_overlay(dataset_dir: Path, run_dir: Path, image_id: str, layers: list
     width = max(1, round(max(h, w) / 200))
     for layer in layers:
         if layer == "gt":
-            mask_path = find_mask(dataset_dir / "masks", image_id)
+            mask_path = _first_file(store, [f"{dataset_key}/masks/{name}" for name in mask_names(image_id)])
             if mask_path is None:
                 continue  # an image without a mask has no ground truth to draw
             mask = read_mask(mask_path)
         else:
-            with Image.open(run_dir / "gallery" / layer / f"{image_id}.png") as m:
+            predicted = store.local_file(f"{run_prefix}/gallery/{layer}/{image_id}.png")
+            if predicted is None:
+                raise GalleryError(f"the job's {layer} mask of {image_id!r} is missing from the store")
+            with Image.open(predicted) as m:
                 mask = np.asarray(m.convert("L")) > 127
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
         colour = np.array(layer_colour(layer, index["layers"]), dtype=np.float32)

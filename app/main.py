@@ -30,7 +30,7 @@ from app.limits import JsonBodyLimit, RateLimiter, UploadSlots
 from app.observability import JobCollector, RequestMetrics
 from app.queue import make_celery
 from app.settings import Settings, get_settings
-from app.storage import ArtifactStore
+from app.storage import S3Store, make_store
 
 log = logging.getLogger("htl.api")
 
@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         for folder in remove_abandoned_uploads(settings.uploads, older_than_s=settings.abandoned_upload_after_s):
             log.warning("removed an abandoned upload's staging folder %s", folder)
+        if isinstance(app.state.store, S3Store):
+            app.state.store.ensure_bucket()
         yield
         app.state.engine.dispose()
 
@@ -97,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
-    app.state.store = ArtifactStore(settings.artifacts)
+    app.state.store = make_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)

@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="default: SQLite in data_dir")
     broker_url: str | None = Field(None, description="default: a filesystem broker in data_dir")
     artifact_dir: Path | None = Field(None, description="default: data_dir/artifacts")
+    storage_url: str | None = Field(None, description="s3://bucket/prefix: artifacts in S3-compatible object storage; "
+                                    "default: the local folder artifact_dir")
+    s3_endpoint_url: str | None = Field(None, description="the S3 server (SeaweedFS, MinIO, ...); default: AWS")
+    scratch_dir: Path | None = Field(None, description="local cache of stored files (object storage only); default: data_dir/scratch")
+    scratch_max_bytes: int = Field(50 * 1024**3, ge=0, description="the scratch cache evicts least recently used datasets and jobs past this")
 
     # ingest limits: an archive is refused before anything is written past these
     max_upload_bytes: int = 4 * 1024**3
@@ -75,6 +80,10 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def scratch(self) -> Path:
+        return (self.scratch_dir or self.data_dir / "scratch").resolve()
 
     @property
     def uploads(self) -> Path:

@@ -16,3 +16,24 @@ def shared_data() -> Path:
     if not (path / "ham10000").is_dir():
         pytest.skip(f"real data not found at {path} (set HTL_SHARED_DATA to the folder holding ham10000/)")
     return path
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """One SeaweedFS for the session (each test uses buckets of its own)."""
+    from tests.seaweedfs import start_seaweedfs, stop_seaweedfs
+
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    stop_seaweedfs(server)
+
+
+@pytest.fixture
+def s3_bucket(seaweedfs, request) -> str:
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    seaweedfs.client().create_bucket(Bucket=bucket)
+    return bucket

@@ -12,7 +12,6 @@ import time
 import traceback
 import uuid
 from datetime import timedelta
-from functools import lru_cache
 from pathlib import Path
 
 from celery import current_task
@@ -26,7 +25,7 @@ from app.db.models import Dataset, Job
 from app.db.session import make_engine, make_sessionmaker
 from app.queue import RUN_JOB, enqueue_job
 from app.settings import Settings, get_settings
-from app.storage import ArtifactStore, sha256_of
+from app.storage import Store, files_under, make_store, sha256_of
 from worker.celery_app import celery
 
 log = logging.getLogger("htl.worker")
@@ -36,13 +35,38 @@ class JobCancelled(Exception):
     pass
 
 
-@lru_cache
-def _connect(database_url: str, artifacts: Path):
-    return make_sessionmaker(make_engine(database_url)), ArtifactStore(artifacts)
+_RESOURCES: dict[tuple, tuple] = {}
 
 
 def _resources(settings: Settings):
-    return _connect(settings.resolved_database_url, settings.artifacts)
+    """One engine and one store per configuration, for the process's life."""
+    key = (settings.resolved_database_url, settings.storage_url, settings.s3_endpoint_url, str(settings.artifacts), str(settings.scratch))
+    if key not in _RESOURCES:
+        _RESOURCES[key] = (make_sessionmaker(make_engine(settings.resolved_database_url)), make_store(settings))
+    return _RESOURCES[key]
+
+
+class RunSync:
+    """Keeps a job's run folder in the store: with a store read in place nothing moves; otherwise
+    push() uploads what changed in the local (scratch) copy since the last push, so another worker
+    resumes after the last finished stage."""
+
+    def __init__(self, store: Store, prefix: str):
+        self.store, self.prefix = store, prefix
+        self.folder = store.local_tree(prefix)
+        self.seen = self._snapshot()
+
+    def _snapshot(self) -> dict[str, tuple[int, int]]:
+        return {rel: (p.stat().st_size, p.stat().st_mtime_ns) for rel, p in files_under(self.folder).items()}
+
+    def push(self) -> int:
+        if self.store.in_place:
+            return 0
+        now = self._snapshot()
+        changed = [rel for rel, stamp in now.items() if self.seen.get(rel) != stamp and not rel.endswith(".partial")]
+        self.store.put_tree(self.prefix, self.folder, only=changed)
+        self.seen = now
+        return len(changed)
 
 
 def worker_name() -> str:
@@ -206,8 +230,10 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             return "skipped"
         job = session.get(Job, job_id)
         dataset = session.get(Dataset, job.dataset_id)
-        spec_raw, data_dir, submit_warnings = job.spec, store.path(dataset.storage_key), list(job.warnings)
-    out = store.path(f"jobs/{job_id}/run")
+        spec_raw, dataset_key, submit_warnings = job.spec, dataset.storage_key, list(job.warnings)
+    data_dir = store.local_tree(dataset_key)
+    sync = RunSync(store, f"jobs/{job_id}/run")
+    out = sync.folder
     log.info("job %s: claimed by %s (attempt %d)", job_id, worker, job.attempt)
 
     from contract.jobspec import JobSpec
@@ -228,6 +254,7 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         now = time.monotonic()
         new_stage = p.stage != last["stage"]
         if new_stage:
+            sync.push()  # what the stages before wrote, for a worker that takes over
             log.info("job %s: stage %s (attempt %d, worker %s)", job_id, p.stage, job.attempt, worker)
         elif now - last["t"] < settings.progress_interval_s:
             return
@@ -256,6 +283,7 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     try:
         with heartbeat:
             Run(data_dir, JobSpec.model_validate(spec_raw), out, device=settings.device, progress=on_progress).run()
+        sync.push()
         scores = json.loads((out / "scores.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
         summary = {k: v for k, v in metrics.items() if k not in ("models",)}  # per-image values go to evaluations

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import CurrentOwner, SessionDep, SettingsDep, UploadOwner
 from app.db import queries
 from app.errors import Conflict, InvalidInput, NotFound
+from app.gallery import overlay_cache
 from app.ingest import Limits, ingest_archive
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.schemas import DatasetOut, Page, error_responses
@@ -66,8 +67,8 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
             max_compression_ratio=settings.max_compression_ratio, max_image_pixels=settings.max_image_pixels,
         )
         result = await run_in_threadpool(ingest_archive, work / "archive", work / "unpacked", limits)
-        store.adopt_dir(storage_key, work / "unpacked")
-        adopted = True
+        adopted = True  # from here a failure removes whatever reached the store
+        await run_in_threadpool(store.put_tree, storage_key, work / "unpacked", move=True)
         session = request.app.state.sessionmaker()
         dataset = queries.create_dataset(
             session=session, dataset_id=dataset_id, owner_id=owner.id, name=name, storage_key=storage_key,
@@ -108,7 +109,7 @@ def get_dataset(dataset_id: uuid.UUID, owner: CurrentOwner, session: SessionDep)
 
 
 @router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=error_responses(404, 409), operation_id="delete_dataset")
-def delete_dataset(dataset_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep) -> Response:
+def delete_dataset(dataset_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep) -> Response:
     """The dataset, its images' rows and files, and its finished jobs with their results and files.
     409 while one of its jobs is queued or running (cancel it first)."""
     dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=dataset_id)
@@ -124,5 +125,6 @@ def delete_dataset(dataset_id: uuid.UUID, request: Request, owner: CurrentOwner,
     store = request.app.state.store  # rows first: a crash between leaves files no row names, never rows without files
     for job_id in job_ids:
         store.delete(f"jobs/{job_id}")
+        shutil.rmtree(overlay_cache(settings, job_id), ignore_errors=True)
     store.delete(storage_key)
     return Response(status_code=204)

@@ -13,7 +13,7 @@ from app.api.jobs import _succeeded_job
 from app.db import queries
 from app.db.models import Dataset
 from app.errors import InvalidInput, NotFound
-from app.gallery import MAX_SIZE, GalleryError, gallery_index, layer_colour, render_overlay
+from app.gallery import MAX_SIZE, GalleryError, gallery_index, layer_colour, overlay_cache, render_overlay
 from app.schemas import ImageOut, error_responses
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/images", tags=["jobs"], responses=error_responses(400, 401, 404, 409, 422, 429, 500, 503))
@@ -32,7 +32,7 @@ def job_image(job_id: uuid.UUID, image_id: str, request: Request, owner: Current
     """One scored training image: rank, scores, metadata, which mask layers the gallery can draw."""
     _, score = _image(session, owner, job_id, image_id)
     try:
-        index = gallery_index(request.app.state.store.path(f"jobs/{job_id}/run"))
+        index = gallery_index(request.app.state.store, f"jobs/{job_id}/run")
         layers = ["gt", *index["layers"]] if image_id in index["images"] else ["gt"]
     except GalleryError:
         layers = ["gt"]
@@ -58,8 +58,8 @@ async def job_image_overlay(
     store = request.app.state.store
     chosen = [layer for layer in (part.strip() for part in layers.split(",")) if layer]
     try:
-        png = await run_in_threadpool(render_overlay, store.path(dataset.storage_key), store.path(f"jobs/{job_id}/run"),
-                                      image_id, chosen, size, store.path(f"jobs/{job_id}/run/overlays"))
+        png = await run_in_threadpool(render_overlay, store, dataset.storage_key, f"jobs/{job_id}/run", image_id, chosen, size,
+                                      overlay_cache(request.app.state.settings, job_id))
     except GalleryError as e:
         raise InvalidInput(str(e)) if "layers" in str(e) else NotFound(str(e)) from e
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import uuid
 from typing import Iterator, Literal
 
@@ -14,6 +15,7 @@ from app.api.deps import CurrentOwner, SessionDep
 from app.db import queries
 from app.db.models import FINISHED, Job
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
+from app.gallery import overlay_cache
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
 from app.schemas import CheckpointOut, EvaluationOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
@@ -279,4 +281,5 @@ def delete_job(job_id: uuid.UUID, request: Request, owner: CurrentOwner, session
     queries.delete_job_rows(session=session, job_id=job_id)
     session.commit()
     request.app.state.store.delete(f"jobs/{job_id}")
+    shutil.rmtree(overlay_cache(request.app.state.settings, job_id), ignore_errors=True)
     return Response(status_code=204)
