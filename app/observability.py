@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select
 
-from app.db import queries
+from app.db import queries, units
 from app.db.models import Job
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -65,7 +65,7 @@ class JobCollector:
                 for started, finished in session.execute(select(Job.started_at, Job.finished_at).where(
                     Job.status == "succeeded", Job.started_at.is_not(None), Job.finished_at.is_not(None)))
             ]
-            stages = queries.stage_durations(session=session)
+            stages = units.unit_durations(session=session)
         jobs = GaugeMetricFamily("htl_jobs", "jobs by status", labels=["status"])
         for status in JOB_STATUSES:
             jobs.add_metric([status], counts.get(status, 0))
@@ -74,8 +74,8 @@ class JobCollector:
         yield GaugeMetricFamily("htl_live_workers", "workers that stamped themselves alive lately", value=live)
         yield HistogramMetricFamily("htl_job_duration_seconds", "start to end of succeeded jobs",
                                     buckets=_buckets(durations, DURATION_BUCKETS), sum_value=sum(durations))
-        by_stage = HistogramMetricFamily("htl_stage_duration_seconds", "time each stage of a succeeded job took (per attempt)",
-                                         labels=["stage"])
+        by_stage = HistogramMetricFamily("htl_stage_duration_seconds", "time each unit of a succeeded job took, by its stage "
+                                         "(dense, score, attend, control, evaluate; a unit per seed where there is one)", labels=["stage"])
         for stage in sorted({name for name, _ in stages}):
             seconds = [d for name, d in stages if name == stage]
             by_stage.add_metric([stage], _buckets(seconds, STAGE_BUCKETS), sum(seconds))

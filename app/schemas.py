@@ -52,6 +52,17 @@ class JobCreate(BaseModel):
     spec: JobSpec = Field(default_factory=JobSpec)
 
 
+class UnitOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str = Field(description="dense[<seed>], score, attend[<seed>], control[<seed>], evaluate")
+    status: str = Field(description="waiting (for the units it needs), queued, running, succeeded, failed, cancelled")
+    worker: str | None = None
+    attempt: int
+    progress: float
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: uuid.UUID
@@ -69,6 +80,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime | None
+    units: list[UnitOut] = Field(default_factory=list, description="the job's graph: dense[seed] -> score -> attend[seed] "
+                                 "(and control[seed]) -> evaluate, each run by one worker; progress is their weighted sum")
 
 
 class ScoreOut(BaseModel):

@@ -4,6 +4,7 @@ models back from their checkpoint files, so a resumed run computes exactly what 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import random
@@ -169,11 +170,13 @@ class Run:
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _claim_out_dir(self, data_dir: Path) -> None:
+        # the dataset by content, not by path: each worker reads its own copy (a scratch cache)
+        fingerprint = hashlib.sha256(json.dumps([(r.image_id, r.mask_path is not None) for r in self.index.records]).encode()).hexdigest()
         run_file = self.out / "state" / "run.json"
-        identity = {"spec": self.spec_dict, "data_dir": str(data_dir)}
+        identity = {"spec": self.spec_dict, "dataset": fingerprint}
         if run_file.is_file():
             previous = json.loads(run_file.read_text())
-            if previous != identity:
+            if previous.get("spec") != identity["spec"] or previous.get("dataset", fingerprint) != fingerprint:
                 raise RunDirError(
                     f"{self.out} holds a run of another spec or dataset; choose a new output folder"
                 )
@@ -290,12 +293,15 @@ class Run:
 
     # --- stages ------------------------------------------------------------------------------
     def _train_each_seed(self, stage: str, base: str, weights_for, *, part: tuple[int, int] = (0, 1),
-                         record_dynamics: bool = False) -> dict[str, dict]:
+                         record_dynamics: bool = False, only_seed: int | None = None) -> dict[str, dict]:
         """Train a fresh model per seed and save it as base (suffixed per seed); weights_for(seed)
         answers its (loss_weights, sampling_weights). A seed that finished before an interruption is
-        not trained again. part=(i, n): this is the i-th of n trainings that make up the stage."""
+        not trained again. part=(i, n): this is the i-th of n trainings that make up the stage.
+        only_seed: train that seed alone (one unit of the job), reporting its own progress."""
         results = {}
         for k, seed in enumerate(self.seeds):
+            if only_seed is not None and seed != only_seed:
+                continue
             name = self.name(base, seed)
             done = self.out / "state" / f"{stage}-{name}.json"
             if done.is_file():
@@ -315,7 +321,7 @@ class Run:
             losses = self._train(
                 model, self._fit_config(seed), record=record, loss_weights=loss_weights, sampling_weights=sampling_weights,
                 on_epoch_end=on_epoch_end if record_dynamics else None,
-                progress=lambda f, l, k=k: self.report(stage, (part[0] + self._seed_fraction(k, f)) / part[1], l),
+                progress=lambda f, l, k=k: self.report(stage, f if only_seed is not None else (part[0] + self._seed_fraction(k, f)) / part[1], l),
             )
             self._save(model, name, seed=seed)
             if record is not None:
@@ -650,13 +656,54 @@ class Run:
             "gap_closing": gap or None,
         })
 
-    def run(self) -> dict:
-        for stage in STAGES:
+    # --- units (contract.units): the same stages, split so that several workers share a job ----
+    def run_unit(self, kind: str, seed: int | None = None) -> None:
+        """One unit of the job graph. dense[seed] and attend[seed]/control[seed] train one seed's model;
+        score runs prune and score over every dense seed; evaluate evaluates every model. A unit
+        whose inputs are missing raises instead of recomputing them."""
+        if kind == "dense":
+            self._train_each_seed("dense", "dense", lambda s: (None, None), record_dynamics=True, only_seed=self._seed(seed))
+        elif kind in ("attend", "control"):
+            self._require("score")
+            sets = json.loads((self.out / "state" / "attention.json").read_text())
+            if kind == "control" and "control" not in sets:
+                raise RunDirError("a control unit, but the spec asked for no control (attention.control)")
+            chosen = sets["attended"] if kind == "attend" else sets["control"][str(self._seed(seed))]
+            self._train_each_seed("attend", "attended" if kind == "attend" else "control", lambda s: self._boost(chosen),
+                                  only_seed=self._seed(seed))
+        elif kind == "score":
+            self._require_models("dense", ["dense"])
+            self._run_stages(("dense", "prune", "score"))
+        elif kind == "evaluate":
+            self._require_models("attend", ["attended", *(["control"] if self.spec.attention.control == "random" else [])])
+            self._run_stages(("attend", "evaluate"))
+        else:
+            raise ValueError(f"no unit kind {kind!r}")
+
+    def _seed(self, seed: int | None) -> int:
+        if seed not in self.seeds:
+            raise ValueError(f"seed {seed} is not one of the spec's seeds {self.seeds}")
+        return seed
+
+    def _require(self, stage: str) -> None:
+        if not self.finished(stage):
+            raise RunDirError(f"stage {stage} has not finished in {self.out}: its unit must succeed first")
+
+    def _require_models(self, stage: str, bases: list[str]) -> None:
+        missing = [self.name(b, s) for b in bases for s in self.seeds if not (self.out / "state" / f"{stage}-{self.name(b, s)}.json").is_file()]
+        if missing:
+            raise RunDirError(f"models not trained yet in {self.out}: {', '.join(missing)} (their units must succeed first)")
+
+    def _run_stages(self, stages: tuple[str, ...]) -> None:
+        for stage in stages:
             if self.finished(stage):
                 self.report(stage, 1.0)
                 continue
             self._stage = stage
             getattr(self, f"stage_{stage}")()
+
+    def run(self) -> dict:
+        self._run_stages(STAGES)
         return json.loads((self.out / "metrics.json").read_text())
 
 

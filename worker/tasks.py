@@ -16,10 +16,9 @@ from pathlib import Path
 
 from celery import current_task
 from celery.exceptions import Reject
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from app.db import queries
+from app.db import queries, units
 from app.db.base import utcnow
 from app.db.models import Dataset, Job
 from app.db.session import make_engine, make_sessionmaker
@@ -138,19 +137,20 @@ SHUTTING_DOWN = threading.Event()
 
 
 class Heartbeat:
-    """From a thread of its own, stamps the running job every interval, so a stage that reports no
-    progress for long (decoding, a slow epoch) still shows a live worker, and looks for a cancel
-    request every second, so the run stops at its next step whatever the stage. A database outage is
-    retried at the next round; `lost` is set once the job is no longer this worker's."""
+    """From a thread of its own, stamps the running unit every interval, so a stage that reports no
+    progress for long (decoding, a slow epoch) still shows a live worker, and looks every second for
+    a reason to stop (a cancel request, the job failing in another unit), so the run stops at its
+    next step whatever the stage. A database outage is retried at the next round; `lost` is set
+    once the unit is no longer this worker's."""
 
-    CANCEL_POLL_S = 1.0
+    POLL_S = 1.0
 
-    def __init__(self, sessionmaker, job_id: uuid.UUID, worker: str, interval_s: float):
+    def __init__(self, sessionmaker, job_id: uuid.UUID, unit: str, worker: str, interval_s: float):
         self.lost = threading.Event()
         self.cancelled = threading.Event()
         self._stop = threading.Event()
-        self._args = (sessionmaker, job_id, worker, interval_s)
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self._args = (sessionmaker, job_id, unit, worker, interval_s)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}-{unit}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -161,22 +161,24 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        sessionmaker, job_id, worker, interval_s = self._args
+        sessionmaker, job_id, unit, worker, interval_s = self._args
         last_beat = time.monotonic()
-        while not self._stop.wait(min(self.CANCEL_POLL_S, interval_s)):
+        while not self._stop.wait(min(self.POLL_S, interval_s)):
             try:
                 with sessionmaker() as session:
                     if time.monotonic() - last_beat >= interval_s:
-                        mine = queries.heartbeat(session=session, job_id=job_id, worker=worker)
+                        mine, stop = units.unit_heartbeat(session=session, job_id=job_id, name=unit, worker=worker)
                         session.commit()
                         last_beat = time.monotonic()
                         if not mine:
                             self.lost.set()
                             return
-                    if queries.cancel_requested(session=session, job_id=job_id):
+                    else:
+                        stop = queries.job_should_stop(session=session, job_id=job_id)
+                    if stop:
                         self.cancelled.set()
             except DBAPIError as e:
-                log.warning("job %s: heartbeat failed (%s); retrying", job_id, type(e).__name__)
+                log.warning("job %s %s: heartbeat failed (%s); retrying", job_id, unit, type(e).__name__)
 
 
 def torch_threads_for(settings: Settings, workers_on_host: int) -> int:
@@ -216,33 +218,55 @@ def _with_retries(action, *, what: str, attempts: int = 8, first_wait_s: float =
             wait = min(wait * 2, 15.0)
 
 
+# within a unit, each stage's share of the unit's work (the rest of the unit's stages report 0..1)
+UNIT_STAGES = {"score": {"dense": (0.0, 0.0), "prune": (0.0, 0.5), "score": (0.5, 1.0)},
+               "evaluate": {"attend": (0.0, 0.0), "evaluate": (0.0, 1.0)}}
+
+
+def _unit_fraction(kind: str, stage: str, fraction: float) -> float:
+    lo, hi = UNIT_STAGES.get(kind, {}).get(stage, (0.0, 1.0))
+    return lo + (hi - lo) * fraction
+
+
 def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
-    """Runs one job to its end; answers what happened: skipped, succeeded, failed, cancelled,
-    released (this worker is stopping; the job is queued again) or lost (another worker took it)."""
+    """Runs the job's units that are ready, one after another, until none is left for this worker;
+    answers what happened last: skipped (nothing to claim), waiting (other units still run
+    elsewhere), succeeded, failed, cancelled, released (this worker is stopping; the unit is queued
+    again) or lost (another worker took the unit over). Each unit another worker can take up is sent
+    to the queue as it becomes ready, so several workers share a job."""
+    ran = False
+    while True:
+        result = execute_unit(job_id, settings=settings, worker=worker)
+        if result == "skipped":
+            return "waiting" if ran else "skipped"
+        if result != "unit-succeeded":
+            return result
+        ran = True
+
+
+def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     sessionmaker, store = _resources(settings)
     stale_before = utcnow() - timedelta(seconds=settings.job_stale_after_s)
     with sessionmaker() as session:
-        claimed = queries.claim_job(session=session, job_id=job_id, worker=worker, stale_before=stale_before,
-                                    max_attempts=settings.max_attempts)
+        units.ensure_units(session=session, job_id=job_id)
+        claimed = units.claim_unit(session=session, job_id=job_id, worker=worker, stale_before=stale_before,
+                                   max_attempts=settings.max_attempts)
         session.commit()
-        if not claimed:
-            log.info("job %s: not claimable (finished, cancelled, running elsewhere or out of attempts); delivery ignored", job_id)
+        if claimed is None:
+            log.info("job %s: no unit to claim (finished, cancelled, running elsewhere or out of attempts); delivery ignored", job_id)
             return "skipped"
+        unit, kind, seed, attempt = claimed.name, claimed.kind, claimed.seed, claimed.attempt
         job = session.get(Job, job_id)
         dataset = session.get(Dataset, job.dataset_id)
         spec_raw, dataset_key, submit_warnings = job.spec, dataset.storage_key, list(job.warnings)
-    data_dir = store.local_tree(dataset_key)
-    sync = RunSync(store, f"jobs/{job_id}/run")
-    out = sync.folder
-    log.info("job %s: claimed by %s (attempt %d)", job_id, worker, job.attempt)
+    log.info("job %s: unit %s claimed by %s (attempt %d)", job_id, unit, worker, attempt)
 
     from contract.jobspec import JobSpec
     from ml.pipeline import Progress, Run
 
     _set_torch_threads(settings, sessionmaker)
-
     last = {"t": 0.0, "stage": None}
-    heartbeat = Heartbeat(sessionmaker, job_id, worker, settings.heartbeat_interval_s)
+    heartbeat = Heartbeat(sessionmaker, job_id, unit, worker, settings.heartbeat_interval_s)
 
     def on_progress(p: Progress) -> None:
         if SHUTTING_DOWN.is_set():
@@ -252,94 +276,115 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         if heartbeat.cancelled.is_set():
             raise JobCancelled()
         now = time.monotonic()
-        new_stage = p.stage != last["stage"]
-        if new_stage:
-            sync.push()  # what the stages before wrote, for a worker that takes over
-            log.info("job %s: stage %s (attempt %d, worker %s)", job_id, p.stage, job.attempt, worker)
+        if p.stage != last["stage"]:
+            log.info("job %s: unit %s, stage %s (attempt %d, worker %s)", job_id, unit, p.stage, attempt, worker)
         elif now - last["t"] < settings.progress_interval_s:
             return
         try:
             with sessionmaker() as s:
-                mine, cancel = queries.report_progress(session=s, job_id=job_id, worker=worker, stage=p.stage,
-                                                       progress=round(p.overall, 4), stage_started=new_stage)
+                mine, stop = units.report_unit_progress(session=s, job_id=job_id, name=unit, worker=worker, stage=p.stage,
+                                                        progress=round(_unit_fraction(kind, p.stage, p.stage_fraction), 4))
                 s.commit()
-        except DBAPIError as e:  # the heartbeat thread keeps the job alive; report again (the stage's start too) next time
+        except DBAPIError as e:  # the heartbeat thread keeps the unit alive; report again next time
             log.warning("job %s: progress report failed (%s)", job_id, type(e).__name__)
             return
         last.update(t=now, stage=p.stage)
         if not mine:
             raise JobLost()
-        if cancel:
+        if stop:
             raise JobCancelled()
 
-    def finish(status: str, error: str | None = None) -> bool:
-        def write():
+    def write(action, what: str):
+        def transaction():
             with sessionmaker() as session:
-                done = queries.finish_job(session=session, job_id=job_id, status=status, error=error, worker=worker)
+                result = action(session)
                 session.commit()
-                return done
-        return _with_retries(write, what=f"job {job_id}: recording {status}")
+                return result
+        return _with_retries(transaction, what=f"job {job_id}: {what}")
 
     try:
+        data_dir = store.local_tree(dataset_key)
+        sync = RunSync(store, f"jobs/{job_id}/run")
+        out = sync.folder
         with heartbeat:
-            Run(data_dir, JobSpec.model_validate(spec_raw), out, device=settings.device, progress=on_progress).run()
-        sync.push()
-        scores = json.loads((out / "scores.json").read_text())
-        metrics = json.loads((out / "metrics.json").read_text())
-        summary = {k: v for k, v in metrics.items() if k not in ("models",)}  # per-image values go to evaluations
-        warnings = submit_warnings + [w for w in metrics.get("warnings", []) if w not in submit_warnings]
-
-        def persist() -> bool:
-            with sessionmaker() as session:
-                if not queries.finish_job(session=session, job_id=job_id, status="succeeded", warnings=warnings, worker=worker):
-                    session.rollback()
-                    return False
-                queries.replace_results(
-                    session=session, job_id=job_id,
-                    scores=[
-                        {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "labeled", "per_sparsity", "attributes", "subgroups")},
-                         "other_scores": item["scores"]}
-                        for item in scores
-                    ],
-                    metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id), evaluations=_evaluation_rows(metrics),
-                    reports={"subgroups": json.loads((out / "subgroups.json").read_text()), "summary": summary},
-                )
-                session.commit()
-                return True
-
-        if not _with_retries(persist, what=f"job {job_id}: writing results"):
-            log.warning("job %s: taken over by another worker before its results were written; this run's are dropped", job_id)
+            run = Run(data_dir, JobSpec.model_validate(spec_raw), out, device=settings.device, progress=on_progress)
+            run.run_unit(kind, seed)
+        sync.push()  # what this unit made, for the units after it (on whatever worker)
+        if heartbeat.cancelled.is_set():
+            raise JobCancelled()
+        if kind == "evaluate":
+            return _finish_job(job_id, unit, out, submit_warnings, worker=worker, sessionmaker=sessionmaker)
+        ready = write(lambda s: units.complete_unit(session=s, job_id=job_id, name=unit, worker=worker), f"completing {unit}")
+        if ready is None:
+            log.warning("job %s: unit %s was taken over before it completed here; this run's result is dropped", job_id, unit)
             return "lost"
-        return "succeeded"
+        log.info("job %s: unit %s succeeded on %s; ready now: %s", job_id, unit, worker, ", ".join(ready) or "nothing")
+        for _ in ready[1:]:  # this worker takes one itself; others may take the rest
+            _send(job_id)
+        return "unit-succeeded"
     except JobCancelled:
-        finish("cancelled", "cancelled on request")
+        def cancel(s):
+            # a cancel request: the job ends cancelled; a job another unit failed stays failed
+            queries.finish_job(session=s, job_id=job_id, status="cancelled", error="cancelled on request")
+            units.end_units(session=s, job_id=job_id)
+        write(cancel, "recording the cancel")
         return "cancelled"
     except JobLost:
-        log.warning("job %s: taken over by another worker; stopping this run", job_id)
+        log.warning("job %s: unit %s taken over by another worker; stopping this run", job_id, unit)
         return "lost"
     except JobReleased:
-        def release():
-            with sessionmaker() as session:
-                released = queries.release_job(session=session, job_id=job_id, worker=worker)
-                session.commit()
-                return released
-        if _with_retries(release, what=f"job {job_id}: giving it back"):
-            log.warning("job %s: worker %s is stopping; the job is queued again and resumes after its last finished stage", job_id, worker)
-            try:
-                enqueue_job(celery, job_id)
-            except Exception as e:  # noqa: BLE001 - the sweep of any live worker sends it again
-                log.warning("job %s: could not send it again now (%s); the next sweep will", job_id, e)
+        if write(lambda s: units.release_unit(session=s, job_id=job_id, name=unit, worker=worker), f"giving {unit} back"):
+            log.warning("job %s: worker %s is stopping; unit %s is queued again and starts over on another worker", job_id, worker, unit)
+            _send(job_id)
         return "released"
     except Exception as e:  # noqa: BLE001 - any failure is stored on the job, readable
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        stage = None
-        try:
-            with sessionmaker() as session:
-                stage = session.scalar(select(Job.stage).where(Job.id == job_id))
-        except DBAPIError:
-            pass
-        finish("failed", f"{stage or 'start'}: {type(e).__name__}: {e}")
+        log.error("job %s: unit %s failed:\n%s", job_id, unit, traceback.format_exc())
+        error = f"{unit}: {type(e).__name__}: {e}"
+
+        def fail(s):
+            if queries.finish_job(session=s, job_id=job_id, status="failed", error=error):
+                units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
+        write(fail, "recording the failure")
         return "failed"
+
+
+def _finish_job(job_id: uuid.UUID, unit: str, out: Path, submit_warnings: list[str], *, worker: str, sessionmaker) -> str:
+    """The last unit: the job's results go to the database with the job's success, in one transaction."""
+    scores = json.loads((out / "scores.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    summary = {k: v for k, v in metrics.items() if k not in ("models",)}  # per-image values go to evaluations
+    warnings = submit_warnings + [w for w in metrics.get("warnings", []) if w not in submit_warnings]
+
+    def persist() -> bool:
+        with sessionmaker() as session:
+            if units.complete_unit(session=session, job_id=job_id, name=unit, worker=worker) is None or not queries.finish_job(
+                    session=session, job_id=job_id, status="succeeded", warnings=warnings):
+                session.rollback()
+                return False
+            queries.replace_results(
+                session=session, job_id=job_id,
+                scores=[
+                    {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "labeled", "per_sparsity", "attributes", "subgroups")},
+                     "other_scores": item["scores"]}
+                    for item in scores
+                ],
+                metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id), evaluations=_evaluation_rows(metrics),
+                reports={"subgroups": json.loads((out / "subgroups.json").read_text()), "summary": summary},
+            )
+            session.commit()
+            return True
+
+    if not _with_retries(persist, what=f"job {job_id}: writing results"):
+        log.warning("job %s: taken over by another worker before its results were written; this run's are dropped", job_id)
+        return "lost"
+    return "succeeded"
+
+
+def _send(job_id: uuid.UUID) -> None:
+    try:
+        enqueue_job(celery, job_id)
+    except Exception as e:  # noqa: BLE001 - the sweep of any live worker sends it again
+        log.warning("job %s: could not send it to the queue now (%s); the next sweep will", job_id, e)
 
 
 @celery.task(name=RUN_JOB)
@@ -355,23 +400,29 @@ def run_job(job_id: str) -> str:
 
 
 def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
-    """Send again what no worker will otherwise take: queued jobs whose message may be lost (a broker
-    restart without persistence) and running jobs whose worker went silent, while they have attempts
-    left; fail those that have none. Any worker may sweep: a job sent twice is claimed once."""
+    """Send again what no worker will otherwise take: jobs with a queued unit whose message may be
+    lost (a broker restart without persistence), a running unit whose worker went silent (while it
+    has attempts left) or a waiting unit whose deps have all succeeded; fail jobs with a unit out of
+    attempts. Any worker may sweep: a job sent twice has each unit claimed once."""
     settings = settings or get_settings()
     sessionmaker, _ = _resources(settings)
     now = utcnow()
+    stale_before = now - timedelta(seconds=settings.job_stale_after_s)
     with sessionmaker() as session:
-        failed = queries.fail_exhausted(session=session, stale_before=now - timedelta(seconds=settings.job_stale_after_s),
-                                        max_attempts=settings.max_attempts)
-        ids = queries.requeue_candidates(
-            session=session, stale_before=now - timedelta(seconds=settings.job_stale_after_s),
+        lost = units.exhausted(session=session, stale_before=stale_before, max_attempts=settings.max_attempts)
+        for job_id, unit in lost:
+            error = (f"{unit}: worker lost: the worker running it went silent on each of {settings.max_attempts} attempts "
+                     "(HTL_MAX_ATTEMPTS); giving up")
+            if queries.finish_job(session=session, job_id=job_id, status="failed", error=error):
+                units.end_units(session=session, job_id=job_id, failed_unit=unit, error=error)
+        ids = units.resend_candidates(
+            session=session, stale_before=stale_before,
             queued_before=now - timedelta(seconds=max(settings.sweep_interval_s, settings.job_stale_after_s)),
             max_attempts=settings.max_attempts,
         )
         session.commit()
-    for job_id in failed:
-        log.warning("job %s: failed, its worker was lost %d times", job_id, settings.max_attempts)
+    for job_id, unit in lost:
+        log.warning("job %s: failed, the worker of unit %s was lost %d times", job_id, unit, settings.max_attempts)
     for job_id in ids:
         log.warning("job %s: sent again by the sweep", job_id)
         enqueue_job(celery, job_id)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import CurrentOwner, SessionDep
 from app.db import queries
+from app.db import units as job_units
 from app.db.models import FINISHED, Job
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.gallery import overlay_cache
@@ -20,6 +21,7 @@ from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
 from app.schemas import CheckpointOut, EvaluationOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
 from contract.jobspec import JobSpec, SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
+from contract.units import plan_units
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 422, 429, 500, 503))
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -76,11 +78,14 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
     job = queries.create_job(session=session, owner_id=owner.id, dataset_id=dataset.id, spec=spec.model_dump(mode="json"), warnings=warnings)
     session.commit()
     try:
-        enqueue_job(request.app.state.celery, job.id)
+        for _ in [p for p in plan_units(spec) if not p.deps]:  # a message per unit that can start: one per dense seed
+            enqueue_job(request.app.state.celery, job.id)
     except Unavailable as e:
-        queries.finish_job(session=session, job_id=job.id, status="failed", error=e.detail, from_status="queued")
+        if queries.finish_job(session=session, job_id=job.id, status="failed", error=e.detail, from_status="queued"):
+            job_units.end_units(session=session, job_id=job.id)
         session.commit()
         raise
+    session.refresh(job)
     return JobOut.model_validate(job)
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text, true
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, CreatedAt, UUIDPrimaryKey
 
@@ -77,6 +77,7 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     updated_at: Mapped[datetime | None]
     # what the user should know about how the job ran (resolved split column, degenerate sparsities)
     warnings: Mapped[list] = mapped_column(default=list, server_default=text("'[]'"))
+    units: Mapped[list["JobUnit"]] = relationship(order_by="JobUnit.position", lazy="selectin", passive_deletes=True, viewonly=True)
 
 
 class Worker(Base):
@@ -108,15 +109,27 @@ class Score(Base):
     subgroups: Mapped[dict] = mapped_column(server_default=text("'{}'"))  # attribute -> the label enrichment gave it
 
 
-class JobStage(Base):
-    """When one stage of one attempt of a job started and ended (open while it runs)."""
+class JobUnit(Base):
+    """One unit of a job's graph (contract.units): claimed, heartbeated and resumed on its own.
+    waiting (for its deps) -> queued -> running -> succeeded | failed | cancelled."""
 
-    __tablename__ = "job_stages"
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    attempt: Mapped[int]
-    stage: Mapped[str] = mapped_column(String(40))
-    started_at: Mapped[datetime]
+    __tablename__ = "job_units"
+    __table_args__ = (Index("ix_job_units_status", "status"),)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int | None]
+    position: Mapped[int]
+    deps: Mapped[list]
+    weight: Mapped[float]
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[float] = mapped_column(default=0.0)
+    attempt: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
 

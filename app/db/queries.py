@@ -7,11 +7,12 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.db import units
 from app.db.base import utcnow
-from app.db.models import ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, JobStage, Metric, Owner, Score, Worker
+from app.db.models import ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, Metric, Owner, Score, Worker
 
 KEY_PREFIX = "htl_"
 
@@ -105,6 +106,7 @@ def create_job(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, 
               warnings=list(warnings or []))
     session.add(job)
     session.flush()
+    units.create_units(session=session, job_id=job.id, spec=spec)
     return job
 
 
@@ -153,69 +155,13 @@ def request_cancel(*, session: Session, job: Job) -> None:
     progress report."""
     now = utcnow()
     if job.status == "queued":
-        session.execute(
+        if session.execute(
             update(Job).where(Job.id == job.id, Job.status == "queued")
             .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
-        )
+        ).rowcount:
+            units.end_units(session=session, job_id=job.id)
     elif job.status == "running":
         session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
-
-
-def _orphaned(stale_before: datetime):
-    """A running job whose worker went silent. Nothing else makes a running job another's to take:
-    worker names are unique per process, and a live worker heartbeats while it runs."""
-    return and_(Job.status == "running", Job.heartbeat_at < stale_before)
-
-
-def claim_job(*, session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime, max_attempts: int = 1000) -> bool:
-    """Atomically move a queued or orphaned job to running. False when the job is finished,
-    cancelled, or running on a live worker: that delivery does nothing."""
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.cancel_requested.is_(False),
-            Job.attempt < max_attempts,
-            or_(Job.status == "queued", _orphaned(stale_before)),
-        )
-        .values(
-            status="running", attempt=Job.attempt + 1, worker=worker, error=None,
-            started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, updated_at=now,
-        )
-    )
-    return result.rowcount == 1
-
-
-def requeue_candidates(*, session: Session, stale_before: datetime, queued_before: datetime, max_attempts: int) -> list[uuid.UUID]:
-    """Jobs to send again: queued ones untouched since queued_before (their message may have been
-    lost; re-sending stamps them, so a sweep does not send them again at once) and running ones whose
-    worker went silent, with attempts left. Sending a job twice is harmless: one delivery claims it."""
-    ids = list(session.scalars(
-        select(Job.id).where(
-            Job.cancel_requested.is_(False),
-            or_(and_(Job.status == "queued", Job.updated_at < queued_before),
-                and_(_orphaned(stale_before), Job.attempt < max_attempts)),
-        ).order_by(Job.created_at)
-    ))
-    if ids:
-        session.execute(update(Job).where(Job.id.in_(ids), Job.status == "queued").values(updated_at=utcnow()))
-    return ids
-
-
-def fail_exhausted(*, session: Session, stale_before: datetime, max_attempts: int) -> list[uuid.UUID]:
-    """Running jobs whose worker went silent and that have used every attempt: failed, with why."""
-    ids = list(session.scalars(select(Job.id).where(_orphaned(stale_before), Job.attempt >= max_attempts)))
-    now = utcnow()
-    for job_id in ids:
-        session.execute(
-            update(Job).where(Job.id == job_id, _orphaned(stale_before)).values(
-                status="failed", finished_at=now, updated_at=now,
-                error=f"worker lost: the worker running it went silent on each of {max_attempts} attempts "
-                      "(HTL_MAX_ATTEMPTS); giving up",
-            )
-        )
-    return ids
 
 
 def worker_alive(*, session: Session, name: str, hostname: str, pid: int) -> None:
@@ -230,60 +176,14 @@ def live_workers(*, session: Session, since: datetime) -> list[Worker]:
     return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= since).order_by(Worker.name)))
 
 
-def heartbeat(*, session: Session, job_id: uuid.UUID, worker: str) -> bool:
-    """Stamps the job as alive; False when it is no longer this worker's to run."""
-    now = utcnow()
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker).values(heartbeat_at=now)
-    )
-    return result.rowcount == 1
-
-
 def cancel_requested(*, session: Session, job_id: uuid.UUID) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def report_progress(
-    *, session: Session, job_id: uuid.UUID, worker: str, stage: str, progress: float, stage_started: bool = False,
-) -> tuple[bool, bool]:
-    """Writes stage, progress and a heartbeat; with stage_started, ends the stage before and opens a
-    job_stages row for this one. Answers (still this worker's job, cancel requested)."""
-    now = utcnow()
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
-        .values(stage=stage, progress=progress, heartbeat_at=now, updated_at=now)
-    )
-    mine = result.rowcount == 1
-    if mine and stage_started:
-        _end_stages(session, job_id, now)
-        attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
-        session.add(JobStage(job_id=job_id, attempt=attempt, stage=stage, started_at=now))
-    return mine, bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
-
-
-def _end_stages(session: Session, job_id: uuid.UUID, now: datetime) -> None:
-    session.execute(update(JobStage).where(JobStage.job_id == job_id, JobStage.finished_at.is_(None)).values(finished_at=now))
-
-
-def stage_durations(*, session: Session) -> list[tuple[str, float]]:
-    """(stage, seconds) of every ended stage of every succeeded job."""
-    rows = session.execute(
-        select(JobStage.stage, JobStage.started_at, JobStage.finished_at).join(Job, Job.id == JobStage.job_id)
-        .where(Job.status == "succeeded", JobStage.finished_at.is_not(None))
-    )
-    return [(stage, (end - start).total_seconds()) for stage, start, end in rows]
-
-
-def release_job(*, session: Session, job_id: uuid.UUID, worker: str) -> bool:
-    """A stopping worker gives its running job back, queued again for another to resume. A job given
-    back was not lost: its attempt does not count against HTL_MAX_ATTEMPTS."""
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
-        .values(status="queued", worker=None, heartbeat_at=None, attempt=Job.attempt - 1, updated_at=utcnow())
-    )
-    if result.rowcount == 1:
-        _end_stages(session, job_id, utcnow())
-    return result.rowcount == 1
+def job_should_stop(*, session: Session, job_id: uuid.UUID) -> bool:
+    """A cancel was requested, or the job ended (another of its units failed)."""
+    row = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
+    return row is None or row.cancel_requested or row.status not in ("queued", "running")
 
 
 def finish_job(
@@ -300,10 +200,7 @@ def finish_job(
     stmt = update(Job).where(Job.id == job_id, Job.status == from_status)
     if worker is not None:
         stmt = stmt.where(Job.worker == worker)
-    done = session.execute(stmt.values(**values)).rowcount == 1
-    if done:
-        _end_stages(session, job_id, now)
-    return done
+    return session.execute(stmt.values(**values)).rowcount == 1
 
 
 # --- results ---------------------------------------------------------------------------------------

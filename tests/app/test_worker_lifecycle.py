@@ -14,9 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.db import queries
+from sqlalchemy import select, update
+
+from app.db import units
 from app.db.base import utcnow
-from app.db.models import Checkpoint, Job, Metric, Score
+from app.db.models import Checkpoint, Job, JobUnit, Metric, Score
 from app.db.session import make_engine, make_sessionmaker
 from worker import tasks
 
@@ -28,60 +30,80 @@ from .test_worker_process import wait_for, worker_process, worker_settings  # no
 LONG = {**TINY, "train": {"epochs": 60, "batch_size": 8}}
 
 
-def _age(factory, job_id, *, heartbeat_s: float | None = None, updated_s: float | None = None, **values):
+def _age(factory, job_id, *, heartbeat_s: float | None = None, queued_s: float | None = None, **values):
+    """Backdates the job's open units (queued or running), as if time had passed."""
     with factory() as session:
-        job = session.get(Job, uuid.UUID(str(job_id)))
-        if heartbeat_s is not None:
-            job.heartbeat_at = utcnow() - timedelta(seconds=heartbeat_s)
-        if updated_s is not None:
-            job.updated_at = utcnow() - timedelta(seconds=updated_s)
-        for k, v in values.items():
-            setattr(job, k, v)
+        for unit in session.scalars(select(JobUnit).where(JobUnit.job_id == uuid.UUID(str(job_id)), JobUnit.status.in_(("queued", "running")))):
+            if heartbeat_s is not None:
+                unit.heartbeat_at = utcnow() - timedelta(seconds=heartbeat_s)
+            if queued_s is not None:
+                unit.queued_at = utcnow() - timedelta(seconds=queued_s)
+            for k, v in values.items():
+                setattr(unit, k, v)
         session.commit()
 
 
-def _claim(factory, job_id, worker: str, stale_s: float = 300, max_attempts: int = 3) -> bool:
+def _claim(factory, job_id, worker: str, stale_s: float = 300, max_attempts: int = 3) -> str | None:
     with factory() as session:
-        ok = queries.claim_job(session=session, job_id=uuid.UUID(str(job_id)), worker=worker,
-                               stale_before=utcnow() - timedelta(seconds=stale_s), max_attempts=max_attempts)
+        unit = units.claim_unit(session=session, job_id=uuid.UUID(str(job_id)), worker=worker,
+                                stale_before=utcnow() - timedelta(seconds=stale_s), max_attempts=max_attempts)
         session.commit()
-        return ok
+        return unit and unit.name
 
 
-def test_a_running_job_is_taken_over_only_when_its_heartbeat_is_stale(client, alice, dataset_id, session_factory):
+def test_a_running_unit_is_taken_over_only_when_its_heartbeat_is_stale(client, alice, dataset_id, session_factory):
     job = submit(client, alice, dataset_id).json()["id"]
-    assert _claim(session_factory, job, "htl-aaaa@host")
-    # the same name again (a restarted process, or a second worker that took the name) is not enough
-    assert not _claim(session_factory, job, "htl-aaaa@host")
-    assert not _claim(session_factory, job, "htl-bbbb@host")
+    assert _claim(session_factory, job, "htl-aaaa@host") == "dense[0]"
+    # the same name again (a restarted process, or a second worker that took the name) is not enough,
+    # and nothing else is ready: score waits for every dense seed
+    assert _claim(session_factory, job, "htl-aaaa@host") is None
+    assert _claim(session_factory, job, "htl-bbbb@host") is None
     _age(session_factory, job, heartbeat_s=301)
-    assert _claim(session_factory, job, "htl-bbbb@host")
+    assert _claim(session_factory, job, "htl-bbbb@host") == "dense[0]"
     with session_factory() as session:
-        row = session.get(Job, uuid.UUID(job))
-        assert row.worker == "htl-bbbb@host" and row.attempt == 2
-        # the first worker learns the job is no longer its own
-        assert queries.heartbeat(session=session, job_id=row.id, worker="htl-aaaa@host") is False
-        assert queries.report_progress(session=session, job_id=row.id, worker="htl-aaaa@host", stage="dense", progress=0.5)[0] is False
-        assert queries.finish_job(session=session, job_id=row.id, status="succeeded", worker="htl-aaaa@host") is False
-        assert queries.heartbeat(session=session, job_id=row.id, worker="htl-bbbb@host") is True
+        row, unit = session.get(Job, uuid.UUID(job)), session.get(JobUnit, (uuid.UUID(job), "dense[0]"))
+        assert row.worker == unit.worker == "htl-bbbb@host" and row.attempt == unit.attempt == 2 and row.status == "running"
+        # the first worker learns the unit is no longer its own
+        assert units.unit_heartbeat(session=session, job_id=row.id, name="dense[0]", worker="htl-aaaa@host")[0] is False
+        assert units.report_unit_progress(session=session, job_id=row.id, name="dense[0]", worker="htl-aaaa@host", stage="dense", progress=0.5)[0] is False
+        assert units.complete_unit(session=session, job_id=row.id, name="dense[0]", worker="htl-aaaa@host") is None
+        assert units.unit_heartbeat(session=session, job_id=row.id, name="dense[0]", worker="htl-bbbb@host") == (True, False)
+        # completing it releases what waited on it
+        assert units.complete_unit(session=session, job_id=row.id, name="dense[0]", worker="htl-bbbb@host") == ["score"]
+        session.commit()
+    assert _claim(session_factory, job, "htl-aaaa@host") == "score"
 
 
-def test_the_sweep_resends_lost_and_orphaned_jobs_and_fails_exhausted_ones(client, alice, dataset_id, session_factory, settings, monkeypatch):
+def test_the_sweep_resends_lost_and_orphaned_units_and_fails_exhausted_ones(client, alice, dataset_id, session_factory, settings, monkeypatch):
     sent = []
     monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(str(job_id)))
     monkeypatch.setattr(tasks, "_resources", lambda _s: (session_factory, None))
     fresh, lost, orphan, exhausted = (submit(client, alice, dataset_id).json()["id"] for _ in range(4))
-    _age(session_factory, lost, updated_s=3600)  # queued an hour ago: its message is gone
+    _age(session_factory, lost, queued_s=3600)  # queued an hour ago: its message is gone
     for job, attempt in ((orphan, 1), (exhausted, settings.max_attempts)):
         _claim(session_factory, job, f"htl-{job[:4]}@host")
         _age(session_factory, job, heartbeat_s=3600, attempt=attempt)
     assert sorted(map(str, tasks.sweep(settings))) == sorted([lost, orphan]) == sorted(sent)
     with session_factory() as session:
         failed = session.get(Job, uuid.UUID(exhausted))
-        assert failed.status == "failed" and "HTL_MAX_ATTEMPTS" in failed.error
+        assert failed.status == "failed" and "HTL_MAX_ATTEMPTS" in failed.error and failed.error.startswith("dense[0]")
+        assert {u.status for u in failed.units} == {"failed", "cancelled"}
         assert session.get(Job, uuid.UUID(fresh)).status == "queued"
     sent.clear()
-    assert [str(j) for j in tasks.sweep(settings)] == [orphan]  # a re-sent queued job waits a window before the next send
+    assert [str(j) for j in tasks.sweep(settings)] == [orphan]  # a re-sent queued unit waits a window before the next send
+
+
+def test_a_waiting_unit_whose_deps_succeeded_is_released_by_the_sweep(client, alice, dataset_id, session_factory, settings, monkeypatch):
+    sent = []
+    monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(str(job_id)))
+    monkeypatch.setattr(tasks, "_resources", lambda _s: (session_factory, None))
+    job = submit(client, alice, dataset_id).json()["id"]
+    assert _claim(session_factory, job, "htl-aaaa@host") == "dense[0]"
+    with session_factory() as session:  # a crash between finishing dense[0] and releasing score
+        session.execute(update(JobUnit).where(JobUnit.job_id == uuid.UUID(job), JobUnit.name == "dense[0]").values(status="succeeded"))
+        session.commit()
+    assert [str(j) for j in tasks.sweep(settings)] == [job]
+    assert _claim(session_factory, job, "htl-bbbb@host") == "score"
 
 
 def test_a_stopping_worker_gives_its_job_back_and_another_finishes_it_once(worker_settings, worker_process, tmp_path):

@@ -186,3 +186,22 @@ def test_identical_runs_write_byte_identical_checkpoints(tmp_path):
     for name in ("dense", "pruned@0.5", "attended"):
         a, b = ((tmp_path / run / "checkpoints" / f"{name}.safetensors").read_bytes() for run in ("a", "b"))
         assert a == b, name  # the same sha256 and ETag for the same model
+
+
+def test_the_units_in_order_make_the_same_run_as_the_whole_pipeline(tmp_path):
+    from contract.units import parse_unit, plan_units
+
+    data = make_dataset(tmp_path / "data", n=40, size=32, seed=4)
+    spec = JobSpec.model_validate({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8, "seeds": [0, 1]},
+                                   "prune": {"sparsities": [0.5]}, "attention": {"control": "random"}})
+    whole = run_pipeline(data, spec, tmp_path / "whole", device="cpu")
+    plan = [p.name for p in plan_units(spec)]
+    assert plan == ["dense[0]", "dense[1]", "score", "attend[0]", "control[0]", "attend[1]", "control[1]", "evaluate"]
+    with pytest.raises(RunDirError, match="dense-s1"):  # score needs every dense seed: it never trains one itself
+        run = Run(data, spec, tmp_path / "units", device="cpu")
+        run.run_unit("dense", 0)
+        run.run_unit("score")
+    for name in plan:  # each unit in a fresh Run, as on a worker that has only the store's files
+        Run(data, spec, tmp_path / "units", device="cpu").run_unit(*parse_unit(name))
+    assert json.loads((tmp_path / "units" / "scores.json").read_text()) == json.loads((tmp_path / "whole" / "scores.json").read_text())
+    assert json.loads((tmp_path / "units" / "metrics.json").read_text())["models"].keys() == whole["models"].keys()

@@ -26,6 +26,11 @@ function header(job, dataset, onCancel) {
       left === null ? "" : ` · about ${duration(left)} left`,
       job.finished_at && job.started_at ? ` · took ${duration((new Date(job.finished_at) - new Date(job.started_at)) / 1000)}` : "",
       FINISHED.includes(job.status) ? "" : h("button", { type: "button", class: "secondary", onclick: onCancel }, "Cancel")),
+    job.units && job.units.length ? h("details", { open: job.status === "running" ? true : null },
+      h("summary", {}, `Units (${job.units.filter((u) => u.status === "succeeded").length} of ${job.units.length} done)`),
+      table(["Unit", "Status", "Worker", "Attempt", "Progress", "Took"], job.units.map((u) => [u.name, statusBadge(u.status), u.worker || "–",
+        u.attempt || "–", percent(u.progress),
+        u.started_at && u.finished_at ? duration((new Date(u.finished_at) - new Date(u.started_at)) / 1000) : "–"]), { testid: "job-units" })) : null,
     job.error ? h("p", { class: "error" }, job.error) : null,
     job.warnings.length ? h("ul", { class: "warnings" }, job.warnings.map((w) => h("li", {}, w))) : null,
     h("details", {}, h("summary", {}, "Spec as run"), h("pre", {}, JSON.stringify(job.spec, null, 2))));

@@ -1,0 +1,197 @@
+"""The lifecycle of a job's units (contract.units) in the database: planned at submission, claimed
+by one worker at a time, heartbeated, completed (which releases the units that waited on it), given
+back, swept. A unit is taken over only when its heartbeat is stale; the job row aggregates them
+(status, stage, progress, the last worker)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Job, JobUnit
+from contract.jobspec import JobSpec
+from contract.units import plan_units
+
+OPEN = ("waiting", "queued", "running")
+
+
+def create_units(*, session: Session, job_id: uuid.UUID, spec: dict) -> list[JobUnit]:
+    now = utcnow()
+    units = [
+        JobUnit(job_id=job_id, name=p.name, kind=p.kind, seed=p.seed, position=p.position, deps=list(p.deps), weight=p.weight,
+                status="waiting" if p.deps else "queued", progress=0.0, attempt=0, queued_at=None if p.deps else now)
+        for p in plan_units(JobSpec.model_validate(spec))
+    ]
+    session.add_all(units)
+    session.flush()
+    return units
+
+
+def ensure_units(*, session: Session, job_id: uuid.UUID) -> None:
+    """A job queued before units existed gets its plan now."""
+    if session.scalar(select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id)) == 0:
+        job = session.get(Job, job_id)
+        if job is not None and job.status == "queued":
+            create_units(session=session, job_id=job_id, spec=job.spec)
+
+
+def _greatest(session: Session, a, b):
+    return func.max(a, b) if session.get_bind().dialect.name == "sqlite" else func.greatest(a, b)
+
+
+def _least(session: Session, a, b):
+    return func.min(a, b) if session.get_bind().dialect.name == "sqlite" else func.least(a, b)
+
+
+def _stale(stale_before: datetime):
+    return and_(JobUnit.status == "running", JobUnit.heartbeat_at < stale_before)
+
+
+def claim_unit(*, session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime, max_attempts: int) -> JobUnit | None:
+    """Atomically takes the first unit of the job that is queued, or running on a silent worker with
+    attempts left; None when there is none (or the job is finished or being cancelled)."""
+    job = session.get(Job, job_id)
+    if job is None or job.cancel_requested or job.status not in ("queued", "running"):
+        return None
+    candidates = session.scalars(
+        select(JobUnit.name).where(JobUnit.job_id == job_id, JobUnit.attempt < max_attempts,
+                                   or_(JobUnit.status == "queued", _stale(stale_before)))
+        .order_by(JobUnit.position)
+    ).all()
+    now = utcnow()
+    for name in candidates:
+        taken = session.execute(
+            update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.attempt < max_attempts,
+                                  or_(JobUnit.status == "queued", _stale(stale_before)))
+            .values(status="running", worker=worker, attempt=JobUnit.attempt + 1, progress=0.0, error=None,
+                    heartbeat_at=now, started_at=now, finished_at=None)
+        ).rowcount == 1
+        if taken:
+            unit = session.get(JobUnit, (job_id, name), populate_existing=True)
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running"))).values(
+                    status="running", worker=worker, stage=unit.kind, started_at=func.coalesce(Job.started_at, now),
+                    attempt=_greatest(session, Job.attempt, unit.attempt),
+                    heartbeat_at=now, updated_at=now, error=None)
+            )
+            return unit
+    return None
+
+
+def unit_heartbeat(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> tuple[bool, bool]:
+    """Stamps the unit (and its job) alive; answers (still this worker's unit, the job wants it stopped)."""
+    now = utcnow()
+    mine = session.execute(
+        update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
+        .values(heartbeat_at=now)
+    ).rowcount == 1
+    job = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
+    stop = job is None or job.cancel_requested or job.status != "running"
+    if mine and not stop:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
+    return mine, stop
+
+
+def report_unit_progress(*, session: Session, job_id: uuid.UUID, name: str, worker: str, stage: str, progress: float) -> tuple[bool, bool]:
+    """The unit's progress and heartbeat; the job's progress becomes the weighted sum over its units
+    and its stage the one just reported. Answers (still mine, stop)."""
+    now = utcnow()
+    mine = session.execute(
+        update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
+        .values(progress=progress, heartbeat_at=now)
+    ).rowcount == 1
+    if mine:
+        total = (select(func.coalesce(func.sum(JobUnit.weight * JobUnit.progress), 0.0))
+                 .where(JobUnit.job_id == job_id).scalar_subquery())
+        session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                        .values(progress=_least(session, total, 1.0),
+                                stage=stage, heartbeat_at=now, updated_at=now))
+    job = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
+    return mine, job is None or job.cancel_requested or job.status != "running"
+
+
+def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> list[str] | None:
+    """Marks the unit succeeded and queues every unit whose deps have now all succeeded; answers
+    their names, or None when the unit was no longer this worker's. The job row is locked first, so
+    two units finishing at once cannot both miss (or both release) what they unblock."""
+    session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    now = utcnow()
+    done = session.execute(
+        update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
+        .values(status="succeeded", progress=1.0, finished_at=now, heartbeat_at=now)
+    ).rowcount == 1
+    if not done:
+        return None
+    return release_ready(session=session, job_id=job_id)
+
+
+def release_ready(*, session: Session, job_id: uuid.UUID) -> list[str]:
+    units = session.scalars(select(JobUnit).where(JobUnit.job_id == job_id)).all()
+    finished = {u.name for u in units if u.status == "succeeded"}
+    ready = [u.name for u in units if u.status == "waiting" and set(u.deps) <= finished]
+    if ready:
+        session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name.in_(ready), JobUnit.status == "waiting")
+                        .values(status="queued", queued_at=utcnow()))
+    return ready
+
+
+def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> bool:
+    """A stopping worker gives its unit back, queued for another; the attempt does not count."""
+    released = session.execute(
+        update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
+        .values(status="queued", worker=None, heartbeat_at=None, attempt=JobUnit.attempt - 1, queued_at=utcnow(), progress=0.0)
+    ).rowcount == 1
+    if released:
+        running = session.scalar(select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "running"))
+        if running == 0:  # nothing of the job runs any more: it waits for a worker again
+            session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                            .values(status="queued", worker=None, heartbeat_at=None, attempt=Job.attempt - 1, updated_at=utcnow()))
+    return released
+
+
+def end_units(*, session: Session, job_id: uuid.UUID, failed_unit: str | None = None, error: str | None = None) -> None:
+    """The job ended (failed, cancelled): units not finished are cancelled; the failed one says why."""
+    now = utcnow()
+    if failed_unit is not None:
+        session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == failed_unit)
+                        .values(status="failed", error=error, finished_at=now))
+    session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status.in_(OPEN))
+                    .values(status="cancelled", finished_at=now))
+
+
+def resend_candidates(*, session: Session, stale_before: datetime, queued_before: datetime, max_attempts: int) -> list[uuid.UUID]:
+    """A job per unit to send again: one queued and untouched since queued_before (its message may
+    be lost; re-sending stamps it), one running on a silent worker with attempts left, or one waiting
+    whose deps have all succeeded (a release lost to a crash)."""
+    live_jobs = select(Job.id).where(Job.status.in_(("queued", "running")), Job.cancel_requested.is_(False))
+    waiting = session.scalars(select(JobUnit.job_id).where(JobUnit.status == "waiting", JobUnit.job_id.in_(live_jobs)).distinct()).all()
+    released = [job_id for job_id in waiting for _ in release_ready(session=session, job_id=job_id)]
+    ids = released + list(session.scalars(
+        select(JobUnit.job_id).where(
+            JobUnit.job_id.in_(live_jobs),
+            or_(and_(JobUnit.status == "queued", or_(JobUnit.queued_at.is_(None), JobUnit.queued_at < queued_before)),
+                and_(_stale(stale_before), JobUnit.attempt < max_attempts)),
+        ).order_by(JobUnit.job_id, JobUnit.position)
+    ))
+    if ids:
+        session.execute(update(JobUnit).where(JobUnit.job_id.in_(set(ids)), JobUnit.status == "queued").values(queued_at=utcnow()))
+    return ids  # a job once per unit to send, so that as many workers can take them
+
+
+def exhausted(*, session: Session, stale_before: datetime, max_attempts: int) -> list[tuple[uuid.UUID, str]]:
+    """(job, unit) of every unit whose worker went silent on each of its attempts."""
+    return [tuple(r) for r in session.execute(
+        select(JobUnit.job_id, JobUnit.name).where(_stale(stale_before), JobUnit.attempt >= max_attempts)
+    ).all()]
+
+
+def unit_durations(*, session: Session) -> list[tuple[str, float]]:
+    """(kind, seconds) of every unit of every succeeded job."""
+    rows = session.execute(
+        select(JobUnit.kind, JobUnit.started_at, JobUnit.finished_at).join(Job, Job.id == JobUnit.job_id)
+        .where(Job.status == "succeeded", JobUnit.status == "succeeded", JobUnit.started_at.is_not(None), JobUnit.finished_at.is_not(None))
+    )
+    return [(kind, (end - start).total_seconds()) for kind, start, end in rows]

@@ -1,0 +1,62 @@
+"""A job as a small graph of units, each run by one worker:
+
+    dense[seed] (one per seed) -> score (prunes and scores; needs every dense seed)
+        -> attend[seed] (+ control[seed] with attention.control 'random') -> evaluate
+
+Torch-free: the API plans the units when a job is submitted, workers run them (ml.pipeline.Run.run_unit).
+A unit's weight is its expected share of the job's work, from the spec alone (for progress)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contract.jobspec import JobSpec
+
+KINDS = ("dense", "score", "attend", "control", "evaluate")
+INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step (as ml.pipeline)
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    name: str
+    kind: str
+    seed: int | None
+    deps: tuple[str, ...]
+    weight: float
+    position: int
+
+
+def unit_name(kind: str, seed: int | None) -> str:
+    return kind if seed is None else f"{kind}[{seed}]"
+
+
+def parse_unit(name: str) -> tuple[str, int | None]:
+    kind, _, rest = name.partition("[")
+    if kind not in KINDS or (rest and not rest.endswith("]")):
+        raise ValueError(f"not a unit name: {name!r}")
+    return kind, (int(rest[:-1]) if rest else None)
+
+
+def plan_units(spec: JobSpec) -> list[UnitPlan]:
+    seeds = spec.train.seed_list()
+    train = max(0.05, 1 - spec.split.val_fraction - spec.split.test_fraction)
+    held_out = spec.split.val_fraction + spec.split.test_fraction
+    epochs = spec.train.epochs * (1 + spec.split.val_fraction / train / INFERENCE_SPEEDUP)
+    n_sp = len(spec.prune.sparsities)
+    extra = 1 + (20 if "mc_dropout" in spec.scorers else 0) + ("loss" in spec.scorers)
+    control = spec.attention.control == "random"
+    bases = 2 + n_sp + control
+    score = len(seeds) * (n_sp * (spec.prune.finetune_epochs * train + 1 / INFERENCE_SPEEDUP) + train * (n_sp + extra) / INFERENCE_SPEEDUP)
+    raw: list[tuple[str, int | None, tuple[str, ...], float]] = []
+    dense = [unit_name("dense", s) for s in seeds]
+    raw += [("dense", s, (), epochs * train) for s in seeds]
+    raw.append(("score", None, tuple(dense), score))
+    trained = []
+    for s in seeds:
+        raw.append(("attend", s, ("score",), epochs * train))
+        trained.append(unit_name("attend", s))
+        if control:
+            raw.append(("control", s, ("score",), epochs * train))
+            trained.append(unit_name("control", s))
+    raw.append(("evaluate", None, tuple(trained), len(seeds) * bases * held_out / INFERENCE_SPEEDUP))
+    total = sum(w for *_, w in raw)
+    return [UnitPlan(unit_name(kind, seed), kind, seed, deps, w / total, i) for i, (kind, seed, deps, w) in enumerate(raw)]
