@@ -10,6 +10,14 @@ from pathlib import Path, PurePosixPath
 KEEP_S = 3600
 
 
+def check_key(key: str) -> PurePosixPath:
+    """A store key: a relative POSIX path that stays inside its root."""
+    path = PurePosixPath(key)
+    if not path.parts or path.is_absolute() or any(p in ("..", ".", "") for p in path.parts) or "\\" in key:
+        raise ValueError(f"bad artifact key {key!r}")
+    return path
+
+
 class ScratchCache:
     def __init__(self, root: Path, max_bytes: int, *, keep_s: float = KEEP_S):
         self.root = Path(root).resolve()
@@ -17,10 +25,7 @@ class ScratchCache:
         self.keep_s = keep_s
 
     def path(self, key: str) -> Path:
-        parts = PurePosixPath(key).parts
-        if not parts or PurePosixPath(key).is_absolute() or any(p in ("..", ".", "") for p in parts):
-            raise ValueError(f"bad scratch key {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key).parts)
 
     def _entry(self, key: str) -> Path:
         """The unit of eviction: datasets/<id>, jobs/<id>, or the key itself."""

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import urlparse
 
-from app.scratch import ScratchCache
+from app.scratch import ScratchCache, check_key
 
 CHUNK = 1024 * 1024
 
@@ -30,13 +30,6 @@ def sha256_of(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def check_key(key: str) -> PurePosixPath:
-    path = PurePosixPath(key)
-    if not path.parts or path.is_absolute() or any(p in ("..", ".", "") for p in path.parts) or "\\" in key:
-        raise ValueError(f"bad artifact key {key!r}")
-    return path
 
 
 def files_under(folder: Path) -> dict[str, Path]:
@@ -85,6 +78,10 @@ class Store(ABC):
     def in_place(self) -> bool:
         """Whether local_tree answers the store's own folder (writes there are stored already)."""
         return False
+
+    def trim_cache(self) -> list[Path]:
+        """Evicts what the local cache holds past its bound (a store read in place has none)."""
+        return []
 
     def read_bytes(self, key: str) -> bytes:
         return b"".join(self.iter_chunks(key))
@@ -249,6 +246,9 @@ class S3Store(Store):
             self._download(key, target)
         self.scratch.touch(key)
         return target
+
+    def trim_cache(self) -> list[Path]:
+        return self.scratch.trim()
 
     def local_tree(self, prefix: str) -> Path:
         """Downloads what the scratch copy lacks (or holds at another size) under prefix."""

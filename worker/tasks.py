@@ -346,6 +346,9 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
                 units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
         write(fail, "recording the failure")
         return "failed"
+    finally:
+        for entry in store.trim_cache():  # the scratch cache stays within HTL_SCRATCH_MAX_BYTES
+            log.info("scratch cache: evicted %s", entry)
 
 
 def _finish_job(job_id: uuid.UUID, unit: str, out: Path, submit_warnings: list[str], *, worker: str, sessionmaker) -> str:
