@@ -13,18 +13,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from contract.jobspec import JobSpec
 from ml.models import build_model
-from ml.pipeline import Progress, Run
-from ml.train import FitConfig, per_sample_loss, predict_logits, prepare_for_device, model_input
+from ml.pipeline import Run
+from ml.train import per_sample_loss, predict_logits, prepare_for_device, model_input
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bare_speed(decoded, indices, spec: JobSpec, device: str, seconds: float = 8.0) -> dict:
+def bare_speed(decoded, indices, spec: JobSpec, device: str, seconds: float) -> dict:
     """Images/s of plain training steps and plain forward passes on cached tensors, no pipeline."""
     torch.manual_seed(0)
     model = prepare_for_device(build_model(spec.model.arch, spec.model.width), device)
@@ -65,6 +64,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--arch", default="unet")
+    parser.add_argument("--limit-seconds", type=float, default=4.0, help="each measurement of the bare model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -74,43 +74,53 @@ def main() -> None:
         "train": {"epochs": args.epochs}, "prune": {"sparsities": [0.3, 0.5, 0.7, 0.9]},
     })
     out = Path(tempfile.mkdtemp(prefix="htl-bench-"))
-    marks: dict[str, list[float]] = {}
-
-    def on_progress(p: Progress) -> None:
-        marks.setdefault(p.stage, []).append(time.perf_counter())
-
     try:
         t0 = time.perf_counter()
-        run = Run(args.data, spec, out, device=args.device, progress=on_progress)
+        run = Run(args.data, spec, out, device=args.device)
         decoded = run.decoded()
         decode_s = time.perf_counter() - t0
-        start = time.perf_counter()
-        run.run()
-        n_train, n_val, n_sp = len(run.train_idx), len(run.val_idx), len(spec.prune.sparsities)
-        bounds, prev = {}, start
+        # this machine's speed drifts by tens of percent over a minute: each stage's limit is
+        # measured right before and right after it, and averaged
+        seconds, limits = {}, {}
         for stage in ("dense", "prune", "score", "attend", "evaluate"):
-            bounds[stage] = marks[stage][-1] - prev
-            prev = marks[stage][-1]
-        limit = bare_speed(decoded, run.train_idx, spec, args.device)
+            around = [bare_speed(decoded, run.train_idx, spec, args.device, seconds=args.limit_seconds)] if stage != "prune" else []
+            run._stage = stage
+            start = time.perf_counter()
+            getattr(run, f"stage_{stage}")()
+            seconds[stage] = time.perf_counter() - start  # the stage's own wall-clock time
+            if around:
+                around.append(bare_speed(decoded, run.train_idx, spec, args.device, seconds=args.limit_seconds))
+                limits[stage] = {k: (around[0][k] + around[1][k]) / 2 for k in around[0]}
+        n_train, n_val, n_sp = len(run.train_idx), len(run.val_idx), len(spec.prune.sparsities)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
-    rows = {
-        "dense": (n_train * args.epochs / bounds["dense"], limit["train_images_per_s"], "train steps"),
-        "attend": (n_train * args.epochs / bounds["attend"], limit["train_images_per_s"], "train steps"),
-        "score": (n_train / bounds["score"], limit["infer_images_per_s"] / (1 + n_sp), f"1 dense + {n_sp} pruned forwards"),
-        "evaluate": (n_val / bounds["evaluate"], limit["infer_images_per_s"] / (2 + n_sp), f"{2 + n_sp} forwards + full-size masks, PNGs"),
+    # the limit of a stage: the seconds its work takes the bare model on the same tensors
+    def train(stage):
+        return limits[stage]["train_images_per_s"]
+
+    def infer(stage):
+        return limits[stage]["infer_images_per_s"]
+
+    bare_s = {
+        # dense training also predicts the validation images after each epoch (its validation curve)
+        "dense": (n_train * args.epochs / train("dense") + n_val * args.epochs / infer("dense"), "train steps + a validation pass per epoch"),
+        "attend": (n_train * args.epochs / train("attend"), "train steps"),
+        "score": (n_train * (1 + n_sp) / infer("score"), f"1 dense + {n_sp} pruned forwards"),
+        "evaluate": (n_val * (2 + n_sp) / infer("evaluate"), f"{2 + n_sp} forwards"),
     }
+    images = {"dense": n_train * args.epochs, "attend": n_train * args.epochs, "score": n_train, "evaluate": n_val}
+    rows = {k: (images[k] / seconds[k], images[k] / b, what) for k, (b, what) in bare_s.items()}
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
         "images": args.images, "size": args.size, "epochs": args.epochs, "arch": args.arch,
         "decode_s": round(decode_s, 2), "decode_images_per_s": round(args.images / decode_s, 1),
-        "prune_s": round(bounds["prune"], 2),
+        "prune_s": round(seconds["prune"], 2),
         "stages": {k: {"images_per_s": round(v, 1), "limit_images_per_s": round(l, 1), "ratio": round(v / l, 2), "limit_is": what}
                    for k, (v, l, what) in rows.items()},
     }
     print(json.dumps(result, indent=1))
-    print(f"\n| stage | pipeline img/s | bare img/s (limit) | ratio |\n|---|---|---|---|")
+    print("\n| stage | pipeline img/s | bare img/s (limit) | ratio |\n|---|---|---|---|")
     for k, s in result["stages"].items():
         print(f"| {k} | {s['images_per_s']} | {s['limit_images_per_s']} ({s['limit_is']}) | {s['ratio']} |")
 

@@ -41,6 +41,10 @@ def read_metadata(path: Path) -> dict:
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The model in eval mode, and the file's metadata."""
     metadata = read_metadata(path)
-    model = ModelConfig.from_dict(metadata["architecture"]).build()
-    model.load_state_dict(load_file(str(path), device="cpu"))
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced
+        model = ModelConfig.from_dict(metadata["architecture"]).build()
+    model.load_state_dict(load_file(str(path), device="cpu"), assign=True)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"{path} does not hold every tensor of its model: {', '.join(left[:5])}")
     return model.to(device).eval(), metadata

@@ -18,8 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import tv_tensors
-from torchvision.transforms import v2
+import torch.nn.functional as F
 
 from contract.layout import IMAGE_SUFFIXES, MASK_THRESHOLD, METADATA_FILE, LayoutError, find_mask, read_mask, read_metadata
 
@@ -252,19 +251,44 @@ def to_model_input(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 class PairedAugment:
-    """Flips, a small rotation and colour jitter; image and mask move together (mask: nearest)."""
+    """Flips, a small rotation and colour jitter, drawn per sample and applied to the whole batch at
+    once on the batch's device (one affine resampling, no per-image loop). Image and mask move
+    together, both resampled nearest (as torchvision's RandomRotation does by default); corners
+    rotated in are black. Parameters come from the global torch generator (training seeds it)."""
 
-    def __init__(self, rotation: float = 15.0, colour: bool = True):
-        self.geometric = v2.Compose(
-            [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(rotation)]
-        )
-        self.colour = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2) if colour else v2.Identity()
+    def __init__(self, rotation: float = 15.0, colour: bool = True, jitter: float = 0.2):
+        self.rotation = rotation
+        self.jitter = jitter if colour else 0.0
+
+    @staticmethod
+    def _uniform(n: int, low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out_images = torch.empty_like(images)
-        out_masks = torch.empty_like(masks)
-        for i in range(images.shape[0]):
-            image, mask = self.geometric(tv_tensors.Image(images[i]), tv_tensors.Mask(masks[i]))
-            out_images[i] = self.colour(image)
-            out_masks[i] = mask
-        return out_images, out_masks
+        n, channels, h, w = images.shape
+        x_sign = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)  # a horizontal flip negates x
+        y_sign = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+        angle = torch.deg2rad(self._uniform(n, -self.rotation, self.rotation))
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # output -> input sampling coordinates, in grid_sample's normalized units (a rotation by pixels
+        # on a non-square image scales the cross terms by the aspect ratio)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 1] = x_sign * cos, -x_sign * sin * h / w
+        theta[:, 1, 0], theta[:, 1, 1] = y_sign * sin * w / h, y_sign * cos
+        grid = F.affine_grid(theta.to(images.device), [n, channels + 1, h, w], align_corners=False)
+        both = torch.cat([images, masks], 1).float()
+        moved = F.grid_sample(both, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        out_images, out_masks = moved[:, :channels], moved[:, channels:]
+        if self.jitter > 0:
+            out_images = self._colour(out_images, n)
+        return out_images.round_().clamp_(0, 255).to(torch.uint8), out_masks.to(masks.dtype)
+
+    def _colour(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Brightness, contrast and saturation factors in [1 - jitter, 1 + jitter], as torchvision
+        defines them (contrast blends with the mean grey level, saturation with the grey image)."""
+        factors = self._uniform(3 * n, 1 - self.jitter, 1 + self.jitter).view(3, n, 1, 1, 1).to(x.device)
+        x = (x * factors[0]).clamp_(0, 255)
+        grey = lambda t: (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])  # noqa: E731
+        mean = grey(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = (factors[1] * x + (1 - factors[1]) * mean).clamp_(0, 255)
+        return (factors[2] * x + (1 - factors[2]) * grey(x)).clamp_(0, 255)

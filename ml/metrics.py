@@ -15,49 +15,67 @@ MAX_CATEGORIES = 20  # a categorical column with more distinct values is an id, 
 AGE_COLUMN = re.compile(r"(^|[^a-z])age([^a-z]|$)")  # age, age_approximate, patient_age; not image
 
 
-def _ratio(num: float, den: float) -> float:
-    return 1.0 if den == 0 else num / den
+def _ratio(num, den) -> float:
+    return 1.0 if den == 0 else float(num / den)
 
 
-def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(top, left, bottom, right), inclusive, or None for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+def _boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per mask of an (M, H, W) stack: (top, left, bottom, right) inclusive, and whether it is empty."""
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    empty = ~rows.any(axis=1)
+    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
+    bottom = masks.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)
+    right = masks.shape[2] - 1 - cols[:, ::-1].argmax(axis=1)
+    return np.stack([top, left, bottom, right], axis=1), empty
+
+
+def _box_ious(truth: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    a, a_empty = (x[0] for x in _boxes(truth[None]))
+    b, b_empty = _boxes(preds)
+    ih = np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]) + 1
+    iw = np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]) + 1
+    inter = np.maximum(ih, 0) * np.maximum(iw, 0)
+    area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    iou = inter / np.maximum(area_a + area_b - inter, 1)
+    # no box on either side: 1 when both are empty, 0 when one is
+    return np.where(a_empty | b_empty, (a_empty & b_empty).astype(float), iou)
 
 
 def box_iou(truth: np.ndarray, pred: np.ndarray) -> float:
-    a, b = bounding_box(truth), bounding_box(pred)
-    if a is None or b is None:
-        return 1.0 if a is None and b is None else 0.0
-    ih = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    iw = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    inter = max(ih, 0) * max(iw, 0)
-    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+    return float(_box_ious(truth.astype(bool), pred.astype(bool)[None])[0])
+
+
+def stack_metrics(truth: np.ndarray, preds: np.ndarray) -> list[dict[str, float]]:
+    """The metrics of several predictions of one image at once: truth (H, W), preds (M, H, W), boolean."""
+    if truth.shape != preds.shape[1:]:
+        raise ValueError(f"truth {truth.shape} and prediction {preds.shape[1:]} differ in size")
+    truth = truth.astype(bool, copy=False)
+    preds = preds.astype(bool, copy=False)
+    tp = np.count_nonzero(preds & truth, axis=(1, 2))
+    fp = np.count_nonzero(preds, axis=(1, 2)) - tp
+    fn = int(np.count_nonzero(truth)) - tp
+    tn = truth.size - tp - fp - fn
+    boxes = _box_ious(truth, preds)
+    out = []
+    for m in range(preds.shape[0]):
+        jaccard = _ratio(tp[m], tp[m] + fp[m] + fn[m])
+        out.append({
+            "dice": _ratio(2 * tp[m], 2 * tp[m] + fp[m] + fn[m]),
+            "jaccard": jaccard,
+            "threshold_jaccard": jaccard if jaccard >= ISIC_JACCARD_THRESHOLD else 0.0,
+            "box_iou": float(boxes[m]),
+            "sensitivity": _ratio(tp[m], tp[m] + fn[m]),
+            "specificity": _ratio(tn[m], tn[m] + fp[m]),
+        })
+    return out
 
 
 def image_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """truth and pred: boolean masks of one size."""
     if truth.shape != pred.shape:
         raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in size")
-    truth = truth.astype(bool, copy=False)
-    pred = pred.astype(bool, copy=False)
-    tp = int(np.count_nonzero(truth & pred))
-    fp = int(np.count_nonzero(pred)) - tp
-    fn = int(np.count_nonzero(truth)) - tp
-    tn = truth.size - tp - fp - fn
-    jaccard = _ratio(tp, tp + fp + fn)
-    return {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "jaccard": jaccard,
-        "threshold_jaccard": jaccard if jaccard >= ISIC_JACCARD_THRESHOLD else 0.0,
-        "box_iou": box_iou(truth, pred),
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-    }
+    return stack_metrics(truth, pred[None])[0]
 
 
 def _as_number(value: str) -> float | None:

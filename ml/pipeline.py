@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from contract.jobspec import JobSpec, SpecError, check_spec_fits_dataset, resolve_group_column
 from ml import hardness, subgroups
@@ -29,8 +29,9 @@ from ml.data import (
     scan_dataset,
     split_indices,
 )
-from ml.metrics import MISSING, aggregate, auroc, image_metrics, subgroup_labels, usable_attributes
+from ml.metrics import MISSING, aggregate, auroc, stack_metrics, subgroup_labels, usable_attributes
 from ml.models import ModelConfig
+from ml.png import write_mask_png
 from ml.prune import apply_pruning_masks, health, make_permanent, recalibrate_batchnorm, sparsity_report, validation_prediction
 from ml.scoring import HtlScores, score_disagreement, select_htl
 from ml.seeds import compare_over_seeds, over_seeds
@@ -42,7 +43,7 @@ from ml.train import (
     classify,
     fit,
     iterate_batches,
-    predict_logits,
+    predict_each,
     prepare_for_device,
     segmentation_objective,
 )
@@ -86,6 +87,21 @@ def _write_json(path: Path, payload) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     os.replace(tmp, path)
+
+
+def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: list[Path]) -> list[dict] | None:
+    """One validation image's predictions by every model (M, H, W) at its own size: written as 0/255
+    PNGs, and scored against its mask if it has one (peaks: pointing, for weak supervision)."""
+    for path, pred in zip(paths, preds):
+        write_mask_png(path, pred)
+    if record.mask_path is None:
+        return None
+    truth = read_mask(record.mask_path)
+    entries = [{"image_id": record.image_id, **metrics} for metrics in stack_metrics(truth, preds)]
+    if peaks is not None:  # does each map's peak fall inside the lesion?
+        for entry, peak in zip(entries, peaks):
+            entry["pointing"] = float(truth.flat[peak])
+    return entries
 
 
 def default_device() -> str:
@@ -387,13 +403,21 @@ class Run:
             )
         return out
 
-    def _scores_of_seed(self, k: int, seed: int) -> tuple[dict[float, np.ndarray], dict[str, np.ndarray]]:
+    def _gallery_masks(self) -> np.ndarray:
+        """Every training image's binarized prediction by the first seed's dense reference and pruned
+        models, bit-packed in a memory map (images x models x pixels / 8): what the gallery shows."""
+        path = self.out / "cache" / "gallery-masks.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shape = (len(self.train_idx), 1 + len(self.spec.prune.sparsities), -(-self.spec.image_size**2 // 8))
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+
+    def _scores_of_seed(self, k: int, seed: int, masks_out: np.ndarray | None = None) -> tuple[dict[float, np.ndarray], dict[str, np.ndarray]]:
         """Pruning disagreement per sparsity, and the other requested scorers, for one dense seed."""
         dense = self.load(self.name("dense", seed))
         pruned = {s: self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}
         result = score_disagreement(
             self.reference(dense), pruned, self.decoded(), self.train_idx, batch_size=max(self.spec.train.batch_size, 32),
-            progress=lambda f: self.report("score", self._seed_fraction(k, 0.8 * f)),
+            progress=lambda f: self.report("score", self._seed_fraction(k, 0.8 * f)), masks_out=masks_out,
         )
         others: dict[str, np.ndarray] = {}
         wanted = set(self.spec.scorers)
@@ -412,7 +436,8 @@ class Run:
         return result.per_sparsity, others
 
     def stage_score(self) -> None:
-        per_seed = [self._scores_of_seed(k, seed) for k, seed in enumerate(self.seeds)]
+        gallery_masks = self._gallery_masks()
+        per_seed = [self._scores_of_seed(k, seed, gallery_masks if k == 0 else None) for k, seed in enumerate(self.seeds)]
         sparsities = self.spec.prune.sparsities
         # as PIE averages over model populations, scores average over the dense seeds
         per_sparsity = {s: np.mean([p[s] for p, _ in per_seed], axis=0) for s in sparsities}
@@ -451,36 +476,36 @@ class Run:
         _write_json(self.out / "state" / "enrichment.json",
                     subgroups.enrichment(groups, is_htl, clusters=clusters, cluster_name=column))
         _write_json(self.out / "state" / "attention.json", self._attention_sets(is_htl, others))
-        self._write_gallery(is_htl)
+        self._write_gallery(is_htl, gallery_masks)
         _write_json(self.out / "scores.json", items)
         _write_json(self._marker("score"), {
             "n_scored": len(items), "n_htl": int(is_htl.sum()), "scorer_agreement": agreement,
             "ranked_by_sparsities": ranked_by, "degenerate_sparsities": sorted(degenerate),
         })
 
-    @torch.no_grad()
-    def _write_gallery(self, is_htl: np.ndarray) -> None:
+    def _write_gallery(self, is_htl: np.ndarray, masks: np.ndarray) -> None:
         """gallery/<layer>/<image_id>.png: the binarized masks (at image_size) that the first seed's
-        dense reference and pruned models predict for every HTL image and a seeded sample of GALLERY_SAMPLE
-        others: what the HTL gallery overlays on each image. gallery.json lists them."""
+        dense reference and pruned models predicted for every HTL image and a seeded sample of
+        GALLERY_SAMPLE others (kept from scoring, in masks): what the HTL gallery overlays on each
+        image. gallery.json lists them."""
         others = np.flatnonzero(~is_htl)
         sample = np.random.default_rng(self.spec.split.seed).choice(others, min(GALLERY_SAMPLE, len(others)), replace=False)
         positions = sorted({*np.flatnonzero(is_htl).tolist(), *map(int, sample)})
-        seed = self.seeds[0]
-        models = {"dense": self.reference(self.load(self.name("dense", seed))),
-                  **{f"pruned@{sparsity_key(s)}": self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}}
+        layers = ["dense", *(f"pruned@{sparsity_key(s)}" for s in self.spec.prune.sparsities)]
+        size = self.spec.image_size
+        for layer in layers:
+            (self.out / "gallery" / layer).mkdir(parents=True, exist_ok=True)
         ids = []
-        for batch in iterate_batches([self.train_idx[j] for j in positions], 32):
-            images, _ = self.decoded().batch(batch)
-            for layer, model in models.items():
-                masks = (predict_logits(model, images) > 0).cpu().numpy()
-                folder = self.out / "gallery" / layer
-                folder.mkdir(parents=True, exist_ok=True)
-                for i, mask in zip(batch, masks):
-                    Image.fromarray(mask[0].astype(np.uint8) * 255).save(folder / f"{self.index.records[i].image_id}.png")
-            ids += [self.index.records[i].image_id for i in batch]
-        _write_json(self.out / "gallery.json", {"seed": seed, "image_size": self.spec.image_size, "layers": list(models),
+        for j in positions:
+            image_id = self.index.records[self.train_idx[j]].image_id
+            unpacked = np.unpackbits(masks[j], axis=1, count=size * size).reshape(len(layers), size, size)
+            for layer, mask in zip(layers, unpacked):
+                write_mask_png(self.out / "gallery" / layer / f"{image_id}.png", mask)
+            ids.append(image_id)
+        _write_json(self.out / "gallery.json", {"seed": self.seeds[0], "image_size": size, "layers": layers,
                                                 "images": ids, "htl": int(is_htl.sum()), "sample": len(sample)})
+        del masks
+        (self.out / "cache" / "gallery-masks.npy").unlink(missing_ok=True)
 
     def _attention_sets(self, is_htl: np.ndarray, others: dict[str, np.ndarray]) -> dict:
         """Which training images (by id) attention boosts: the top of the attention scorer, as many as
@@ -532,32 +557,35 @@ class Run:
         scored: list[int] = []
         data = self.decoded()
         weak = self.setting == "weakly_supervised"
-        for batch in iterate_batches(indices, 32):
-            images, _ = data.batch(batch)
-            logits = {name: predict_logits(model, images).cpu() for name, model in models.items()}
-            if weak:
-                for name, model in models.items():
-                    probs[name] += torch.sigmoid(classify(model, images)).tolist()
-            for j, i in enumerate(batch):
-                record = self.index.records[i]
-                height, width = data.original_sizes[i]
-                truth = read_mask(record.mask_path) if record.mask_path is not None else None
-                if truth is not None:
+        folders = [self.out / "predictions" / name for name in names]
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        # scoring each image and writing its PNGs (zlib, file writes: outside the GIL) overlap the
+        # next forward passes
+        with ThreadPoolExecutor(max_workers=1) as helper:
+            pending = []
+            for batch in iterate_batches(indices, 32):
+                images, _ = data.batch(batch)
+                logits = dict(zip(names, (t.cpu() for t in predict_each(list(models.values()), images))))
+                if weak:
+                    for name, model in models.items():
+                        probs[name] += torch.sigmoid(classify(model, images)).tolist()
+                for j, i in enumerate(batch):
+                    record = self.index.records[i]
+                    # every model's map of this image, upsampled together to the image's own size
+                    full = F.interpolate(torch.cat([logits[name][j : j + 1] for name in names]), size=data.original_sizes[i],
+                                         mode="bilinear", align_corners=False)[:, 0]
+                    peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
+                    pending.append((i, helper.submit(_score_and_write, record, (full > 0).numpy(), peaks,
+                                                     [folder / f"{record.image_id}.png" for folder in folders])))
+                self._evaluated += len(batch)
+                self.report("evaluate", self._evaluated / self._to_evaluate)
+            for i, done in pending:
+                entries = done.result()
+                if entries is not None:
                     scored.append(i)
-                for name in names:
-                    full = F.interpolate(logits[name][j : j + 1], size=(height, width), mode="bilinear", align_corners=False)
-                    pred = (full[0, 0] > 0).numpy()
-                    target = self.out / "predictions" / name / f"{record.image_id}.png"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(pred.astype(np.uint8) * 255).save(target)
-                    if truth is not None:
-                        entry = {"image_id": record.image_id, **image_metrics(truth, pred)}
-                        if weak:  # does the map's peak fall inside the lesion?
-                            peak = int(torch.argmax(full[0, 0]))
-                            entry["pointing"] = float(truth.flat[peak])
+                    for name, entry in zip(names, entries):
                         per_image[name].append(entry)
-            self._evaluated += len(batch)
-            self.report("evaluate", self._evaluated / self._to_evaluate)
         return per_image, probs, scored
 
     def stage_evaluate(self) -> None:

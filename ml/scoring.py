@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ml.data import DecodedDataset
-from ml.train import binary_dice, iterate_batches, predict_logits
+from ml.train import binary_dice, iterate_batches, predict_each
 
 
 @dataclass
@@ -36,16 +36,24 @@ def score_disagreement(
     *,
     batch_size: int = 64,
     progress: Callable[[float], None] | None = None,
+    masks_out: np.ndarray | None = None,
 ) -> HtlScores:
-    """Runs the dense model and every pruned model on each batch, so each image is loaded once."""
+    """Runs the dense model and every pruned model on each batch, so each image is loaded once.
+    masks_out, an (images, 1 + pruned models, packed pixels) uint8 array (say a memmap), receives
+    every binarized prediction bit-packed (np.packbits), dense first: what a gallery shows, kept
+    rather than predicted again."""
     per_sparsity = {s: np.zeros(len(indices)) for s in pruned}
     done = 0
     for batch in iterate_batches(indices, batch_size):
         images, _ = data.batch(batch)
-        reference = predict_logits(dense, images) > 0
-        for s, model in pruned.items():
-            agree = binary_dice(reference, predict_logits(model, images) > 0)
+        reference, *predictions = (logits > 0 for logits in predict_each([dense, *pruned.values()], images))
+        layers = [reference]
+        for s, prediction in zip(pruned, predictions):
+            agree = binary_dice(reference, prediction)
             per_sparsity[s][done : done + len(batch)] = (1 - agree).cpu().numpy()
+            layers.append(prediction)
+        if masks_out is not None:
+            masks_out[done : done + len(batch)] = np.packbits(torch.stack(layers, 1).flatten(2).cpu().numpy(), axis=2)
         done += len(batch)
         if progress is not None:
             progress(done / len(indices))

@@ -26,6 +26,7 @@ from ml.train import (
     optimizer_and_schedule,
     segmentation_objective,
     steps_per_epoch,
+    to_device,
 )
 
 RAMP_UP_FRACTION = 0.3
@@ -123,14 +124,14 @@ def fit_semi(
         running = 0.0
         for _ in range(steps):
             lab, unl = next(lab_draws), next(unl_draws)
-            images, masks = data.batch(lab)
+            images, masks = to_device(data.batch(lab), device)
             if augment is not None:
                 images, masks = augment(images, masks)
-            out = segmentation_objective(model, model_input(images, device), masks.to(device), lab)
+            out = segmentation_objective(model, model_input(images, device), masks, lab)
             w_l = lw(lab)
             sup = (out.loss * w_l).sum() / w_l.sum().clamp_min(1e-8)
 
-            u_images, u_masks = data.batch(unl)
+            u_images, u_masks = to_device(data.batch(unl), device)
             if augment is not None:
                 u_images, _ = augment(u_images, u_masks)
             x = model_input(u_images, device)

@@ -116,6 +116,11 @@ def prepare_for_device(model: nn.Module, device: str | torch.device) -> nn.Modul
     return model.to(device=device, memory_format=torch.channels_last)
 
 
+def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A batch moves to the device before augmentation, which then runs there."""
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
 def model_input(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = to_model_input(images_u8.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last)
@@ -187,11 +192,11 @@ def fit(
     for epoch in range(cfg.epochs):
         running = 0.0
         for pick in _draws(n, steps, batch_size, sampling_weights, g):
-            images, masks = data.batch(positions[pick.numpy()])
+            images, masks = to_device(data.batch(positions[pick.numpy()]), device)
             if augment is not None:
                 images, masks = augment(images, masks)
             w = weights[pick].to(device)
-            out = objective(model, model_input(images, device), masks.to(device), positions[pick.numpy()])
+            out = objective(model, model_input(images, device), masks, positions[pick.numpy()])
             loss = (out.loss * w).sum() / w.sum().clamp_min(1e-8)
             if record is not None:
                 record.add(pick.numpy(), epoch, out.success)
@@ -219,9 +224,21 @@ def iterate_batches(indices: list[int], batch_size: int) -> Iterator[list[int]]:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images_u8: torch.Tensor) -> torch.Tensor:
-    device = device_of(model)
-    with autocast(device):
-        return model(model_input(images_u8, device)).float()
+    return predict_each([model], images_u8)[0]
+
+
+@torch.no_grad()
+def predict_each(models: list[nn.Module], images_u8: torch.Tensor) -> list[torch.Tensor]:
+    """Every model's logits for one batch, the input prepared once per device."""
+    inputs: dict[torch.device, torch.Tensor] = {}
+    out = []
+    for model in models:
+        device = device_of(model)
+        if device not in inputs:
+            inputs[device] = model_input(images_u8, device)
+        with autocast(device):
+            out.append(model(inputs[device]).float())
+    return out
 
 
 @torch.no_grad()
