@@ -158,3 +158,15 @@ def test_full_resolution_isic_images_are_resized_with_their_masks(shared_data):
         full = read_mask(record.mask_path)
         assert decoded.original_sizes[k] == full.shape
         assert abs(decoded.masks[k].mean() - full.mean()) < 0.03  # the lesion keeps its share of the frame
+
+
+def test_paired_augment_keeps_a_non_square_batch_aligned_and_in_frame():
+    torch.manual_seed(1)
+    masks = torch.zeros(6, 1, 24, 40, dtype=torch.uint8)
+    masks[:, :, 8:16, 14:26] = 1  # a centred box: small rotations and flips keep it inside the frame
+    images = (masks * 200).expand(6, 3, 24, 40).contiguous()
+    out_images, out_masks = PairedAugment(colour=False)(images, masks)
+    assert out_images.shape == images.shape and out_images.dtype == torch.uint8
+    assert torch.equal(out_images[:, 0:1] > 100, out_masks.bool())
+    area = masks.flatten(1).sum(1).float()
+    assert ((out_masks.flatten(1).sum(1).float() - area).abs() / area < 0.2).all()  # rotated, not squashed

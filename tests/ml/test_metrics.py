@@ -118,3 +118,22 @@ def test_aggregate_per_subgroup():
     assert out["n"] == 3 and out["overall"]["dice"] == pytest.approx(0.5)
     assert out["subgroups"]["sex"]["male"] == {"n": 2, **{m: 0.5 for m in per_image[0]}}
     assert out["subgroups"]["sex"]["female"]["dice"] == 0.5
+
+
+def test_stack_metrics_score_each_prediction_of_the_stack():
+    from ml.metrics import stack_metrics
+
+    rng = np.random.default_rng(3)
+    truth = np.zeros((30, 40), bool)
+    truth[5:20, 10:30] = True
+    preds = np.stack([truth, ~truth, np.zeros_like(truth), rng.random((30, 40)) > 0.5, np.roll(truth, 7, axis=1)])
+    for p, m in zip(preds, stack_metrics(truth, preds)):
+        inter, union = (truth & p).sum(), (truth | p).sum()
+        assert m["dice"] == pytest.approx(2 * inter / (truth.sum() + p.sum()) if p.any() else 0.0)
+        assert m["jaccard"] == pytest.approx(inter / union)
+    shifted = stack_metrics(truth, preds)[4]  # the box moved 7 columns right: overlap 13 of 27 columns
+    assert shifted["box_iou"] == pytest.approx(13 / 27)
+    empty = np.zeros_like(truth)
+    both_empty = stack_metrics(empty, empty[None])[0]
+    assert both_empty["dice"] == 1.0 and both_empty["box_iou"] == 1.0
+    assert stack_metrics(empty, truth[None])[0]["box_iou"] == 0.0
