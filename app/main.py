@@ -10,6 +10,8 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import web
 from app.api import datasets, health, images, jobs
 from app.db.session import make_engine, make_sessionmaker
+from app.db.status import make_status_reader
 from app.errors import CODES, ApiError
 from app.limits import JsonBodyLimit, RateLimiter, UploadSlots
 from app.observability import JobCollector, RequestMetrics
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.store.ensure_bucket()
         yield
         app.state.engine.dispose()
+        await app.state.status_reader.close()
 
     # /docs serves Swagger UI from files in the package: nothing from a CDN, which many hosts cannot reach
     app = FastAPI(title="htl-miner", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -98,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
                                    max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
+    app.state.status_reader = make_status_reader(settings.resolved_database_url, pool_size=settings.db_pool_size,
+                                                 max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s)
     app.state.celery = make_celery(settings)
     app.state.store = make_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
@@ -139,7 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error(503, "the database is unavailable or busy; try again shortly", "DATABASE_UNAVAILABLE",
                      {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
 
-    for exc_type in (OperationalError, PoolTimeout):
+    # (psycopg's own errors come from the status poll's connection pool, app.db.status)
+    for exc_type in (OperationalError, PoolTimeout, psycopg.OperationalError, psycopg_pool.PoolTimeout):
         app.add_exception_handler(exc_type, database_unavailable)
 
     @app.exception_handler(DBAPIError)

@@ -26,6 +26,7 @@ from app.db import queries
 from app.db.migrate import upgrade
 from app.db.session import make_engine, make_sessionmaker
 from app.pagination import encode_cursor
+from contract.jobspec import JobSpec
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -58,7 +59,9 @@ def main() -> None:
             owner, key = queries.create_api_key(session=s, owner_name="bench")
             ds = queries.create_dataset(session=s, dataset_id=uuid.uuid4(), owner_id=owner.id, name="b", storage_key="datasets/b",
                                         size_bytes=0, columns=["sex"], warnings=[], images=[])
-            job = queries.create_job(session=s, owner_id=owner.id, dataset_id=ds.id, spec={})
+            # a polled job looks like a real one: the spec as run, and its units (a 2-seed job with a control: 8, made with the job)
+            spec = JobSpec.model_validate({"train": {"seeds": [0, 1]}, "attention": {"control": "random"}}).model_dump(mode="json")
+            job = queries.create_job(session=s, owner_id=owner.id, dataset_id=ds.id, spec=spec)
             s.commit()
             rng = random.Random(0)
             scores = [{"rank": r, "image_id": f"IMG_{r:07d}", "htl_score": 1 - r / args.scores, "is_htl": r <= args.scores // 10,

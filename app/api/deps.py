@@ -37,7 +37,10 @@ SessionDep = Annotated[Session, Depends(get_session)]
 bearer = HTTPBearer(auto_error=False, description="an API key: htl keys create --owner NAME")
 
 
-def _key(request: Request) -> str:
+INVALID_KEY = "the API key is not valid"
+
+
+def bearer_key(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -48,19 +51,19 @@ def _key(request: Request) -> str:
 def _owner(request: Request, session: Session, key: str) -> Owner:
     owner = queries.owner_for_key(session=session, key=key)
     if owner is None:
-        raise Unauthorized("the API key is not valid")
+        raise Unauthorized(INVALID_KEY)
     request.app.state.rate_limiter.check(str(owner.id))
     return owner
 
 
 def current_owner(request: Request, session: SessionDep, _scheme=Depends(bearer)) -> Owner:
-    return _owner(request, session, _key(request))
+    return _owner(request, session, bearer_key(request))
 
 
 def owner_without_session(request: Request, _scheme=Depends(bearer)) -> Owner:
     """The owner, looked up in a session of its own that is closed before the route runs: for routes
     that stream a body or work for long, which must not hold a pooled connection meanwhile."""
-    key = _key(request)
+    key = bearer_key(request)
     with request.app.state.sessionmaker() as session:
         owner = _owner(request, session, key)
         session.expunge(owner)

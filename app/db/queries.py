@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import units
 from app.db.base import utcnow
-from app.db.models import ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, Metric, Owner, Score, Worker
+from app.db.models import ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, JobUnit, Metric, Owner, Score, Worker
 
 KEY_PREFIX = "htl_"
 
@@ -112,6 +113,38 @@ def create_job(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, 
 
 def get_job(*, session: Session, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
+
+
+STATUS_COLUMNS = (Job.id, Job.dataset_id, Job.status, Job.stage, Job.progress, Job.error, Job.attempt, Job.worker,
+                  Job.created_at, Job.started_at, Job.finished_at, Job.updated_at)
+STATUS_JSON = (Job.spec, Job.warnings)  # read as text and parsed once, not once per unit row
+UNIT_COLUMNS = (JobUnit.name, JobUnit.status, JobUnit.worker, JobUnit.attempt, JobUnit.progress, JobUnit.started_at, JobUnit.finished_at)
+
+# built once: a poll binds parameters to it rather than building (and matching results to) a new
+# statement each time, which cost more than the query itself. One row per unit (at least one).
+OWNER_JOB_AND_UNITS = (
+    select(ApiKey.owner_id, *STATUS_COLUMNS, *(cast(c, Text) for c in STATUS_JSON), *(c.label(f"unit_{c.key}") for c in UNIT_COLUMNS))
+    .select_from(ApiKey)
+    .outerjoin(Job, and_(Job.id == bindparam("job_id"), Job.owner_id == ApiKey.owner_id))
+    .outerjoin(JobUnit, JobUnit.job_id == Job.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+    .order_by(JobUnit.position)
+)
+
+
+def status_from_rows(rows) -> tuple[uuid.UUID | None, dict | None]:
+    """OWNER_JOB_AND_UNITS's rows (any driver's, by position) as (owner of the live key or None,
+    that owner's job with its units or None)."""
+    if not rows:
+        return None, None
+    first, n = rows[0], len(STATUS_COLUMNS)
+    if first[1] is None:
+        return first[0], None
+    job = dict(zip((c.key for c in STATUS_COLUMNS), first[1 : 1 + n]))
+    job.update((c.key, json.loads(text)) for c, text in zip(STATUS_JSON, first[1 + n : 3 + n]))
+    unit_keys = [c.key for c in UNIT_COLUMNS]
+    job["units"] = [dict(zip(unit_keys, row[3 + n :])) for row in rows if row[3 + n] is not None]
+    return first[0], job
 
 
 def list_jobs(
