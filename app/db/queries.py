@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import Text, and_, bindparam, cast, delete, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import units
@@ -141,7 +141,7 @@ def status_from_rows(rows) -> tuple[uuid.UUID | None, dict | None]:
     if first[1] is None:
         return first[0], None
     job = dict(zip((c.key for c in STATUS_COLUMNS), first[1 : 1 + n]))
-    job.update((c.key, json.loads(text)) for c, text in zip(STATUS_JSON, first[1 + n : 3 + n]))
+    job.update((c.key, json.loads(raw)) for c, raw in zip(STATUS_JSON, first[1 + n : 3 + n]))
     unit_keys = [c.key for c in UNIT_COLUMNS]
     job["units"] = [dict(zip(unit_keys, row[3 + n :])) for row in rows if row[3 + n] is not None]
     return first[0], job
@@ -255,6 +255,11 @@ def replace_results(
     for c in checkpoints:
         session.add(Checkpoint(job_id=job_id, **c))
     session.flush()
+    if session.get_bind().dialect.name == "postgresql" and (scores or evaluations):
+        # a bulk load leaves the planner blind to the new job's rows: it then estimated a few dozen rows
+        # for a 100,000-score job and sorted all of them for each page (100 ms) instead of walking the
+        # (job_id, rank) key (2 ms). Fresh statistics, as PostgreSQL advises after bulk loads.
+        session.execute(text("ANALYZE scores, evaluations"))
 
 
 def get_score(*, session: Session, job_id: uuid.UUID, image_id: str) -> Score | None:
@@ -268,6 +273,26 @@ def list_scores(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: i
     if after_rank is not None:
         stmt = stmt.where(Score.rank > after_rank)
     return list(session.scalars(stmt.order_by(Score.rank).limit(limit + 1)))
+
+
+SCORE_FIELDS = (Score.rank, Score.image_id, Score.htl_score, Score.is_htl, Score.labeled)
+SCORE_JSON = (Score.per_sparsity, Score.other_scores, Score.attributes, Score.subgroups)
+
+
+def _scores_page(htl_only: bool):
+    stmt = select(*SCORE_FIELDS, *(cast(c, Text) for c in SCORE_JSON)).where(Score.job_id == bindparam("job_id"), Score.rank > bindparam("after"))
+    if htl_only:
+        stmt = stmt.where(Score.is_htl.is_(True))
+    return stmt.order_by(Score.rank).limit(bindparam("limit"))
+
+
+# built once (see OWNER_JOB_AND_UNITS); the JSON columns come back as their text, never parsed
+SCORES_PAGE = {False: _scores_page(False), True: _scores_page(True)}
+
+
+def score_rows(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: int, after_rank: int | None) -> list:
+    """Up to limit + 1 scores after after_rank, hardest first, as rows: SCORE_FIELDS, then SCORE_JSON as JSON text."""
+    return session.execute(SCORES_PAGE[htl_only], {"job_id": job_id, "after": after_rank or 0, "limit": limit + 1}).all()
 
 
 def job_report(*, session: Session, job_id: uuid.UUID, kind: str) -> dict | None:

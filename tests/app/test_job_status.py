@@ -4,9 +4,10 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from app.db import queries
-from app.db.models import JobUnit
+from app.db.models import Job, JobUnit
 from app.main import create_app
 from app.settings import Settings
 from contract.jobspec import JobSpec
@@ -59,3 +60,27 @@ def test_a_status_poll_answers_503_when_postgresql_is_unreachable(tmp_path):
     with TestClient(create_app(settings)) as client:
         r = client.get(f"/v1/jobs/{uuid.uuid4()}", headers={"Authorization": "Bearer htl_whatever"})
     assert r.status_code == 503 and r.json()["code"] == "DATABASE_UNAVAILABLE" and "Retry-After" in r.headers
+
+
+def test_a_scores_page_written_as_text_matches_the_stored_rows(client, session_factory, alice):
+    from app.schemas import Page, ScoreOut
+
+    job_id = make_job(session_factory, alice)
+    odd_ids = ['IMG "quoted"', "IMG_ünïcode", "IMG\\back", "IMG_4"]
+    scores = [{"rank": r, "image_id": image_id, "htl_score": 1 / (r + 2), "is_htl": r == 1, "labeled": r != 3,
+               "per_sparsity": {"0.5": 0.25 * r, "0.9": 1e-9}, "other_scores": {"loss": None, "el2n": 0.1 * r},
+               "attributes": {"sex": "female", "site": 'a "b"'}, "subgroups": {"sex": "female"}}
+              for r, image_id in enumerate(odd_ids, start=1)]
+    with session_factory() as s:
+        queries.replace_results(session=s, job_id=job_id, scores=scores, metrics=[], checkpoints=[])
+        s.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
+        s.commit()
+    first = client.get(f"/v1/jobs/{job_id}/scores", params={"limit": 3}, headers=alice)
+    assert first.status_code == 200
+    page = Page[ScoreOut].model_validate_json(first.content)
+    rest = Page[ScoreOut].model_validate(client.get(f"/v1/jobs/{job_id}/scores", params={"cursor": page.next_cursor}, headers=alice).json())
+    assert rest.next_cursor is None
+    got = [item.model_dump() for item in page.items + rest.items]
+    assert got == [{**{k: v for k, v in s.items() if k != "other_scores"}, "scores": s["other_scores"]} for s in scores]
+    htl = client.get(f"/v1/jobs/{job_id}/scores", params={"htl_only": "true"}, headers=alice).json()
+    assert [i["image_id"] for i in htl["items"]] == ['IMG "quoted"'] and htl["next_cursor"] is None
