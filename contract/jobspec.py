@@ -9,11 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from contract.scorers import SCORER_NAMES, SCORERS
+
 Arch = Literal["unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50", "cnn", "resnet18"]
 SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50")
 CLASSIFIERS = ("cnn", "resnet18")
 Setting = Literal["supervised", "semi_supervised", "weakly_supervised"]
-Scorer = Literal["pruning", "loss", "el2n", "forgetting", "dynamic_dice", "mc_dropout"]
+Scorer = Literal[SCORER_NAMES]  # contract.scorers: one registry
 
 
 MAX_SEED = 2**31 - 1
@@ -190,7 +192,8 @@ class JobSpec(_Strict):
     )
     scorers: list[Scorer] = Field(
         default_factory=lambda: ["pruning"],
-        description="hardness scores to compute per image; the HTL set always comes from 'pruning'",
+        description="hardness scores to compute per image; the HTL set always comes from 'pruning'. "
+        + "; ".join(f"{s.name}: {s.description}" for s in SCORERS.values()),
     )
 
     @field_validator("scorers")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contract.jobspec import JobSpec
+from contract.scorers import extra_passes
 
 KINDS = ("dense", "score", "attend", "control", "evaluate")
 INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step (as ml.pipeline)
@@ -42,7 +43,7 @@ def plan_units(spec: JobSpec) -> list[UnitPlan]:
     held_out = spec.split.val_fraction + spec.split.test_fraction
     epochs = spec.train.epochs * (1 + spec.split.val_fraction / train / INFERENCE_SPEEDUP)
     n_sp = len(spec.prune.sparsities)
-    extra = 1 + (20 if "mc_dropout" in spec.scorers else 0) + ("loss" in spec.scorers)
+    extra = 1 + extra_passes(spec.scorers)  # the dense model's pass, and what the other scorers add
     control = spec.attention.control == "random"
     bases = 2 + n_sp + control
     score = len(seeds) * (n_sp * (spec.prune.finetune_epochs * train + 1 / INFERENCE_SPEEDUP) + train * (n_sp + extra) / INFERENCE_SPEEDUP)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
+from contract.scorers import MC_DROPOUT_SAMPLES
 from ml.data import DecodedDataset
 from ml.models import prunable_layers
 from ml.scoring import binary_dice
@@ -37,7 +38,6 @@ from ml.train import device_of, iterate_batches, model_input, predict_logits, se
 FORGETTING_THRESHOLD = 0.5
 EL2N_EPOCH_FRACTION = 0.2
 MC_DROPOUT_P = 0.1
-MC_DROPOUT_SAMPLES = 8
 
 
 def forgetting_events(dice: np.ndarray, threshold: float = FORGETTING_THRESHOLD) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from contract.jobspec import JobSpec, SpecError, check_spec_fits_dataset, resolve_group_column
+from contract.scorers import SCORERS, extra_passes
 from ml import hardness, subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import (
@@ -211,7 +212,7 @@ class Run:
         n_sp = len(self.spec.prune.sparsities)
         epochs, n_seeds = self.spec.train.epochs, len(self.spec.train.seed_list())
         epochs += epochs * n_val / n_train / INFERENCE_SPEEDUP  # the dense validation curve
-        extra = 1 + (hardness.MC_DROPOUT_SAMPLES if "mc_dropout" in self.spec.scorers else 0) + ("loss" in self.spec.scorers)
+        extra = 1 + extra_passes(self.spec.scorers)
         w = {
             "dense": n_seeds * epochs * n_train,
             "prune": n_seeds * n_sp * (self.spec.prune.finetune_epochs * n_train + (n_train + n_val) / INFERENCE_SPEEDUP),
@@ -421,14 +422,14 @@ class Run:
         )
         others: dict[str, np.ndarray] = {}
         wanted = set(self.spec.scorers)
-        if wanted & {"el2n", "forgetting", "dynamic_dice"}:
+        if any(SCORERS[name].source == "dynamics" for name in wanted):
             dynamics = np.load(self.out / "state" / f"dynamics-{self.name('dense', seed)}.npz")
             read_off = {**hardness.from_dynamics(dynamics["dice"]), **({"el2n": dynamics["el2n"]} if "el2n" in dynamics else {})}
             others.update({name: values for name, values in read_off.items() if name in wanted})
         if "loss" in wanted:
             others["loss"] = hardness.final_loss(dense, self.decoded(), self.train_idx, self.objective())
-        for name in ("loss", "el2n", "forgetting", "dynamic_dice"):
-            if name in others:  # these need the image's target: undefined (NaN) where it has none
+        for name in others:
+            if SCORERS[name].needs_target:  # undefined (NaN) where the image has no target
                 others[name] = np.where(self.train_labeled, others[name], np.nan)
         if "mc_dropout" in wanted:
             others["mc_dropout"] = hardness.mc_dropout_disagreement(dense, self.decoded(), self.train_idx, seed=seed)

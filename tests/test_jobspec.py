@@ -83,3 +83,21 @@ def test_attention_scorer_must_be_computed_and_splits_must_leave_training_images
     assert JobSpec.model_validate({"attention": {"scorer": "loss"}, "scorers": ["loss"]}).attention.scorer == "loss"
     with pytest.raises(ValidationError, match="leaves under 10%"):
         JobSpec.model_validate({"split": {"val_fraction": 0.5, "test_fraction": 0.4}})
+
+
+def test_the_scorer_registry_is_what_the_spec_accepts_and_what_units_charge():
+    from contract.scorers import MC_DROPOUT_SAMPLES, SCORERS
+    from contract.units import plan_units
+
+    schema = JobSpec.model_json_schema()["properties"]["scorers"]
+    assert schema["items"]["enum"] == list(SCORERS)
+    assert all(name in schema["description"] for name in SCORERS)
+
+    def score_weight(scorers):
+        units = plan_units(JobSpec.model_validate({"scorers": scorers}))
+        return next(u.weight for u in units if u.kind == "score") / sum(u.weight for u in units)
+
+    # reading scorers off the training record costs no pass; mc_dropout costs its samples
+    assert score_weight(["el2n", "forgetting", "dynamic_dice"]) == pytest.approx(score_weight([]))
+    assert score_weight(["mc_dropout"]) > score_weight(["loss"]) > score_weight([])
+    assert SCORERS["mc_dropout"].passes == MC_DROPOUT_SAMPLES and not SCORERS["pruning"].needs_target
