@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 import torch.nn.functional as F
+from PIL import Image
 
 from contract.layout import IMAGE_SUFFIXES, MASK_THRESHOLD, METADATA_FILE, LayoutError, find_mask, read_mask, read_metadata
 

@@ -505,8 +505,7 @@ class Run:
             ids.append(image_id)
         _write_json(self.out / "gallery.json", {"seed": self.seeds[0], "image_size": size, "layers": layers,
                                                 "images": ids, "htl": int(is_htl.sum()), "sample": len(sample)})
-        del masks
-        (self.out / "cache" / "gallery-masks.npy").unlink(missing_ok=True)
+        Path(masks.filename).unlink(missing_ok=True)  # the scoring pass's masks are not kept
 
     def _attention_sets(self, is_htl: np.ndarray, others: dict[str, np.ndarray]) -> dict:
         """Which training images (by id) attention boosts: the top of the attention scorer, as many as

@@ -24,6 +24,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime: naive ones (SQLite) are UTC already; PostgreSQL's come
+    in the session's time zone."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 class UTCDateTime(TypeDecorator):
     """Stored timezone-aware where the database can; always returned aware, in UTC."""
 
@@ -36,9 +44,7 @@ class UTCDateTime(TypeDecorator):
         return value
 
     def process_result_value(self, value: datetime | None, dialect):
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value
+        return as_utc(value)
 
 
 class Base(DeclarativeBase):

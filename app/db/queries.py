@@ -137,13 +137,15 @@ def status_from_rows(rows) -> tuple[uuid.UUID | None, dict | None]:
     that owner's job with its units or None)."""
     if not rows:
         return None, None
-    first, n = rows[0], len(STATUS_COLUMNS)
+    first = rows[0]
     if first[1] is None:
         return first[0], None
-    job = dict(zip((c.key for c in STATUS_COLUMNS), first[1 : 1 + n]))
-    job.update((c.key, json.loads(raw)) for c, raw in zip(STATUS_JSON, first[1 + n : 3 + n]))
+    texts = 1 + len(STATUS_COLUMNS)  # where the JSON texts start, then the unit columns
+    unit = texts + len(STATUS_JSON)
+    job = dict(zip((c.key for c in STATUS_COLUMNS), first[1:texts]))
+    job.update((c.key, json.loads(raw)) for c, raw in zip(STATUS_JSON, first[texts:unit]))
     unit_keys = [c.key for c in UNIT_COLUMNS]
-    job["units"] = [dict(zip(unit_keys, row[3 + n :])) for row in rows if row[3 + n] is not None]
+    job["units"] = [dict(zip(unit_keys, row[unit:])) for row in rows if row[unit] is not None]
     return first[0], job
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
@@ -18,18 +18,20 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db import queries
+from app.db.base import as_utc
 from app.db.session import sqlite_pragmas
 
 Status = tuple[uuid.UUID | None, dict | None]
 
 
-def _in_utc(status: Status) -> Status:
-    owner_id, job = status
-    for record in [job, *(job["units"] if job else [])] if job else []:
+def _times_in_utc(status: Status) -> Status:
+    """What UTCDateTime does for SQLAlchemy's results, for rows read straight from psycopg."""
+    _, job = status
+    for record in [job, *job["units"]] if job else []:
         for key, value in record.items():
             if isinstance(value, datetime):
-                record[key] = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-    return owner_id, job
+                record[key] = as_utc(value)
+    return status
 
 
 class SqlAlchemyStatusReader:
@@ -46,7 +48,7 @@ class SqlAlchemyStatusReader:
     async def read(self, *, key: str, job_id: uuid.UUID) -> Status:
         async with self.engine.connect() as connection:
             result = await connection.execute(queries.OWNER_JOB_AND_UNITS, {"job_id": job_id, "key_hash": queries.hash_key(key)})
-            return _in_utc(queries.status_from_rows(result.all()))
+            return queries.status_from_rows(result.all())  # times typed UTCDateTime: aware, UTC
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -79,7 +81,7 @@ class PostgresStatusReader:
         pool = await self._pool()
         async with pool.connection() as connection:
             cursor = await connection.execute(self.SQL, {"job_id": job_id, "key_hash": queries.hash_key(key)})
-            return _in_utc(queries.status_from_rows(await cursor.fetchall()))
+            return _times_in_utc(queries.status_from_rows(await cursor.fetchall()))
 
     async def close(self) -> None:
         if self.pool is not None and self.loop is asyncio.get_running_loop():
