@@ -126,7 +126,8 @@ class CheckpointOut(BaseModel):
     name: str
     sha256: str
     size_bytes: int
-    sparsity: float | None
+    seed: int | None = Field(description="the training seed of the model (of the dense model a pruned one came from)")
+    sparsity: float | None = Field(description="pruned models: the sparsity asked for; None otherwise")
     format: str
 
 

@@ -25,9 +25,11 @@ from sqlalchemy.engine import make_url
 
 from app.db import queries
 from app.db.migrate import upgrade
+from app.db.results import persist_results
 from app.db.session import make_engine, make_sessionmaker
 from app.pagination import encode_cursor
 from contract.jobspec import JobSpec
+from contract.results import EvaluationResult, ImageScore, JobResults
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,12 +67,14 @@ def main() -> None:
             job = queries.create_job(session=s, owner_id=owner.id, dataset_id=ds.id, spec=spec)
             s.commit()
             rng = random.Random(0)
-            scores = [{"rank": r, "image_id": f"IMG_{r:07d}", "htl_score": 1 - r / args.scores, "is_htl": r <= args.scores // 10,
-                       "per_sparsity": {"0.3": rng.random(), "0.5": rng.random(), "0.7": rng.random(), "0.9": rng.random()},
-                       "attributes": {"sex": rng.choice(["male", "female"]), "age": str(rng.randint(5, 85)), "localization": "back"}}
+            scores = [ImageScore(rank=r, image_id=f"IMG_{r:07d}", htl_score=1 - r / args.scores, is_htl=r <= args.scores // 10, labeled=True,
+                                 per_sparsity={"0.3": rng.random(), "0.5": rng.random(), "0.7": rng.random(), "0.9": rng.random()},
+                                 scores={}, subgroups={},
+                                 attributes={"sex": rng.choice(["male", "female"]), "age": str(rng.randint(5, 85)), "localization": "back"})
                       for r in range(1, args.scores + 1)]
             start = time.perf_counter()
-            queries.replace_results(session=s, job_id=job.id, scores=scores, metrics=[], checkpoints=[])
+            persist_results(session=s, job_id=job.id, run_prefix=f"jobs/{job.id}/run",
+                            results=JobResults(scores=scores, evaluation=EvaluationResult([], [], {}, {}), checkpoints=[]))
             s.execute(text("UPDATE jobs SET status='succeeded' WHERE id=:id"), {"id": job.id})
             s.commit()
             write_s = time.perf_counter() - start

@@ -2,6 +2,7 @@
 rebuilt from the file alone."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,13 +18,18 @@ FORMAT = "htl-miner/1"
 METADATA_KEY = "htl-miner"
 
 
-def save_checkpoint(model: nn.Module, path: Path, *, config: ModelConfig, spec: dict, extra: dict | None = None) -> None:
+def save_checkpoint(model: nn.Module, path: Path, *, config: ModelConfig, spec: dict, extra: dict | None = None) -> tuple[str, int]:
+    """Writes the file (atomically); answers its sha256 and size, taken from the bytes written."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {**(extra or {}), "format": FORMAT, "architecture": config.as_dict(), "spec": spec}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    with tmp.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    size = tmp.stat().st_size
     tmp.replace(path)
+    return digest, size
 
 
 def read_metadata(path: Path) -> dict:

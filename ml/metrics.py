@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 
+from contract.results import MetricValue
+
 METRICS = ("dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity")
 ISIC_JACCARD_THRESHOLD = 0.65
 MISSING = {"", "unknown", "nan", "na", "n/a", "none", "null"}
@@ -159,3 +161,22 @@ def aggregate(per_image: list[dict[str, float]], groups: dict[str, list[str]]) -
             label: {"n": len(items), **mean_metrics(items)} for label, items in sorted(by_label.items())
         }
     return out
+
+
+def metric_values(models: dict[str, dict]) -> list[MetricValue]:
+    """A report's models (metrics.json 'models': per model its validation report, the test report
+    under 'test') as one value per model, split, subgroup (or none: overall) and metric; a weak
+    model's classifier adds its AUROC overall."""
+    values = []
+    for model, entry in models.items():
+        for split, report in (("validation", entry), ("test", entry.get("test"))):
+            if report is None:
+                continue
+            values += [MetricValue(model, split, None, None, name, value, report["n"]) for name, value in report["overall"].items()]
+            classification = report.get("classification")
+            if classification and classification["auroc"] is not None:
+                values.append(MetricValue(model, split, None, None, "auroc", classification["auroc"], classification["n"]))
+            for attribute, groups in report["subgroups"].items():
+                for label, stats in groups.items():
+                    values += [MetricValue(model, split, attribute, label, name, value, stats["n"]) for name, value in stats.items() if name != "n"]
+    return values

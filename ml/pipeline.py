@@ -1,56 +1,50 @@
-"""The stages dense -> prune -> score -> attend -> evaluate. Each stage writes its outputs and then a
-marker under OUT/state/, so a restarted run resumes after the last finished stage. Later stages read
-models back from their checkpoint files, so a resumed run computes exactly what an unbroken one does."""
+"""A run of the stages dense -> prune -> score -> attend -> evaluate (ml.stages) into one output
+folder. Each stage's result is saved there, then a marker under OUT/state/, so a restarted run resumes
+after the last finished stage; later stages read models back from their checkpoint files, so a
+resumed run computes exactly what an unbroken one does. The same folder serves a job split into
+units (contract.units), each on whichever worker claims it."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
-import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from contract.jobspec import JobSpec, SpecError, check_spec_fits_dataset, resolve_group_column
+from contract.jobspec import JobSpec, check_spec_fits_dataset, resolve_group_column
+from contract.results import CheckpointFile, EvaluationResult, ImageEvaluation, ImageScore, JobResults, decode, encode
 from contract.scorers import SCORERS, extra_passes
-from ml import hardness, subgroups
+from ml import subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
-from ml.data import (
-    DatasetIndex,
-    DecodedDataset,
-    decode_dataset,
-    read_mask,
-    sample_records,
-    scan_dataset,
-    split_indices,
-)
-from ml.metrics import MISSING, aggregate, auroc, stack_metrics, subgroup_labels, usable_attributes
+from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
+from ml.metrics import aggregate, auroc, metric_values, subgroup_labels, usable_attributes
 from ml.models import ModelConfig
 from ml.png import write_mask_png
-from ml.prune import apply_pruning_masks, health, make_permanent, recalibrate_batchnorm, sparsity_report, validation_prediction
-from ml.scoring import HtlScores, score_disagreement, select_htl
 from ml.seeds import compare_over_seeds, over_seeds
-from ml.semi import fit_semi
-from ml.train import (
-    ClassificationObjective,
-    FitConfig,
-    TrainingRecord,
-    classify,
-    fit,
-    iterate_batches,
-    predict_each,
-    prepare_for_device,
-    segmentation_objective,
+from ml.setting import make_targets
+from ml.stages import (
+    AttentionSets,
+    DegenerateError,
+    SeedScores,
+    StageInputs,
+    attention_sets,
+    boost,
+    evaluate_split,
+    prune_dense,
+    rank_images,
+    score_seed,
+    sparsity_key,
+    train_model,
 )
+from ml.train import prepare_for_device
+
+__all__ = ["STAGES", "DegenerateError", "Progress", "Run", "RunDirError", "run_pipeline", "sparsity_key"]
 
 STAGES = ("dense", "prune", "score", "attend", "evaluate")
-FINETUNE_LR_DIVISOR = 10.0
 INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step
 BOOTSTRAP_RESAMPLES = 2000
 GALLERY_SAMPLE = 50  # images outside the HTL set whose predicted masks are kept too, for comparison
@@ -71,14 +65,6 @@ class RunDirError(ValueError):
     pass
 
 
-class DegenerateError(RuntimeError):
-    """Every pruned model collapsed: nothing is left to rank the images by."""
-
-
-def sparsity_key(s: float) -> str:
-    return format(s, "g")
-
-
 def checkpoint_name(model: str) -> str:
     return f"{model}.safetensors"
 
@@ -90,19 +76,8 @@ def _write_json(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
-def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: list[Path]) -> list[dict] | None:
-    """One validation image's predictions by every model (M, H, W) at its own size: written as 0/255
-    PNGs, and scored against its mask if it has one (peaks: pointing, for weak supervision)."""
-    for path, pred in zip(paths, preds):
-        write_mask_png(path, pred)
-    if record.mask_path is None:
-        return None
-    truth = read_mask(record.mask_path)
-    entries = [{"image_id": record.image_id, **metrics} for metrics in stack_metrics(truth, preds)]
-    if peaks is not None:  # does each map's peak fall inside the lesion?
-        for entry, peak in zip(entries, peaks):
-            entry["pointing"] = float(truth.flat[peak])
-    return entries
+def _read_json(path: Path):
+    return json.loads(path.read_text())
 
 
 def default_device() -> str:
@@ -113,7 +88,6 @@ class Run:
     """One pipeline run into one output folder."""
 
     def __init__(self, data_dir: str | os.PathLike, spec: JobSpec, out_dir: str | os.PathLike, *, device: str | None = None, progress: ProgressFn | None = None):
-        self.spec = spec
         self.out = Path(out_dir)
         self.device = torch.device(device or default_device())
         self.progress_fn = progress
@@ -126,7 +100,7 @@ class Run:
         self.spec = spec
         self.spec_dict = spec.model_dump(mode="json")
         self.model_config = ModelConfig(spec.model.arch, spec.model.width, spec.weak.cam_threshold)
-        self._claim_out_dir(Path(data_dir).resolve())
+        self._claim_out_dir()
         self.train_idx, self.val_idx, self.test_idx = split_indices(
             self.index, val_fraction=spec.split.val_fraction, test_fraction=spec.split.test_fraction,
             group_column=spec.split.group_column, seed=spec.split.seed,
@@ -137,62 +111,20 @@ class Run:
         self.attributes = spec.attributes if spec.attributes is not None else usable_attributes(self.index.columns, rows, exclude=exclude)
         self.labels = {a: subgroup_labels(a, [r.get(a, "") for r in rows]) for a in self.attributes}
         self.seeds = spec.train.seed_list()
-        self.setting = spec.setting
-        self.image_labels = self._image_labels() if self.setting == "weakly_supervised" else None
-        self.mask_known = self._masks_known()
-        # per training image: whether it carries the target its setting trains on
-        if self.setting == "weakly_supervised":
-            self.train_labeled = ~np.isnan(self.image_labels[self.train_idx])
-        else:
-            self.train_labeled = self.mask_known[self.train_idx]
+        self.targets = make_targets(self.index, spec, self.train_idx)
         self.data: DecodedDataset | None = None
         self._stage = STAGES[0]
         self._property_labels: dict[str, list[str]] | None = None
         self._stage_weights = self._estimate_stage_weights()
 
-    def _image_labels(self) -> np.ndarray:
-        """weakly_supervised: 1 for a positive value of weak.label_column, 0 for another value, NaN when missing."""
-        column, positive = self.spec.weak.label_column, set(self.spec.weak.positive)
-        values = [r.attributes.get(column, "").strip() for r in self.index.records]
-        labels = np.array([np.nan if v.lower() in MISSING else float(v in positive) for v in values])
-        train = labels[self.train_idx]
-        n_pos, n_neg = int(np.nansum(train)), int(np.sum(train == 0))
-        if n_pos == 0 or n_neg == 0:
-            raise SpecError(
-                "weak.positive",
-                f"the training images hold {n_pos} positives and {n_neg} negatives of {column} in {sorted(positive)}; both are needed",
-            )
-        return labels
-
-    def _masks_known(self) -> np.ndarray:
-        """Per image, whether its mask may be used: semi.labeled_fraction hides the masks of all but a
-        seeded fraction of the training images (validation images always keep theirs)."""
-        known = np.array([r.mask_path is not None for r in self.index.records])
-        fraction = self.spec.semi.labeled_fraction
-        if self.setting == "semi_supervised" and fraction is not None:
-            with_mask = [i for i in self.train_idx if known[i]]
-            keep = max(2, int(round(fraction * len(with_mask))))
-            kept = set(random.Random(self.spec.split.seed).sample(with_mask, min(keep, len(with_mask))))
-            for i in with_mask:
-                known[i] = i in kept
-        if self.setting == "semi_supervised":
-            n_labeled = int(known[self.train_idx].sum())
-            if n_labeled < 2 or n_labeled == len(self.train_idx):
-                raise SpecError(
-                    "semi.labeled_fraction",
-                    f"{n_labeled} of {len(self.train_idx)} training images keep a mask; semi_supervised needs at least 2 "
-                    "with and at least 1 without (set semi.labeled_fraction below 1, or upload images without masks)",
-                )
-        return known
-
     # --- bookkeeping -------------------------------------------------------------------------
-    def _claim_out_dir(self, data_dir: Path) -> None:
+    def _claim_out_dir(self) -> None:
         # the dataset by content, not by path: each worker reads its own copy (a scratch cache)
         fingerprint = hashlib.sha256(json.dumps([(r.image_id, r.mask_path is not None) for r in self.index.records]).encode()).hexdigest()
         run_file = self.out / "state" / "run.json"
         identity = {"spec": self.spec_dict, "dataset": fingerprint}
         if run_file.is_file():
-            previous = json.loads(run_file.read_text())
+            previous = _read_json(run_file)
             if previous.get("spec") != identity["spec"] or previous.get("dataset", fingerprint) != fingerprint:
                 raise RunDirError(
                     f"{self.out} holds a run of another spec or dataset; choose a new output folder"
@@ -210,7 +142,7 @@ class Run:
     def _estimate_stage_weights(self) -> dict[str, float]:
         n_train, n_val = len(self.train_idx), len(self.val_idx)
         n_sp = len(self.spec.prune.sparsities)
-        epochs, n_seeds = self.spec.train.epochs, len(self.spec.train.seed_list())
+        epochs, n_seeds = self.spec.train.epochs, len(self.seeds)
         epochs += epochs * n_val / n_train / INFERENCE_SPEEDUP  # the dense validation curve
         extra = 1 + extra_passes(self.spec.scorers)
         w = {
@@ -238,39 +170,9 @@ class Run:
                                        progress=lambda _f: self.report(self._stage, 0.0))
         return self.data
 
-    def _fit_config(self, seed: int, *, epochs: int | None = None, lr: float | None = None) -> FitConfig:
-        t = self.spec.train
-        return FitConfig(
-            epochs=epochs or t.epochs, batch_size=t.batch_size, lr=lr or t.lr, weight_decay=t.weight_decay,
-            schedule=t.schedule, augment=t.augment, seed=seed,
-        )
-
-    def _fresh_model(self, seed: int) -> torch.nn.Module:
-        torch.manual_seed(seed)
-        return prepare_for_device(self.model_config.build(), self.device)
-
-    def objective(self):
-        if self.setting != "weakly_supervised":
-            return segmentation_objective
-        train = self.image_labels[self.train_idx]
-        return ClassificationObjective(self.image_labels, pos_weight=float(np.sum(train == 0)) / max(1.0, float(np.nansum(train))))
-
-    def _train(self, model, cfg: FitConfig, *, loss_weights=None, sampling_weights=None, progress=None, record=None,
-               on_epoch_end=None) -> list[float]:
-        """Train on the training images as the setting says; weights align with self.train_idx."""
-        if self.setting != "semi_supervised":
-            return fit(model, self.decoded(), self.train_idx, cfg, loss_weights=loss_weights, sampling_weights=sampling_weights,
-                       progress=progress, record=record, objective=self.objective(), on_epoch_end=on_epoch_end)
-        labeled = [i for i, known in zip(self.train_idx, self.train_labeled) if known]
-        unlabeled = [i for i, known in zip(self.train_idx, self.train_labeled) if not known]
-        by_index = lambda w: None if w is None else dict(zip(self.train_idx, map(float, w)))  # noqa: E731
-        semi = self.spec.semi
-        return fit_semi(
-            model, self.decoded(), labeled, unlabeled, cfg, method=semi.method, unlabeled_weight=semi.unlabeled_weight,
-            ema_decay=semi.ema_decay, confidence=semi.confidence, loss_weights=by_index(loss_weights),
-            sampling_weights=by_index(sampling_weights), progress=progress, record=record,
-            record_positions={i: row for row, i in enumerate(self.train_idx)}, on_epoch_end=on_epoch_end,
-        )
+    def inputs(self) -> StageInputs:
+        return StageInputs(spec=self.spec, index=self.index, data=self.decoded(), train_idx=self.train_idx, val_idx=self.val_idx,
+                           targets=self.targets, model_config=self.model_config, device=self.device)
 
     def name(self, base: str, seed: int) -> str:
         """Model names: plain for a single-seed run (dense, pruned@0.5, attended), else suffixed -s<seed>."""
@@ -279,12 +181,26 @@ class Run:
     def _seed_fraction(self, k: int, fraction: float) -> float:
         return (k + fraction) / len(self.seeds)
 
-    def _save(self, model: torch.nn.Module, name: str, **extra) -> None:
-        (self.out / "state").mkdir(parents=True, exist_ok=True)
-        save_checkpoint(
-            model, self.out / "checkpoints" / checkpoint_name(name), config=self.model_config,
-            spec=self.spec_dict, extra={"model": name, **extra},
-        )
+    def _save(self, model: torch.nn.Module, base: str, seed: int, *, sparsity: float | None = None, **extra) -> CheckpointFile:
+        """Writes the model's checkpoint, and beside the run's state what it is (for the units after this one)."""
+        name = self.name(base, seed)
+        relative = f"checkpoints/{checkpoint_name(name)}"
+        details = {"seed": seed, **({"sparsity": sparsity} if sparsity is not None else {}), **extra}
+        digest, size = save_checkpoint(model, self.out / relative, config=self.model_config, spec=self.spec_dict,
+                                       extra={"model": name, **details})
+        saved = CheckpointFile(name=name, base=base, seed=seed, sparsity=sparsity, path=relative, sha256=digest, size_bytes=size)
+        _write_json(self.out / "state" / "checkpoints" / f"{name}.json", encode(saved))
+        return saved
+
+    def checkpoint_files(self) -> list[CheckpointFile]:
+        """Every model of the run, as saved (in model_names order)."""
+        files = []
+        for name in self.model_names():
+            record = self.out / "state" / "checkpoints" / f"{name}.json"
+            if not record.is_file():
+                raise RunDirError(f"{self.out} has no record of checkpoint {name} (its unit has not finished, or the folder predates checkpoint records)")
+            files.append(decode(CheckpointFile, _read_json(record)))
+        return files
 
     def load(self, name: str) -> torch.nn.Module:
         model, _ = load_checkpoint(self.out / "checkpoints" / checkpoint_name(name))
@@ -300,7 +216,7 @@ class Run:
     def property_labels(self) -> dict[str, list[str]]:
         """Image-derived properties of every image, banded over the whole dataset."""
         if self._property_labels is None:
-            values = subgroups.image_properties(self.decoded(), list(range(len(self.index.records))), self.mask_known)
+            values = subgroups.image_properties(self.decoded(), list(range(len(self.index.records))), self.targets.mask_known)
             self._property_labels = subgroups.band_properties(values)
         return self._property_labels
 
@@ -308,7 +224,25 @@ class Run:
         labels = {**self.labels, **self.property_labels()}
         return {a: [values[i] for i in positions] for a, values in labels.items()}
 
-    # --- stages ------------------------------------------------------------------------------
+    def attention(self) -> AttentionSets:
+        return decode(AttentionSets, _read_json(self.out / "state" / "attention.json"))
+
+    def degenerate_sparsities(self) -> list[float]:
+        """Sparsities at which the pruned model of any seed is degenerate: they rank nothing."""
+        reports = _read_json(self._marker("prune"))["reports"]
+        return sorted({r["sparsity"] for r in reports.values() if r["degenerate"]})
+
+    def warnings(self) -> list[str]:
+        out = list(self.split_warnings)
+        if self.finished("prune") and (bad := self.degenerate_sparsities()):
+            out.append(
+                f"pruned models at sparsity {', '.join(sparsity_key(s) for s in bad)} are degenerate (they predict "
+                "(nearly) nothing, or far worse than the dense model: see metrics.json 'pruning'); they are left out of "
+                "htl_score, and per_sparsity still shows them"
+            )
+        return out
+
+    # --- stages: each loads its inputs, calls ml.stages, saves what it returns ----------------------
     def _train_each_seed(self, stage: str, base: str, weights_for, *, part: tuple[int, int] = (0, 1),
                          record_dynamics: bool = False, only_seed: int | None = None) -> dict[str, dict]:
         """Train a fresh model per seed and save it as base (suffixed per seed); weights_for(seed)
@@ -322,28 +256,18 @@ class Run:
             name = self.name(base, seed)
             done = self.out / "state" / f"{stage}-{name}.json"
             if done.is_file():
-                results[name] = json.loads(done.read_text())
+                results[name] = _read_json(done)
                 continue
-            model = self._fresh_model(seed)
-            record = TrainingRecord(len(self.train_idx), self.spec.train.epochs) if record_dynamics else None
-            curve: list[float | None] = []
-            early_error: dict[str, np.ndarray] = {}
-
-            def on_epoch_end(epoch: int, current: torch.nn.Module) -> None:
-                curve.append(validation_prediction(current, self.decoded(), self.val_idx, self.mask_known[self.val_idx]).dice)
-                if epoch == hardness.el2n_epoch(self.spec.train.epochs) and "el2n" in self.spec.scorers:
-                    early_error["el2n"] = hardness.error_norm(current, self.decoded(), self.train_idx, self.objective())
-
             loss_weights, sampling_weights = weights_for(seed)
-            losses = self._train(
-                model, self._fit_config(seed), record=record, loss_weights=loss_weights, sampling_weights=sampling_weights,
-                on_epoch_end=on_epoch_end if record_dynamics else None,
+            trained = train_model(
+                self.inputs(), seed, loss_weights=loss_weights, sampling_weights=sampling_weights, record_dynamics=record_dynamics,
                 progress=lambda f, l, k=k: self.report(stage, f if only_seed is not None else (part[0] + self._seed_fraction(k, f)) / part[1], l),
             )
-            self._save(model, name, seed=seed)
-            if record is not None:
-                np.savez(self.out / "state" / f"dynamics-{name}.npz", dice=record.dice, **early_error)
-            results[name] = {"epoch_losses": losses, **({"validation_dice": curve} if record_dynamics else {})}
+            self._save(trained.model, base, seed)
+            if trained.dynamics is not None:
+                np.savez(self.out / "state" / f"dynamics-{name}.npz", **trained.dynamics)
+            results[name] = {"epoch_losses": trained.epoch_losses,
+                             **({"validation_dice": trained.validation_dice} if trained.validation_dice is not None else {})}
             _write_json(done, results[name])
         return results
 
@@ -352,57 +276,17 @@ class Run:
         _write_json(self._marker("dense"), {"training": curves})
 
     def stage_prune(self) -> None:
-        """Prune each dense seed at each sparsity, fine-tune if asked, re-estimate BatchNorm statistics
-        if asked, and report each pruned model's health next to its dense model's."""
         p = self.spec.prune
         reports = {}
-        steps = len(p.sparsities) * len(self.seeds)
-        has_target = self.mask_known[self.val_idx]
         for j, seed in enumerate(self.seeds):
-            dense = self.load(self.name("dense", seed))
-            dense_prediction = validation_prediction(self.reference(dense), self.decoded(), self.val_idx, has_target)
-            for i, s in enumerate(p.sparsities):
-                k = j * len(p.sparsities) + i
-                model = prepare_for_device(apply_pruning_masks(dense, s, p.scope), self.device)
-                if p.finetune_epochs:
-                    cfg = self._fit_config(seed, epochs=p.finetune_epochs, lr=self.spec.train.lr / FINETUNE_LR_DIVISOR)
-                    self._train(model, cfg, progress=lambda f, l, k=k: self.report("prune", (k + f) / steps, l))
-                model = prepare_for_device(make_permanent(model), self.device).eval()
-                if p.bn_recalibration:
-                    recalibrate_batchnorm(model, self.decoded(), self.train_idx)
-                prediction = validation_prediction(model, self.decoded(), self.val_idx, has_target)
-                report = health(sparsity_report(model, s), prediction, dense_prediction, degenerate_fraction=p.degenerate_fraction)
-                name = self.name(f"pruned@{sparsity_key(s)}", seed)
-                self._save(model, name, seed=seed, sparsity=s, achieved_sparsity=report["achieved"], degenerate=report["degenerate"])
-                reports[name.removeprefix("pruned@")] = {"sparsity": s, "seed": seed, "scope": p.scope,
-                                                         "bn_recalibrated": p.bn_recalibration, **report}
-                self.report("prune", (k + 1) / steps)
+            pruned = prune_dense(self.inputs(), self.load(self.name("dense", seed)), seed,
+                                 progress=lambda f, l, j=j: self.report("prune", self._seed_fraction(j, f), l))
+            for each in pruned:
+                saved = self._save(each.model, f"pruned@{sparsity_key(each.sparsity)}", seed, sparsity=each.sparsity,
+                                   achieved_sparsity=each.health["achieved"], degenerate=each.health["degenerate"])
+                reports[saved.name.removeprefix("pruned@")] = {"sparsity": each.sparsity, "seed": seed, "scope": p.scope,
+                                                               "bn_recalibrated": p.bn_recalibration, **each.health}
         _write_json(self._marker("prune"), {"reports": reports})
-
-    def reference(self, dense: torch.nn.Module) -> torch.nn.Module:
-        """The dense model the pruned ones are compared with: dense itself, or with
-        prune.bn_recalibration a copy whose BatchNorm statistics are re-estimated on the same
-        unaugmented training images as theirs, so the two differ by the pruned weights alone (the
-        dense model's own statistics come from augmented images in train mode: a shift that pruning
-        did not cause)."""
-        if not self.spec.prune.bn_recalibration:
-            return dense
-        return recalibrate_batchnorm(copy.deepcopy(dense), self.decoded(), self.train_idx)
-
-    def degenerate_sparsities(self) -> list[float]:
-        """Sparsities at which the pruned model of any seed is degenerate: they rank nothing."""
-        reports = json.loads(self._marker("prune").read_text())["reports"]
-        return sorted({r["sparsity"] for r in reports.values() if r["degenerate"]})
-
-    def warnings(self) -> list[str]:
-        out = list(self.split_warnings)
-        if self.finished("prune") and (bad := self.degenerate_sparsities()):
-            out.append(
-                f"pruned models at sparsity {', '.join(sparsity_key(s) for s in bad)} are degenerate (they predict "
-                "(nearly) nothing, or far worse than the dense model: see metrics.json 'pruning'); they are left out of "
-                "htl_score, and per_sparsity still shows them"
-            )
-        return out
 
     def _gallery_masks(self) -> np.ndarray:
         """Every training image's binarized prediction by the first seed's dense reference and pruned
@@ -412,77 +296,36 @@ class Run:
         shape = (len(self.train_idx), 1 + len(self.spec.prune.sparsities), -(-self.spec.image_size**2 // 8))
         return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
 
-    def _scores_of_seed(self, k: int, seed: int, masks_out: np.ndarray | None = None) -> tuple[dict[float, np.ndarray], dict[str, np.ndarray]]:
-        """Pruning disagreement per sparsity, and the other requested scorers, for one dense seed."""
-        dense = self.load(self.name("dense", seed))
-        pruned = {s: self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}
-        result = score_disagreement(
-            self.reference(dense), pruned, self.decoded(), self.train_idx, batch_size=max(self.spec.train.batch_size, 32),
-            progress=lambda f: self.report("score", self._seed_fraction(k, 0.8 * f)), masks_out=masks_out,
+    def _scores_of_seed(self, k: int, seed: int, masks_out: np.ndarray | None = None) -> SeedScores:
+        dense_name = self.name("dense", seed)
+        dynamics = None
+        if any(SCORERS[name].source == "dynamics" for name in self.spec.scorers):
+            dynamics = dict(np.load(self.out / "state" / f"dynamics-{dense_name}.npz"))
+        return score_seed(
+            self.inputs(), self.load(dense_name),
+            {s: self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}, seed,
+            dynamics=dynamics, masks_out=masks_out, progress=lambda f: self.report("score", self._seed_fraction(k, f)),
         )
-        others: dict[str, np.ndarray] = {}
-        wanted = set(self.spec.scorers)
-        if any(SCORERS[name].source == "dynamics" for name in wanted):
-            dynamics = np.load(self.out / "state" / f"dynamics-{self.name('dense', seed)}.npz")
-            read_off = {**hardness.from_dynamics(dynamics["dice"]), **({"el2n": dynamics["el2n"]} if "el2n" in dynamics else {})}
-            others.update({name: values for name, values in read_off.items() if name in wanted})
-        if "loss" in wanted:
-            others["loss"] = hardness.final_loss(dense, self.decoded(), self.train_idx, self.objective())
-        for name in others:
-            if SCORERS[name].needs_target:  # undefined (NaN) where the image has no target
-                others[name] = np.where(self.train_labeled, others[name], np.nan)
-        if "mc_dropout" in wanted:
-            others["mc_dropout"] = hardness.mc_dropout_disagreement(dense, self.decoded(), self.train_idx, seed=seed)
-        self.report("score", self._seed_fraction(k, 1.0))
-        return result.per_sparsity, others
 
-    def stage_score(self) -> None:
+    def stage_score(self) -> list[ImageScore]:
         gallery_masks = self._gallery_masks()
         per_seed = [self._scores_of_seed(k, seed, gallery_masks if k == 0 else None) for k, seed in enumerate(self.seeds)]
-        sparsities = self.spec.prune.sparsities
-        # as PIE averages over model populations, scores average over the dense seeds
-        per_sparsity = {s: np.mean([p[s] for p, _ in per_seed], axis=0) for s in sparsities}
         degenerate = set(self.degenerate_sparsities())
-        ranked_by = [s for s in sparsities if s not in degenerate]
-        if not ranked_by:
-            raise DegenerateError(
-                f"every pruned model is degenerate (sparsities {', '.join(map(sparsity_key, sparsities))}; see the pruning "
-                "report): nothing is left to rank by; choose lower prune.sparsities, train longer, or set prune.bn_recalibration"
-            )
-        htl_score = np.mean(np.stack([per_sparsity[s] for s in ranked_by]), axis=0)
-        others = {name: np.mean([o[name] for _, o in per_seed], axis=0) for name in per_seed[0][1]}
-        scores = HtlScores(image_indices=list(self.train_idx), per_sparsity=per_sparsity, htl_score=htl_score)
-        is_htl = select_htl(scores.htl_score, top_fraction=self.spec.htl.top_fraction, threshold=self.spec.htl.threshold)
-        ranks = scores.ranks()
         groups = self.groups_of(self.train_idx)
-        items = []
-        for j, i in enumerate(self.train_idx):
-            record = self.index.records[i]
-            items.append({
-                "image_id": record.image_id,
-                "htl_score": float(scores.htl_score[j]),
-                "is_htl": bool(is_htl[j]),
-                "rank": int(ranks[j]),
-                "labeled": bool(self.train_labeled[j]),
-                "per_sparsity": {sparsity_key(s): float(v[j]) for s, v in sorted(scores.per_sparsity.items())},
-                "scores": {name: (float(values[j]) if np.isfinite(values[j]) else None) for name, values in others.items()},
-                "attributes": dict(record.attributes),
-                "subgroups": {attribute: labels[j] for attribute, labels in groups.items()},
-            })
-        items.sort(key=lambda item: item["rank"])
-        top_fraction = self.spec.htl.top_fraction or max(float(is_htl.mean()), 1 / len(is_htl))
-        agreement = hardness.agreement({"pruning": scores.htl_score, **others}, top_fraction) if others else []
+        inputs = self.inputs()
+        ranking = rank_images(inputs, per_seed, degenerate=degenerate, groups=groups)
         column = self.spec.split.group_column
         clusters = [self.index.records[i].attributes.get(column, "") for i in self.train_idx] if column else None
         _write_json(self.out / "state" / "enrichment.json",
-                    subgroups.enrichment(groups, is_htl, clusters=clusters, cluster_name=column))
-        _write_json(self.out / "state" / "attention.json", self._attention_sets(is_htl, others))
-        self._write_gallery(is_htl, gallery_masks)
-        _write_json(self.out / "scores.json", items)
+                    subgroups.enrichment(groups, ranking.is_htl, clusters=clusters, cluster_name=column))
+        _write_json(self.out / "state" / "attention.json", encode(attention_sets(inputs, ranking, self.seeds)))
+        self._write_gallery(ranking.is_htl, gallery_masks)
+        _write_json(self.out / "scores.json", encode(ranking.scores))
         _write_json(self._marker("score"), {
-            "n_scored": len(items), "n_htl": int(is_htl.sum()), "scorer_agreement": agreement,
-            "ranked_by_sparsities": ranked_by, "degenerate_sparsities": sorted(degenerate),
+            "n_scored": len(ranking.scores), "n_htl": int(ranking.is_htl.sum()), "scorer_agreement": ranking.agreement,
+            "ranked_by_sparsities": ranking.ranked_by, "degenerate_sparsities": sorted(degenerate),
         })
+        return ranking.scores
 
     def _write_gallery(self, is_htl: np.ndarray, masks: np.ndarray) -> None:
         """gallery/<layer>/<image_id>.png: the binarized masks (at image_size) that the first seed's
@@ -507,111 +350,61 @@ class Run:
                                                 "images": ids, "htl": int(is_htl.sum()), "sample": len(sample)})
         Path(masks.filename).unlink(missing_ok=True)  # the scoring pass's masks are not kept
 
-    def _attention_sets(self, is_htl: np.ndarray, others: dict[str, np.ndarray]) -> dict:
-        """Which training images (by id) attention boosts: the top of the attention scorer, as many as
-        the HTL set; and per seed, the random control set of that size."""
-        k = int(is_htl.sum())
-        scorer = self.spec.attention.scorer
-        if scorer == "pruning":
-            attended = np.flatnonzero(is_htl)
-        else:
-            values = others[scorer]
-            finite = np.flatnonzero(np.isfinite(values))
-            order = finite[np.lexsort((finite, -values[finite]))]
-            attended = np.sort(order[:k])
-        ids = [self.index.records[i].image_id for i in self.train_idx]
-        out = {"scorer": scorer, "size": k, "attended": [ids[j] for j in attended]}
-        if self.spec.attention.control == "random":
-            n = len(self.train_idx)
-            out["control"] = {
-                str(seed): [ids[j] for j in np.sort(np.random.default_rng([self.spec.split.seed, seed]).choice(n, k, replace=False))]
-                for seed in self.seeds
-            }
-        return out
-
-    def _boost(self, image_ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(loss_weights, sampling_weights) over the training images that boost these images."""
-        a = self.spec.attention
-        chosen = set(image_ids)
-        boosted = np.array([a.factor if self.index.records[i].image_id in chosen else 1.0 for i in self.train_idx])
-        loss_weights = boosted if a.strategy in ("reweight", "both") else None
-        sampling_weights = boosted if a.strategy in ("oversample", "both") else None
-        return loss_weights, sampling_weights
+    def _attend_base(self, base: str, sets: AttentionSets, *, part: tuple[int, int] = (0, 1), only_seed: int | None = None) -> dict[str, dict]:
+        """Train the attended models (base 'attended') or their random controls ('control')."""
+        if base == "control" and sets.control is None:
+            raise RunDirError("a control unit, but the spec asked for no control (attention.control)")
+        chosen = (lambda seed: sets.attended) if base == "attended" else (lambda seed: sets.control[str(seed)])
+        return self._train_each_seed("attend", base, lambda seed: boost(self.inputs(), chosen(seed)), part=part, only_seed=only_seed)
 
     def stage_attend(self) -> None:
-        sets = json.loads((self.out / "state" / "attention.json").read_text())
-        control = "control" in sets
-        parts = 2 if control else 1
-        results = self._train_each_seed("attend", "attended", lambda seed: self._boost(sets["attended"]), part=(0, parts))
-        if control:
-            results.update(self._train_each_seed("attend", "control", lambda seed: self._boost(sets["control"][str(seed)]), part=(1, parts)))
+        sets = self.attention()
+        parts = 2 if sets.control is not None else 1
+        results = self._attend_base("attended", sets, part=(0, parts))
+        if sets.control is not None:
+            results.update(self._attend_base("control", sets, part=(1, parts)))
         _write_json(self._marker("attend"), {"training": results})
 
-    @torch.no_grad()
-    def _evaluate_split(self, models: dict[str, torch.nn.Module], indices: list[int]) -> tuple[dict[str, list[dict]], dict[str, list[float]], list[int]]:
-        """Per model, per image with a mask: metrics at the image's own size; for classifiers the
-        positive probability of every image; and the images that were scored."""
-        names = list(models)
-        per_image: dict[str, list[dict]] = {name: [] for name in names}
-        probs: dict[str, list[float]] = {name: [] for name in names}
-        scored: list[int] = []
-        data = self.decoded()
-        weak = self.setting == "weakly_supervised"
-        folders = [self.out / "predictions" / name for name in names]
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        # scoring each image and writing its PNGs (zlib, file writes: outside the GIL) overlap the
-        # next forward passes
-        with ThreadPoolExecutor(max_workers=1) as helper:
-            pending = []
-            for batch in iterate_batches(indices, 32):
-                images, _ = data.batch(batch)
-                logits = dict(zip(names, (t.cpu() for t in predict_each(list(models.values()), images))))
-                if weak:
-                    for name, model in models.items():
-                        probs[name] += torch.sigmoid(classify(model, images)).tolist()
-                for j, i in enumerate(batch):
-                    record = self.index.records[i]
-                    # every model's map of this image, upsampled together to the image's own size
-                    full = F.interpolate(torch.cat([logits[name][j : j + 1] for name in names]), size=data.original_sizes[i],
-                                         mode="bilinear", align_corners=False)[:, 0]
-                    peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
-                    pending.append((i, helper.submit(_score_and_write, record, (full > 0).numpy(), peaks,
-                                                     [folder / f"{record.image_id}.png" for folder in folders])))
-                self._evaluated += len(batch)
-                self.report("evaluate", self._evaluated / self._to_evaluate)
-            for i, done in pending:
-                entries = done.result()
-                if entries is not None:
-                    scored.append(i)
-                    for name, entry in zip(names, entries):
-                        per_image[name].append(entry)
-        return per_image, probs, scored
-
-    def stage_evaluate(self) -> None:
+    def stage_evaluate(self) -> EvaluationResult:
         names = self.model_names()
         models = {name: self.load(name) for name in names}
-        self._evaluated, self._to_evaluate = 0, sum(map(len, self.eval_splits.values()))
+        inputs = self.inputs()
+        for name in names:
+            (self.out / "predictions" / name).mkdir(parents=True, exist_ok=True)
+        done, to_evaluate = 0, sum(map(len, self.eval_splits.values()))
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            self.report("evaluate", done / to_evaluate)
+
         blocks: dict[str, dict[str, dict]] = {name: {} for name in names}
         scored_by_split: dict[str, list[int]] = {}
+        evaluations: list[ImageEvaluation] = []
         for split, indices in self.eval_splits.items():
-            per_image, probs, scored = self._evaluate_split(models, indices)
-            scored_by_split[split] = scored
-            groups = {a: [self.labels[a][i] for i in scored] for a in self.attributes}
+            result = evaluate_split(inputs, models, indices, progress=advance,
+                                    prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png")
+            scored_by_split[split] = result.scored
+            evaluations += [
+                ImageEvaluation(model=name, split=split, image_id=entry["image_id"], metrics={k: v for k, v in entry.items() if k != "image_id"})
+                for name in names for entry in result.per_image[name]
+            ]
+            groups = {a: [self.labels[a][i] for i in result.scored] for a in self.attributes}
             for name in names:
-                block = {**aggregate(per_image[name], groups), "per_image": per_image[name]}
-                if self.setting == "weakly_supervised":
-                    truth_labels = self.image_labels[indices]
+                block = {**aggregate(result.per_image[name], groups), "per_image": result.per_image[name]}
+                if self.targets.weak:
+                    truth_labels = self.targets.image_labels[indices]
                     known = ~np.isnan(truth_labels)
                     block["classification"] = {
-                        "auroc": auroc(np.asarray(probs[name])[known], truth_labels[known]),
+                        "auroc": auroc(np.asarray(result.probabilities[name])[known], truth_labels[known]),
                         "n": int(known.sum()), "positives": int(np.nansum(truth_labels)),
                     }
                 blocks[name][split] = block
         training = {}
         for stage in ("dense", "attend"):
-            training.update(json.loads(self._marker(stage).read_text())["training"])
-        score_marker = json.loads(self._marker("score").read_text())
+            training.update(_read_json(self._marker(stage))["training"])
+        score_marker = _read_json(self._marker("score"))
+        attention = self.attention()
         report = {
             "validation_images": len(self.val_idx),
             "test_images": len(self.test_idx),
@@ -621,10 +414,10 @@ class Run:
             "attributes": self.attributes,
             "seeds": self.seeds,
             "models": {},
-            "pruning": json.loads(self._marker("prune").read_text())["reports"],
+            "pruning": _read_json(self._marker("prune"))["reports"],
             "ranked_by_sparsities": score_marker["ranked_by_sparsities"],
             "degenerate_sparsities": score_marker["degenerate_sparsities"],
-            "attention": {k: v for k, v in json.loads((self.out / "state" / "attention.json").read_text()).items() if k in ("scorer", "size")},
+            "attention": {"scorer": attention.scorer, "size": attention.size},
             "training_loss": {name: t["epoch_losses"] for name, t in training.items()},
             "validation_curve": {name: t["validation_dice"] for name, t in training.items() if "validation_dice" in t},
             "scorer_agreement": score_marker["scorer_agreement"],
@@ -651,10 +444,14 @@ class Run:
             report["attended_vs_control"] = compare("control", "attended")
             report["control_vs_dense"] = compare("dense", "control")
         _write_json(self.out / "metrics.json", report)
-        self._write_subgroups(report, scored_by_split)
+        result = EvaluationResult(
+            evaluations=evaluations, metrics=metric_values(report["models"]),
+            summary={k: v for k, v in report.items() if k != "models"}, subgroups=self._write_subgroups(report, scored_by_split),
+        )
+        _write_json(self.out / "state" / "evaluation.json", encode(result))
         _write_json(self._marker("evaluate"), {"models": names})
-
-    def _write_subgroups(self, report: dict, scored_by_split: dict[str, list[int]]) -> None:
+        return result
+    def _write_subgroups(self, report: dict, scored_by_split: dict[str, list[int]]) -> dict:
         """subgroups.json: HTL enrichment per training subgroup, and per split and subgroup whether
         attention closed the gap: paired per-image Dice differences, bootstrapped over seeds and
         clusters of split.group_column, Benjamini-Hochberg across subgroups."""
@@ -677,36 +474,45 @@ class Run:
                 clusters=[self.index.records[i].attributes.get(column, "") for i in scored] if column else None,
                 cluster_name=column, resamples=BOOTSTRAP_RESAMPLES, seed=self.spec.split.seed,
             )
-        _write_json(self.out / "subgroups.json", {
+        body = {
             "seeds": self.seeds,
             "single_seed": len(self.seeds) == 1,
-            "enrichment": json.loads((self.out / "state" / "enrichment.json").read_text()),
+            "enrichment": _read_json(self.out / "state" / "enrichment.json"),
             "gap_closing": gap or None,
-        })
+        }
+        _write_json(self.out / "subgroups.json", body)
+        return body
 
     # --- units (contract.units): the same stages, split so that several workers share a job ----
-    def run_unit(self, kind: str, seed: int | None = None) -> None:
+    def run_unit(self, kind: str, seed: int | None = None) -> JobResults | None:
         """One unit of the job graph. dense[seed] and attend[seed]/control[seed] train one seed's model;
-        score runs prune and score over every dense seed; evaluate evaluates every model. A unit
-        whose inputs are missing raises instead of recomputing them."""
+        score runs prune and score over every dense seed; evaluate evaluates every model and answers
+        the job's results. A unit whose inputs are missing raises instead of recomputing them."""
         if kind == "dense":
             self._train_each_seed("dense", "dense", lambda s: (None, None), record_dynamics=True, only_seed=self._seed(seed))
         elif kind in ("attend", "control"):
             self._require("score")
-            sets = json.loads((self.out / "state" / "attention.json").read_text())
-            if kind == "control" and "control" not in sets:
-                raise RunDirError("a control unit, but the spec asked for no control (attention.control)")
-            chosen = sets["attended"] if kind == "attend" else sets["control"][str(self._seed(seed))]
-            self._train_each_seed("attend", "attended" if kind == "attend" else "control", lambda s: self._boost(chosen),
-                                  only_seed=self._seed(seed))
+            self._attend_base("attended" if kind == "attend" else "control", self.attention(), only_seed=self._seed(seed))
         elif kind == "score":
             self._require_models("dense", ["dense"])
             self._run_stages(("dense", "prune", "score"))
         elif kind == "evaluate":
             self._require_models("attend", ["attended", *(["control"] if self.spec.attention.control == "random" else [])])
             self._run_stages(("attend", "evaluate"))
+            return self.results()
         else:
             raise ValueError(f"no unit kind {kind!r}")
+        return None
+
+    def results(self) -> JobResults:
+        """What the finished run produced, typed: read back from the run folder, so a worker that
+        resumes a job after another one evaluated it answers the same results."""
+        self._require("evaluate")
+        evaluation = decode(EvaluationResult, _read_json(self.out / "state" / "evaluation.json"))
+        return JobResults(
+            scores=decode(list[ImageScore], _read_json(self.out / "scores.json")),
+            evaluation=evaluation, checkpoints=self.checkpoint_files(), warnings=list(evaluation.summary.get("warnings", [])),
+        )
 
     def _seed(self, seed: int | None) -> int:
         if seed not in self.seeds:
@@ -732,7 +538,7 @@ class Run:
 
     def run(self) -> dict:
         self._run_stages(STAGES)
-        return json.loads((self.out / "metrics.json").read_text())
+        return _read_json(self.out / "metrics.json")
 
 
 def run_pipeline(data_dir, spec: JobSpec, out_dir, *, device: str | None = None, progress: ProgressFn | None = None) -> dict:

@@ -3,7 +3,6 @@ persist scores, metrics and checkpoints in one transaction. A second delivery of
 finished job does nothing; a rerun replaces an earlier attempt's rows, never adds to them."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -12,7 +11,6 @@ import time
 import traceback
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 from celery import current_task
 from celery.exceptions import Reject
@@ -21,10 +19,12 @@ from sqlalchemy.exc import DBAPIError
 from app.db import queries, units
 from app.db.base import utcnow
 from app.db.models import Dataset, Job
+from app.db.results import persist_results
 from app.db.session import make_engine, make_sessionmaker
 from app.queue import RUN_JOB, enqueue_job
 from app.settings import Settings, get_settings
-from app.storage import Store, files_under, make_store, sha256_of
+from app.storage import Store, files_under, make_store
+from contract.results import JobResults
 from worker.celery_app import celery
 
 log = logging.getLogger("htl.worker")
@@ -71,56 +71,6 @@ class RunSync:
 def worker_name() -> str:
     request = getattr(current_task, "request", None)
     return getattr(request, "hostname", None) or f"htl-{os.getpid()}@{socket.gethostname()}"
-
-
-def _split_reports(metrics: dict):
-    """(model, split, report) for each model and split: a model's entry in metrics.json is its
-    validation report, with the test split's report under 'test'."""
-    for model, entry in metrics["models"].items():
-        for split, report in (("validation", entry), ("test", entry.get("test"))):
-            if report is not None:
-                yield model, split, report
-
-
-def _metric_rows(metrics: dict) -> list[dict]:
-    """One row per model, split, subgroup and metric."""
-    rows = []
-    for model, split, report in _split_reports(metrics):
-        for name, value in report["overall"].items():
-            rows.append({"model": model, "split": split, "attribute": None, "subgroup": None, "metric": name, "value": value, "n": report["n"]})
-        classification = report.get("classification")  # weakly_supervised: the classifier's AUROC
-        if classification and classification["auroc"] is not None:
-            rows.append({"model": model, "split": split, "attribute": None, "subgroup": None, "metric": "auroc",
-                         "value": classification["auroc"], "n": classification["n"]})
-        for attribute, groups in report["subgroups"].items():
-            for label, stats in groups.items():
-                for name, value in stats.items():
-                    if name != "n":
-                        rows.append({"model": model, "split": split, "attribute": attribute, "subgroup": label, "metric": name,
-                                     "value": value, "n": stats["n"]})
-    return rows
-
-
-def _evaluation_rows(metrics: dict) -> list[dict]:
-    """Per model (each seed's, not the means over seeds), split and held-out image: its metrics."""
-    rows = []
-    for model, split, report in _split_reports(metrics):
-        for item in report.get("per_image", []):
-            rows.append({"model": model, "split": split, "image_id": item["image_id"],
-                         "metrics": {k: v for k, v in item.items() if k != "image_id"}})
-    return rows
-
-
-def _checkpoint_rows(out: Path, job_id: uuid.UUID) -> list[dict]:
-    rows = []
-    for path in sorted((out / "checkpoints").glob("*.safetensors")):
-        name = path.name[: -len(".safetensors")]  # dense, pruned@0.5, attended; with several seeds: ...-s<seed>
-        sparsity = float(name.removeprefix("pruned@").split("-s")[0]) if name.startswith("pruned@") else None
-        rows.append({
-            "name": name, "storage_key": f"jobs/{job_id}/run/checkpoints/{path.name}", "sha256": sha256_of(path),
-            "size_bytes": path.stat().st_size, "sparsity": sparsity, "format": "safetensors",
-        })
-    return rows
 
 
 class JobLost(Exception):
@@ -304,16 +254,16 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
 
     try:
         data_dir = store.local_tree(dataset_key)
-        sync = RunSync(store, f"jobs/{job_id}/run")
-        out = sync.folder
+        run_prefix = f"jobs/{job_id}/run"
+        sync = RunSync(store, run_prefix)
         with heartbeat:
-            run = Run(data_dir, JobSpec.model_validate(spec_raw), out, device=settings.device, progress=on_progress)
-            run.run_unit(kind, seed)
+            run = Run(data_dir, JobSpec.model_validate(spec_raw), sync.folder, device=settings.device, progress=on_progress)
+            results = run.run_unit(kind, seed)
         sync.push()  # what this unit made, for the units after it (on whatever worker)
         if heartbeat.cancelled.is_set():
             raise JobCancelled()
         if kind == "evaluate":
-            return _finish_job(job_id, unit, out, submit_warnings, worker=worker, sessionmaker=sessionmaker)
+            return _finish_job(job_id, unit, results, run_prefix, submit_warnings, worker=worker, sessionmaker=sessionmaker)
         ready = write(lambda s: units.complete_unit(session=s, job_id=job_id, name=unit, worker=worker), f"completing {unit}")
         if ready is None:
             log.warning("job %s: unit %s was taken over before it completed here; this run's result is dropped", job_id, unit)
@@ -351,12 +301,10 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             log.info("scratch cache: evicted %s", entry)
 
 
-def _finish_job(job_id: uuid.UUID, unit: str, out: Path, submit_warnings: list[str], *, worker: str, sessionmaker) -> str:
+def _finish_job(job_id: uuid.UUID, unit: str, results: JobResults, run_prefix: str, submit_warnings: list[str], *, worker: str,
+                sessionmaker) -> str:
     """The last unit: the job's results go to the database with the job's success, in one transaction."""
-    scores = json.loads((out / "scores.json").read_text())
-    metrics = json.loads((out / "metrics.json").read_text())
-    summary = {k: v for k, v in metrics.items() if k not in ("models",)}  # per-image values go to evaluations
-    warnings = submit_warnings + [w for w in metrics.get("warnings", []) if w not in submit_warnings]
+    warnings = submit_warnings + [w for w in results.warnings if w not in submit_warnings]
 
     def persist() -> bool:
         with sessionmaker() as session:
@@ -364,16 +312,7 @@ def _finish_job(job_id: uuid.UUID, unit: str, out: Path, submit_warnings: list[s
                     session=session, job_id=job_id, status="succeeded", warnings=warnings):
                 session.rollback()
                 return False
-            queries.replace_results(
-                session=session, job_id=job_id,
-                scores=[
-                    {**{k: item[k] for k in ("rank", "image_id", "htl_score", "is_htl", "labeled", "per_sparsity", "attributes", "subgroups")},
-                     "other_scores": item["scores"]}
-                    for item in scores
-                ],
-                metrics=_metric_rows(metrics), checkpoints=_checkpoint_rows(out, job_id), evaluations=_evaluation_rows(metrics),
-                reports={"subgroups": json.loads((out / "subgroups.json").read_text()), "summary": summary},
-            )
+            persist_results(session=session, job_id=job_id, results=results, run_prefix=run_prefix)
             session.commit()
             return True
 

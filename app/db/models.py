@@ -176,5 +176,6 @@ class Checkpoint(UUIDPrimaryKey, CreatedAt, Base):
     storage_key: Mapped[str] = mapped_column(String(400))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    seed: Mapped[int | None]  # None: saved before seeds were recorded (0007)
     sparsity: Mapped[float | None]
     format: Mapped[str] = mapped_column(String(20), default="safetensors")

@@ -1,5 +1,6 @@
 """GET /v1/jobs/{id}, the polled route, reads through app.db.status (psycopg's pool on PostgreSQL,
 SQLAlchemy's asyncio engine on SQLite): it must answer what the ORM-backed routes answer."""
+import dataclasses
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -8,9 +9,11 @@ from sqlalchemy import update
 
 from app.db import queries
 from app.db.models import Job, JobUnit
+from app.db.results import persist_results
 from app.main import create_app
 from app.settings import Settings
 from contract.jobspec import JobSpec
+from contract.results import EvaluationResult, ImageScore, JobResults
 
 
 def make_job(session_factory, key_header: dict) -> uuid.UUID:
@@ -67,12 +70,13 @@ def test_a_scores_page_written_as_text_matches_the_stored_rows(client, session_f
 
     job_id = make_job(session_factory, alice)
     odd_ids = ['IMG "quoted"', "IMG_ünïcode", "IMG\\back", "IMG_4"]
-    scores = [{"rank": r, "image_id": image_id, "htl_score": 1 / (r + 2), "is_htl": r == 1, "labeled": r != 3,
-               "per_sparsity": {"0.5": 0.25 * r, "0.9": 1e-9}, "other_scores": {"loss": None, "el2n": 0.1 * r},
-               "attributes": {"sex": "female", "site": 'a "b"'}, "subgroups": {"sex": "female"}}
+    scores = [ImageScore(rank=r, image_id=image_id, htl_score=1 / (r + 2), is_htl=r == 1, labeled=r != 3,
+                         per_sparsity={"0.5": 0.25 * r, "0.9": 1e-9}, scores={"loss": None, "el2n": 0.1 * r},
+                         attributes={"sex": "female", "site": 'a "b"'}, subgroups={"sex": "female"})
               for r, image_id in enumerate(odd_ids, start=1)]
     with session_factory() as s:
-        queries.replace_results(session=s, job_id=job_id, scores=scores, metrics=[], checkpoints=[])
+        persist_results(session=s, job_id=job_id, run_prefix=f"jobs/{job_id}/run",
+                        results=JobResults(scores=scores, evaluation=EvaluationResult([], [], {}, {}), checkpoints=[]))
         s.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
         s.commit()
     first = client.get(f"/v1/jobs/{job_id}/scores", params={"limit": 3}, headers=alice)
@@ -81,6 +85,6 @@ def test_a_scores_page_written_as_text_matches_the_stored_rows(client, session_f
     rest = Page[ScoreOut].model_validate(client.get(f"/v1/jobs/{job_id}/scores", params={"cursor": page.next_cursor}, headers=alice).json())
     assert rest.next_cursor is None
     got = [item.model_dump() for item in page.items + rest.items]
-    assert got == [{**{k: v for k, v in s.items() if k != "other_scores"}, "scores": s["other_scores"]} for s in scores]
+    assert got == [dataclasses.asdict(s) for s in scores]
     htl = client.get(f"/v1/jobs/{job_id}/scores", params={"htl_only": "true"}, headers=alice).json()
     assert [i["image_id"] for i in htl["items"]] == ['IMG "quoted"'] and htl["next_cursor"] is None

@@ -199,13 +199,15 @@ def test_other_scorers_reach_the_scores_endpoint(client, alice, dataset_id, sett
     assert metrics["seeds"] == [0, 1] and {"dense", "dense-s0", "dense-s1", "attended"} <= set(metrics["models"])
     assert metrics["attended_vs_dense"]["single_seed"] is False and len(metrics["scorer_agreement"]) == 3
     checkpoints = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=alice).json()["items"]
-    assert {c["name"]: c["sparsity"] for c in checkpoints}["pruned@0.9-s1"] == 0.9
+    by_name = {c["name"]: (c["seed"], c["sparsity"]) for c in checkpoints}
+    assert by_name["pruned@0.9-s1"] == (1, 0.9) and by_name["dense-s0"] == (0, None) and by_name["attended-s1"] == (1, None)
 
 
 def test_checkpoints_list_and_download_with_checksum(client, alice, finished_job):
     listing = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice).json()["items"]
     assert [c["name"] for c in listing] == ["attended", "dense", "pruned@0.5", "pruned@0.9"]
     assert [c["sparsity"] for c in listing] == [None, None, 0.5, 0.9]
+    assert {c["seed"] for c in listing} == {0}
     first = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice, params={"limit": 3}).json()
     rest = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice, params={"cursor": first["next_cursor"]}).json()
     assert [c["name"] for c in first["items"] + rest["items"]] == [c["name"] for c in listing]

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -202,6 +203,22 @@ def test_the_units_in_order_make_the_same_run_as_the_whole_pipeline(tmp_path):
         run.run_unit("dense", 0)
         run.run_unit("score")
     for name in plan:  # each unit in a fresh Run, as on a worker that has only the store's files
-        Run(data, spec, tmp_path / "units", device="cpu").run_unit(*parse_unit(name))
+        answered = Run(data, spec, tmp_path / "units", device="cpu").run_unit(*parse_unit(name))
+        assert (answered is None) == (name != "evaluate")
+    # the last unit answers the job's results, typed; a worker resuming after it reads the same back
+    assert answered == Run(data, spec, tmp_path / "units", device="cpu").results()
+    by_name = {c.name: c for c in answered.checkpoints}
+    assert sorted(by_name) == sorted(f"{base}-s{seed}" for seed in (0, 1) for base in ("dense", "pruned@0.5", "attended", "control"))
+    for c in answered.checkpoints:
+        assert c.sha256 == hashlib.sha256((tmp_path / "units" / c.path).read_bytes()).hexdigest()
+        assert c.size_bytes == (tmp_path / "units" / c.path).stat().st_size
+        assert (c.seed, c.sparsity) == (int(c.name[-1]), 0.5 if c.base == "pruned@0.5" else None)
+    assert [s.rank for s in answered.scores] == list(range(1, 33)) and answered.evaluation.evaluations
+    per_image = {(e.model, e.image_id): e.metrics for e in answered.evaluation.evaluations}
+    for model in by_name:  # each seed's model: every validation image's metrics, as metrics.json lists them
+        listed = whole["models"][model]["per_image"]
+        assert len(listed) == len([k for k in per_image if k[0] == model]) > 0
+    overall = {(m.model, m.metric): m.value for m in answered.evaluation.metrics if m.split == "validation" and m.attribute is None}
+    assert overall[("attended", "dice")] == pytest.approx(np.mean([overall[(f"attended-s{s}", "dice")] for s in (0, 1)]))
     assert json.loads((tmp_path / "units" / "scores.json").read_text()) == json.loads((tmp_path / "whole" / "scores.json").read_text())
     assert json.loads((tmp_path / "units" / "metrics.json").read_text())["models"].keys() == whole["models"].keys()

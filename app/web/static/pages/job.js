@@ -224,7 +224,7 @@ async function results(main, job) {
   const metricsBox = h("section", { id: "metrics" }, h("h2", {}, `Metrics (${metrics.split} split)`), metricsTable(metrics),
     metrics.splits.includes("test") ? h("p", { class: "hint" }, "Test split: ", h("a", { href: `/v1/jobs/${jobId}/metrics?split=test` }, "JSON")) : null,
     h("h3", {}, "Checkpoints"),
-    table(["Name", "Sparsity", "Size", "sha256", ""], checkpoints.map((c) => [c.name, c.sparsity ?? "–", bytes(c.size_bytes),
+    table(["Name", "Seed", "Sparsity", "Size", "sha256", ""], checkpoints.map((c) => [c.name, c.seed ?? "–", c.sparsity ?? "–", bytes(c.size_bytes),
       h("code", { title: c.sha256 }, c.sha256.slice(0, 12)),
       h("button", { type: "button", class: "secondary", onclick: () => download(c, status).catch((e) => { status.textContent = e.message; }) }, "Download")]),
       { testid: "checkpoints" }), status);

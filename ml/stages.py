@@ -1,0 +1,333 @@
+"""The stages as plain functions: each takes the run's inputs (StageInputs), models and what the
+stage before it produced, and returns a typed result. They know nothing of run folders, names on
+disk or units: ml.pipeline.Run loads their inputs, saves what they return and resumes between them."""
+from __future__ import annotations
+
+import copy
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contract.jobspec import JobSpec
+from contract.results import ImageScore
+from contract.scorers import SCORERS
+from ml import hardness
+from ml.data import DatasetIndex, DecodedDataset, read_mask
+from ml.metrics import stack_metrics
+from ml.models import ModelConfig
+from ml.png import write_mask_png
+from ml.prune import apply_pruning_masks, health, make_permanent, recalibrate_batchnorm, sparsity_report, validation_prediction
+from ml.scoring import HtlScores, score_disagreement, select_htl
+from ml.setting import Targets, fit_in_setting
+from ml.train import FitConfig, TrainingRecord, classify, iterate_batches, predict_each, prepare_for_device
+
+FINETUNE_LR_DIVISOR = 10.0
+EVAL_BATCH = 32
+
+Fraction = Callable[[float], None]  # the share of this call's work done
+FractionAndLoss = Callable[[float, float | None], None]
+
+
+class DegenerateError(RuntimeError):
+    """Every pruned model collapsed: nothing is left to rank the images by."""
+
+
+def sparsity_key(s: float) -> str:
+    return format(s, "g")
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What every stage reads: the spec, the decoded images and their split, the targets the setting
+    trains on, the model config and the device."""
+
+    spec: JobSpec
+    index: DatasetIndex
+    data: DecodedDataset
+    train_idx: list[int]
+    val_idx: list[int]
+    targets: Targets
+    model_config: ModelConfig
+    device: torch.device
+
+    def fit_config(self, seed: int, *, epochs: int | None = None, lr: float | None = None) -> FitConfig:
+        t = self.spec.train
+        return FitConfig(epochs=epochs or t.epochs, batch_size=t.batch_size, lr=lr or t.lr, weight_decay=t.weight_decay,
+                         schedule=t.schedule, augment=t.augment, seed=seed)
+
+    def fit(self, model: nn.Module, cfg: FitConfig, **kwargs) -> list[float]:
+        return fit_in_setting(model, self.data, self.targets, self.spec, cfg, **kwargs)
+
+    def reference(self, dense: nn.Module) -> nn.Module:
+        """The dense model the pruned ones are compared with: dense itself, or with
+        prune.bn_recalibration a copy whose BatchNorm statistics are re-estimated on the same
+        unaugmented training images as theirs, so the two differ by the pruned weights alone (the
+        dense model's own statistics come from augmented images in train mode: a shift that pruning
+        did not cause)."""
+        if not self.spec.prune.bn_recalibration:
+            return dense
+        return recalibrate_batchnorm(copy.deepcopy(dense), self.data, self.train_idx)
+
+    def image_ids(self, indices: list[int]) -> list[str]:
+        return [self.index.records[i].image_id for i in indices]
+
+
+# --- dense, attended and control models ----------------------------------------------------------
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    epoch_losses: list[float]
+    validation_dice: list[float | None] | None = None  # per epoch (dense models: the curve)
+    dynamics: dict[str, np.ndarray] | None = None  # 'dice' per training image and epoch; 'el2n' when asked
+
+
+def train_model(inputs: StageInputs, seed: int, *, loss_weights: np.ndarray | None = None, sampling_weights: np.ndarray | None = None,
+                record_dynamics: bool = False, progress: FractionAndLoss | None = None) -> TrainedModel:
+    """A fresh model trained from seed; weights align with inputs.train_idx. record_dynamics (the
+    dense models): the validation curve, and what the dynamics scorers read off the training."""
+    spec = inputs.spec
+    torch.manual_seed(seed)
+    model = prepare_for_device(inputs.model_config.build(), inputs.device)
+    record = TrainingRecord(len(inputs.train_idx), spec.train.epochs) if record_dynamics else None
+    curve: list[float | None] = []
+    early_error: dict[str, np.ndarray] = {}
+
+    def on_epoch_end(epoch: int, current: nn.Module) -> None:
+        curve.append(validation_prediction(current, inputs.data, inputs.val_idx, inputs.targets.mask_known[inputs.val_idx]).dice)
+        if epoch == hardness.el2n_epoch(spec.train.epochs) and "el2n" in spec.scorers:
+            early_error["el2n"] = hardness.error_norm(current, inputs.data, inputs.train_idx, inputs.targets.objective())
+
+    losses = inputs.fit(model, inputs.fit_config(seed), record=record, loss_weights=loss_weights, sampling_weights=sampling_weights,
+                        on_epoch_end=on_epoch_end if record_dynamics else None, progress=progress)
+    if not record_dynamics:
+        return TrainedModel(model, losses)
+    return TrainedModel(model, losses, curve, {"dice": record.dice, **early_error})
+
+
+# --- pruning ---------------------------------------------------------------------------------------
+@dataclass
+class PrunedModel:
+    sparsity: float
+    model: nn.Module
+    health: dict  # achieved and per-layer sparsity, validation Dice next to the dense model's, degenerate
+
+
+def prune_dense(inputs: StageInputs, dense: nn.Module, seed: int, *, progress: FractionAndLoss | None = None) -> list[PrunedModel]:
+    """The dense model pruned at each sparsity: fine-tuned if asked, BatchNorm statistics re-estimated
+    if asked, and each one's health next to the dense model's."""
+    p = inputs.spec.prune
+    has_target = inputs.targets.mask_known[inputs.val_idx]
+    dense_prediction = validation_prediction(inputs.reference(dense), inputs.data, inputs.val_idx, has_target)
+    out = []
+    for i, s in enumerate(p.sparsities):
+        model = prepare_for_device(apply_pruning_masks(dense, s, p.scope), inputs.device)
+        if p.finetune_epochs:
+            cfg = inputs.fit_config(seed, epochs=p.finetune_epochs, lr=inputs.spec.train.lr / FINETUNE_LR_DIVISOR)
+            inputs.fit(model, cfg, progress=None if progress is None else lambda f, loss, i=i: progress((i + f) / len(p.sparsities), loss))
+        model = prepare_for_device(make_permanent(model), inputs.device).eval()
+        if p.bn_recalibration:
+            recalibrate_batchnorm(model, inputs.data, inputs.train_idx)
+        prediction = validation_prediction(model, inputs.data, inputs.val_idx, has_target)
+        out.append(PrunedModel(s, model, health(sparsity_report(model, s), prediction, dense_prediction, degenerate_fraction=p.degenerate_fraction)))
+        if progress is not None:
+            progress((i + 1) / len(p.sparsities), None)
+    return out
+
+
+# --- scoring and ranking ---------------------------------------------------------------------------
+@dataclass
+class SeedScores:
+    """One dense seed's view of every training image: pruning disagreement per sparsity, and the
+    other scorers the spec asked for (NaN where undefined)."""
+
+    per_sparsity: dict[float, np.ndarray]
+    others: dict[str, np.ndarray]
+
+
+def score_seed(inputs: StageInputs, dense: nn.Module, pruned: dict[float, nn.Module], seed: int, *,
+               dynamics: dict[str, np.ndarray] | None = None, masks_out: np.ndarray | None = None,
+               progress: Fraction | None = None) -> SeedScores:
+    """dynamics: what train_model recorded for this dense model (needed by the dynamics scorers).
+    masks_out: receives every binarized prediction (see score_disagreement)."""
+    spec, data, train_idx = inputs.spec, inputs.data, inputs.train_idx
+    result = score_disagreement(
+        inputs.reference(dense), pruned, data, train_idx, batch_size=max(spec.train.batch_size, 32),
+        progress=None if progress is None else lambda f: progress(0.8 * f), masks_out=masks_out,
+    )
+    others: dict[str, np.ndarray] = {}
+    wanted = set(spec.scorers)
+    if any(SCORERS[name].source == "dynamics" for name in wanted):
+        if dynamics is None:
+            raise ValueError("the dynamics scorers need the dense model's training record")
+        read_off = {**hardness.from_dynamics(dynamics["dice"]), **({"el2n": dynamics["el2n"]} if "el2n" in dynamics else {})}
+        others.update({name: values for name, values in read_off.items() if name in wanted})
+    if "loss" in wanted:
+        others["loss"] = hardness.final_loss(dense, data, train_idx, inputs.targets.objective())
+    for name in others:
+        if SCORERS[name].needs_target:  # undefined (NaN) where the image has no target
+            others[name] = np.where(inputs.targets.train_labeled, others[name], np.nan)
+    if "mc_dropout" in wanted:
+        others["mc_dropout"] = hardness.mc_dropout_disagreement(dense, data, train_idx, seed=seed)
+    if progress is not None:
+        progress(1.0)
+    return SeedScores(result.per_sparsity, others)
+
+
+@dataclass
+class Ranking:
+    scores: list[ImageScore]  # hardest first
+    is_htl: np.ndarray  # per training image, in train_idx order
+    others: dict[str, np.ndarray]  # the other scorers, averaged over seeds
+    ranked_by: list[float]  # the sparsities that are not degenerate
+    agreement: list[dict]  # how the scorers' top sets agree
+
+
+def rank_images(inputs: StageInputs, per_seed: list[SeedScores], *, degenerate: set[float], groups: dict[str, list[str]]) -> Ranking:
+    """Scores averaged over the dense seeds (as PIE averages over model populations), the HTL score
+    averaged over the sparsities that are not degenerate, and the HTL set at its top. groups: per
+    attribute, each training image's subgroup."""
+    spec = inputs.spec
+    sparsities = spec.prune.sparsities
+    per_sparsity = {s: np.mean([p.per_sparsity[s] for p in per_seed], axis=0) for s in sparsities}
+    ranked_by = [s for s in sparsities if s not in degenerate]
+    if not ranked_by:
+        raise DegenerateError(
+            f"every pruned model is degenerate (sparsities {', '.join(map(sparsity_key, sparsities))}; see the pruning "
+            "report): nothing is left to rank by; choose lower prune.sparsities, train longer, or set prune.bn_recalibration"
+        )
+    htl_score = np.mean(np.stack([per_sparsity[s] for s in ranked_by]), axis=0)
+    others = {name: np.mean([p.others[name] for p in per_seed], axis=0) for name in per_seed[0].others}
+    scores = HtlScores(image_indices=list(inputs.train_idx), per_sparsity=per_sparsity, htl_score=htl_score)
+    is_htl = select_htl(scores.htl_score, top_fraction=spec.htl.top_fraction, threshold=spec.htl.threshold)
+    ranks = scores.ranks()
+    items = []
+    for j, i in enumerate(inputs.train_idx):
+        record = inputs.index.records[i]
+        items.append(ImageScore(
+            image_id=record.image_id,
+            htl_score=float(scores.htl_score[j]),
+            is_htl=bool(is_htl[j]),
+            rank=int(ranks[j]),
+            labeled=bool(inputs.targets.train_labeled[j]),
+            per_sparsity={sparsity_key(s): float(v[j]) for s, v in sorted(scores.per_sparsity.items())},
+            scores={name: (float(values[j]) if np.isfinite(values[j]) else None) for name, values in others.items()},
+            attributes=dict(record.attributes),
+            subgroups={attribute: labels[j] for attribute, labels in groups.items()},
+        ))
+    items.sort(key=lambda item: item.rank)
+    top_fraction = spec.htl.top_fraction or max(float(is_htl.mean()), 1 / len(is_htl))
+    agreement = hardness.agreement({"pruning": scores.htl_score, **others}, top_fraction) if others else []
+    return Ranking(items, is_htl, others, ranked_by, agreement)
+
+
+# --- attention -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionSets:
+    """Which training images (by id) attention boosts: the top of the attention scorer, as many as
+    the HTL set; and per seed (as a string: JSON keys), the random control set of that size."""
+
+    scorer: str
+    size: int
+    attended: list[str]
+    control: dict[str, list[str]] | None = None
+
+
+def attention_sets(inputs: StageInputs, ranking: Ranking, seeds: list[int]) -> AttentionSets:
+    spec = inputs.spec
+    k = int(ranking.is_htl.sum())
+    scorer = spec.attention.scorer
+    if scorer == "pruning":
+        attended = np.flatnonzero(ranking.is_htl)
+    else:
+        values = ranking.others[scorer]
+        finite = np.flatnonzero(np.isfinite(values))
+        order = finite[np.lexsort((finite, -values[finite]))]
+        attended = np.sort(order[:k])
+    ids = inputs.image_ids(inputs.train_idx)
+    control = None
+    if spec.attention.control == "random":
+        n = len(inputs.train_idx)
+        control = {str(seed): [ids[j] for j in np.sort(np.random.default_rng([spec.split.seed, seed]).choice(n, k, replace=False))]
+                   for seed in seeds}
+    return AttentionSets(scorer, k, [ids[j] for j in attended], control)
+
+
+def boost(inputs: StageInputs, image_ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(loss_weights, sampling_weights) over the training images that boost these images as
+    attention.strategy says."""
+    a = inputs.spec.attention
+    chosen = set(image_ids)
+    boosted = np.array([a.factor if image_id in chosen else 1.0 for image_id in inputs.image_ids(inputs.train_idx)])
+    loss_weights = boosted if a.strategy in ("reweight", "both") else None
+    sampling_weights = boosted if a.strategy in ("oversample", "both") else None
+    return loss_weights, sampling_weights
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+@dataclass
+class SplitEvaluation:
+    per_image: dict[str, list[dict]]  # per model, per image with a mask: {'image_id', metric: value}
+    probabilities: dict[str, list[float]]  # weak: per model, every image's positive probability
+    scored: list[int]  # the images with a mask, in order
+
+
+def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: list[Path]) -> list[dict] | None:
+    """One held-out image's predictions by every model (M, H, W) at its own size: written as 0/255
+    PNGs, and scored against its mask if it has one (peaks: pointing, for weak supervision)."""
+    for path, pred in zip(paths, preds):
+        write_mask_png(path, pred)
+    if record.mask_path is None:
+        return None
+    truth = read_mask(record.mask_path)
+    entries = [{"image_id": record.image_id, **metrics} for metrics in stack_metrics(truth, preds)]
+    if peaks is not None:  # does each map's peak fall inside the lesion?
+        for entry, peak in zip(entries, peaks):
+            entry["pointing"] = float(truth.flat[peak])
+    return entries
+
+
+@torch.no_grad()
+def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: list[int], *,
+                   prediction_path: Callable[[str, str], Path], progress: Callable[[int], None] | None = None) -> SplitEvaluation:
+    """Every model on every image of a held-out split, at the image's own size: its predicted mask
+    written to prediction_path(model, image_id), its metrics where the image has a mask; for
+    classifiers the positive probability. progress(n): n more images done."""
+    names = list(models)
+    per_image: dict[str, list[dict]] = {name: [] for name in names}
+    probs: dict[str, list[float]] = {name: [] for name in names}
+    scored: list[int] = []
+    data = inputs.data
+    weak = inputs.targets.weak
+    # scoring each image and writing its PNGs (zlib, file writes: outside the GIL) overlap the next
+    # forward passes
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        pending = []
+        for batch in iterate_batches(indices, EVAL_BATCH):
+            images, _ = data.batch(batch)
+            logits = dict(zip(names, (t.cpu() for t in predict_each(list(models.values()), images))))
+            if weak:
+                for name, model in models.items():
+                    probs[name] += torch.sigmoid(classify(model, images)).tolist()
+            for j, i in enumerate(batch):
+                record = inputs.index.records[i]
+                # every model's map of this image, upsampled together to the image's own size
+                full = F.interpolate(torch.cat([logits[name][j : j + 1] for name in names]), size=data.original_sizes[i],
+                                     mode="bilinear", align_corners=False)[:, 0]
+                peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
+                pending.append((i, helper.submit(_score_and_write, record, (full > 0).numpy(), peaks,
+                                                 [prediction_path(name, record.image_id) for name in names])))
+            if progress is not None:
+                progress(len(batch))
+        for i, done in pending:
+            entries = done.result()
+            if entries is not None:
+                scored.append(i)
+                for name, entry in zip(names, entries):
+                    per_image[name].append(entry)
+    return SplitEvaluation(per_image, probs, scored)
