@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from contract.jobspec import JobSpec, check_spec_fits_dataset, resolve_group_column
-from contract.results import CheckpointFile, EvaluationResult, ImageEvaluation, ImageScore, JobResults, decode, encode
+from contract.results import CheckpointFile, EvaluationResult, ImageScore, JobResults, decode, encode
 from contract.scorers import SCORERS, extra_passes
 from ml import subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
-from ml.metrics import aggregate, auroc, metric_values, subgroup_labels, usable_attributes
+from ml.evaluation import compare_models, evaluate_split, image_evaluations, model_reports, split_reports
+from ml.metrics import metric_values, subgroup_labels, usable_attributes
 from ml.models import ModelConfig
 from ml.png import write_mask_png
-from ml.seeds import compare_over_seeds, over_seeds
 from ml.setting import make_targets
 from ml.stages import (
     AttentionSets,
@@ -33,7 +33,6 @@ from ml.stages import (
     StageInputs,
     attention_sets,
     boost,
-    evaluate_split,
     prune_dense,
     rank_images,
     score_seed,
@@ -378,28 +377,12 @@ class Run:
             done += n
             self.report("evaluate", done / to_evaluate)
 
-        blocks: dict[str, dict[str, dict]] = {name: {} for name in names}
-        scored_by_split: dict[str, list[int]] = {}
-        evaluations: list[ImageEvaluation] = []
-        for split, indices in self.eval_splits.items():
-            result = evaluate_split(inputs, models, indices, progress=advance,
-                                    prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png")
-            scored_by_split[split] = result.scored
-            evaluations += [
-                ImageEvaluation(model=name, split=split, image_id=entry["image_id"], metrics={k: v for k, v in entry.items() if k != "image_id"})
-                for name in names for entry in result.per_image[name]
-            ]
-            groups = {a: [self.labels[a][i] for i in result.scored] for a in self.attributes}
-            for name in names:
-                block = {**aggregate(result.per_image[name], groups), "per_image": result.per_image[name]}
-                if self.targets.weak:
-                    truth_labels = self.targets.image_labels[indices]
-                    known = ~np.isnan(truth_labels)
-                    block["classification"] = {
-                        "auroc": auroc(np.asarray(result.probabilities[name])[known], truth_labels[known]),
-                        "n": int(known.sum()), "positives": int(np.nansum(truth_labels)),
-                    }
-                blocks[name][split] = block
+        results = {
+            split: evaluate_split(inputs, models, indices, progress=advance,
+                                  prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png")
+            for split, indices in self.eval_splits.items()
+        }
+        by_split = {split: split_reports(results[split], indices, self.labels, self.targets) for split, indices in self.eval_splits.items()}
         training = {}
         for stage in ("dense", "attend"):
             training.update(_read_json(self._marker(stage))["training"])
@@ -408,12 +391,12 @@ class Run:
         report = {
             "validation_images": len(self.val_idx),
             "test_images": len(self.test_idx),
-            "scored_images": len(scored_by_split["validation"]),
+            "scored_images": len(results["validation"].scored),
             "splits": list(self.eval_splits),
             "group_column": self.spec.split.group_column,
             "attributes": self.attributes,
             "seeds": self.seeds,
-            "models": {},
+            "models": model_reports(by_split, bases=self.bases(), seeds=self.seeds, name=self.name),
             "pruning": _read_json(self._marker("prune"))["reports"],
             "ranked_by_sparsities": score_marker["ranked_by_sparsities"],
             "degenerate_sparsities": score_marker["degenerate_sparsities"],
@@ -423,34 +406,21 @@ class Run:
             "scorer_agreement": score_marker["scorer_agreement"],
             "warnings": self.warnings(),
         }
-        # a model's entry is its validation report, with a 'test' block shaped like it
-        for name in names:
-            report["models"][name] = {**blocks[name]["validation"], **({"test": blocks[name]["test"]} if "test" in blocks[name] else {})}
-        if len(self.seeds) > 1:
-            for base in self.bases():
-                entries = [report["models"][self.name(base, s)] for s in self.seeds]
-                report["models"][base] = {**over_seeds(entries), **({"test": over_seeds([e["test"] for e in entries])} if self.test_idx else {})}
-
-        def compare(a: str, b: str) -> dict:
-            first = [report["models"][self.name(a, s)] for s in self.seeds]
-            second = [report["models"][self.name(b, s)] for s in self.seeds]
-            out = compare_over_seeds(first, second)
-            if self.test_idx:
-                out["test"] = compare_over_seeds([e["test"] for e in first], [e["test"] for e in second])
-            return out
-
-        report["attended_vs_dense"] = compare("dense", "attended")
+        pairs = [("attended_vs_dense", "dense", "attended")]
         if "control" in self.bases():
-            report["attended_vs_control"] = compare("control", "attended")
-            report["control_vs_dense"] = compare("dense", "control")
+            pairs += [("attended_vs_control", "control", "attended"), ("control_vs_dense", "dense", "control")]
+        for key, a, b in pairs:
+            report[key] = compare_models(report["models"], a, b, seeds=self.seeds, name=self.name)
         _write_json(self.out / "metrics.json", report)
         result = EvaluationResult(
-            evaluations=evaluations, metrics=metric_values(report["models"]),
-            summary={k: v for k, v in report.items() if k != "models"}, subgroups=self._write_subgroups(report, scored_by_split),
+            evaluations=[e for split, r in results.items() for e in image_evaluations(split, r)],
+            metrics=metric_values(report["models"]), summary={k: v for k, v in report.items() if k != "models"},
+            subgroups=self._write_subgroups(report, {split: r.scored for split, r in results.items()}),
         )
         _write_json(self.out / "state" / "evaluation.json", encode(result))
         _write_json(self._marker("evaluate"), {"models": names})
         return result
+
     def _write_subgroups(self, report: dict, scored_by_split: dict[str, list[int]]) -> dict:
         """subgroups.json: HTL enrichment per training subgroup, and per split and subgroup whether
         attention closed the gap: paired per-image Dice differences, bootstrapped over seeds and

@@ -4,31 +4,25 @@ disk or units: ml.pipeline.Run loads their inputs, saves what they return and re
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from contract.jobspec import JobSpec
 from contract.results import ImageScore
 from contract.scorers import SCORERS
 from ml import hardness
-from ml.data import DatasetIndex, DecodedDataset, read_mask
-from ml.metrics import stack_metrics
+from ml.data import DatasetIndex, DecodedDataset
 from ml.models import ModelConfig
-from ml.png import write_mask_png
 from ml.prune import apply_pruning_masks, health, make_permanent, recalibrate_batchnorm, sparsity_report, validation_prediction
 from ml.scoring import HtlScores, score_disagreement, select_htl
 from ml.setting import Targets, fit_in_setting
-from ml.train import FitConfig, TrainingRecord, classify, iterate_batches, predict_each, prepare_for_device
+from ml.train import FitConfig, TrainingRecord, prepare_for_device
 
 FINETUNE_LR_DIVISOR = 10.0
-EVAL_BATCH = 32
 
 Fraction = Callable[[float], None]  # the share of this call's work done
 FractionAndLoss = Callable[[float, float | None], None]
@@ -267,67 +261,3 @@ def boost(inputs: StageInputs, image_ids: list[str]) -> tuple[np.ndarray | None,
     loss_weights = boosted if a.strategy in ("reweight", "both") else None
     sampling_weights = boosted if a.strategy in ("oversample", "both") else None
     return loss_weights, sampling_weights
-
-
-# --- evaluation ------------------------------------------------------------------------------------
-@dataclass
-class SplitEvaluation:
-    per_image: dict[str, list[dict]]  # per model, per image with a mask: {'image_id', metric: value}
-    probabilities: dict[str, list[float]]  # weak: per model, every image's positive probability
-    scored: list[int]  # the images with a mask, in order
-
-
-def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: list[Path]) -> list[dict] | None:
-    """One held-out image's predictions by every model (M, H, W) at its own size: written as 0/255
-    PNGs, and scored against its mask if it has one (peaks: pointing, for weak supervision)."""
-    for path, pred in zip(paths, preds):
-        write_mask_png(path, pred)
-    if record.mask_path is None:
-        return None
-    truth = read_mask(record.mask_path)
-    entries = [{"image_id": record.image_id, **metrics} for metrics in stack_metrics(truth, preds)]
-    if peaks is not None:  # does each map's peak fall inside the lesion?
-        for entry, peak in zip(entries, peaks):
-            entry["pointing"] = float(truth.flat[peak])
-    return entries
-
-
-@torch.no_grad()
-def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: list[int], *,
-                   prediction_path: Callable[[str, str], Path], progress: Callable[[int], None] | None = None) -> SplitEvaluation:
-    """Every model on every image of a held-out split, at the image's own size: its predicted mask
-    written to prediction_path(model, image_id), its metrics where the image has a mask; for
-    classifiers the positive probability. progress(n): n more images done."""
-    names = list(models)
-    per_image: dict[str, list[dict]] = {name: [] for name in names}
-    probs: dict[str, list[float]] = {name: [] for name in names}
-    scored: list[int] = []
-    data = inputs.data
-    weak = inputs.targets.weak
-    # scoring each image and writing its PNGs (zlib, file writes: outside the GIL) overlap the next
-    # forward passes
-    with ThreadPoolExecutor(max_workers=1) as helper:
-        pending = []
-        for batch in iterate_batches(indices, EVAL_BATCH):
-            images, _ = data.batch(batch)
-            logits = dict(zip(names, (t.cpu() for t in predict_each(list(models.values()), images))))
-            if weak:
-                for name, model in models.items():
-                    probs[name] += torch.sigmoid(classify(model, images)).tolist()
-            for j, i in enumerate(batch):
-                record = inputs.index.records[i]
-                # every model's map of this image, upsampled together to the image's own size
-                full = F.interpolate(torch.cat([logits[name][j : j + 1] for name in names]), size=data.original_sizes[i],
-                                     mode="bilinear", align_corners=False)[:, 0]
-                peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
-                pending.append((i, helper.submit(_score_and_write, record, (full > 0).numpy(), peaks,
-                                                 [prediction_path(name, record.image_id) for name in names])))
-            if progress is not None:
-                progress(len(batch))
-        for i, done in pending:
-            entries = done.result()
-            if entries is not None:
-                scored.append(i)
-                for name, entry in zip(names, entries):
-                    per_image[name].append(entry)
-    return SplitEvaluation(per_image, probs, scored)

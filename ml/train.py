@@ -242,7 +242,17 @@ def predict_each(models: list[nn.Module], images_u8: torch.Tensor) -> list[torch
 
 
 @torch.no_grad()
-def classify(model: torch.nn.Module, images_u8: torch.Tensor) -> torch.Tensor:
-    device = device_of(model)
-    with autocast(device):
-        return model.classify(model_input(images_u8, device)).float().cpu()
+def localize_and_classify(models: list[nn.Module], images_u8: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """CAM classifiers (ml.models.CamClassifier): each model's map, as its forward answers it, and its
+    classification logit (on the CPU), from one pass; forward and classify would each run the network."""
+    inputs: dict[torch.device, torch.Tensor] = {}
+    maps, logits = [], []
+    for model in models:
+        device = device_of(model)
+        if device not in inputs:
+            inputs[device] = model_input(images_u8, device)
+        with autocast(device):
+            scaled, logit = model.cam(inputs[device])
+            maps.append((scaled - model.cam_threshold).float())
+        logits.append(logit.float().cpu())
+    return maps, logits

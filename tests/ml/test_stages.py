@@ -1,4 +1,4 @@
-"""ml.stages: the stages are plain functions over inputs, models and typed results; they run without a
+"""ml.stages and ml.evaluation: the stages are plain functions over inputs, models and typed results; they run without a
 run folder and write nothing but what they are told to."""
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ import torch
 from contract.jobspec import JobSpec
 from contract.results import ImageScore
 from ml.data import decode_dataset, scan_dataset, split_indices
+from ml.evaluation import evaluate_split
 from ml.models import ModelConfig
 from ml.setting import make_targets
 from ml.stages import (
@@ -15,7 +16,6 @@ from ml.stages import (
     StageInputs,
     attention_sets,
     boost,
-    evaluate_split,
     prune_dense,
     rank_images,
     score_seed,

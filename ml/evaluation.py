@@ -1,0 +1,144 @@
+"""The evaluate stage as plain functions: every model on the held-out images (evaluate_split), and
+what the reports make of that: each model's report per split, the means over seeds, and the
+comparisons between models over seeds."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contract.results import ImageEvaluation
+from ml.data import read_mask
+from ml.metrics import aggregate, auroc, stack_metrics
+from ml.png import write_mask_png
+from ml.seeds import compare_over_seeds, over_seeds
+from ml.setting import Targets
+from ml.stages import StageInputs
+from ml.train import iterate_batches, localize_and_classify, predict_each
+
+EVAL_BATCH = 32
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+@dataclass
+class SplitEvaluation:
+    per_image: dict[str, list[dict]]  # per model, per image with a mask: {'image_id', metric: value}
+    probabilities: dict[str, list[float]]  # weak: per model, every image's positive probability
+    scored: list[int]  # the images with a mask, in order
+
+
+def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: list[Path]) -> list[dict] | None:
+    """One held-out image's predictions by every model (M, H, W) at its own size: written as 0/255
+    PNGs, and scored against its mask if it has one (peaks: pointing, for weak supervision)."""
+    for path, pred in zip(paths, preds):
+        write_mask_png(path, pred)
+    if record.mask_path is None:
+        return None
+    truth = read_mask(record.mask_path)
+    entries = [{"image_id": record.image_id, **metrics} for metrics in stack_metrics(truth, preds)]
+    if peaks is not None:  # does each map's peak fall inside the lesion?
+        for entry, peak in zip(entries, peaks):
+            entry["pointing"] = float(truth.flat[peak])
+    return entries
+
+
+@torch.no_grad()
+def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: list[int], *,
+                   prediction_path: Callable[[str, str], Path], progress: Callable[[int], None] | None = None) -> SplitEvaluation:
+    """Every model on every image of a held-out split, at the image's own size: its predicted mask
+    written to prediction_path(model, image_id), its metrics where the image has a mask; for
+    classifiers the positive probability. progress(n): n more images done."""
+    names = list(models)
+    per_image: dict[str, list[dict]] = {name: [] for name in names}
+    probs: dict[str, list[float]] = {name: [] for name in names}
+    scored: list[int] = []
+    data = inputs.data
+    weak = inputs.targets.weak
+    # scoring each image and writing its PNGs (zlib, file writes: outside the GIL) overlap the next
+    # forward passes
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        pending = []
+        for batch in iterate_batches(indices, EVAL_BATCH):
+            images, _ = data.batch(batch)
+            if weak:  # the maps and the classifiers' logits from one pass
+                maps, class_logits = localize_and_classify(list(models.values()), images)
+                for name, class_logit in zip(names, class_logits):
+                    probs[name] += torch.sigmoid(class_logit).tolist()
+            else:
+                maps = predict_each(list(models.values()), images)
+            logits = dict(zip(names, (t.cpu() for t in maps)))
+            for j, i in enumerate(batch):
+                record = inputs.index.records[i]
+                # every model's map of this image, upsampled together to the image's own size
+                full = F.interpolate(torch.cat([logits[name][j : j + 1] for name in names]), size=data.original_sizes[i],
+                                     mode="bilinear", align_corners=False)[:, 0]
+                peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
+                pending.append((i, helper.submit(_score_and_write, record, (full > 0).numpy(), peaks,
+                                                 [prediction_path(name, record.image_id) for name in names])))
+            if progress is not None:
+                progress(len(batch))
+        for i, done in pending:
+            entries = done.result()
+            if entries is not None:
+                scored.append(i)
+                for name, entry in zip(names, entries):
+                    per_image[name].append(entry)
+    return SplitEvaluation(per_image, probs, scored)
+
+
+def image_evaluations(split: str, result: SplitEvaluation) -> list[ImageEvaluation]:
+    return [ImageEvaluation(model=name, split=split, image_id=entry["image_id"], metrics={k: v for k, v in entry.items() if k != "image_id"})
+            for name, entries in result.per_image.items() for entry in entries]
+
+
+def split_reports(result: SplitEvaluation, indices: list[int], groups: dict[str, list[str]], targets: Targets) -> dict[str, dict]:
+    """Per model, its report on one split: overall and per-subgroup means, the per-image values, and
+    for classifiers the AUROC. groups: per attribute, every dataset image's subgroup."""
+    scored_groups = {a: [labels[i] for i in result.scored] for a, labels in groups.items()}
+    out = {}
+    for name, per_image in result.per_image.items():
+        report = {**aggregate(per_image, scored_groups), "per_image": per_image}
+        if targets.weak:
+            truth = targets.image_labels[indices]
+            known = ~np.isnan(truth)
+            report["classification"] = {
+                "auroc": auroc(np.asarray(result.probabilities[name])[known], truth[known]),
+                "n": int(known.sum()), "positives": int(np.nansum(truth)),
+            }
+        out[name] = report
+    return out
+
+
+ModelName = Callable[[str, int], str]  # (base, seed) -> the model's name
+
+
+def model_reports(by_split: dict[str, dict[str, dict]], *, bases: list[str], seeds: list[int], name: ModelName) -> dict[str, dict]:
+    """metrics.json 'models': each model's validation report with its test report under 'test'; with
+    several seeds, each base name also as the means over its seeds."""
+    has_test = "test" in by_split
+    models = {}
+    for seed in seeds:
+        for base in bases:
+            model = name(base, seed)
+            models[model] = {**by_split["validation"][model], **({"test": by_split["test"][model]} if has_test else {})}
+    if len(seeds) > 1:
+        for base in bases:
+            entries = [models[name(base, s)] for s in seeds]
+            models[base] = {**over_seeds(entries), **({"test": over_seeds([e["test"] for e in entries])} if has_test else {})}
+    return models
+
+
+def compare_models(models: dict[str, dict], a: str, b: str, *, seeds: list[int], name: ModelName) -> dict:
+    """b minus a over the seeds (each seed's b against the same seed's a), with the test split's under 'test'."""
+    first = [models[name(a, s)] for s in seeds]
+    second = [models[name(b, s)] for s in seeds]
+    out = compare_over_seeds(first, second)
+    if "test" in first[0]:
+        out["test"] = compare_over_seeds([e["test"] for e in first], [e["test"] for e in second])
+    return out
