@@ -3,7 +3,7 @@ what the reports make of that: each model's report per split, the means over see
 comparisons between models over seeds."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -48,6 +48,30 @@ def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: 
     return entries
 
 
+class _AtOnce:
+    """An executor that runs each call when it is submitted."""
+
+    def __enter__(self) -> "_AtOnce":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
+
+
+def _helper(device: torch.device):
+    """Where each image is scored and its PNGs written. On a GPU, a helper thread does it while the
+    next batch's forward passes run. On the CPU, torch's threads already use every core and a helper
+    thread only takes turns with them: HAM10000, 400 validation images at 64 px, 6 models, 2 cores,
+    3 runs each: 0.84 / 0.86 / 0.83 of the bare forward passes at once, 0.76 / 0.81 / 0.83 with the
+    helper thread."""
+    return ThreadPoolExecutor(max_workers=1) if device.type == "cuda" else _AtOnce()
+
+
 @torch.no_grad()
 def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: list[int], *,
                    prediction_path: Callable[[str, str], Path], progress: Callable[[int], None] | None = None) -> SplitEvaluation:
@@ -60,9 +84,7 @@ def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: l
     scored: list[int] = []
     data = inputs.data
     weak = inputs.targets.weak
-    # scoring each image and writing its PNGs (zlib, file writes: outside the GIL) overlap the next
-    # forward passes
-    with ThreadPoolExecutor(max_workers=1) as helper:
+    with _helper(inputs.device) as helper:
         pending = []
         for batch in iterate_batches(indices, EVAL_BATCH):
             images, _ = data.batch(batch)

@@ -88,3 +88,26 @@ def test_boost_weights_the_chosen_images_as_the_strategy_says(tmp_path, strategy
         assert (got is not None) == wanted
         if wanted:
             np.testing.assert_array_equal(got, expected)
+
+
+def test_evaluation_answers_the_same_with_a_helper_thread_as_at_once(tmp_path, monkeypatch):
+    """The CPU scores each image at once; a GPU hands that to a helper thread (ml.evaluation._helper)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ml.evaluation
+
+    inputs = inputs_for(tmp_path, SPEC)
+    model = train_model(inputs, 0).model
+
+    def evaluate(folder):
+        def path(model_name, image_id):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            return tmp_path / folder / f"{image_id}.png"
+        return evaluate_split(inputs, {"dense": model}, inputs.val_idx, prediction_path=path)
+
+    at_once = evaluate("at-once")
+    monkeypatch.setattr(ml.evaluation, "_helper", lambda device: ThreadPoolExecutor(max_workers=1))
+    threaded = evaluate("threaded")
+    assert threaded.per_image == at_once.per_image and threaded.scored == at_once.scored
+    for png in (tmp_path / "at-once").iterdir():
+        assert png.read_bytes() == (tmp_path / "threaded" / png.name).read_bytes()
