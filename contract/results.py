@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 
@@ -79,7 +79,11 @@ class JobResults:
     scores: list[ImageScore]
     evaluation: EvaluationResult
     checkpoints: list[CheckpointFile]
-    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the run warns of (the summary's 'warnings')."""
+        return list(self.evaluation.summary.get("warnings", []))
 
 
 def encode(value: Any) -> Any:

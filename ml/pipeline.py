@@ -170,7 +170,7 @@ class Run:
         return self.data
 
     def inputs(self) -> StageInputs:
-        return StageInputs(spec=self.spec, index=self.index, data=self.decoded(), train_idx=self.train_idx, val_idx=self.val_idx,
+        return StageInputs(spec=self.spec, index=self.index, data=self.decoded(), val_idx=self.val_idx,
                            targets=self.targets, model_config=self.model_config, device=self.device)
 
     def name(self, base: str, seed: int) -> str:
@@ -481,7 +481,7 @@ class Run:
         evaluation = decode(EvaluationResult, _read_json(self.out / "state" / "evaluation.json"))
         return JobResults(
             scores=decode(list[ImageScore], _read_json(self.out / "scores.json")),
-            evaluation=evaluation, checkpoints=self.checkpoint_files(), warnings=list(evaluation.summary.get("warnings", [])),
+            evaluation=evaluation, checkpoints=self.checkpoint_files(),
         )
 
     def _seed(self, seed: int | None) -> int:

@@ -44,11 +44,14 @@ class StageInputs:
     spec: JobSpec
     index: DatasetIndex
     data: DecodedDataset
-    train_idx: list[int]
     val_idx: list[int]
-    targets: Targets
+    targets: Targets  # their train_idx is the training images'
     model_config: ModelConfig
     device: torch.device
+
+    @property
+    def train_idx(self) -> list[int]:
+        return self.targets.train_idx
 
     def fit_config(self, seed: int, *, epochs: int | None = None, lr: float | None = None) -> FitConfig:
         t = self.spec.train

@@ -24,18 +24,18 @@ def sample() -> JobResults:
             evaluations=[ImageEvaluation(model="dense-s1", split="test", image_id="IMG_2", metrics={"dice": 1.0})],
             metrics=[MetricValue("dense", "validation", None, None, "dice", 0.75, 3),
                      MetricValue("dense", "validation", "sex", "female", "dice", 0.5, 1)],
-            summary={"seeds": [0, 1], "nested": {"a": [1, None]}},
+            summary={"seeds": [0, 1], "nested": {"a": [1, None]}, "warnings": ["one"]},
             subgroups={"gap_closing": None},
         ),
         checkpoints=[CheckpointFile(name="pruned@0.5-s1", base="pruned@0.5", seed=1, sparsity=0.5,
                                     path="checkpoints/pruned@0.5-s1.safetensors", sha256="ab" * 32, size_bytes=10)],
-        warnings=["one"],
     )
 
 
 def test_a_result_survives_json_unchanged():
     results = sample()
     assert decode(JobResults, json.loads(json.dumps(encode(results)))) == results
+    assert results.warnings == ["one"]
 
 
 def test_whole_numbers_come_back_as_floats_where_the_type_says_float():

@@ -31,7 +31,7 @@ def inputs_for(tmp_path, spec: dict) -> StageInputs:
     index = scan_dataset(make_dataset(tmp_path / "data", n=40, size=32, seed=2))
     parsed = JobSpec.model_validate(spec)
     train, val, _ = split_indices(index, val_fraction=0.25, group_column=None, seed=0)
-    return StageInputs(spec=parsed, index=index, data=decode_dataset(index, 32), train_idx=train, val_idx=val,
+    return StageInputs(spec=parsed, index=index, data=decode_dataset(index, 32), val_idx=val,
                        targets=make_targets(index, parsed, train), model_config=ModelConfig("unet", 4), device=torch.device("cpu"))
 
 
