@@ -35,6 +35,7 @@ def load_spec(path: str | None) -> JobSpec:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
+    _require_torch("`htl run`")
     from tqdm import tqdm
 
     from ml.pipeline import DegenerateError, Progress, Run, RunDirError
@@ -211,9 +212,20 @@ def _die_with_parent() -> None:
         pass
 
 
+def _require_torch(what: str) -> None:
+    """The API-only install has no torch: say so, rather than start a worker that dies at import."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise SystemExit(f"htl: {what} needs torch, which this install lacks (the API-only install, "
+                         "requirements/api.txt): install requirements/runtime.txt for a worker, "
+                         "or run `htl serve --no-worker` with workers on another host")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import os
 
+    _require_torch("`htl worker`")
     settings = _settings(args)
     settings.ensure_dirs()
     os.execv(sys.executable, _worker_command())
@@ -233,6 +245,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import threading
 
+    if not args.no_worker:
+        _require_torch("`htl serve` with its local worker")
     settings = _settings(args)
     settings.ensure_dirs()
     upgrade(settings.resolved_database_url)

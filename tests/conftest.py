@@ -1,9 +1,23 @@
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+NO_TORCH = "needs torch, which the API-only install (requirements/api.txt) leaves out"
+
+# the API-only install runs the suite too (.ci/check-install): tests/ml imports torch throughout
+collect_ignore = [] if HAS_TORCH else ["ml"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_TORCH:
+        return
+    for item in items:
+        if item.get_closest_marker("torch"):
+            item.add_marker(pytest.mark.skip(reason=NO_TORCH))
 
 
 def shared_data_dir() -> Path:

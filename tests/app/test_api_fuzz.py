@@ -22,6 +22,7 @@ from .test_worker_process import wait_for
 MIN_CASES = 1000
 
 
+@pytest.mark.torch
 def test_generated_requests_find_no_server_error_and_no_nonconformance(tmp_path):
     if importlib.util.find_spec("schemathesis") is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[test]' installs it)")

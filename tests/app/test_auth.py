@@ -54,6 +54,7 @@ def test_keys_are_stored_hashed(client, alice, session_factory):
     assert key not in stored and all(len(h) == 64 for h in stored)
 
 
+@pytest.mark.torch
 def test_another_owners_resources_answer_404_like_missing_ones(client, alice, bob, dataset_id, settings):
     job = submit(client, alice, dataset_id).json()
     execute_job(uuid.UUID(job["id"]), settings=settings, worker="w")
@@ -98,6 +99,7 @@ def test_readyz_checks_a_redis_broker_and_says_when_it_is_down(db_url, tmp_path)
     assert r.json()["checks"]["database"] == "ok" and r.json()["checks"]["broker"].startswith("unavailable")
 
 
+@pytest.mark.torch
 def test_metrics_answer_in_the_prometheus_text_format(client, alice, dataset_id, settings):
     from prometheus_client.parser import text_string_to_metric_families
 

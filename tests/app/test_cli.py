@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ml.synthetic import make_dataset
 
 
@@ -9,6 +11,7 @@ def _htl(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+@pytest.mark.torch
 def test_htl_run_writes_every_output(tmp_path):
     data = make_dataset(tmp_path / "data", n=40, size=32, seed=2)
     spec = tmp_path / "spec.json"
@@ -33,6 +36,7 @@ def test_htl_run_rejects_a_bad_spec_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.torch
 def test_htl_run_rejects_a_group_column_the_metadata_lacks(tmp_path):
     data = make_dataset(tmp_path / "data", n=8, size=32)
     spec = tmp_path / "spec.json"

@@ -18,6 +18,9 @@ from .test_service_under_load import Server
 
 SPEC = {"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5]}}
 
+# a real `htl serve` with its worker trains the jobs these tests drive
+pytestmark = pytest.mark.torch
+
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):

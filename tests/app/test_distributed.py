@@ -101,6 +101,7 @@ def _units(job: dict) -> dict[str, dict]:
     return {u["name"]: u for u in job["units"]}
 
 
+@pytest.mark.torch
 def test_two_workers_share_a_job_through_the_bucket_and_survive_kill_9(cluster, tmp_path):
     api, workers = cluster
     workers.start("alpha")

@@ -110,6 +110,7 @@ def test_results_wait_for_success(client, alice, dataset_id):
         assert r.status_code == 409 and "queued" in r.json()["detail"]
 
 
+@pytest.mark.torch
 def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
     pages, cursor = [], None
     while True:
@@ -130,6 +131,7 @@ def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
     assert htl == [i for i in items if i["is_htl"]] and len(htl) == 3
 
 
+@pytest.mark.torch
 def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finished_job):
     body = client.get(f"/v1/jobs/{finished_job}/metrics", headers=alice).json()
     assert set(body["models"]) == {"dense", "attended", "pruned@0.5", "pruned@0.9"}
@@ -141,6 +143,7 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finis
     assert set(body["pruning"]) == {"0.5", "0.9"} and body["scorer_agreement"] == []
 
 
+@pytest.mark.torch
 def test_subgroups_report_enrichment_and_gap_closing(client, alice, finished_job):
     body = client.get(f"/v1/jobs/{finished_job}/subgroups", headers=alice).json()
     assert body["single_seed"] is True and body["seeds"] == [0]
@@ -165,6 +168,7 @@ def test_the_split_column_is_resolved_at_submission_and_a_missing_one_is_warned_
     assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["warnings"] == job["warnings"]
 
 
+@pytest.mark.torch
 def test_a_controlled_job_reports_test_metrics_and_attended_vs_control(client, alice, dataset_id, settings):
     spec = {**TINY, "model": {"width": 8}, "train": {"epochs": 5, "batch_size": 8}, "split": {"test_fraction": 0.2},
             "attention": {"control": "random"}, "prune": {"sparsities": [0.3, 0.999]}}
@@ -184,11 +188,13 @@ def test_a_controlled_job_reports_test_metrics_and_attended_vs_control(client, a
     assert set(gap) == {"validation", "test"}
 
 
+@pytest.mark.torch
 def test_test_metrics_of_a_job_without_a_test_split_are_404(client, alice, finished_job):
     r = client.get(f"/v1/jobs/{finished_job}/metrics", headers=alice, params={"split": "test"})
     assert r.status_code == 404 and "test_fraction" in r.json()["detail"]
 
 
+@pytest.mark.torch
 def test_other_scorers_reach_the_scores_endpoint(client, alice, dataset_id, settings):
     spec = {**TINY, "scorers": ["loss", "forgetting"], "train": {"epochs": 2, "batch_size": 8, "seeds": [0, 1]}}
     job = submit(client, alice, dataset_id, spec).json()
@@ -203,6 +209,7 @@ def test_other_scorers_reach_the_scores_endpoint(client, alice, dataset_id, sett
     assert by_name["pruned@0.9-s1"] == (1, 0.9) and by_name["dense-s0"] == (0, None) and by_name["attended-s1"] == (1, None)
 
 
+@pytest.mark.torch
 def test_checkpoints_list_and_download_with_checksum(client, alice, finished_job):
     listing = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice).json()["items"]
     assert [c["name"] for c in listing] == ["attended", "dense", "pruned@0.5", "pruned@0.9"]
@@ -222,6 +229,7 @@ def test_checkpoints_list_and_download_with_checksum(client, alice, finished_job
     assert client.get(f"/v1/jobs/{finished_job}/checkpoints/nope", headers=alice).status_code == 404
 
 
+@pytest.mark.torch
 def test_a_second_run_of_a_finished_job_writes_nothing(client, alice, finished_job, settings, session_factory):
     counts = [count_rows(session_factory, m) for m in (Score, Metric, Checkpoint)]
     before = client.get(f"/v1/jobs/{finished_job}", headers=alice).json()
@@ -231,6 +239,7 @@ def test_a_second_run_of_a_finished_job_writes_nothing(client, alice, finished_j
     assert before["status"] == "succeeded" and before["progress"] == 1 and before["attempt"] == 1
 
 
+@pytest.mark.torch
 def test_a_failing_job_stores_a_readable_error(client, alice, dataset_id, settings):
     job = submit(client, alice, dataset_id).json()
     store = client.app.state.store
@@ -243,6 +252,7 @@ def test_a_failing_job_stores_a_readable_error(client, alice, dataset_id, settin
     assert "cannot identify image file" in failed["error"]
 
 
+@pytest.mark.torch
 def test_semi_and_weak_jobs_through_the_same_endpoints(client, alice, tmp_path, settings):
     files = dataset_files(tmp_path, n=40)
     for k in [k for k in files if k.startswith("masks/SYN_0001")]:  # ten images lose their masks
@@ -264,6 +274,7 @@ def test_semi_and_weak_jobs_through_the_same_endpoints(client, alice, tmp_path, 
     assert r.status_code == 422 and "spec.weak.label_column" in r.json()["detail"]
 
 
+@pytest.mark.torch
 def test_per_image_evaluations_page_by_model_and_split(client, alice, dataset_id, settings):
     spec = {**TINY, "split": {"test_fraction": 0.2}}
     job = submit(client, alice, dataset_id, spec).json()
@@ -284,6 +295,7 @@ def test_per_image_evaluations_page_by_model_and_split(client, alice, dataset_id
     assert missing.status_code == 404 and "attended on test" in missing.json()["detail"]
 
 
+@pytest.mark.torch
 def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
     import io as _io
 

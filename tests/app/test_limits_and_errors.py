@@ -83,6 +83,7 @@ def test_forged_cursors_are_422(client, alice, path, cursor):
     assert "cursor" in body["detail"]
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("rank", [True, 2**40, -1, "5", 1.5])
 def test_forged_score_cursors_are_422(client, alice, dataset_id, settings, rank):
     job = submit(client, alice, dataset_id).json()
@@ -146,6 +147,7 @@ def test_an_unexpected_error_is_a_500_in_the_error_shape(app, alice, monkeypatch
         assert "boom" not in body["detail"]  # nothing internal leaks
 
 
+@pytest.mark.torch
 def test_deleting_a_dataset_waits_for_its_jobs_then_removes_rows_and_files(client, alice, bob, dataset_id, settings):
     factory = client.app.state.sessionmaker
     with factory() as session:
@@ -165,6 +167,7 @@ def test_deleting_a_dataset_waits_for_its_jobs_then_removes_rows_and_files(clien
     _error(client.get(f"/v1/datasets/{dataset_id}", headers=alice), 404, "NOT_FOUND")
 
 
+@pytest.mark.torch
 def test_deleting_a_finished_job_removes_its_results_and_files(client, alice, dataset_id, settings):
     job = submit(client, alice, dataset_id).json()
     assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"

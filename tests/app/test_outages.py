@@ -113,6 +113,7 @@ def _finished(http, job_id):
     return state if state and state["status"] in ("succeeded", "failed", "cancelled") else None
 
 
+@pytest.mark.torch
 def test_a_postgresql_restart_mid_job_neither_strands_nor_duplicates_it(tmp_path, own_postgres, own_redis):
     server = Server(tmp_path, database_url=own_postgres.url, no_worker=False, broker_url=own_redis.url, **FAST_RECOVERY).start()
     try:
@@ -135,6 +136,7 @@ def test_a_postgresql_restart_mid_job_neither_strands_nor_duplicates_it(tmp_path
         server.stop()
 
 
+@pytest.mark.torch
 def test_a_job_whose_message_a_redis_restart_lost_is_sent_again_and_runs(tmp_path, own_redis):
     server = Server(tmp_path, no_worker=False, broker_url=own_redis.url, **FAST_RECOVERY).start()
     try:

@@ -76,6 +76,7 @@ def test_the_scratch_cache_evicts_the_least_recently_used_past_its_bound(tmp_pat
     assert (tmp_path / "datasets" / "mid").is_dir() and (tmp_path / "datasets" / "new").is_dir()
 
 
+@pytest.mark.torch
 def test_api_and_worker_share_only_the_bucket(s3_env, s3_bucket, db_url, tmp_path):
     url = f"s3://{s3_bucket}/htl"
     api_settings = Settings(data_dir=tmp_path / "api", database_url=db_url, storage_url=url, s3_endpoint_url=s3_env.endpoint)

@@ -106,6 +106,7 @@ def test_a_waiting_unit_whose_deps_succeeded_is_released_by_the_sweep(client, al
     assert _claim(session_factory, job, "htl-bbbb@host") == "score"
 
 
+@pytest.mark.torch
 def test_a_stopping_worker_gives_its_job_back_and_another_finishes_it_once(worker_settings, worker_process, tmp_path):
     from fastapi.testclient import TestClient
 
@@ -162,6 +163,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker dies with serve through Linux's PR_SET_PDEATHSIG")
 def test_kill_9_of_htl_serve_takes_its_worker_down_and_a_restart_finishes_the_job_once(tmp_path):
     from .test_service_under_load import Server
@@ -192,6 +194,7 @@ def test_kill_9_of_htl_serve_takes_its_worker_down_and_a_restart_finishes_the_jo
     engine.dispose()
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds serve's worker through ps --ppid")
 def test_htl_serve_starts_another_worker_when_its_worker_dies(tmp_path):
     from .test_service_under_load import Server

@@ -68,6 +68,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.mark.torch
 def test_a_real_worker_runs_a_job_ignores_a_second_delivery_and_cancels(worker_settings, worker_process, tmp_path):
     proc, log_path = worker_process
     app = create_app(worker_settings)

@@ -22,6 +22,9 @@ from tests.app.test_service_under_load import Server
 
 JOB_TIMEOUT_MS = 240_000
 
+# a real `htl serve` with its worker trains the jobs these tests drive
+pytestmark = pytest.mark.torch
+
 
 def _chromium() -> str:
     named = os.environ.get("HTL_TEST_CHROMIUM")
