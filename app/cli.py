@@ -77,6 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             ci = comparison["overall_ci95"]["dice"]
             interval = f" (95% interval over {len(metrics['seeds'])} seeds: {ci[0]:+.4f} to {ci[1]:+.4f})" if ci else ""
             print(f"  {label} dice: {comparison['overall']['dice']:+.4f}{interval}")
+    check = metrics.get("label_check", {})
+    if check.get("enabled"):
+        flagged = ", ".join(f"{n} of {check['checked'][split]} {split}" for split, n in check["n_issues"].items())
+        print(f"label check ({check['folds']}-fold out-of-sample): masks flagged as probably wrong: {flagged}"
+              + ("; figures without them: subgroup label_check=ok" if any(check["n_issues"].values()) else ""))
     if metrics["attended_vs_dense"]["single_seed"]:
         print(f"note: {metrics['attended_vs_dense']['note']}")
     print(f"outputs in {args.out}: scores.json metrics.json subgroups.json predictions/ checkpoints/ spec.json")

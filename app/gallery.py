@@ -15,7 +15,7 @@ from contract.layout import IMAGE_SUFFIXES, mask_names, read_mask
 
 MAX_SIZE = 1024
 # RGB per layer: ground truth green; dense blue; pruned models in warm colours, by rank of sparsity
-COLOURS = {"gt": (40, 220, 60), "dense": (40, 120, 255)}
+COLOURS = {"gt": (40, 220, 60), "dense": (40, 120, 255), "oos": (255, 40, 255)}
 PRUNED_COLOURS = [(255, 170, 0), (255, 90, 40), (230, 30, 120), (170, 40, 220), (255, 230, 60), (200, 0, 0)]
 
 
@@ -28,6 +28,14 @@ def gallery_index(store: Store, run_prefix: str) -> dict:
     if path is None:
         raise GalleryError("this job kept no gallery masks (it ran before the gallery existed)")
     return json.loads(path.read_text())
+
+
+def image_layers(index: dict, image_id: str) -> list[str]:
+    """The predicted layers the job kept for this training image: none outside the gallery; oos (the
+    label check's out-of-sample prediction) only for the images it checked."""
+    if image_id not in index["images"]:
+        return []
+    return [layer for layer in index["layers"] if layer != "oos" or image_id in index.get("oos_images", ())]
 
 
 def _first_file(store: Store, keys: list[str]) -> Path | None:
@@ -75,7 +83,10 @@ def render_overlay(store: Store, dataset_key: str, run_prefix: str, image_id: st
     if unknown:
         raise GalleryError(f"unknown layers {unknown}; this job has {known}")
     if any(layer != "gt" for layer in layers) and image_id not in index["images"]:
-        raise GalleryError(f"the job kept predicted masks only for its HTL images and {index['sample']} others; not for {image_id!r}")
+        raise GalleryError(f"the job kept predicted masks only for its HTL images, its label issues and {index['sample']} others; "
+                           f"not for {image_id!r}")
+    if "oos" in layers and "oos" not in image_layers(index, image_id):
+        raise GalleryError(f"the label check made no out-of-sample prediction of {image_id!r} (it checks only images with a mask)")
     # a dataset's files and a finished job's masks never change: the request alone names the picture
     key = hashlib.sha256(json.dumps([dataset_key, run_prefix, image_id, layers, size]).encode()).hexdigest()[:24]
     cached = cache_dir / f"{key}.png"

@@ -40,6 +40,7 @@ CHECKS = {
     "rank": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_RANK,
     "name": lambda v: isinstance(v, str) and 0 < len(v) <= 200,
     "image_id": lambda v: isinstance(v, str) and 0 < len(v) <= 200,
+    "position": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_RANK,
 }
 
 

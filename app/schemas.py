@@ -97,6 +97,10 @@ class ScoreOut(BaseModel):
     attributes: dict[str, str]
     subgroups: dict[str, str] = Field(default_factory=dict, description="the subgroup label the enrichment analysis gave the image per "
                                       "attribute (age bands, image-property quartiles, 'unknown' for missing values)")
+    label_quality: float | None = Field(None, description="the label check: 1 when the out-of-sample model confirms the whole mask, "
+                                        "0 when it contradicts it with confidence; null: not checked (no mask, or the check was off)")
+    label_issue: bool | None = Field(None, description="label_quality under label_check.max_quality: the mask is probably wrong")
+    attended: bool = Field(False, description="in the set attention boosted (the HTL set less label issues, refilled by rank)")
 
 
 class ImageOut(BaseModel):
@@ -109,9 +113,27 @@ class ImageOut(BaseModel):
     scores: dict[str, float | None]
     attributes: dict[str, str]
     subgroups: dict[str, str] = Field(default_factory=dict)
-    layers: list[str] = Field(description="mask layers the overlay can draw for this image: gt, dense, pruned@<sparsity>")
+    label_quality: float | None = None
+    label_issue: bool | None = None
+    attended: bool = False
+    layers: list[str] = Field(description="mask layers the overlay can draw for this image: gt, dense, pruned@<sparsity>, oos "
+                              "(the label check's out-of-sample prediction)")
     layer_colours: dict[str, str] = Field(default_factory=dict, description="the colour each layer is drawn in, as #rrggbb")
     links: dict[str, str] = Field(description="overlay: the image with every layer; image: the image alone")
+
+
+class LabelIssueOut(BaseModel):
+    image_id: str
+    split: str = Field(description="train (checked by the fold model that never saw it), validation or test (by the dense models)")
+    label_quality: float
+    contradicted: float = Field(description="the share of the mask-or-prediction region the out-of-sample model contradicts with confidence")
+    oos_dice: float = Field(description="Dice of the out-of-sample prediction (thresholded at 0.5) against the mask")
+    rank: int | None = Field(None, description="training images: HTL rank")
+    is_htl: bool | None = None
+    attended: bool | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+    links: dict[str, str] = Field(default_factory=dict, description="overlay: the image with its mask (gt) and the out-of-sample "
+                                  "prediction (oos) drawn on it; training images only")
 
 
 class EvaluationOut(BaseModel):
@@ -145,6 +167,9 @@ class MetricsOut(BaseModel):
     pruning: dict = Field(description="per pruned model: achieved and per-layer sparsity, zeroed layers, validation Dice, degenerate")
     degenerate_sparsities: list[float] = Field(default_factory=list, description="left out of htl_score")
     validation_curve: dict[str, list[float | None]] = Field(default_factory=dict, description="dense models' validation Dice per epoch")
+    label_check: dict = Field(default_factory=dict, description="how the masks were checked (folds, rule), how many were "
+                              "checked and flagged per split, and the flagged images worst first; each model's figures without "
+                              "them are its subgroup label_check=ok")
     warnings: list[str] = Field(default_factory=list)
 
 

@@ -142,6 +142,20 @@ class HtlSpec(_Strict):
         return self
 
 
+class LabelCheckSpec(_Strict):
+    enabled: bool = Field(
+        True, description="check every mask against out-of-sample predictions (K-fold cross-fitting on the training "
+        "images with a mask; held-out images against the dense models); not in the weakly_supervised setting, which "
+        "trains on no mask"
+    )
+    folds: int = Field(3, ge=2, le=10, description="K: K models, each trained without one fold of the training images, predict that fold")
+    epochs: int | None = Field(None, ge=1, le=1000, description="each fold model's epochs; default train.epochs")
+    max_quality: float = Field(
+        0.5, gt=0.0, lt=1.0, description="a mask is a label issue when its label_quality (1 - the share of the mask-or-"
+        "prediction region that the out-of-sample model contradicts with probability over 0.9) is below this"
+    )
+
+
 class AttentionSpec(_Strict):
     strategy: Literal["oversample", "reweight", "both"] = "oversample"
     factor: float = Field(3.0, ge=1.0, le=100.0)
@@ -151,6 +165,10 @@ class AttentionSpec(_Strict):
     control: Literal["none", "random"] = Field(
         "none", description="random: also train, per seed, a control model attending the same way to a seeded random "
         "subset of the training images as large as the HTL set"
+    )
+    exclude_label_issues: bool = Field(
+        True, description="leave images whose mask the label check flags out of the attended set (the next-ranked "
+        "images take their places) and out of the pool the random control is drawn from"
     )
 
 
@@ -184,6 +202,7 @@ class JobSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     prune: PruneSpec = Field(default_factory=PruneSpec)
     htl: HtlSpec = Field(default_factory=HtlSpec)
+    label_check: LabelCheckSpec = Field(default_factory=LabelCheckSpec)
     attention: AttentionSpec = Field(default_factory=AttentionSpec)
     semi: SemiSpec = Field(default_factory=SemiSpec)
     weak: WeakSpec = Field(default_factory=WeakSpec)
@@ -214,6 +233,8 @@ class JobSpec(_Strict):
             raise ValueError(f"model.arch {self.model.arch!r} is a classifier; {self.setting} takes {'|'.join(SEGMENTERS)}")
         if weak and (not self.weak.label_column or not self.weak.positive):
             raise ValueError("weakly_supervised needs weak.label_column and weak.positive (the values that mean positive)")
+        if weak and self.label_check.enabled:
+            self.label_check.enabled = False  # a classifier trains on no mask: there is nothing to check
         if self.attention.scorer not in self.scorers:
             raise ValueError(
                 f"attention.scorer {self.attention.scorer!r} is not computed: add it to scorers ({', '.join(self.scorers)})"

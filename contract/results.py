@@ -24,6 +24,10 @@ class ImageScore:
     scores: dict[str, float | None]  # the other scorers the spec asked for; None where undefined
     attributes: dict[str, str]  # the image's metadata
     subgroups: dict[str, str]  # attribute -> the band or value the enrichment analysis gave it
+    # the label check (None where it did not run, or the image has no mask to check)
+    label_quality: float | None = None  # 1: the out-of-sample model confirms the whole mask; 0: contradicts it
+    label_issue: bool | None = None  # label_quality under label_check.max_quality: the mask is probably wrong
+    attended: bool = False  # in the set attention boosted (the HTL set, less label issues, refilled by rank)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """A job as a small graph of units, each run by one worker:
 
-    dense[seed] (one per seed) -> score (prunes and scores; needs every dense seed)
+    dense[seed] (one per seed) + label_check[fold] (one per fold, with label_check.enabled)
+        -> score (prunes, scores, reads the label check; needs every dense seed and fold)
         -> attend[seed] (+ control[seed] with attention.control 'random') -> evaluate
 
 Torch-free: the API plans the units when a job is submitted, workers run them (ml.pipeline.Run.run_unit).
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from contract.jobspec import JobSpec
 from contract.scorers import extra_passes
 
-KINDS = ("dense", "score", "attend", "control", "evaluate")
+KINDS = ("dense", "label_check", "score", "attend", "control", "evaluate")
 INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step (as ml.pipeline)
 
 
@@ -50,7 +51,15 @@ def plan_units(spec: JobSpec) -> list[UnitPlan]:
     raw: list[tuple[str, int | None, tuple[str, ...], float]] = []
     dense = [unit_name("dense", s) for s in seeds]
     raw += [("dense", s, (), epochs * train) for s in seeds]
-    raw.append(("score", None, tuple(dense), score))
+    checks: list[str] = []
+    if spec.label_check.enabled:
+        k = spec.label_check.folds
+        fold_epochs = spec.label_check.epochs or spec.train.epochs
+        checks = [unit_name("label_check", f) for f in range(k)]
+        # each fold model trains on (k - 1) / k of the training images and predicts the rest
+        raw += [("label_check", f, (), fold_epochs * train * (k - 1) / k + train / k / INFERENCE_SPEEDUP) for f in range(k)]
+        score += len(seeds) * held_out / INFERENCE_SPEEDUP  # the dense models check the held-out masks
+    raw.append(("score", None, (*dense, *checks), score))
     trained = []
     for s in seeds:
         raw.append(("attend", s, ("score",), epochs * train))

@@ -1,10 +1,11 @@
-"""A run of the stages dense -> prune -> score -> attend -> evaluate (ml.stages) into one output
+"""A run of the stages dense -> label_check -> prune -> score -> attend -> evaluate (ml.stages) into one output
 folder. Each stage's result is saved there, then a marker under OUT/state/, so a restarted run resumes
 after the last finished stage; later stages read models back from their checkpoint files, so a
 resumed run computes exactly what an unbroken one does. The same folder serves a job split into
 units (contract.units), each on whichever worker claims it."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from contract.scorers import SCORERS, extra_passes
 from ml import subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
+from ml import label_check
 from ml.evaluation import compare_models, evaluate_split, image_evaluations, model_reports, split_reports
 from ml.metrics import metric_values, subgroup_labels, usable_attributes
 from ml.models import ModelConfig
@@ -43,7 +45,8 @@ from ml.train import prepare_for_device
 
 __all__ = ["STAGES", "DegenerateError", "Progress", "Run", "RunDirError", "run_pipeline", "sparsity_key"]
 
-STAGES = ("dense", "prune", "score", "attend", "evaluate")
+STAGES = ("dense", "label_check", "prune", "score", "attend", "evaluate")
+LABEL_CHECK_ATTRIBUTE = "label_check"  # the subgroup every image falls in by its label check: issue, ok, unchecked
 INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step
 BOOTSTRAP_RESAMPLES = 2000
 GALLERY_SAMPLE = 50  # images outside the HTL set whose predicted masks are kept too, for comparison
@@ -114,6 +117,8 @@ class Run:
         self.data: DecodedDataset | None = None
         self._stage = STAGES[0]
         self._property_labels: dict[str, list[str]] | None = None
+        self._label_check_cache: dict | None = None
+        self._oos_predicted: dict[int, np.ndarray] = {}
         self._stage_weights = self._estimate_stage_weights()
 
     # --- bookkeeping -------------------------------------------------------------------------
@@ -144,8 +149,11 @@ class Run:
         epochs, n_seeds = self.spec.train.epochs, len(self.seeds)
         epochs += epochs * n_val / n_train / INFERENCE_SPEEDUP  # the dense validation curve
         extra = 1 + extra_passes(self.spec.scorers)
+        lc = self.spec.label_check
+        k = lc.folds
         w = {
             "dense": n_seeds * epochs * n_train,
+            "label_check": (k - 1) * (lc.epochs or self.spec.train.epochs) * n_train + n_train / INFERENCE_SPEEDUP if lc.enabled else 0.0,
             "prune": n_seeds * n_sp * (self.spec.prune.finetune_epochs * n_train + (n_train + n_val) / INFERENCE_SPEEDUP),
             "score": n_seeds * n_train * (n_sp + extra) / INFERENCE_SPEEDUP,
             "attend": n_seeds * epochs * n_train * (2 if self.spec.attention.control == "random" else 1),
@@ -220,8 +228,28 @@ class Run:
         return self._property_labels
 
     def groups_of(self, positions: list[int]) -> dict[str, list[str]]:
-        labels = {**self.labels, **self.property_labels()}
+        labels = {**self.labels, **self.property_labels(), **self.label_check_labels()}
         return {a: [values[i] for i in positions] for a, values in labels.items()}
+
+    def label_check_labels(self) -> dict[str, list[str]]:
+        """Every image's subgroup by the label check (issue, ok, or unchecked: no mask to check), once
+        it has run: so every table of metrics per subgroup also gives each model's figures without
+        the flagged images (label_check=ok)."""
+        results = self.label_check_results()
+        if results is None:
+            return {}
+        by_id = results["images"]
+        return {LABEL_CHECK_ATTRIBUTE: [("issue" if by_id[r.image_id]["issue"] else "ok") if r.image_id in by_id else "unchecked"
+                                        for r in self.index.records]}
+
+    def label_check_results(self) -> dict | None:
+        """state/label_check.json, once the score stage has written it (None when the check is off)."""
+        path = self.out / "state" / "label_check.json"
+        if not self.spec.label_check.enabled or not path.is_file():
+            return None
+        if self._label_check_cache is None:
+            self._label_check_cache = _read_json(path)
+        return self._label_check_cache
 
     def attention(self) -> AttentionSets:
         return decode(AttentionSets, _read_json(self.out / "state" / "attention.json"))
@@ -274,6 +302,63 @@ class Run:
         curves = self._train_each_seed("dense", "dense", lambda seed: (None, None), record_dynamics=True)
         _write_json(self._marker("dense"), {"training": curves})
 
+    def _fold_file(self, fold: int) -> Path:
+        return self.out / "state" / f"label_check-fold{fold}.npz"
+
+    def _check_fold(self, fold: int, *, only: bool = False) -> None:
+        """Trains fold `fold`'s model and saves its out-of-sample check (unless saved already)."""
+        path = self._fold_file(fold)
+        if path.is_file():
+            return
+        k = self.spec.label_check.folds
+        checked = label_check.check_fold(
+            self.inputs(), fold, progress=lambda f, loss: self.report("label_check", f if only else (fold + f) / k, loss))
+        q = checked.quality
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, indices=np.asarray(checked.indices, dtype=np.int64), quality=q.quality, contradicted=q.contradicted,
+                 oos_dice=q.oos_dice, predicted=checked.predicted)
+        os.replace(tmp, path)
+
+    def stage_label_check(self) -> None:
+        lc = self.spec.label_check
+        if lc.enabled:
+            for fold in range(lc.folds):
+                self._check_fold(fold)
+        _write_json(self._marker("label_check"), {"enabled": lc.enabled, "folds": lc.folds if lc.enabled else 0})
+
+    def _combine_label_check(self) -> dict:
+        """Every checked image's label quality: training images from their fold's model, held-out ones
+        from the dense models (every seed's, averaged), which never saw them. Writes state/label_check.json
+        and, for the gallery, each training image's out-of-sample prediction (packed) in the cache."""
+        lc = self.spec.label_check
+        images: dict[str, dict] = {}
+
+        def add(split: str, indices, quality: label_check.LabelQuality) -> None:
+            issues = label_check.flag_label_issues(quality.quality, max_quality=lc.max_quality)
+            for j, i in enumerate(indices):
+                images[self.index.records[int(i)].image_id] = {
+                    "split": split, "quality": float(quality.quality[j]), "contradicted": float(quality.contradicted[j]),
+                    "oos_dice": float(quality.oos_dice[j]), "issue": bool(issues[j])}
+
+        predicted = {}
+        for fold in range(lc.folds):
+            saved = np.load(self._fold_file(fold))
+            add("train", saved["indices"], label_check.LabelQuality(saved["quality"], saved["contradicted"], saved["oos_dice"]))
+            predicted.update(zip(saved["indices"].tolist(), saved["predicted"]))
+        dense = [self.load(self.name("dense", seed)) for seed in self.seeds]
+        for split, indices in self.eval_splits.items():
+            with_mask = [i for i in indices if self.targets.mask_known[i]]
+            if with_mask:
+                add(split, with_mask, label_check.check_with(dense, self.decoded(), with_mask).quality)
+        order = sorted(images, key=lambda i: (images[i]["quality"], i))
+        body = {"enabled": True, "folds": lc.folds, "max_quality": lc.max_quality, "confident": label_check.CONFIDENT,
+                "checked": {split: sum(v["split"] == split for v in images.values()) for split in ("train", *self.eval_splits)},
+                "issues": [{"image_id": i, **images[i]} for i in order if images[i]["issue"]], "images": images}
+        _write_json(self.out / "state" / "label_check.json", body)
+        self._label_check_cache = body
+        self._oos_predicted = predicted
+        return body
+
     def stage_prune(self) -> None:
         p = self.spec.prune
         reports = {}
@@ -307,6 +392,7 @@ class Run:
         )
 
     def stage_score(self) -> list[ImageScore]:
+        checked = self._combine_label_check()["images"] if self.spec.label_check.enabled else {}
         gallery_masks = self._gallery_masks()
         per_seed = [self._scores_of_seed(k, seed, gallery_masks if k == 0 else None) for k, seed in enumerate(self.seeds)]
         degenerate = set(self.degenerate_sparsities())
@@ -317,8 +403,16 @@ class Run:
         clusters = [self.index.records[i].attributes.get(column, "") for i in self.train_idx] if column else None
         _write_json(self.out / "state" / "enrichment.json",
                     subgroups.enrichment(groups, ranking.is_htl, clusters=clusters, cluster_name=column))
-        _write_json(self.out / "state" / "attention.json", encode(attention_sets(inputs, ranking, self.seeds)))
-        self._write_gallery(ranking.is_htl, gallery_masks)
+        ids = inputs.image_ids(self.train_idx)
+        excluded = ({i for i in ids if checked.get(i, {}).get("issue")} if self.spec.attention.exclude_label_issues else set())
+        sets = attention_sets(inputs, ranking, self.seeds, excluded=excluded)
+        _write_json(self.out / "state" / "attention.json", encode(sets))
+        attended = set(sets.attended)
+        scores = [dataclasses.replace(s, label_quality=checked[s.image_id]["quality"] if s.image_id in checked else None,
+                                      label_issue=checked[s.image_id]["issue"] if s.image_id in checked else None,
+                                      attended=s.image_id in attended) for s in ranking.scores]
+        ranking = dataclasses.replace(ranking, scores=scores)
+        self._write_gallery(ranking.is_htl, gallery_masks, flagged={i for i in ids if checked.get(i, {}).get("issue")})
         _write_json(self.out / "scores.json", encode(ranking.scores))
         _write_json(self._marker("score"), {
             "n_scored": len(ranking.scores), "n_htl": int(ranking.is_htl.sum()), "scorer_agreement": ranking.agreement,
@@ -326,27 +420,36 @@ class Run:
         })
         return ranking.scores
 
-    def _write_gallery(self, is_htl: np.ndarray, masks: np.ndarray) -> None:
+    def _write_gallery(self, is_htl: np.ndarray, masks: np.ndarray, flagged: set[str]) -> None:
         """gallery/<layer>/<image_id>.png: the binarized masks (at image_size) that the first seed's
         dense reference and pruned models predicted for every HTL image and a seeded sample of
         GALLERY_SAMPLE others (kept from scoring, in masks): what the HTL gallery overlays on each
         image. gallery.json lists them."""
         others = np.flatnonzero(~is_htl)
         sample = np.random.default_rng(self.spec.split.seed).choice(others, min(GALLERY_SAMPLE, len(others)), replace=False)
-        positions = sorted({*np.flatnonzero(is_htl).tolist(), *map(int, sample)})
+        flagged_positions = [j for j, i in enumerate(self.train_idx) if self.index.records[i].image_id in flagged]
+        positions = sorted({*np.flatnonzero(is_htl).tolist(), *map(int, sample), *flagged_positions})
         layers = ["dense", *(f"pruned@{sparsity_key(s)}" for s in self.spec.prune.sparsities)]
         size = self.spec.image_size
-        for layer in layers:
+        oos = self._oos_predicted
+        for layer in [*layers, *(["oos"] if oos else [])]:
             (self.out / "gallery" / layer).mkdir(parents=True, exist_ok=True)
-        ids = []
+        ids, oos_ids = [], []
         for j in positions:
-            image_id = self.index.records[self.train_idx[j]].image_id
+            i = self.train_idx[j]
+            image_id = self.index.records[i].image_id
             unpacked = np.unpackbits(masks[j], axis=1, count=size * size).reshape(len(layers), size, size)
             for layer, mask in zip(layers, unpacked):
                 write_mask_png(self.out / "gallery" / layer / f"{image_id}.png", mask)
+            if i in oos:  # the label check's out-of-sample prediction, for images with a mask
+                write_mask_png(self.out / "gallery" / "oos" / f"{image_id}.png",
+                               np.unpackbits(oos[i], count=size * size).reshape(size, size))
+                oos_ids.append(image_id)
             ids.append(image_id)
-        _write_json(self.out / "gallery.json", {"seed": self.seeds[0], "image_size": size, "layers": layers,
-                                                "images": ids, "htl": int(is_htl.sum()), "sample": len(sample)})
+        _write_json(self.out / "gallery.json", {"seed": self.seeds[0], "image_size": size,
+                                                "layers": [*layers, *(["oos"] if oos else [])], "images": ids,
+                                                "oos_images": oos_ids, "htl": int(is_htl.sum()), "sample": len(sample),
+                                                "label_issues": len(flagged_positions)})
         Path(masks.filename).unlink(missing_ok=True)  # the scoring pass's masks are not kept
 
     def _attend_base(self, base: str, sets: AttentionSets, *, part: tuple[int, int] = (0, 1), only_seed: int | None = None) -> dict[str, dict]:
@@ -382,7 +485,8 @@ class Run:
                                   prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png")
             for split, indices in self.eval_splits.items()
         }
-        by_split = {split: split_reports(results[split], indices, self.labels, self.targets) for split, indices in self.eval_splits.items()}
+        labels = {**self.labels, **self.label_check_labels()}
+        by_split = {split: split_reports(results[split], indices, labels, self.targets) for split, indices in self.eval_splits.items()}
         training = {}
         for stage in ("dense", "attend"):
             training.update(_read_json(self._marker(stage))["training"])
@@ -404,6 +508,7 @@ class Run:
             "training_loss": {name: t["epoch_losses"] for name, t in training.items()},
             "validation_curve": {name: t["validation_dice"] for name, t in training.items() if "validation_dice" in t},
             "scorer_agreement": score_marker["scorer_agreement"],
+            "label_check": self._label_check_summary(),
             "warnings": self.warnings(),
         }
         pairs = [("attended_vs_dense", "dense", "attended")]
@@ -420,6 +525,20 @@ class Run:
         _write_json(self.out / "state" / "evaluation.json", encode(result))
         _write_json(self._marker("evaluate"), {"models": names})
         return result
+
+    def _label_check_summary(self) -> dict:
+        """metrics.json 'label_check': what was checked, how, and the images flagged, worst first."""
+        results = self.label_check_results()
+        if results is None:
+            reason = "weakly supervised: no mask is trained on" if self.targets.weak else "label_check.enabled is false"
+            return {"enabled": False, "reason": reason}
+        return {k: v for k, v in results.items() if k != "images"} | {
+            "n_issues": {split: sum(e["split"] == split for e in results["issues"]) for split in results["checked"]},
+            "rule": f"label_quality < {results['max_quality']:g}, where label_quality = 1 - the share of the mask-or-prediction "
+                    f"region whose out-of-sample probability contradicts the mask beyond {results['confident']:g}",
+            "metrics_without_issues": f"every model's figures on the images the check did not flag are its subgroup "
+                                      f"{LABEL_CHECK_ATTRIBUTE}=ok",
+        }
 
     def _write_subgroups(self, report: dict, scored_by_split: dict[str, list[int]]) -> dict:
         """subgroups.json: HTL enrichment per training subgroup, and per split and subgroup whether
@@ -460,12 +579,20 @@ class Run:
         the job's results. A unit whose inputs are missing raises instead of recomputing them."""
         if kind == "dense":
             self._train_each_seed("dense", "dense", lambda s: (None, None), record_dynamics=True, only_seed=self._seed(seed))
+        elif kind == "label_check":
+            if not self.spec.label_check.enabled or seed not in range(self.spec.label_check.folds):
+                raise ValueError(f"fold {seed} is not one of this spec's label-check folds")
+            self._stage = "label_check"
+            self._check_fold(seed, only=True)
         elif kind in ("attend", "control"):
             self._require("score")
             self._attend_base("attended" if kind == "attend" else "control", self.attention(), only_seed=self._seed(seed))
         elif kind == "score":
             self._require_models("dense", ["dense"])
-            self._run_stages(("dense", "prune", "score"))
+            missing = [f for f in range(self.spec.label_check.folds) if self.spec.label_check.enabled and not self._fold_file(f).is_file()]
+            if missing:
+                raise RunDirError(f"label-check folds not checked yet in {self.out}: {missing} (their units must succeed first)")
+            self._run_stages(("dense", "label_check", "prune", "score"))
         elif kind == "evaluate":
             self._require_models("attend", ["attended", *(["control"] if self.spec.attention.control == "random" else [])])
             self._run_stages(("attend", "evaluate"))

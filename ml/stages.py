@@ -4,6 +4,7 @@ disk or units: ml.pipeline.Run loads their inputs, saves what they return and re
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -233,26 +234,33 @@ class AttentionSets:
     size: int
     attended: list[str]
     control: dict[str, list[str]] | None = None
+    excluded: list[str] = dataclasses.field(default_factory=list)  # left out of both: the label issues
 
 
-def attention_sets(inputs: StageInputs, ranking: Ranking, seeds: list[int]) -> AttentionSets:
+def attention_sets(inputs: StageInputs, ranking: Ranking, seeds: list[int], *, excluded: set[str] = frozenset()) -> AttentionSets:
+    """The attended set: as many images as the HTL set, the top of the attention scorer's ranking
+    among the training images not excluded (label issues, with attention.exclude_label_issues); the
+    control sets: as many, drawn at random per seed from the same pool."""
     spec = inputs.spec
     k = int(ranking.is_htl.sum())
+    ids = inputs.image_ids(inputs.train_idx)
+    eligible = np.array([image_id not in excluded for image_id in ids])
     scorer = spec.attention.scorer
     if scorer == "pruning":
-        attended = np.flatnonzero(ranking.is_htl)
+        rank = {s.image_id: s.rank for s in ranking.scores}
+        order = np.argsort([rank[image_id] for image_id in ids], kind="stable")
     else:
         values = ranking.others[scorer]
         finite = np.flatnonzero(np.isfinite(values))
         order = finite[np.lexsort((finite, -values[finite]))]
-        attended = np.sort(order[:k])
-    ids = inputs.image_ids(inputs.train_idx)
+    attended = np.sort(order[eligible[order]][:k])
     control = None
     if spec.attention.control == "random":
-        n = len(inputs.train_idx)
-        control = {str(seed): [ids[j] for j in np.sort(np.random.default_rng([spec.split.seed, seed]).choice(n, k, replace=False))]
+        pool = np.flatnonzero(eligible)
+        size = min(k, len(pool))
+        control = {str(seed): [ids[j] for j in np.sort(np.random.default_rng([spec.split.seed, seed]).choice(pool, size, replace=False))]
                    for seed in seeds}
-    return AttentionSets(scorer, k, [ids[j] for j in attended], control)
+    return AttentionSets(scorer, len(attended), [ids[j] for j in attended], control, excluded=sorted(excluded))
 
 
 def boost(inputs: StageInputs, image_ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -169,7 +169,7 @@ def _with_retries(action, *, what: str, attempts: int = 8, first_wait_s: float =
 
 
 # within a unit, each stage's share of the unit's work (the rest of the unit's stages report 0..1)
-UNIT_STAGES = {"score": {"dense": (0.0, 0.0), "prune": (0.0, 0.5), "score": (0.5, 1.0)},
+UNIT_STAGES = {"score": {"dense": (0.0, 0.0), "label_check": (0.0, 0.0), "prune": (0.0, 0.5), "score": (0.5, 1.0)},
                "evaluate": {"attend": (0.0, 0.0), "evaluate": (0.0, 1.0)}}
 
 

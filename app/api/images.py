@@ -13,7 +13,7 @@ from app.api.jobs import _succeeded_job
 from app.db import queries
 from app.db.models import Dataset
 from app.errors import InvalidInput, NotFound
-from app.gallery import MAX_SIZE, GalleryError, gallery_index, layer_colour, overlay_cache, render_overlay
+from app.gallery import MAX_SIZE, GalleryError, gallery_index, image_layers, layer_colour, overlay_cache, render_overlay
 from app.schemas import ImageOut, error_responses
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/images", tags=["jobs"], responses=error_responses(400, 401, 404, 409, 422, 429, 500, 503))
@@ -33,14 +33,15 @@ def job_image(job_id: uuid.UUID, image_id: str, request: Request, owner: Current
     _, score = _image(session, owner, job_id, image_id)
     try:
         index = gallery_index(request.app.state.store, f"jobs/{job_id}/run")
-        layers = ["gt", *index["layers"]] if image_id in index["images"] else ["gt"]
+        layers = ["gt", *image_layers(index, image_id)]
     except GalleryError:
         layers = ["gt"]
     overlay = f"/v1/jobs/{job_id}/images/{image_id}/overlay.png?layers={','.join(layers)}"
     colours = {layer: "#%02x%02x%02x" % layer_colour(layer, layers) for layer in layers}
     return ImageOut(image_id=image_id, rank=score.rank, htl_score=score.htl_score, is_htl=score.is_htl, labeled=score.labeled,
                     per_sparsity=score.per_sparsity, scores=score.other_scores, attributes=score.attributes,
-                    subgroups=score.subgroups, layers=layers, layer_colours=colours,
+                    subgroups=score.subgroups, label_quality=score.label_quality, label_issue=score.label_issue,
+                    attended=score.attended, layers=layers, layer_colours=colours,
                     links={"overlay": overlay, "image": f"/v1/jobs/{job_id}/images/{image_id}/overlay.png?layers="})
 
 
@@ -48,11 +49,12 @@ def job_image(job_id: uuid.UUID, image_id: str, request: Request, owner: Current
     200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "the overlay"}})
 async def job_image_overlay(
     job_id: uuid.UUID, image_id: str, request: Request, owner: CurrentOwner, session: SessionDep,
-    layers: str = Query("gt,dense", max_length=500, description="comma-separated: gt, dense, pruned@<sparsity>; empty: the image alone"),
+    layers: str = Query("gt,dense", max_length=500, description="comma-separated: gt, dense, pruned@<sparsity>, oos; empty: the image alone"),
     size: int = Query(512, ge=32, le=MAX_SIZE, description="the long side, in pixels"),
 ) -> Response:
     """The image with the chosen layers drawn on it: gt as a green contour, dense as a blue tint with
-    its contour, each pruned model as a contour of its own colour."""
+    its contour, each pruned model as a contour of its own colour, oos (the label check's
+    out-of-sample prediction) as a magenta contour."""
     job, _ = _image(session, owner, job_id, image_id)
     dataset = session.get(Dataset, job.dataset_id)
     store = request.app.state.store

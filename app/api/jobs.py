@@ -21,7 +21,18 @@ from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailab
 from app.gallery import overlay_cache
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
-from app.schemas import CheckpointOut, EvaluationOut, JobCreate, JobOut, MetricsOut, Page, ScoreOut, SubgroupsOut, error_responses
+from app.schemas import (
+    CheckpointOut,
+    EvaluationOut,
+    JobCreate,
+    JobOut,
+    LabelIssueOut,
+    MetricsOut,
+    Page,
+    ScoreOut,
+    SubgroupsOut,
+    error_responses,
+)
 from contract.jobspec import JobSpec, SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
 from contract.units import plan_units
 
@@ -44,7 +55,7 @@ def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
 
 
 JOB_OPERATIONS = ("get_job", "cancel_job", "delete_job", "job_scores", "job_metrics", "job_subgroups", "job_checkpoints",
-                  "job_evaluations")
+                  "job_evaluations", "job_label_issues")
 JOB_LINKS = {op: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}} for op in JOB_OPERATIONS}
 
 
@@ -148,10 +159,13 @@ def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str
             first = rows[0] if rows else None
             columns = (sorted(first.per_sparsity, key=float) if first else [], sorted(first.other_scores) if first else [],
                        list(first.attributes) if first else [], list(first.subgroups) if first else [])
-            yield _csv_line(["rank", "image_id", "htl_score", "is_htl", "labeled", *(f"pruned@{s}" for s in columns[0]),
+            yield _csv_line(["rank", "image_id", "htl_score", "is_htl", "labeled", "label_quality", "label_issue", "attended",
+                             *(f"pruned@{s}" for s in columns[0]),
                              *(f"score:{s}" for s in columns[1]), *(f"attr:{a}" for a in columns[2]), *(f"group:{a}" for a in columns[3])])
         for r in rows:
-            yield _csv_line([r.rank, r.image_id, repr(r.htl_score), r.is_htl, r.labeled, *(repr(r.per_sparsity.get(s, "")) for s in columns[0]),
+            yield _csv_line([r.rank, r.image_id, repr(r.htl_score), r.is_htl, r.labeled,
+                             "" if r.label_quality is None else repr(r.label_quality), "" if r.label_issue is None else r.label_issue,
+                             r.attended, *(repr(r.per_sparsity.get(s, "")) for s in columns[0]),
                              *("" if r.other_scores.get(s) is None else repr(r.other_scores[s]) for s in columns[1]),
                              *(r.attributes.get(a, "") for a in columns[2]), *(r.subgroups.get(a, "") for a in columns[3])])
         if len(rows) < CSV_PAGE:
@@ -159,9 +173,23 @@ def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str
         after = rows[-1].rank
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value):
+    """A text cell a spreadsheet would run as a formula (=, +, -, @ first) is written with a leading
+    apostrophe (OWASP's advice on CSV injection); numbers (-0.5 included) are written as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
 def _csv_line(values) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(values)
+    csv.writer(buf, lineterminator="\n").writerow([_cell(v) for v in values])
     return buf.getvalue()
 
 
@@ -195,10 +223,16 @@ def _number(x: float) -> str:
 
 def _score_json(row) -> str:
     """One ScoreOut as JSON from a queries.score_rows row."""
-    rank, image_id, htl_score, is_htl, labeled, per_sparsity, scores, attributes, subgroups = row
-    return (f'{{"image_id":{json.dumps(image_id)},"htl_score":{_number(htl_score)},"is_htl":{"true" if is_htl else "false"},'
-            f'"rank":{int(rank)},"labeled":{"true" if labeled else "false"},"per_sparsity":{per_sparsity},"scores":{scores},'
-            f'"attributes":{attributes},"subgroups":{subgroups}}}')
+    rank, image_id, htl_score, is_htl, labeled, label_quality, label_issue, attended, per_sparsity, scores, attributes, subgroups = row
+    return (f'{{"image_id":{json.dumps(image_id)},"htl_score":{_number(htl_score)},"is_htl":{_bool(is_htl)},'
+            f'"rank":{int(rank)},"labeled":{_bool(labeled)},"per_sparsity":{per_sparsity},"scores":{scores},'
+            f'"attributes":{attributes},"subgroups":{subgroups},'
+            f'"label_quality":{"null" if label_quality is None else _number(label_quality)},'
+            f'"label_issue":{"null" if label_issue is None else _bool(label_issue)},"attended":{_bool(attended)}}}')
+
+
+def _bool(value) -> str:
+    return "true" if value else "false"
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut, responses=error_responses(409), operation_id="job_metrics")
@@ -233,8 +267,59 @@ def job_metrics(
         attended_vs_control=on_split(summary.get("attended_vs_control")), control_vs_dense=on_split(summary.get("control_vs_dense")),
         scorer_agreement=summary.get("scorer_agreement", []), pruning=summary.get("pruning", {}),
         degenerate_sparsities=summary.get("degenerate_sparsities", []), validation_curve=summary.get("validation_curve", {}),
-        warnings=summary.get("warnings", []),
+        label_check=summary.get("label_check", {}), warnings=summary.get("warnings", []),
     )
+
+
+@router.get("/{job_id}/label-issues", response_model=Page[LabelIssueOut], operation_id="job_label_issues", responses={
+    **error_responses(409), 200: {"description": "a page of flagged images, worst first, or with `Accept: text/csv` all of them",
+                                  "content": {"text/csv": {"schema": {"type": "string"}}}}})
+def job_label_issues(
+    job_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep,
+    limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None,
+):
+    """The images whose mask the out-of-sample prediction contradicts (the label check), worst first:
+    training images checked by the fold model that never saw them, held-out ones by the dense
+    models. With `Accept: text/csv`, all of them as CSV."""
+    _succeeded_job(session, owner, job_id)
+    summary = queries.job_report(session=session, job_id=job_id, kind="summary") or {}
+    check = summary.get("label_check") or {}
+    if not check.get("enabled"):
+        raise NotFound(f"job {job_id} ran no label check ({check.get('reason', 'it predates the label check')})")
+    scored = queries.label_issue_scores(session=session, job_id=job_id)
+    items = [_label_issue(job_id, entry, scored.get(entry["image_id"]) if entry["split"] == "train" else None)
+             for entry in check["issues"]]
+    if "text/csv" in request.headers.get("accept", ""):
+        return Response(_label_issues_csv(items), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="label-issues-{job_id}.csv"'})
+    after = decode_cursor(cursor, keys=("position",))
+    start = after["position"] if after else 0
+    page = items[start : start + limit]
+    more = start + limit < len(items)
+    return Page(items=page, next_cursor=encode_cursor({"position": start + limit}) if more else None)
+
+
+def _label_issue(job_id: uuid.UUID, entry: dict, score) -> LabelIssueOut:
+    links = {}
+    if score is not None:
+        links = {"overlay": f"/v1/jobs/{job_id}/images/{entry['image_id']}/overlay.png?layers=gt,oos",
+                 "image": f"/v1/jobs/{job_id}/images/{entry['image_id']}"}
+    return LabelIssueOut(image_id=entry["image_id"], split=entry["split"], label_quality=entry["quality"],
+                         contradicted=entry["contradicted"], oos_dice=entry["oos_dice"],
+                         rank=score.rank if score else None, is_htl=score.is_htl if score else None,
+                         attended=score.attended if score else None, attributes=score.attributes if score else {}, links=links)
+
+
+def _label_issues_csv(items: list[LabelIssueOut]) -> str:
+    attributes = sorted({a for item in items for a in item.attributes})
+    lines = [_csv_line(["image_id", "split", "label_quality", "contradicted", "oos_dice", "rank", "is_htl", "attended", "overlay",
+                        *(f"attr:{a}" for a in attributes)])]
+    for item in items:
+        lines.append(_csv_line([item.image_id, item.split, repr(item.label_quality), repr(item.contradicted), repr(item.oos_dice),
+                                "" if item.rank is None else item.rank, "" if item.is_htl is None else item.is_htl,
+                                "" if item.attended is None else item.attended, item.links.get("overlay", ""),
+                                *(item.attributes.get(a, "") for a in attributes)]))
+    return "".join(lines)
 
 
 @router.get("/{job_id}/evaluations", response_model=Page[EvaluationOut], responses=error_responses(409), operation_id="job_evaluations")

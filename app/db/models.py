@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text, true
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, text, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, CreatedAt, UUIDPrimaryKey
@@ -107,6 +107,9 @@ class Score(Base):
     labeled: Mapped[bool] = mapped_column(server_default=true())  # had the target its setting trains on
     attributes: Mapped[dict]
     subgroups: Mapped[dict] = mapped_column(server_default=text("'{}'"))  # attribute -> the label enrichment gave it
+    label_quality: Mapped[float | None]  # the label check's; None: not checked (no mask, or the check was off)
+    label_issue: Mapped[bool | None]
+    attended: Mapped[bool] = mapped_column(server_default=false())  # in the set attention boosted
 
 
 class JobUnit(Base):

@@ -277,7 +277,8 @@ def list_scores(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: i
     return list(session.scalars(stmt.order_by(Score.rank).limit(limit + 1)))
 
 
-SCORE_FIELDS = (Score.rank, Score.image_id, Score.htl_score, Score.is_htl, Score.labeled)
+SCORE_FIELDS = (Score.rank, Score.image_id, Score.htl_score, Score.is_htl, Score.labeled, Score.label_quality, Score.label_issue,
+                Score.attended)
 SCORE_JSON = (Score.per_sparsity, Score.other_scores, Score.attributes, Score.subgroups)
 
 
@@ -295,6 +296,12 @@ SCORES_PAGE = {False: _scores_page(False), True: _scores_page(True)}
 def score_rows(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: int, after_rank: int | None) -> list:
     """Up to limit + 1 scores after after_rank, hardest first, as rows: SCORE_FIELDS, then SCORE_JSON as JSON text."""
     return session.execute(SCORES_PAGE[htl_only], {"job_id": job_id, "after": after_rank or 0, "limit": limit + 1}).all()
+
+
+def label_issue_scores(*, session: Session, job_id: uuid.UUID) -> dict[str, Score]:
+    """The training images the label check flagged, by id."""
+    stmt = select(Score).where(Score.job_id == job_id, Score.label_issue.is_(True))
+    return {s.image_id: s for s in session.scalars(stmt)}
 
 
 def job_report(*, session: Session, job_id: uuid.UUID, kind: str) -> dict | None:

@@ -111,7 +111,8 @@ def test_two_workers_share_a_job_through_the_bucket_and_survive_kill_9(cluster, 
 
     # a 2-seed job: the two dense units train at the same time, one on each worker
     job = httpx.post(f"{api.base}/v1/jobs", headers=api.headers, json={"dataset_id": dataset, "spec": SPEC}, timeout=30).json()
-    assert [u["name"] for u in job["units"]] == ["dense[0]", "dense[1]", "score", "attend[0]", "attend[1]", "evaluate"]
+    assert [u["name"] for u in job["units"]] == ["dense[0]", "dense[1]", "label_check[0]", "label_check[1]", "label_check[2]", "score",
+                                                 "attend[0]", "attend[1]", "evaluate"]
     done = wait_for(lambda: (j := _job(api, job["id"]))["status"] in ("succeeded", "failed") and j, 400, "the job to finish")
     assert done["status"] == "succeeded", (done["error"], workers.log("alpha")[-3000:], workers.log("beta")[-3000:])
     dense = [_units(done)[f"dense[{s}]"] for s in (0, 1)]

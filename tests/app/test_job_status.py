@@ -39,7 +39,8 @@ def test_a_status_poll_answers_what_the_job_list_answers(client, session_factory
     listed = client.get("/v1/jobs", headers=alice).json()["items"]
     assert polled.json() == listed[0]
     body = polled.json()
-    assert [u["name"] for u in body["units"]] == ["dense[0]", "dense[1]", "score", "attend[0]", "attend[1]", "evaluate"]
+    assert [u["name"] for u in body["units"]] == ["dense[0]", "dense[1]", "label_check[0]", "label_check[1]", "label_check[2]", "score",
+                                                  "attend[0]", "attend[1]", "evaluate"]
     running = body["units"][1]
     assert running["status"] == "running" and running["worker"] == "w@host" and running["started_at"].endswith(("Z", "+00:00"))
     assert body["warnings"] == ["a warning"] and body["spec"]["train"]["seeds"] == [0, 1]

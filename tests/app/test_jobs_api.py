@@ -122,7 +122,9 @@ def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
             break
     items = sum(pages, [])
     assert [i["rank"] for i in items] == list(range(1, 33))  # 40 images, 8 validation
-    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes", "subgroups"}
+    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes", "subgroups",
+                             "label_quality", "label_issue", "attended"}
+    assert all(i["label_quality"] is not None and isinstance(i["label_issue"], bool) for i in items)  # supervised: every mask checked
     assert set(items[0]["per_sparsity"]) == {"0.5", "0.9"} and "site" in items[0]["attributes"]
     # the labels enrichment counted: age banded, lesion contrast (an image property) in quartiles
     assert {"site", "age", "image:lesion_contrast"} <= set(items[0]["subgroups"])
@@ -137,8 +139,9 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finis
     assert set(body["models"]) == {"dense", "attended", "pruned@0.5", "pruned@0.9"}
     dense = body["models"]["dense"]
     assert dense["n"] == 8 and set(dense["overall"]) == {"dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity"}
-    assert set(dense["subgroups"]) == {"site", "sex", "age", "dx"}
+    assert set(dense["subgroups"]) == {"site", "sex", "age", "dx", "label_check"}  # label_check=ok: figures without label issues
     assert sum(g["n"] for g in dense["subgroups"]["sex"].values()) == 8
+    assert body["label_check"]["enabled"] and body["label_check"]["checked"] == {"train": 32, "validation": 8}
     assert body["seeds"] == [0] and body["attended_vs_dense"]["single_seed"] is True
     assert set(body["pruning"]) == {"0.5", "0.9"} and body["scorer_agreement"] == []
 
@@ -304,8 +307,9 @@ def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
     scores = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"limit": 1000}).json()["items"]
     hardest = scores[0]["image_id"]
     detail = client.get(f"/v1/jobs/{finished_job}/images/{hardest}", headers=alice).json()
-    assert detail["rank"] == 1 and detail["is_htl"] and detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9"]
-    assert detail["layer_colours"]["gt"] == "#28dc3c" and len(set(detail["layer_colours"].values())) == 4
+    assert detail["rank"] == 1 and detail["is_htl"] and detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9", "oos"]
+    assert detail["layer_colours"]["gt"] == "#28dc3c" and len(set(detail["layer_colours"].values())) == 5
+    assert detail["label_quality"] == scores[0]["label_quality"] and detail["attended"] == scores[0]["attended"]
     assert detail["subgroups"] == scores[0]["subgroups"]
     overlay = client.get(detail["links"]["overlay"], headers=alice)
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
@@ -318,3 +322,39 @@ def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
     assert bad.status_code == 422 and "pruned@0.5" in bad.json()["detail"]
     assert client.get(f"/v1/jobs/{finished_job}/images/{hardest}", headers=bob).status_code == 404
     assert client.get(f"/v1/jobs/{finished_job}/images/NOPE", headers=alice).status_code == 404
+
+
+@pytest.mark.torch
+def test_label_issues_list_the_flagged_masks_worst_first_as_json_and_csv(client, alice, bob, finished_job, session_factory):
+    from sqlalchemy import select, update
+
+    from app.db.models import JobReport
+
+    job_id = uuid.UUID(finished_job)
+    assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice).json() == {"items": [], "next_cursor": None}
+    scores = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"limit": 1000}).json()["items"]
+    a, b = scores[3]["image_id"], scores[9]["image_id"]
+    # what a label check that flagged two training masks and one validation mask stores (the check
+    # itself is tested on data with planted wrong masks in tests/ml/test_label_check.py)
+    issues = [{"image_id": a, "split": "train", "quality": 0.05, "contradicted": 0.95, "oos_dice": 0.0, "issue": True},
+              {"image_id": "VAL_1", "split": "validation", "quality": 0.2, "contradicted": 0.8, "oos_dice": 0.1, "issue": True},
+              {"image_id": b, "split": "train", "quality": 0.4, "contradicted": 0.6, "oos_dice": 0.3, "issue": True}]
+    with session_factory() as session:
+        report = session.scalar(select(JobReport).where(JobReport.job_id == job_id, JobReport.kind == "summary"))
+        report.body = {**report.body, "label_check": {**report.body["label_check"], "issues": issues}}
+        session.execute(update(Score).where(Score.job_id == job_id, Score.image_id.in_([a, b])).values(label_issue=True))
+        session.commit()
+    first = client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"limit": 2}).json()
+    rest = client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"cursor": first["next_cursor"]}).json()
+    items = first["items"] + rest["items"]
+    assert [i["image_id"] for i in items] == [a, "VAL_1", b] and rest["next_cursor"] is None
+    assert items[0]["rank"] == 4 and items[0]["label_quality"] == 0.05 and "site" in items[0]["attributes"]
+    assert items[1]["links"] == {} and items[1]["rank"] is None  # held out: no gallery image
+    overlay = client.get(items[0]["links"]["overlay"], headers=alice)
+    assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
+    csv_text = client.get(f"/v1/jobs/{finished_job}/label-issues", headers={**alice, "Accept": "text/csv"}).text
+    lines = csv_text.splitlines()
+    assert lines[0].startswith("image_id,split,label_quality,contradicted,oos_dice,rank,is_htl,attended,overlay,attr:")
+    assert [line.split(",")[0] for line in lines[1:]] == [a, "VAL_1", b]
+    assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=bob).status_code == 404
+    assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"cursor": "nope"}).status_code == 422

@@ -108,7 +108,7 @@ def test_api_and_worker_share_only_the_bucket(s3_env, s3_bucket, db_url, tmp_pat
         # the gallery reads the job's masks and the dataset's image through the store
         top = client.get(f"/v1/jobs/{job['id']}/scores", headers=alice, params={"limit": 1}).json()["items"][0]["image_id"]
         detail = client.get(f"/v1/jobs/{job['id']}/images/{top}", headers=alice).json()
-        assert detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9"]
+        assert detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9", "oos"]
         overlay = client.get(detail["links"]["overlay"], headers=alice)
         assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
 

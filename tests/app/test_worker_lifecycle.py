@@ -28,6 +28,8 @@ from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
 from .test_worker_process import wait_for, worker_process, worker_settings  # noqa: F401 - fixtures
 
 LONG = {**TINY, "train": {"epochs": 60, "batch_size": 8}}
+# the claim and sweep tests follow one chain of units: dense[0] -> score -> attend[0] -> evaluate
+CHAIN = {**TINY, "label_check": {"enabled": False}}
 
 
 def _age(factory, job_id, *, heartbeat_s: float | None = None, queued_s: float | None = None, **values):
@@ -52,7 +54,7 @@ def _claim(factory, job_id, worker: str, stale_s: float = 300, max_attempts: int
 
 
 def test_a_running_unit_is_taken_over_only_when_its_heartbeat_is_stale(client, alice, dataset_id, session_factory):
-    job = submit(client, alice, dataset_id).json()["id"]
+    job = submit(client, alice, dataset_id, CHAIN).json()["id"]
     assert _claim(session_factory, job, "htl-aaaa@host") == "dense[0]"
     # the same name again (a restarted process, or a second worker that took the name) is not enough,
     # and nothing else is ready: score waits for every dense seed
@@ -78,7 +80,7 @@ def test_the_sweep_resends_lost_and_orphaned_units_and_fails_exhausted_ones(clie
     sent = []
     monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(str(job_id)))
     monkeypatch.setattr(tasks, "_resources", lambda _s: (session_factory, None))
-    fresh, lost, orphan, exhausted = (submit(client, alice, dataset_id).json()["id"] for _ in range(4))
+    fresh, lost, orphan, exhausted = (submit(client, alice, dataset_id, CHAIN).json()["id"] for _ in range(4))
     _age(session_factory, lost, queued_s=3600)  # queued an hour ago: its message is gone
     for job, attempt in ((orphan, 1), (exhausted, settings.max_attempts)):
         _claim(session_factory, job, f"htl-{job[:4]}@host")
@@ -97,7 +99,7 @@ def test_a_waiting_unit_whose_deps_succeeded_is_released_by_the_sweep(client, al
     sent = []
     monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(str(job_id)))
     monkeypatch.setattr(tasks, "_resources", lambda _s: (session_factory, None))
-    job = submit(client, alice, dataset_id).json()["id"]
+    job = submit(client, alice, dataset_id, CHAIN).json()["id"]
     assert _claim(session_factory, job, "htl-aaaa@host") == "dense[0]"
     with session_factory() as session:  # a crash between finishing dense[0] and releasing score
         session.execute(update(JobUnit).where(JobUnit.job_id == uuid.UUID(job), JobUnit.name == "dense[0]").values(status="succeeded"))

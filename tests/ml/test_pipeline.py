@@ -55,8 +55,13 @@ def test_scores_json_lists_every_training_image_by_rank(planted):
     assert [i["rank"] for i in items] == list(range(1, len(items) + 1))
     assert all(a["htl_score"] >= b["htl_score"] for a, b in zip(items, items[1:]))
     first = items[0]
-    assert set(first) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes", "subgroups"}
+    assert set(first) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes", "subgroups",
+                          "label_quality", "label_issue", "attended"}
     assert all(i["labeled"] for i in items)
+    # the label check (on by default) read every training mask; the attended set is the HTL set less its label issues
+    assert all(0.0 <= i["label_quality"] <= 1.0 and i["label_issue"] == (i["label_quality"] < 0.5) for i in items)
+    assert sum(i["attended"] for i in items) == sum(i["is_htl"] for i in items)
+    assert not any(i["attended"] and i["label_issue"] for i in items)
     assert first["scores"] == {}  # no other scorer asked for
     assert set(first["per_sparsity"]) == {"0.3", "0.5", "0.7", "0.9"}
     assert first["htl_score"] == pytest.approx(np.mean(list(first["per_sparsity"].values())))
@@ -69,7 +74,10 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(planted):
     dense = metrics["models"]["dense"]
     assert dense["n"] == metrics["scored_images"] == len(dense["per_image"]) == metrics["validation_images"]
     assert dense["overall"]["dice"] > 0.8
-    assert set(dense["subgroups"]) == {"site", "sex", "age", "dx"}  # lesion_id is the group column
+    assert set(dense["subgroups"]) == {"site", "sex", "age", "dx", "label_check"}  # lesion_id is the group column
+    check = metrics["label_check"]
+    assert check["enabled"] and check["checked"] == {"train": len(_scores(out)), "validation": metrics["validation_images"]}
+    assert sum(dense["subgroups"]["label_check"][g]["n"] for g in dense["subgroups"]["label_check"]) == dense["n"]
     assert set(dense["subgroups"]["site"]) == {"common", "rare"}
     assert dense["subgroups"]["site"]["rare"]["dice"] < dense["subgroups"]["site"]["common"]["dice"]
     assert metrics["pruning"]["0.9"]["achieved"] == pytest.approx(0.9, abs=1e-3)
@@ -105,7 +113,9 @@ def test_checkpoints_rebuild_from_the_file_alone(planted):
 def test_spec_json_has_every_default_filled_in(planted):
     _, out, _ = planted
     spec = json.loads((out / "spec.json").read_text())
-    assert spec["attention"] == {"strategy": "oversample", "factor": 3.0, "scorer": "pruning", "control": "none"}
+    assert spec["attention"] == {"strategy": "oversample", "factor": 3.0, "scorer": "pruning", "control": "none",
+                                 "exclude_label_issues": True}
+    assert spec["label_check"] == {"enabled": True, "folds": 3, "epochs": None, "max_quality": 0.5}
     assert spec["prune"]["scope"] == "global" and spec["prune"]["bn_recalibration"] is False
     assert spec["train"]["lr"] == JobSpec().train.lr and spec["image_size"] == 32
 
@@ -124,7 +134,7 @@ def test_resume_after_an_interrupted_stage_gives_the_same_results(planted, tmp_p
     assert not (tmp_path / "run" / "scores.json").exists()
     stages = []
     resumed = Run(data, spec, tmp_path / "run", device="cpu", progress=lambda p: stages.append(p.stage)).run()
-    assert stages[0] == "dense" and stages[1] == "prune" and "dense" not in stages[2:]  # finished ones skipped
+    assert stages[:3] == ["dense", "label_check", "prune"] and "dense" not in stages[3:]  # finished ones skipped
     assert _scores(tmp_path / "run") == _scores(out)
     assert resumed == metrics
 
@@ -167,9 +177,11 @@ def test_several_seeds_and_scorers(tmp_path):
     names = {p.name for p in (tmp_path / "out" / "checkpoints").iterdir()}
     assert names == {f"{m}-s{s}.safetensors" for m in ("dense", "pruned@0.5", "attended") for s in (3, 5)}
     dense = metrics["models"]["dense"]
-    assert dense["seeds"] == 2 and dense["overall_ci95"]["dice"][0] <= dense["overall"]["dice"] <= dense["overall_ci95"]["dice"][1]
-    seeds_mean = np.mean([metrics["models"][f"dense-s{s}"]["overall"]["dice"] for s in (3, 5)])
-    assert dense["overall"]["dice"] == pytest.approx(seeds_mean)
+    per_seed = [metrics["models"][f"dense-s{s}"]["overall"]["dice"] for s in (3, 5)]
+    assert dense["seeds"] == 2 and dense["overall"]["dice"] == pytest.approx(np.mean(per_seed))
+    # the 95% t-interval over the two seeds: mean +- t(0.975, 1) * sd / sqrt(2), t = 12.706
+    half = 12.7062 * np.std(per_seed, ddof=1) / np.sqrt(2)
+    assert dense["overall_ci95"]["dice"] == pytest.approx([np.mean(per_seed) - half, np.mean(per_seed) + half], rel=1e-4)
     cmp = metrics["attended_vs_dense"]
     assert cmp["single_seed"] is False and len(cmp["per_seed"]) == 2 and cmp["overall_ci95"]["dice"] is not None
     items = _scores(tmp_path / "out")
@@ -197,10 +209,16 @@ def test_the_units_in_order_make_the_same_run_as_the_whole_pipeline(tmp_path):
                                    "prune": {"sparsities": [0.5]}, "attention": {"control": "random"}})
     whole = run_pipeline(data, spec, tmp_path / "whole", device="cpu")
     plan = [p.name for p in plan_units(spec)]
-    assert plan == ["dense[0]", "dense[1]", "score", "attend[0]", "control[0]", "attend[1]", "control[1]", "evaluate"]
+    assert plan == ["dense[0]", "dense[1]", "label_check[0]", "label_check[1]", "label_check[2]", "score", "attend[0]", "control[0]",
+                    "attend[1]", "control[1]", "evaluate"]
     with pytest.raises(RunDirError, match="dense-s1"):  # score needs every dense seed: it never trains one itself
         run = Run(data, spec, tmp_path / "units", device="cpu")
         run.run_unit("dense", 0)
+        run.run_unit("score")
+    with pytest.raises(RunDirError, match=r"label-check folds .*\[2\]"):  # nor a label-check fold
+        run = Run(data, spec, tmp_path / "units", device="cpu")
+        for name in plan[:4]:
+            run.run_unit(*parse_unit(name))
         run.run_unit("score")
     for name in plan:  # each unit in a fresh Run, as on a worker that has only the store's files
         answered = Run(data, spec, tmp_path / "units", device="cpu").run_unit(*parse_unit(name))

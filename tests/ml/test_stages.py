@@ -111,3 +111,21 @@ def test_evaluation_answers_the_same_with_a_helper_thread_as_at_once(tmp_path, m
     assert threaded.per_image == at_once.per_image and threaded.scored == at_once.scored
     for png in (tmp_path / "at-once").iterdir():
         assert png.read_bytes() == (tmp_path / "threaded" / png.name).read_bytes()
+
+
+def test_attention_leaves_label_issues_out_and_refills_by_rank_and_the_control_draws_from_the_same_pool(tmp_path):
+    inputs = inputs_for(tmp_path, {**SPEC, "attention": {"control": "random"}})
+    n = len(inputs.train_idx)
+    ids = inputs.image_ids(inputs.train_idx)
+    fake = SeedScores({0.5: np.linspace(1, 0, n), 0.9: np.linspace(1, 0, n)}, {"loss": np.zeros(n), "forgetting": np.zeros(n)})
+    ranking = rank_images(inputs, [fake], degenerate=set(), groups={})
+    k = int(ranking.is_htl.sum())
+    plain = attention_sets(inputs, ranking, [0, 1])
+    assert plain.attended == sorted(ids[:k]) and plain.excluded == []
+    excluded = set(ids[:2]) | set(ids[-5:])  # two of the hardest images, five others
+    sets = attention_sets(inputs, ranking, [0, 1], excluded=excluded)
+    assert sets.size == k and sets.attended == sorted(ids[2 : k + 2])  # the next-ranked take their places
+    for seed in ("0", "1"):
+        assert len(sets.control[seed]) == k and not set(sets.control[seed]) & excluded
+    assert sets.control["0"] != sets.control["1"]
+    assert sets.excluded == sorted(excluded)

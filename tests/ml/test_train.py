@@ -3,7 +3,7 @@ import torch
 
 from ml.models import build_model
 from ml.scoring import binary_dice
-from ml.train import FitConfig, _draws, fit, per_sample_loss, predict_logits, prepare_for_device
+from ml.train import FitConfig, _draws, fit, per_sample_loss, predict_logits, prepare_for_device, segmentation_objective
 
 from .helpers import synthetic_decoded
 
@@ -64,3 +64,26 @@ def test_zero_loss_weight_removes_a_sample_from_training(tmp_path):
     decoded.masks[8:] = 1 - decoded.masks[8:]
     b, _ = _trained(decoded, epochs=1, loss_weights=weights)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_fit_draws_the_attended_images_as_often_as_their_weights_say(tmp_path):
+    """Counted inside fit, at the objective every training step calls: 10 of 100 images at factor
+    3 get 30/120 of the draws; without weights each image is drawn once per epoch."""
+    _, decoded = synthetic_decoded(tmp_path, n=100)
+    drawn = []
+
+    def counting(model, x, masks, indices):
+        drawn.extend(indices.tolist())
+        return segmentation_objective(model, x, masks, indices)
+
+    weights = np.ones(100)
+    weights[:10] = 3.0
+    torch.manual_seed(0)
+    model = prepare_for_device(build_model("unet", width=4), "cpu")
+    fit(model, decoded, list(range(100)), FitConfig(epochs=40, batch_size=16, augment=False), sampling_weights=weights, objective=counting)
+    share = np.isin(drawn, range(10)).mean()
+    assert len(drawn) == 40 * 6 * 16 and abs(share - 0.25) < 0.03, share
+    drawn.clear()
+    fit(model, decoded, list(range(100)), FitConfig(epochs=3, batch_size=16, augment=False), objective=counting)
+    counts = np.bincount(drawn, minlength=100)
+    assert len(drawn) == 3 * 96 and counts.max() <= 3 and abs(np.isin(drawn, range(10)).mean() - 0.10) < 0.03

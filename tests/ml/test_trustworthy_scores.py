@@ -157,10 +157,37 @@ def test_the_gallery_keeps_small_masks_of_every_htl_image_and_a_sample(controlle
     gallery = json.loads((out / "gallery.json").read_text())
     items = json.loads((out / "scores.json").read_text())
     htl = {i["image_id"] for i in items if i["is_htl"]}
-    assert htl <= set(gallery["images"]) and len(gallery["images"]) == len(htl) + gallery["sample"]
-    assert gallery["layers"] == ["dense", "pruned@0.3", "pruned@0.5", "pruned@0.995"]
+    flagged = {i["image_id"] for i in items if i["label_issue"]}
+    assert htl | flagged <= set(gallery["images"]) and len(gallery["images"]) <= len(htl | flagged) + gallery["sample"]
+    assert gallery["layers"] == ["dense", "pruned@0.3", "pruned@0.5", "pruned@0.995", "oos"]  # oos: the label check's
+    assert gallery["oos_images"] == gallery["images"]  # every image has a mask: the check predicted each one
     from PIL import Image as PILImage
 
     for layer in gallery["layers"]:
         with PILImage.open(out / "gallery" / layer / f"{gallery['images'][0]}.png") as mask:
             assert mask.size == (32, 32) and set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_the_control_model_trains_on_its_random_set_and_the_attended_one_on_the_htl_set(tmp_path, monkeypatch):
+    """What each model of the attend stage was boosted with, caught at the training call."""
+    import ml.pipeline
+
+    data = make_dataset(tmp_path / "data", n=60, size=32, seed=4)
+    spec = JobSpec.model_validate({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8},
+                                   "prune": {"sparsities": [0.5]}, "label_check": {"enabled": False},
+                                   "attention": {"control": "random", "factor": 5.0}})
+    boosted = {}
+    real = ml.pipeline.train_model
+
+    def spy(inputs, seed, *, sampling_weights=None, **kwargs):
+        boosted.setdefault("runs", []).append(None if sampling_weights is None else
+                                              sorted(np.array(inputs.image_ids(inputs.train_idx))[sampling_weights == 5.0]))
+        return real(inputs, seed, sampling_weights=sampling_weights, **kwargs)
+
+    monkeypatch.setattr(ml.pipeline, "train_model", spy)
+    run_pipeline(data, spec, tmp_path / "out", device="cpu")
+    dense, attended, control = boosted["runs"]
+    sets = json.loads((tmp_path / "out" / "state" / "attention.json").read_text())
+    htl = sorted(i["image_id"] for i in json.loads((tmp_path / "out" / "scores.json").read_text()) if i["is_htl"])
+    assert dense is None and attended == htl == sets["attended"] and control == sets["control"]["0"]
+    assert control != attended

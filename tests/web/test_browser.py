@@ -162,10 +162,16 @@ def test_the_web_app_end_to_end(browser, service):
     detail = page.wait_for_selector("[data-testid=image-detail] img.full")
     page.wait_for_function("() => document.querySelector('[data-testid=image-detail] img.full').naturalWidth > 0")
     before = detail.get_attribute("src")
+    assert page.locator("[data-testid=image-detail] input[name=oos]").count() == 1  # the label check's prediction
+    assert "label quality" in page.locator("[data-testid=image-detail]").inner_text()
     page.uncheck("[data-testid=image-detail] input[name=dense]")
     page.wait_for_function(f"() => document.querySelector('[data-testid=image-detail] img.full').getAttribute('src') !== '{before}'")
     _shot(page, "image-detail")
     page.click("[data-testid=image-detail] .close button")
+
+    # the label check says what it checked and flagged, and how
+    check = page.locator("[data-testid=label-check-summary]").inner_text()
+    assert "Masks flagged as probably wrong:" in check and "3-fold cross-fitting" in check and "train" in check
 
     # the plots name the groups
     enrichment = page.locator("[data-testid=enrichment-plot]").text_content()

@@ -79,7 +79,10 @@ function detailDialog() {
         h("div", {},
           table(["Score", "Value"], [["htl_score (mean over sparsities)", fixed(image.htl_score)],
             ...Object.entries(image.per_sparsity).map(([sp, v]) => [`disagreement at sparsity ${sp}`, fixed(v)]),
-            ...Object.entries(image.scores).map(([name, v]) => [name, fixed(v)])]),
+            ...Object.entries(image.scores).map(([name, v]) => [name, fixed(v)]),
+            ["label quality (out-of-sample check of the mask)", image.label_quality === null ? "not checked" : fixed(image.label_quality)],
+            ["label issue (the mask is probably wrong)", image.label_issue === null ? "–" : (image.label_issue ? "yes" : "no")],
+            ["attended (boosted by attention)", image.attended ? "yes" : "no"]]),
           table(["Attribute", "Value", "Subgroup"], Object.keys({ ...image.attributes, ...image.subgroups }).map((a) =>
             [a, image.attributes[a] ?? "–", image.subgroups[a] ?? "–"])),
           image.labeled ? null : h("p", { class: "hint" }, "This image had no target (mask or label) to train on."))));
@@ -176,6 +179,30 @@ async function download(checkpoint, status) {
   status.textContent = `Saved ${checkpoint.name}.${checkpoint.format}${check}.`;
 }
 
+function labelCheckSection(check, issues, openDetail) {
+  const box = h("section", { id: "label-check" }, h("h2", {}, "Label check: hard image or wrong mask?"));
+  if (!check || !check.enabled) {
+    box.append(h("p", {}, `No label check ran${check && check.reason ? ` (${check.reason})` : ""}.`));
+    return box;
+  }
+  const counts = Object.entries(check.n_issues).map(([split, n]) => `${n} of ${check.checked[split]} ${split}`).join(", ");
+  box.append(h("p", { testid: "label-check-summary" }, `Masks flagged as probably wrong: ${counts}. `,
+    `Each mask was compared with the prediction of a model that never saw it (${check.folds}-fold cross-fitting; held-out images: the dense models). `,
+    `Rule: ${check.rule}. Attention leaves flagged images out; each model's figures without them are its subgroup label_check = ok.`));
+  const train = issues.filter((i) => i.links.overlay);
+  const grid = h("div", { class: "gallery", testid: "label-issues" }, ...train.slice(0, PAGE).map((item) => {
+    const img = h("img", { alt: `${item.image_id}: its mask (gt) and the out-of-sample prediction (oos)`, width: THUMB, height: THUMB, loading: "lazy" });
+    imageInto(img, overlayPath(item.image_id, ["gt", "oos"], THUMB)).catch(() => img.classList.add("broken"));
+    return h("button", { type: "button", class: "item", dataset: { image: item.image_id }, onclick: () => openDetail(item.image_id) },
+      img, h("span", { class: "rank" }, `#${item.rank} ${item.image_id}`), h("span", { class: "score" }, `quality ${fixed(item.label_quality, 2)}`),
+      h("span", { class: "per-sparsity" }, item.attended ? "attended" : (item.is_htl ? "HTL, not attended" : "not HTL")));
+  }));
+  box.append(train.length ? grid : h("p", {}, "No training mask was flagged."),
+    h("p", { class: "hint" }, "Green: the mask as uploaded; magenta: the out-of-sample prediction. ",
+      h("a", { href: `/v1/jobs/${jobId}/label-issues` }, "All flagged images (JSON)")));
+  return box;
+}
+
 async function results(main, job) {
   const [htl, subgroups, metrics, checkpoints] = await Promise.all([
     getAll(`/v1/jobs/${jobId}/scores`, { htl_only: "true" }),
@@ -184,8 +211,10 @@ async function results(main, job) {
     getAll(`/v1/jobs/${jobId}/checkpoints`),
   ]);
   const first = htl.length ? await request(`/v1/jobs/${jobId}/images/${encodeURIComponent(htl[0].image_id)}`) : null;
+  const issues = metrics.label_check && metrics.label_check.enabled ? await getAll(`/v1/jobs/${jobId}/label-issues`) : [];
   const openDetail = detailDialog();
-  const view = gallery(htl, first ? first.layers : ["gt"], first ? first.layer_colours : {}, (id) => openDetail(id).catch((e) => alert(e.message)));
+  const thumbLayers = first ? first.layers.filter((l) => l !== "oos") : ["gt"];
+  const view = gallery(htl, thumbLayers, first ? first.layer_colours : {}, (id) => openDetail(id).catch((e) => alert(e.message)));
   const galleryBox = h("section", { id: "gallery" }, h("h2", {}, "Hard-to-learn images"),
     h("p", { class: "hint" }, `The ${htl.length} training images the pruned models disagree with the dense model on most. `,
       "Each thumbnail: the ground truth contour, the dense model's mask (tinted) and each pruned model's contour; ",
@@ -229,9 +258,11 @@ async function results(main, job) {
       h("button", { type: "button", class: "secondary", onclick: () => download(c, status).catch((e) => { status.textContent = e.message; }) }, "Download")]),
       { testid: "checkpoints" }), status);
 
-  main.append(h("nav", { class: "toc" }, [["gallery", "HTL gallery"], ["who-is-weak", "Who is weak"], ["gap-closing", "Gap closing"],
-    ["scorer-agreement", "Scorer agreement"], ["metrics", "Metrics and checkpoints"]].map(([id, text]) => h("a", { href: `#${id}` }, text))),
-  galleryBox, weak, gapBox, agreement, metricsBox);
+  const labelBox = labelCheckSection(metrics.label_check, issues, (id) => openDetail(id).catch((e) => alert(e.message)));
+  main.append(h("nav", { class: "toc" }, [["gallery", "HTL gallery"], ["label-check", "Label check"], ["who-is-weak", "Who is weak"],
+    ["gap-closing", "Gap closing"], ["scorer-agreement", "Scorer agreement"], ["metrics", "Metrics and checkpoints"]]
+    .map(([id, text]) => h("a", { href: `#${id}` }, text))),
+  galleryBox, labelBox, weak, gapBox, agreement, metricsBox);
   const wanted = /^#image=(.+)$/.exec(location.hash);
   if (wanted) openDetail(decodeURIComponent(wanted[1])).catch((e) => alert(e.message));
 }
