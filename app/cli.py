@@ -82,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         flagged = ", ".join(f"{n} of {check['checked'][split]} {split}" for split, n in check["n_issues"].items())
         print(f"label check ({check['folds']}-fold out-of-sample): masks flagged as probably wrong: {flagged}"
               + ("; figures without them: subgroup label_check=ok" if any(check["n_issues"].values()) else ""))
+    if metrics.get("verdict"):
+        print(metrics["verdict"])
     if metrics["attended_vs_dense"]["single_seed"]:
         print(f"note: {metrics['attended_vs_dense']['note']}")
     print(f"outputs in {args.out}: scores.json metrics.json subgroups.json predictions/ checkpoints/ spec.json")

@@ -167,6 +167,12 @@ class MetricsOut(BaseModel):
     pruning: dict = Field(description="per pruned model: achieved and per-layer sparsity, zeroed layers, validation Dice, degenerate")
     degenerate_sparsities: list[float] = Field(default_factory=list, description="left out of htl_score")
     validation_curve: dict[str, list[float | None]] = Field(default_factory=dict, description="dense models' validation Dice per epoch")
+    focus: dict | None = Field(None, description="the focus set (the pre-registered endpoint): held-out images in the subgroups "
+                               "enriched among the HTL images or most disputed by the pruned models, chosen before their labels "
+                               "are read; the comparisons on it are attended_vs_control.focus and attended_vs_dense.focus")
+    worst_decile: dict | None = Field(None, description="per model, the mean Dice over its worst tenth of the focus split's images "
+                                      "(all) and of the focus set (focus)")
+    verdict: str | None = Field(None, description="one sentence: did attention beat the random control on the focus set?")
     label_check: dict = Field(default_factory=dict, description="how the masks were checked (folds, rule), how many were "
                               "checked and flagged per split, and the flagged images worst first; each model's figures without "
                               "them are its subgroup label_check=ok")

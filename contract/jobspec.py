@@ -166,6 +166,12 @@ class AttentionSpec(_Strict):
         "none", description="random: also train, per seed, a control model attending the same way to a seeded random "
         "subset of the training images as large as the HTL set"
     )
+    mode: Literal["from_scratch", "fine_tune"] = Field(
+        "from_scratch", description="from_scratch: the attended (and control) model trains anew for train.epochs; fine_tune: it "
+        "starts from the dense model of its seed and trains finetune_epochs more at train.lr x finetune_lr_factor"
+    )
+    finetune_epochs: int = Field(2, ge=1, le=1000, description="fine_tune: epochs on top of the dense model")
+    finetune_lr_factor: float = Field(0.1, gt=0.0, le=1.0, description="fine_tune: the learning rate as a fraction of train.lr")
     exclude_label_issues: bool = Field(
         True, description="leave images whose mask the label check flags out of the attended set (the next-ranked "
         "images take their places) and out of the pool the random control is drawn from"

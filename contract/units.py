@@ -61,11 +61,13 @@ def plan_units(spec: JobSpec) -> list[UnitPlan]:
         score += len(seeds) * held_out / INFERENCE_SPEEDUP  # the dense models check the held-out masks
     raw.append(("score", None, (*dense, *checks), score))
     trained = []
+    attention = spec.attention
+    attend_epochs = epochs if attention.mode == "from_scratch" else attention.finetune_epochs * epochs / spec.train.epochs
     for s in seeds:
-        raw.append(("attend", s, ("score",), epochs * train))
+        raw.append(("attend", s, ("score",), attend_epochs * train))
         trained.append(unit_name("attend", s))
         if control:
-            raw.append(("control", s, ("score",), epochs * train))
+            raw.append(("control", s, ("score",), attend_epochs * train))
             trained.append(unit_name("control", s))
     raw.append(("evaluate", None, tuple(trained), len(seeds) * bases * held_out / INFERENCE_SPEEDUP))
     total = sum(w for *_, w in raw)

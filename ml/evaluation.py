@@ -3,6 +3,7 @@ what the reports make of that: each model's report per split, the means over see
 comparisons between models over seeds."""
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +32,31 @@ class SplitEvaluation:
     per_image: dict[str, list[dict]]  # per model, per image with a mask: {'image_id', metric: value}
     probabilities: dict[str, list[float]]  # weak: per model, every image's positive probability
     scored: list[int]  # the images with a mask, in order
+    # per pair of models asked for, every image's disagreement (1 - Dice between their masks; no label read)
+    disagreement: dict[tuple[str, str], list[float]] = dataclasses.field(default_factory=dict)
 
 
-def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: list[Path]) -> list[dict] | None:
+def _mask_disagreement(a: np.ndarray, b: np.ndarray) -> float:
+    both = np.count_nonzero(a) + np.count_nonzero(b)
+    return 0.0 if both == 0 else 1.0 - 2.0 * np.count_nonzero(a & b) / both
+
+
+def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: list[Path],
+                     pairs: list[tuple[int, int]]) -> tuple[list[dict] | None, list[float]]:
     """One held-out image's predictions by every model (M, H, W) at its own size: written as 0/255
-    PNGs, and scored against its mask if it has one (peaks: pointing, for weak supervision)."""
+    PNGs, scored against its mask if it has one (peaks: pointing, for weak supervision), and the
+    disagreement of each pair of models (by position) asked for."""
     for path, pred in zip(paths, preds):
         write_mask_png(path, pred)
+    disagreement = [_mask_disagreement(preds[i], preds[j]) for i, j in pairs]
     if record.mask_path is None:
-        return None
+        return None, disagreement
     truth = read_mask(record.mask_path)
     entries = [{"image_id": record.image_id, **metrics} for metrics in stack_metrics(truth, preds)]
     if peaks is not None:  # does each map's peak fall inside the lesion?
         for entry, peak in zip(entries, peaks):
             entry["pointing"] = float(truth.flat[peak])
-    return entries
+    return entries, disagreement
 
 
 class _AtOnce:
@@ -74,11 +85,15 @@ def _helper(device: torch.device):
 
 @torch.no_grad()
 def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: list[int], *,
-                   prediction_path: Callable[[str, str], Path], progress: Callable[[int], None] | None = None) -> SplitEvaluation:
+                   prediction_path: Callable[[str, str], Path], progress: Callable[[int], None] | None = None,
+                   pairs: list[tuple[str, str]] = ()) -> SplitEvaluation:
     """Every model on every image of a held-out split, at the image's own size: its predicted mask
     written to prediction_path(model, image_id), its metrics where the image has a mask; for
-    classifiers the positive probability. progress(n): n more images done."""
+    classifiers the positive probability; for each pair of model names in pairs, how much their masks
+    disagree on each image. progress(n): n more images done."""
     names = list(models)
+    positions = [(names.index(a), names.index(b)) for a, b in pairs]
+    disagreement: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
     per_image: dict[str, list[dict]] = {name: [] for name in names}
     probs: dict[str, list[float]] = {name: [] for name in names}
     scored: list[int] = []
@@ -102,16 +117,18 @@ def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: l
                                      mode="bilinear", align_corners=False)[:, 0]
                 peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
                 pending.append((i, helper.submit(_score_and_write, record, (full > 0).numpy(), peaks,
-                                                 [prediction_path(name, record.image_id) for name in names])))
+                                                 [prediction_path(name, record.image_id) for name in names], positions)))
             if progress is not None:
                 progress(len(batch))
         for i, done in pending:
-            entries = done.result()
+            entries, apart = done.result()
+            for pair, value in zip(pairs, apart):
+                disagreement[pair].append(value)
             if entries is not None:
                 scored.append(i)
                 for name, entry in zip(names, entries):
                     per_image[name].append(entry)
-    return SplitEvaluation(per_image, probs, scored)
+    return SplitEvaluation(per_image, probs, scored, disagreement)
 
 
 def image_evaluations(split: str, result: SplitEvaluation) -> list[ImageEvaluation]:

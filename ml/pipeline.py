@@ -22,7 +22,7 @@ from contract.scorers import SCORERS, extra_passes
 from ml import subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
-from ml import label_check
+from ml import focus, label_check
 from ml.evaluation import compare_models, evaluate_split, image_evaluations, model_reports, split_reports
 from ml.metrics import metric_values, subgroup_labels, usable_attributes
 from ml.models import ModelConfig
@@ -156,7 +156,8 @@ class Run:
             "label_check": (k - 1) * (lc.epochs or self.spec.train.epochs) * n_train + n_train / INFERENCE_SPEEDUP if lc.enabled else 0.0,
             "prune": n_seeds * n_sp * (self.spec.prune.finetune_epochs * n_train + (n_train + n_val) / INFERENCE_SPEEDUP),
             "score": n_seeds * n_train * (n_sp + extra) / INFERENCE_SPEEDUP,
-            "attend": n_seeds * epochs * n_train * (2 if self.spec.attention.control == "random" else 1),
+            "attend": n_seeds * (epochs if self.spec.attention.mode == "from_scratch" else self.spec.attention.finetune_epochs) * n_train
+                      * (2 if self.spec.attention.control == "random" else 1),
             "evaluate": (n_val + len(self.test_idx)) * n_seeds * len(self.bases()) / INFERENCE_SPEEDUP,
         }
         total = sum(w.values())
@@ -243,8 +244,8 @@ class Run:
                                         for r in self.index.records]}
 
     def label_check_results(self) -> dict | None:
-        """state/label_check.json, once the score stage has written it (None when the check is off)."""
-        path = self.out / "state" / "label_check.json"
+        """state/label_check-results.json, once the score stage has written it (None when the check is off)."""
+        path = self.out / "state" / "label_check-results.json"
         if not self.spec.label_check.enabled or not path.is_file():
             return None
         if self._label_check_cache is None:
@@ -271,10 +272,10 @@ class Run:
 
     # --- stages: each loads its inputs, calls ml.stages, saves what it returns ----------------------
     def _train_each_seed(self, stage: str, base: str, weights_for, *, part: tuple[int, int] = (0, 1),
-                         record_dynamics: bool = False, only_seed: int | None = None) -> dict[str, dict]:
+                         record_dynamics: bool = False, only_seed: int | None = None, start_from: str | None = None) -> dict[str, dict]:
         """Train a fresh model per seed and save it as base (suffixed per seed); weights_for(seed)
         answers its (loss_weights, sampling_weights). A seed that finished before an interruption is
-        not trained again. part=(i, n): this is the i-th of n trainings that make up the stage.
+        not trained again. start_from: fine-tune that base's model of the same seed instead. part=(i, n): this is the i-th of n trainings that make up the stage.
         only_seed: train that seed alone (one unit of the job), reporting its own progress."""
         results = {}
         for k, seed in enumerate(self.seeds):
@@ -288,6 +289,7 @@ class Run:
             loss_weights, sampling_weights = weights_for(seed)
             trained = train_model(
                 self.inputs(), seed, loss_weights=loss_weights, sampling_weights=sampling_weights, record_dynamics=record_dynamics,
+                start=None if start_from is None else self.load(self.name(start_from, seed)),
                 progress=lambda f, l, k=k: self.report(stage, f if only_seed is not None else (part[0] + self._seed_fraction(k, f)) / part[1], l),
             )
             self._save(trained.model, base, seed)
@@ -328,7 +330,7 @@ class Run:
 
     def _combine_label_check(self) -> dict:
         """Every checked image's label quality: training images from their fold's model, held-out ones
-        from the dense models (every seed's, averaged), which never saw them. Writes state/label_check.json
+        from the dense models (every seed's, averaged), which never saw them. Writes state/label_check-results.json
         and, for the gallery, each training image's out-of-sample prediction (packed) in the cache."""
         lc = self.spec.label_check
         images: dict[str, dict] = {}
@@ -354,7 +356,7 @@ class Run:
         body = {"enabled": True, "folds": lc.folds, "max_quality": lc.max_quality, "confident": label_check.CONFIDENT,
                 "checked": {split: sum(v["split"] == split for v in images.values()) for split in ("train", *self.eval_splits)},
                 "issues": [{"image_id": i, **images[i]} for i in order if images[i]["issue"]], "images": images}
-        _write_json(self.out / "state" / "label_check.json", body)
+        _write_json(self.out / "state" / "label_check-results.json", body)
         self._label_check_cache = body
         self._oos_predicted = predicted
         return body
@@ -457,7 +459,9 @@ class Run:
         if base == "control" and sets.control is None:
             raise RunDirError("a control unit, but the spec asked for no control (attention.control)")
         chosen = (lambda seed: sets.attended) if base == "attended" else (lambda seed: sets.control[str(seed)])
-        return self._train_each_seed("attend", base, lambda seed: boost(self.inputs(), chosen(seed)), part=part, only_seed=only_seed)
+        start_from = "dense" if self.spec.attention.mode == "fine_tune" else None
+        return self._train_each_seed("attend", base, lambda seed: boost(self.inputs(), chosen(seed)), part=part, only_seed=only_seed,
+                                     start_from=start_from)
 
     def stage_attend(self) -> None:
         sets = self.attention()
@@ -480,8 +484,9 @@ class Run:
             done += n
             self.report("evaluate", done / to_evaluate)
 
+        focus_split = "test" if "test" in self.eval_splits else "validation"
         results = {
-            split: evaluate_split(inputs, models, indices, progress=advance,
+            split: evaluate_split(inputs, models, indices, progress=advance, pairs=self._disagreement_pairs() if split == focus_split else (),
                                   prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png")
             for split, indices in self.eval_splits.items()
         }
@@ -516,6 +521,12 @@ class Run:
             pairs += [("attended_vs_control", "control", "attended"), ("control_vs_dense", "dense", "control")]
         for key, a, b in pairs:
             report[key] = compare_models(report["models"], a, b, seeds=self.seeds, name=self.name)
+        if not self.targets.weak:
+            endpoint = self._focus_endpoint(report, focus_split, results[focus_split])
+            report["focus"], report["worst_decile"], report["verdict"] = endpoint["focus"], endpoint["worst_decile"], endpoint["verdict"]
+            for key in ("attended_vs_dense", "attended_vs_control"):
+                if key in report:
+                    report[key]["focus"] = endpoint[key]
         _write_json(self.out / "metrics.json", report)
         result = EvaluationResult(
             evaluations=[e for split, r in results.items() for e in image_evaluations(split, r)],
@@ -525,6 +536,36 @@ class Run:
         _write_json(self.out / "state" / "evaluation.json", encode(result))
         _write_json(self._marker("evaluate"), {"models": names})
         return result
+
+    def _disagreement_pairs(self) -> list[tuple[str, str]]:
+        """(dense, pruned) of every seed at each sparsity the score is ranked by: their disagreement on
+        held-out images picks the focus set's disputed images."""
+        ranked = _read_json(self._marker("score"))["ranked_by_sparsities"]
+        return [(self.name("dense", seed), self.name(f"pruned@{sparsity_key(s)}", seed)) for seed in self.seeds for s in ranked]
+
+    def _focus_endpoint(self, report: dict, split: str, evaluation) -> dict:
+        """ml.focus on the focus split: the focus set, attended vs control and vs dense on it, the
+        worst-decile Dice of each model, and the verdict."""
+        indices = self.eval_splits[split]
+        pairs = self._disagreement_pairs()
+        apart = np.mean([evaluation.disagreement[p] for p in pairs], axis=0) if pairs else np.zeros(len(indices))
+        at = {i: j for j, i in enumerate(indices)}
+        scored = evaluation.scored
+        bases = ["dense", "attended", *(["control"] if "control" in self.bases() else [])]
+
+        def dice(base: str) -> np.ndarray:
+            block = lambda s: report["models"][self.name(base, s)] if split == "validation" else report["models"][self.name(base, s)]["test"]  # noqa: E731
+            return np.array([[p["dice"] for p in block(s)["per_image"]] for s in self.seeds])
+
+        checked = (self.label_check_results() or {}).get("images", {})
+        ids = [self.index.records[i].image_id for i in scored]
+        column = self.spec.split.group_column
+        return focus.focus_report(
+            split=split, image_ids=ids, dice={b: dice(b) for b in bases}, disagreement=apart[[at[i] for i in scored]],
+            groups=self.groups_of(scored), enrichment=_read_json(self.out / "state" / "enrichment.json"),
+            label_issue=np.array([checked.get(i, {}).get("issue", False) for i in ids]),
+            clusters=[self.index.records[i].attributes.get(column, "") for i in scored] if column else None,
+            top_fraction=self.spec.htl.top_fraction or 0.1, seed=self.spec.split.seed, cluster_name=column)
 
     def _label_check_summary(self) -> dict:
         """metrics.json 'label_check': what was checked, how, and the images flagged, worst first."""

@@ -86,12 +86,18 @@ class TrainedModel:
 
 
 def train_model(inputs: StageInputs, seed: int, *, loss_weights: np.ndarray | None = None, sampling_weights: np.ndarray | None = None,
-                record_dynamics: bool = False, progress: FractionAndLoss | None = None) -> TrainedModel:
+                record_dynamics: bool = False, progress: FractionAndLoss | None = None, start: nn.Module | None = None) -> TrainedModel:
     """A fresh model trained from seed; weights align with inputs.train_idx. record_dynamics (the
-    dense models): the validation curve, and what the dynamics scorers read off the training."""
+    dense models): the validation curve, and what the dynamics scorers read off the training.
+    start: fine-tune a copy of this model instead (attention.mode fine_tune: attention's
+    finetune_epochs at train.lr x finetune_lr_factor)."""
     spec = inputs.spec
     torch.manual_seed(seed)
-    model = prepare_for_device(inputs.model_config.build(), inputs.device)
+    model = prepare_for_device(inputs.model_config.build() if start is None else copy.deepcopy(start), inputs.device)
+    if start is not None:
+        a = spec.attention
+        cfg = inputs.fit_config(seed, epochs=a.finetune_epochs, lr=spec.train.lr * a.finetune_lr_factor)
+        return TrainedModel(model, inputs.fit(model, cfg, loss_weights=loss_weights, sampling_weights=sampling_weights, progress=progress))
     record = TrainingRecord(len(inputs.train_idx), spec.train.epochs) if record_dynamics else None
     curve: list[float | None] = []
     early_error: dict[str, np.ndarray] = {}

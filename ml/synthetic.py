@@ -8,8 +8,8 @@ label for weakly-supervised runs) sets the lesion's tint.
 Two more plantings, off unless asked for (and drawn from a generator of their own, so a dataset
 without them is the same as before they existed):
 - `rare_look_fraction`: lesions with a look the rest lack and a model can learn (metadata
-  `look=ring`: lighter than the skin inside a dark rim, where every other lesion is darker than the
-  skin); a model that saw few of them segments the rim and misses the centre.
+  `look=pale`: lighter than the skin, where every other lesion is darker); a model that saw few of
+  them misses them, one that attends to them learns them.
 - `wrong_mask_fraction`: of the plain common images, masks that are wrong: the lesion's outline moved
   beside it (`beside`), or an outline far too loose (`loose`). The truth is in truth.csv beside
   metadata.csv (image_id, look, wrong_mask), which the pipeline never reads."""
@@ -49,14 +49,12 @@ def make_image(rng: np.random.Generator, size: int, hard: bool, dx: str = "nv") 
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def make_ring_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A lesion lighter than the skin inside a dark rim: the rare look."""
+def make_pale_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A lesion lighter than the skin (hypopigmented): the rare look."""
     mask = _lesion_mask(rng, size)
     skin = np.array([205, 160, 135]) + rng.normal(0, 8, 3)
     image = np.broadcast_to(skin, (size, size, 3)).copy()
-    rim = mask & ~_erode(mask, max(1, size // 24))
-    image[mask] = np.clip(skin + rng.uniform(30, 45), 0, 255)
-    image[rim] = skin - rng.uniform(70, 100) * TINT["nv"]
+    image[mask] = np.clip(skin + rng.uniform(30, 40), 0, 255)
     image += rng.normal(0, 10, (size, size, 3))
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
@@ -65,13 +63,6 @@ def _neighbours(mask: np.ndarray) -> list[np.ndarray]:
     """The mask shifted one pixel up, down, left and right (outside the frame counts as background)."""
     p = np.pad(mask, 1)
     return [p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]
-
-
-def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(steps):
-        out = out & np.logical_and.reduce(_neighbours(out))
-    return out
 
 
 def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
@@ -114,22 +105,22 @@ def make_dataset(root: str | Path, *, n: int = 200, size: int = 64, hard_fractio
     diagnoses = np.random.default_rng(seed + 1000).choice(["mel", "nv"], n, p=[0.4, 0.6])
     planted = np.random.default_rng(seed + 2000)
     common = np.flatnonzero(~hard_flags)
-    ring = set(planted.choice(common, int(round(rare_look_fraction * n)), replace=False).tolist()) if rare_look_fraction else set()
-    plain = np.array([i for i in common if i not in ring])
+    pale = set(planted.choice(common, int(round(rare_look_fraction * n)), replace=False).tolist()) if rare_look_fraction else set()
+    plain = np.array([i for i in common if i not in pale])
     wrong_ids = planted.choice(plain, int(round(wrong_mask_fraction * n)), replace=False) if wrong_mask_fraction else []
     wrong = {int(i): ("beside" if k % 2 == 0 else "loose") for k, i in enumerate(wrong_ids)}
     rows, truth = [], []
     for i in range(n):
         image_id = f"SYN_{i:05d}"
-        if i in ring:
-            image, mask = make_ring_image(planted, size)
+        if i in pale:
+            image, mask = make_pale_image(planted, size)
         else:
             image, mask = make_image(rng, size, bool(hard_flags[i]), str(diagnoses[i]))
         if i in wrong:
             mask = wrong_mask(planted, mask, wrong[i])
         Image.fromarray(image).save(root / "images" / f"{image_id}.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{image_id}_segmentation.png")
-        truth.append({"image_id": image_id, "look": "ring" if i in ring else "plain", "wrong_mask": wrong.get(i, "")})
+        truth.append({"image_id": image_id, "look": "pale" if i in pale else "plain", "wrong_mask": wrong.get(i, "")})
         rows.append({
             "image_id": image_id,
             "lesion_id": f"LES_{i // 2:05d}",
@@ -137,7 +128,7 @@ def make_dataset(root: str | Path, *, n: int = 200, size: int = 64, hard_fractio
             "sex": str(rng.choice(["female", "male"])),
             "age": str(int(rng.integers(5, 90))),
             "dx": str(diagnoses[i]),
-            **({"look": "ring" if i in ring else "plain"} if rare_look_fraction else {}),
+            **({"look": "pale" if i in pale else "plain"} if rare_look_fraction else {}),
         })
     with (root / "metadata.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

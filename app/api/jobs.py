@@ -267,6 +267,7 @@ def job_metrics(
         attended_vs_control=on_split(summary.get("attended_vs_control")), control_vs_dense=on_split(summary.get("control_vs_dense")),
         scorer_agreement=summary.get("scorer_agreement", []), pruning=summary.get("pruning", {}),
         degenerate_sparsities=summary.get("degenerate_sparsities", []), validation_curve=summary.get("validation_curve", {}),
+        focus=summary.get("focus"), worst_decile=summary.get("worst_decile"), verdict=summary.get("verdict"),
         label_check=summary.get("label_check", {}), warnings=summary.get("warnings", []),
     )
 

@@ -142,6 +142,9 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finis
     assert set(dense["subgroups"]) == {"site", "sex", "age", "dx", "label_check"}  # label_check=ok: figures without label issues
     assert sum(g["n"] for g in dense["subgroups"]["sex"].values()) == 8
     assert body["label_check"]["enabled"] and body["label_check"]["checked"] == {"train": 32, "validation": 8}
+    # the endpoint: no test split, so the focus set is on validation; no control, and the verdict says so
+    assert body["focus"]["split"] == "validation" and body["attended_vs_dense"]["focus"]["n"] == body["focus"]["n"]
+    assert "no random control was trained" in body["verdict"] and set(body["worst_decile"]) == {"dense", "attended"}
     assert body["seeds"] == [0] and body["attended_vs_dense"]["single_seed"] is True
     assert set(body["pruning"]) == {"0.5", "0.9"} and body["scorer_agreement"] == []
 

@@ -41,9 +41,9 @@ def test_quality_counts_only_confident_contradiction():
 
 
 def test_the_check_finds_the_wrong_masks_and_leaves_hard_images_alone(tmp_path):
-    """400 images at 32 px: 6% wrong masks (beside the lesion, or far too loose), 6% a rare ring
+    """400 images at 32 px: 6% wrong masks (beside the lesion, or far too loose), 6% a rare pale
     look, 15% faint lesions. Flagging must be precise and find most wrong masks, and not take the
-    hard (faint, ring) images for wrong ones."""
+    hard (faint, pale) images for wrong ones."""
     root = make_dataset(tmp_path / "data", n=400, size=32, seed=11, hard_fraction=0.15, rare_look_fraction=0.06,
                         wrong_mask_fraction=0.06)
     truth = {r["image_id"]: r for r in csv.DictReader(open(root / "truth.csv"))}
@@ -59,7 +59,7 @@ def test_the_check_finds_the_wrong_masks_and_leaves_hard_images_alone(tmp_path):
     flagged = label_check.flag_label_issues(quality, max_quality=spec.label_check.max_quality)
     ids = [index.records[i].image_id for i in checked]
     wrong = np.array([bool(truth[i]["wrong_mask"]) for i in ids])
-    hard = np.array([truth[index.records[i].image_id]["look"] == "ring" or index.records[i].attributes["site"] == "rare"
+    hard = np.array([truth[index.records[i].image_id]["look"] == "pale" or index.records[i].attributes["site"] == "rare"
                      for i in checked])
     precision = (flagged & wrong).sum() / max(1, flagged.sum())
     recall = (flagged & wrong).sum() / wrong.sum()

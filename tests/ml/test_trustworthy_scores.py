@@ -115,6 +115,15 @@ def test_attended_is_compared_with_a_random_control_on_validation_and_test(contr
     sets = json.loads((out / "state" / "attention.json").read_text())
     assert len(sets["control"]["0"]) == len(sets["attended"]) == sum(i["is_htl"] for i in json.loads((out / "scores.json").read_text()))
     assert set(sets["control"]["0"]) != set(sets["attended"])
+    # the pre-registered endpoint: the focus set on test, attended - control on it, and the verdict
+    chosen = metrics["focus"]
+    dice = {b: {p["image_id"]: p["dice"] for p in metrics["models"][b]["test"]["per_image"]} for b in ("attended", "control")}
+    assert chosen["split"] == "test" and 0 < chosen["n"] == len(chosen["images"]) and set(chosen["images"]) <= set(dice["attended"])
+    on_focus = versus["focus"]
+    assert on_focus["n"] == chosen["n"] and on_focus["difference"] == pytest.approx(
+        np.mean([dice["attended"][i] - dice["control"][i] for i in chosen["images"]]))
+    assert on_focus["seeds"] == 1 and "random control" in metrics["verdict"] and "One seed" in metrics["verdict"]
+    assert set(metrics["worst_decile"]) == {"dense", "attended", "control"}
 
 
 def test_dense_validation_curve_has_one_point_per_epoch(controlled):

@@ -250,6 +250,9 @@ async function results(main, job) {
       : h("p", {}, "Only the pruning scorer ran; add scorers (loss, el2n, forgetting, ...) to the spec to compare rankings."));
 
   const status = h("p", { role: "status", class: "hint" });
+  const verdict = metrics.verdict ? h("section", { id: "verdict" }, h("h2", {}, "Did attention help?"),
+    h("p", { class: "verdict", testid: "verdict" }, metrics.verdict),
+    metrics.focus ? h("p", { class: "method" }, metrics.focus.method) : null) : null;
   const metricsBox = h("section", { id: "metrics" }, h("h2", {}, `Metrics (${metrics.split} split)`), metricsTable(metrics),
     metrics.splits.includes("test") ? h("p", { class: "hint" }, "Test split: ", h("a", { href: `/v1/jobs/${jobId}/metrics?split=test` }, "JSON")) : null,
     h("h3", {}, "Checkpoints"),
@@ -259,10 +262,10 @@ async function results(main, job) {
       { testid: "checkpoints" }), status);
 
   const labelBox = labelCheckSection(metrics.label_check, issues, (id) => openDetail(id).catch((e) => alert(e.message)));
-  main.append(h("nav", { class: "toc" }, [["gallery", "HTL gallery"], ["label-check", "Label check"], ["who-is-weak", "Who is weak"],
-    ["gap-closing", "Gap closing"], ["scorer-agreement", "Scorer agreement"], ["metrics", "Metrics and checkpoints"]]
-    .map(([id, text]) => h("a", { href: `#${id}` }, text))),
-  galleryBox, labelBox, weak, gapBox, agreement, metricsBox);
+  main.append(h("nav", { class: "toc" }, [...(verdict ? [["verdict", "Did attention help?"]] : []), ["gallery", "HTL gallery"],
+    ["label-check", "Label check"], ["who-is-weak", "Who is weak"], ["gap-closing", "Gap closing"], ["scorer-agreement", "Scorer agreement"],
+    ["metrics", "Metrics and checkpoints"]].map(([id, text]) => h("a", { href: `#${id}` }, text))),
+  ...(verdict ? [verdict] : []), galleryBox, labelBox, weak, gapBox, agreement, metricsBox);
   const wanted = /^#image=(.+)$/.exec(location.hash);
   if (wanted) openDetail(decodeURIComponent(wanted[1])).catch((e) => alert(e.message));
 }
