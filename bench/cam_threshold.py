@@ -2,7 +2,10 @@
 weakly-supervised run and score their class activation maps on its validation images at a range of
 thresholds (localization Dice at the original image size).
 
-    .venv/bin/python bench/cam_threshold.py runs/weak-threshold
+    .venv/bin/python bench/cam_threshold.py runs/weak-threshold ../shared/data/ham10000
+
+(the run folder, and the dataset folder it was run on: a run folder keeps the dataset's identity by
+content, not its path)
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: bench/cam_threshold.py RUN_DIR DATA_DIR (the dataset folder the run was made on)")
+    out, data_dir = Path(sys.argv[1]), Path(sys.argv[2])
     spec = JobSpec.model_validate(json.loads((out / "spec.json").read_text()))
-    data_dir = json.loads((out / "state" / "run.json").read_text())["data_dir"]
-    run = Run(data_dir, spec, out, device="cpu")
+    run = Run(data_dir, spec, out, device="cpu")  # refuses a dataset other than the run's
     data = run.decoded()
     results = {}
     for path in sorted((out / "checkpoints").glob("dense*.safetensors")):

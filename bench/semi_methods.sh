@@ -13,5 +13,5 @@ for variant in mean_teacher pseudo_label labeled_only; do
          \"semi\": {\"labeled_fraction\": 0.25, \"method\": \"$method\", \"unlabeled_weight\": $weight}}"
   mkdir -p "$out"
   echo "$spec" > "$out/$variant.json"
-  .venv/bin/htl run ../shared/data/ham10000 --spec "$out/$variant.json" --out "$out/$variant" 2>/dev/null | grep -E "^(dense|attended) " | sed "s/^/$variant /"
+  .venv/bin/htl run ../shared/data/ham10000 --spec "$out/$variant.json" --out "$out/$variant" 2>/dev/null | grep -E "^  (dense|attended) " | sed "s/^ */$variant /"
 done

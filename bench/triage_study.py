@@ -1,15 +1,21 @@
-"""Hard or mislabeled, and does attention help? On generated data with planted truth: 6% of lesions
-with a rare look a model can learn (look=pale), 6% wrong masks (beside the lesion, or far too loose),
-15% faint lesions (site=rare). One full run per attention variant; the variants share the dense
-models, the label check and the pruned models (copied run state), so they differ in scoring's
-attention sets and the attend stage only. Reports, per variant: the label check's precision and
-recall for the wrong masks, what the attended set holds, and on the test split attended vs dense vs
-the random control overall and on the pale lesions, per seed.
+"""Hard or mislabeled, and does attention help? One full run per attention variant (scorer, label
+issues left out or kept, from_scratch or fine_tune); the variants share the dense models, the label
+check and the pruned models (copied run state), so they differ from scoring's attention sets on.
+Every variant is reported on the held-out test split; nothing is chosen here.
+
+On generated data (the default) with planted truth (truth.csv, read only by this report): 6% of
+lesions with a rare look a model can learn (look=pale), 6% wrong masks (beside the lesion, or far
+too loose), 15% faint lesions (site=rare). Reported: the label check's precision and recall, what
+the attended set holds, and attended vs dense vs the random control on the pale lesions per seed.
 
     .venv/bin/python bench/triage_study.py --images 2000 --size 64 --epochs 6 --seeds 0 1 2 --out runs/triage-study
 
-Nothing is chosen here: every variant is reported on the test split, and the planted truth
-(truth.csv) is read only by this report, never by the pipeline.
+On a real dataset (--data): the label check's flags (and --overlays N of them drawn to a folder), and
+per variant the focus endpoint (attended - control on the focus set, interval, one-sided p) and the
+verdict.
+
+    .venv/bin/python bench/triage_study.py --data ../shared/data/ham10000 --images 2000 --size 64 --epochs 6 \\
+        --seeds 0 1 2 3 4 --modes from_scratch fine_tune --out runs/triage-ham10000 --overlays 12 --overlay-dir docs/label-issues
 """
 from __future__ import annotations
 
@@ -21,13 +27,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from contract.jobspec import JobSpec
+from ml.data import read_mask
 from ml.pipeline import Run
 from ml.synthetic import make_dataset
 
-# name -> the attention part of the spec
-VARIANTS = {
+# scorer variants -> the attention part of the spec (the random control is trained in each)
+SCORERS = {
     "pruning": {"scorer": "pruning"},
     "pruning, label issues kept": {"scorer": "pruning", "exclude_label_issues": False},
     "loss": {"scorer": "loss"},
@@ -36,15 +44,15 @@ VARIANTS = {
 SHARED_STATE = ("dense", "label_check", "prune", "dynamics-")  # what every variant re-uses from the first run
 
 
-def spec_for(args, attention: dict) -> JobSpec:
+def spec_for(args, attention: dict, mode: str) -> JobSpec:
     return JobSpec.model_validate({
         "image_size": args.size, "model": {"arch": "unet", "width": 16},
+        "sample": {"max_images": args.images, "seed": 0},
         "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
         "train": {"epochs": args.epochs, "seeds": args.seeds},
         "htl": {"top_fraction": args.top_fraction},
         "scorers": ["pruning", "loss"],
-        "attention": {"strategy": "oversample", "factor": args.factor, "control": "random", **({"mode": args.mode} if args.mode else {}),
-                      **attention},
+        "attention": {"strategy": "oversample", "factor": args.factor, "control": "random", "mode": mode, **attention},
     })
 
 
@@ -63,12 +71,18 @@ def reuse(src: Path, dst: Path) -> None:
             shutil.copy(path, dst / "state" / path.name)
 
 
-def fraction(a: np.ndarray, b: np.ndarray) -> float:
+def share(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, a.sum()))
 
 
-def report_variant(run_dir: Path, truth: dict[str, dict], seeds: list[int]) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def endpoint(metrics: dict) -> dict:
+    versus = metrics["attended_vs_control"]
+    return {"focus_n": metrics["focus"]["n"], "focus": versus["focus"], "versus_dense_focus": metrics["attended_vs_dense"]["focus"],
+            "test_overall": {"mean": versus["test"]["overall"]["dice"], "ci95": versus["test"]["overall_ci95"]["dice"]},
+            "worst_decile": metrics["worst_decile"], "verdict": metrics["verdict"]}
+
+
+def planted_report(run_dir: Path, metrics: dict, truth: dict[str, dict], seeds: list[int]) -> dict:
     scores = json.loads((run_dir / "scores.json").read_text())
     check = json.loads((run_dir / "state" / "label_check-results.json").read_text())["images"]
     ids = list(check)
@@ -77,90 +91,128 @@ def report_variant(run_dir: Path, truth: dict[str, dict], seeds: list[int]) -> d
     train = np.array([check[i]["split"] == "train" for i in ids])
     attended = [s for s in scores if s["attended"]]
     name = (lambda base, s: f"{base}-s{s}") if len(seeds) > 1 else (lambda base, s: base)
-    pale_test = {}
-    for base in ("dense", "attended", "control"):
-        per_seed = []
-        for s in seeds:
-            rows = metrics["models"][name(base, s)]["test"]["per_image"]
-            per_seed.append(float(np.mean([r["dice"] for r in rows if truth[r["image_id"]]["look"] == "pale"])))
-        pale_test[base] = per_seed
-    n_pale_test = sum(truth[r["image_id"]]["look"] == "pale" for r in metrics["models"][name("dense", seeds[0])]["test"]["per_image"])
-    versus = metrics["attended_vs_control"]["test"]
+    pale = {base: [float(np.mean([r["dice"] for r in metrics["models"][name(base, s)]["test"]["per_image"]
+                                  if truth[r["image_id"]]["look"] == "pale"])) for s in seeds]
+            for base in ("dense", "attended", "control")}
+    n_pale = sum(truth[r["image_id"]]["look"] == "pale" for r in metrics["models"][name("dense", seeds[0])]["test"]["per_image"])
     return {
-        "label_check": {
-            "train": {"flagged": int((flagged & train).sum()), "precision": fraction(flagged & train, wrong),
-                      "recall": fraction(wrong & train, flagged), "wrong": int((wrong & train).sum())},
-            "held_out": {"flagged": int((flagged & ~train).sum()), "precision": fraction(flagged & ~train, wrong),
-                         "recall": fraction(wrong & ~train, flagged), "wrong": int((wrong & ~train).sum())},
-        },
+        "label_check": {part: {"flagged": int((flagged & side).sum()), "wrong": int((wrong & side).sum()),
+                               "precision": share(flagged & side, wrong), "recall": share(wrong & side, flagged)}
+                        for part, side in (("train", train), ("held-out", ~train))},
         "attended": {"size": len(attended),
                      "wrong_mask_share": float(np.mean([bool(truth[s["image_id"]]["wrong_mask"]) for s in attended])) if attended else 0.0,
                      "pale_share": float(np.mean([truth[s["image_id"]]["look"] == "pale" for s in attended])) if attended else 0.0,
                      "pale_share_of_training": float(np.mean([truth[s["image_id"]]["look"] == "pale" for s in scores]))},
-        "pale_test_dice": pale_test, "pale_test_images": n_pale_test,
-        "pale_attended_minus_control": [a - c for a, c in zip(pale_test["attended"], pale_test["control"])],
-        "test_attended_minus_control": {"mean": versus["overall"]["dice"], "ci95": versus["overall_ci95"]["dice"],
-                                        "per_seed": [p["dice"] for p in versus["per_seed"]]},
-        "focus": {k: metrics.get(k, {}).get("focus") for k in ("attended_vs_control", "attended_vs_dense")},
-        "verdict": metrics.get("verdict"),
+        "pale_test_dice": pale, "pale_test_images": n_pale,
+        "pale_attended_minus_control": [a - c for a, c in zip(pale["attended"], pale["control"])],
     }
 
 
-def markdown(results: dict, args) -> str:
-    lines = [f"{args.images} images at {args.size} px, {args.epochs} epochs, seeds {args.seeds}, top {args.top_fraction:.0%} x{args.factor:g}"
-             + (f", attention.mode {args.mode}" if args.mode else ""), ""]
-    first = next(iter(results.values()))["label_check"]
-    lines += ["| label check | flagged | wrong masks | precision | recall |", "|---|---|---|---|---|"]
-    for part in ("train", "held_out"):
-        c = first[part]
-        lines.append(f"| {part.replace('_', '-')} | {c['flagged']} | {c['wrong']} | {c['precision']:.2f} | {c['recall']:.2f} |")
-    lines += ["", "| variant | attended | wrong masks in it | pale lesions in it (share of training) | pale test Dice dense / attended / control, per seed | "
-              "pale attended - control, per seed | all test images attended - control [95% over seeds] |", "|---|---|---|---|---|---|---|"]
-    for variant, r in results.items():
-        pale = r["pale_test_dice"]
-        per_seed = "; ".join(f"{d:.3f} / {a:.3f} / {c:.3f}" for d, a, c in zip(pale["dense"], pale["attended"], pale["control"]))
-        t = r["test_attended_minus_control"]
+def _edge(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1)
+    inner = mask & p[2:, 1:-1] & p[:-2, 1:-1] & p[1:-1, 2:] & p[1:-1, :-2]
+    return mask & ~inner
+
+
+def draw_overlays(run_dir: Path, data: Path, count: int, folder: Path) -> list[str]:
+    """The worst `count` flagged training masks: the image with its mask (green) and the
+    out-of-sample prediction (magenta), side by side with the plain image."""
+    check = json.loads((run_dir / "state" / "label_check-results.json").read_text())
+    gallery = run_dir / "gallery" / "oos"
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for issue in [i for i in check["issues"] if i["split"] == "train"][:count]:
+        image_id = issue["image_id"]
+        source = next((data / "images").glob(f"{image_id}.*"))
+        mask_path = next((data / "masks").glob(f"{image_id}*"))
+        with Image.open(source) as img:
+            rgb = np.asarray(img.convert("RGB")).copy()
+        plain = rgb.copy()
+        h, w = rgb.shape[:2]
+        for mask, colour in ((read_mask(mask_path), (40, 220, 60)),
+                             (np.asarray(Image.open(gallery / f"{image_id}.png").convert("L").resize((w, h))) > 127, (255, 40, 255))):
+            rgb[_edge(mask)] = colour
+        Image.fromarray(np.concatenate([plain, rgb], axis=1)).save(folder / f"{image_id}.png")
+        drawn.append(f"{image_id} (label quality {issue['quality']:.2f}, out-of-sample Dice {issue['oos_dice']:.2f})")
+    return drawn
+
+
+def markdown(results: dict, planted: bool, args) -> str:
+    lines = [f"{args.images} images at {args.size} px, {args.epochs} epochs, seeds {args.seeds}, top {args.top_fraction:.0%} x{args.factor:g}, "
+             "random control per seed", ""]
+    first = next(iter(results.values()))
+    lines += ["| label check | flagged | " + ("wrong masks | precision | recall |" if planted else ""),
+              "|---|---|" + ("---|---|---|" if planted else "")]
+    for part, c in first["label_check"].items():
+        lines.append(f"| {part} | {c['flagged']} | " + (f"{c['wrong']} | {c['precision']:.2f} | {c['recall']:.2f} |" if planted else ""))
+    lines += ["", "| variant | mode | focus images | attended - control on focus [95%], one-sided p | per seed | attended - dense on focus | "
+              "worst-decile Dice dense / attended / control | all test attended - control [95% over seeds] |", "|---|---|---|---|---|---|---|---|"]
+    for (variant, mode), r in results.items():
+        e = r["endpoint"]
+        f, d, w, t = e["focus"], e["versus_dense_focus"], e["worst_decile"], e["test_overall"]
         ci = f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]" if t["ci95"] else ""
-        lines.append(f"| {variant} | {r['attended']['size']} | {r['attended']['wrong_mask_share']:.1%} | {r['attended']['pale_share']:.1%} "
-                     f"({r['attended']['pale_share_of_training']:.1%}) | {per_seed} | "
-                     + ", ".join(f"{d:+.3f}" for d in r["pale_attended_minus_control"]) + f" | {t['mean']:+.4f} {ci} |")
-    lines.append(f"\n(pale lesions on the test split: {first and next(iter(results.values()))['pale_test_images']})")
-    for variant, r in results.items():
-        if r["verdict"]:
-            lines.append(f"- {variant}: {r['verdict']}")
+        lines.append(f"| {variant} | {mode} | {e['focus_n']} | {f['difference']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}], p {f['p_one_sided']:.3f} | "
+                     + ", ".join(f"{x:+.3f}" for x in f["per_seed"]) + f" | {d['difference']:+.4f} | "
+                     f"{w['dense']['all']:.3f} / {w['attended']['all']:.3f} / {w['control']['all']:.3f} | {t['mean']:+.4f} {ci} |")
+    if planted:
+        lines += ["", "| variant | mode | attended | wrong masks in it | pale lesions in it (share of training) | pale test Dice dense / attended / control, per seed | "
+                  "pale attended - control, per seed |", "|---|---|---|---|---|---|---|"]
+        for (variant, mode), r in results.items():
+            p, a = r["pale_test_dice"], r["attended"]
+            per_seed = "; ".join(f"{x:.3f} / {y:.3f} / {z:.3f}" for x, y, z in zip(p["dense"], p["attended"], p["control"]))
+            lines.append(f"| {variant} | {mode} | {a['size']} | {a['wrong_mask_share']:.1%} | {a['pale_share']:.1%} ({a['pale_share_of_training']:.1%}) | "
+                         f"{per_seed} | " + ", ".join(f"{x:+.3f}" for x in r["pale_attended_minus_control"]) + " |")
+        lines.append(f"\n(pale lesions on the test split: {first['pale_test_images']})")
+    lines.append("")
+    lines += [f"- {variant}, {mode}: {r['endpoint']['verdict']}" for (variant, mode), r in results.items()]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=None, help="a dataset folder; default: generate one with planted truth")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--top-fraction", type=float, default=0.1)
     parser.add_argument("--factor", type=float, default=3.0)
-    parser.add_argument("--mode", default=None, help="attention.mode (from_scratch, fine_tune); default: the spec's")
+    parser.add_argument("--modes", nargs="+", default=["from_scratch"], choices=["from_scratch", "fine_tune"])
+    parser.add_argument("--variants", nargs="+", default=list(SCORERS), choices=list(SCORERS))
     parser.add_argument("--data-seed", type=int, default=7)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--overlays", type=int, default=0, help="draw this many flagged masks (real data)")
+    parser.add_argument("--overlay-dir", type=Path, default=Path("docs/label-issues"))
     parser.add_argument("--out", type=Path, default=Path("runs/triage-study"))
     args = parser.parse_args()
-    data = args.out / "data"
-    if not (data / "truth.csv").is_file():
-        make_dataset(data, n=args.images, size=args.size, seed=args.data_seed, hard_fraction=0.15,
-                     rare_look_fraction=0.06, wrong_mask_fraction=0.06)
-    truth = {r["image_id"]: r for r in csv.DictReader(open(data / "truth.csv"))}
+    data = args.data or args.out / "data"
+    if args.data is None and not (data / "truth.csv").is_file():
+        make_dataset(data, n=args.images, size=args.size, seed=args.data_seed, hard_fraction=0.15, rare_look_fraction=0.06,
+                     wrong_mask_fraction=0.06)
+    planted = (data / "truth.csv").is_file()
+    truth = {r["image_id"]: r for r in csv.DictReader(open(data / "truth.csv"))} if planted else {}
     results, first_dir = {}, None
-    for variant in args.variants:
-        run_dir = args.out / variant.replace(", ", "-").replace(" ", "-")
-        if first_dir is not None and not (run_dir / "state").is_dir():
-            reuse(first_dir, run_dir)
-        started = time.perf_counter()
-        Run(data, spec_for(args, VARIANTS[variant]), run_dir, device="cpu").run()
-        print(f"{variant}: {time.perf_counter() - started:.0f} s", flush=True)
-        first_dir = first_dir or run_dir
-        results[variant] = report_variant(run_dir, truth, args.seeds)
-    (args.out / "report.json").write_text(json.dumps(results, indent=1))
-    print(markdown(results, args))
+    for mode in args.modes:
+        for variant in args.variants:
+            run_dir = args.out / f"{variant.replace(', ', '-').replace(' ', '-')}-{mode}"
+            if first_dir is not None and not (run_dir / "state").is_dir():
+                reuse(first_dir, run_dir)
+            started = time.perf_counter()
+            Run(data, spec_for(args, SCORERS[variant], mode), run_dir, device="cpu").run()
+            print(f"{variant}, {mode}: {time.perf_counter() - started:.0f} s", flush=True)
+            first_dir = first_dir or run_dir
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            entry = {"endpoint": endpoint(metrics)}
+            if planted:
+                entry.update(planted_report(run_dir, metrics, truth, args.seeds))
+            else:
+                check = metrics["label_check"]
+                entry["label_check"] = {split: {"flagged": n, "checked": check["checked"][split]} for split, n in check["n_issues"].items()}
+            results[(variant, mode)] = entry
+    (args.out / "report.json").write_text(json.dumps({f"{v} / {m}": r for (v, m), r in results.items()}, indent=1))
+    print(markdown(results, planted, args))
+    if args.overlays and first_dir is not None:
+        for line in draw_overlays(first_dir, data, args.overlays, args.overlay_dir):
+            print(f"  drew {line}")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ class PruneSpec(_Strict):
     finetune_epochs: int = Field(0, ge=0, le=100)
     scope: Literal["global", "layerwise"] = Field(
         "global", description="global: one magnitude threshold over every conv weight; layerwise: each layer pruned to the "
-        "sparsity by its own threshold (Hooker et al.'s pruning code)"
+        "sparsity by its own threshold (Hooker et al.'s pruning code), except the first convolution and the output head, "
+        "which stay dense"
     )
     bn_recalibration: bool = Field(
         False, description="re-estimate the BatchNorm running statistics of each pruned model, and of the dense model it is "

@@ -262,6 +262,9 @@ class Run:
 
     def warnings(self) -> list[str]:
         out = list(self.split_warnings)
+        if self.finished("score") and _read_json(self._marker("score"))["n_htl"] == 0:
+            out.append(f"the HTL set is empty (no image has htl_score >= htl.threshold {self.spec.htl.threshold:g}): nothing was "
+                       "attended, and the attended and control models are the dense ones; lower htl.threshold or use htl.top_fraction")
         if self.finished("prune") and (bad := self.degenerate_sparsities()):
             out.append(
                 f"pruned models at sparsity {', '.join(sparsity_key(s) for s in bad)} are degenerate (they predict "
@@ -458,10 +461,27 @@ class Run:
         """Train the attended models (base 'attended') or their random controls ('control')."""
         if base == "control" and sets.control is None:
             raise RunDirError("a control unit, but the spec asked for no control (attention.control)")
+        if sets.size == 0:
+            return self._dense_as(base, only_seed)
         chosen = (lambda seed: sets.attended) if base == "attended" else (lambda seed: sets.control[str(seed)])
         start_from = "dense" if self.spec.attention.mode == "fine_tune" else None
         return self._train_each_seed("attend", base, lambda seed: boost(self.inputs(), chosen(seed)), part=part, only_seed=only_seed,
                                      start_from=start_from)
+
+    def _dense_as(self, base: str, only_seed: int | None) -> dict[str, dict]:
+        """With nothing to attend (an empty HTL set) there is no attention to train: the attended
+        (and control) model of each seed is its dense model, saved under that name."""
+        results = {}
+        for seed in self.seeds:
+            if only_seed is not None and seed != only_seed:
+                continue
+            name = self.name(base, seed)
+            done = self.out / "state" / f"attend-{name}.json"
+            if not done.is_file():
+                self._save(self.load(self.name("dense", seed)), base, seed)
+                _write_json(done, {"epoch_losses": [], "note": "empty HTL set: the dense model, untrained further"})
+            results[name] = _read_json(done)
+        return results
 
     def stage_attend(self) -> None:
         sets = self.attention()

@@ -18,10 +18,11 @@ class HtlScores:
     image_indices: list[int]  # positions in the decoded dataset
     per_sparsity: dict[float, np.ndarray]  # sparsity -> disagreement per image
     htl_score: np.ndarray  # mean over sparsities
+    tiebreak: np.ndarray | None = None  # per image, the order among equal scores (default: position)
 
     def ranks(self) -> np.ndarray:
-        """1 = hardest; ties broken by position so the ranking is deterministic."""
-        order = np.lexsort((np.arange(len(self.htl_score)), -self.htl_score))
+        """1 = hardest; ties broken by tiebreak (else position), so the ranking is deterministic."""
+        order = np.lexsort((_tiebreak(self.tiebreak, len(self.htl_score)), -self.htl_score))
         ranks = np.empty(len(order), dtype=np.int64)
         ranks[order] = np.arange(1, len(order) + 1)
         return ranks
@@ -61,14 +62,26 @@ def score_disagreement(
     return HtlScores(image_indices=list(indices), per_sparsity=per_sparsity, htl_score=mean)
 
 
-def select_htl(scores: np.ndarray, *, top_fraction: float | None = None, threshold: float | None = None) -> np.ndarray:
-    """Boolean HTL membership: the top top_fraction of the ranking (at least one image), or score >= threshold."""
+def _tiebreak(key: np.ndarray | None, n: int) -> np.ndarray:
+    return np.arange(n) if key is None else np.asarray(key)
+
+
+def seeded_tiebreak(n: int, seed: int) -> np.ndarray:
+    """A seeded order among equal scores: otherwise the HTL cut would fall by image id, which
+    carries meaning in some datasets (acquisition order, site prefixes)."""
+    return np.random.default_rng([seed, 7919]).permutation(n)
+
+
+def select_htl(scores: np.ndarray, *, top_fraction: float | None = None, threshold: float | None = None,
+               tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Boolean HTL membership: the top top_fraction of the ranking (at least one image; ties at the
+    cut go by tiebreak, else position), or score >= threshold."""
     if (top_fraction is None) == (threshold is None):
         raise ValueError("give exactly one of top_fraction and threshold")
     if threshold is not None:
         return scores >= threshold
     k = max(1, int(round(top_fraction * len(scores))))
-    order = np.lexsort((np.arange(len(scores)), -scores))
+    order = np.lexsort((_tiebreak(tiebreak, len(scores)), -scores))
     chosen = np.zeros(len(scores), dtype=bool)
     chosen[order[:k]] = True
     return chosen

@@ -19,7 +19,7 @@ from ml import hardness
 from ml.data import DatasetIndex, DecodedDataset
 from ml.models import ModelConfig
 from ml.prune import apply_pruning_masks, health, make_permanent, recalibrate_batchnorm, sparsity_report, validation_prediction
-from ml.scoring import HtlScores, score_disagreement, select_htl
+from ml.scoring import HtlScores, score_disagreement, seeded_tiebreak, select_htl
 from ml.setting import Targets, fit_in_setting
 from ml.train import FitConfig, TrainingRecord, prepare_for_device
 
@@ -207,8 +207,9 @@ def rank_images(inputs: StageInputs, per_seed: list[SeedScores], *, degenerate: 
         )
     htl_score = np.mean(np.stack([per_sparsity[s] for s in ranked_by]), axis=0)
     others = {name: np.mean([p.others[name] for p in per_seed], axis=0) for name in per_seed[0].others}
-    scores = HtlScores(image_indices=list(inputs.train_idx), per_sparsity=per_sparsity, htl_score=htl_score)
-    is_htl = select_htl(scores.htl_score, top_fraction=spec.htl.top_fraction, threshold=spec.htl.threshold)
+    tiebreak = seeded_tiebreak(len(htl_score), spec.split.seed)
+    scores = HtlScores(image_indices=list(inputs.train_idx), per_sparsity=per_sparsity, htl_score=htl_score, tiebreak=tiebreak)
+    is_htl = select_htl(scores.htl_score, top_fraction=spec.htl.top_fraction, threshold=spec.htl.threshold, tiebreak=tiebreak)
     ranks = scores.ranks()
     items = []
     for j, i in enumerate(inputs.train_idx):

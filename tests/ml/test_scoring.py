@@ -44,3 +44,17 @@ def test_selection_by_top_fraction_and_by_threshold():
 def test_ranks_start_at_one_for_the_hardest_and_break_ties_by_position():
     s = HtlScores(image_indices=[0, 1, 2, 3], per_sparsity={}, htl_score=np.array([0.2, 0.9, 0.2, 0.5]))
     assert s.ranks().tolist() == [3, 1, 4, 2]
+
+
+def test_ties_at_the_htl_cut_fall_by_a_seeded_order_not_by_position():
+    from ml.scoring import seeded_tiebreak
+
+    scores = np.zeros(100)
+    scores[:5] = 1.0  # five clear, 95 tied
+    top = select_htl(scores, top_fraction=0.1, tiebreak=seeded_tiebreak(100, 0))
+    assert top[:5].all() and top.sum() == 10
+    assert np.flatnonzero(top[5:]).tolist() != [0, 1, 2, 3, 4]  # not the next five by position (image id)
+    assert (select_htl(scores, top_fraction=0.1, tiebreak=seeded_tiebreak(100, 0)) == top).all()
+    assert not (select_htl(scores, top_fraction=0.1, tiebreak=seeded_tiebreak(100, 1)) == top).all()
+    ranks = HtlScores(list(range(100)), {}, scores, tiebreak=seeded_tiebreak(100, 0)).ranks()
+    assert sorted(ranks[:5]) == [1, 2, 3, 4, 5] and set(np.flatnonzero(ranks <= 10)) == set(np.flatnonzero(top))

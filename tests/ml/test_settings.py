@@ -52,7 +52,14 @@ def test_weakly_supervised_mining_with_class_activation_maps(data, tmp_path):
     assert enrichment >= 2, enrichment
     dense = metrics["models"]["dense"]
     assert dense["classification"]["auroc"] > 0.9 and dense["classification"]["n"] == 48
-    assert 0 <= dense["overall"]["pointing"] <= 1 and dense["overall"]["dice"] > 0.1
+    # the map's peak lands in the lesion far more often than a point drawn at random would (the lesion's
+    # share of the image); the map's Dice against an all-foreground guess is issue 20's to settle
+    from ml.data import decode_dataset, scan_dataset
+
+    decoded = decode_dataset(scan_dataset(data), 32)
+    val_ids = {p["image_id"] for p in dense["per_image"]}
+    chance = np.mean([decoded.masks[i].mean() for i, image_id in enumerate(decoded.image_ids) if image_id in val_ids])
+    assert dense["overall"]["pointing"] > chance + 0.3, (dense["overall"]["pointing"], chance)
     assert set(dense["per_image"][0]) >= {"dice", "pointing", "box_iou"}
 
 

@@ -35,12 +35,20 @@ def controlled(tmp_path_factory):
     return out, run_pipeline(data, JobSpec.model_validate(CONTROLLED), out, device="cpu")
 
 
-def test_layerwise_pruning_gives_every_layer_the_sparsity():
+def test_layerwise_pruning_gives_every_layer_but_the_stem_and_the_head_the_sparsity():
+    from ml.prune import kept_dense
+
     torch.manual_seed(0)
     pruned, report = prune_model(build_model("unet", width=8), 0.7, scope="layerwise")
+    layers = prunable_layers(pruned)
+    keep = kept_dense(pruned)
+    assert keep == {layers[0][0], layers[-1][0]} and layers[-1][1].out_channels == 1  # the first convolution, the output head
     for name, fraction in report.layers.items():
-        numel = dict(prunable_layers(pruned))[name].weight.numel()
-        assert abs(fraction - 0.7) <= 1 / numel + 1e-9, name
+        numel = dict(layers)[name].weight.numel()
+        if name in keep:
+            assert fraction == 0.0, name
+        else:
+            assert abs(fraction - 0.7) <= 1 / numel + 1e-9, name
     _, global_report = prune_model(build_model("unet", width=8), 0.7, scope="global")
     spread = np.ptp(list(global_report.layers.values()))
     assert spread > 0.2  # one global threshold prunes layers unevenly; layerwise does not
@@ -73,6 +81,12 @@ def test_health_flags_a_model_that_predicts_nothing_or_far_worse():
     assert worse["degenerate"] and "Dice" in worse["degenerate_reasons"][0]
     fine = health(report, Prediction(dice=0.8, foreground=0.28), dense, degenerate_fraction=0.5)
     assert not fine["degenerate"] and fine["validation_dice"] == 0.8 and fine["dense_validation_dice"] == 0.9
+    # the other side: an all-foreground mask can keep a Dice above half the dense model's (0.46 on HAM10000)
+    everything = health(report, Prediction(dice=0.47, foreground=0.97), dense, degenerate_fraction=0.5)
+    assert everything["degenerate"] and everything["degenerate_reasons"] == [everything["degenerate_reasons"][0]]
+    assert "everything" in everything["degenerate_reasons"][0]
+    wide = health(report, Prediction(dice=0.7, foreground=0.6), dense, degenerate_fraction=0.5)  # 0.3 + 0.5 * 0.7 = 0.65
+    assert not wide["degenerate"]
 
 
 def test_a_collapsed_sparsity_is_reported_and_left_out_of_the_score(controlled):
@@ -200,3 +214,19 @@ def test_the_control_model_trains_on_its_random_set_and_the_attended_one_on_the_
     htl = sorted(i["image_id"] for i in json.loads((tmp_path / "out" / "scores.json").read_text()) if i["is_htl"])
     assert dense is None and attended == htl == sets["attended"] and control == sets["control"]["0"]
     assert control != attended
+
+
+def test_an_empty_htl_set_is_warned_about_and_attends_nothing(tmp_path, monkeypatch):
+    import ml.stages
+
+    monkeypatch.setattr(ml.stages, "select_htl", lambda scores, **_: np.zeros(len(scores), dtype=bool))  # as a threshold above every score
+    data = make_dataset(tmp_path / "data", n=40, size=32, seed=1)
+    spec = JobSpec.model_validate({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8},
+                                   "prune": {"sparsities": [0.5]}, "htl": {"threshold": 0.99}, "label_check": {"enabled": False},
+                                   "attention": {"control": "random"}})
+    metrics = run_pipeline(data, spec, tmp_path / "out", device="cpu")
+    assert any("HTL set is empty" in w for w in metrics["warnings"])
+    dense, _ = load_checkpoint(tmp_path / "out" / "checkpoints" / "dense.safetensors")
+    for name in ("attended", "control"):
+        model, _ = load_checkpoint(tmp_path / "out" / "checkpoints" / f"{name}.safetensors")
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), dense.state_dict().values())), name
