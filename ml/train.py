@@ -147,7 +147,9 @@ def _draws(n: int, steps: int, batch_size: int, sampling_weights: np.ndarray | N
 def optimizer_and_schedule(model: nn.Module, cfg: FitConfig, total_steps: int):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.2)
+        # OneCycleLR divides by its warm-up's length, pct_start * total_steps - 1: zero at 5 steps at 0.2
+        pct_start = 0.4 if total_steps == 5 else 0.2
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
     return opt, sched

@@ -14,11 +14,12 @@ from datetime import timedelta
 
 from celery import current_task
 from celery.exceptions import Reject
+from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 
 from app.db import queries, units
 from app.db.base import utcnow
-from app.db.models import Dataset, Job
+from app.db.models import Dataset, Job, JobUnit
 from app.db.results import persist_results
 from app.db.session import make_engine, make_sessionmaker
 from app.queue import RUN_JOB, enqueue_job
@@ -268,15 +269,21 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         if ready is None:
             log.warning("job %s: unit %s was taken over before it completed here; this run's result is dropped", job_id, unit)
             return "lost"
+        if not ready and write(lambda s: queries.cancel_requested(session=s, job_id=job_id), "reading the cancel request"):
+            log.info("job %s: unit %s succeeded, but the job was cancelled: nothing more of it runs", job_id, unit)
+            return "cancelled"
         log.info("job %s: unit %s succeeded on %s; ready now: %s", job_id, unit, worker, ", ".join(ready) or "nothing")
         for _ in ready[1:]:  # this worker takes one itself; others may take the rest
             _send(job_id)
         return "unit-succeeded"
     except JobCancelled:
         def cancel(s):
-            # a cancel request: the job ends cancelled; a job another unit failed stays failed
-            queries.finish_job(session=s, job_id=job_id, status="cancelled", error="cancelled on request")
-            units.end_units(session=s, job_id=job_id)
+            # a cancel request: this unit stops and the job ends cancelled once nothing of it runs (a
+            # job another unit failed stays failed)
+            units.lock_job(session=s, job_id=job_id)
+            s.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == unit, JobUnit.status == "running",
+                                            JobUnit.worker == worker).values(status="cancelled", finished_at=utcnow()))
+            units.end_if_cancelled(session=s, job_id=job_id)
         write(cancel, "recording the cancel")
         return "cancelled"
     except JobLost:
@@ -306,20 +313,27 @@ def _finish_job(job_id: uuid.UUID, unit: str, results: JobResults, run_prefix: s
     """The last unit: the job's results go to the database with the job's success, in one transaction."""
     warnings = submit_warnings + [w for w in results.warnings if w not in submit_warnings]
 
-    def persist() -> bool:
+    def persist() -> str:
         with sessionmaker() as session:
-            if units.complete_unit(session=session, job_id=job_id, name=unit, worker=worker) is None or not queries.finish_job(
-                    session=session, job_id=job_id, status="succeeded", warnings=warnings):
+            if units.complete_unit(session=session, job_id=job_id, name=unit, worker=worker) is None:
                 session.rollback()
-                return False
+                return "lost"
+            if queries.cancel_requested(session=session, job_id=job_id):  # complete_unit ended it cancelled
+                session.commit()
+                return "cancelled"
+            if not queries.finish_job(session=session, job_id=job_id, status="succeeded", warnings=warnings):
+                session.rollback()
+                return "lost"
             persist_results(session=session, job_id=job_id, results=results, run_prefix=run_prefix)
             session.commit()
-            return True
+            return "succeeded"
 
-    if not _with_retries(persist, what=f"job {job_id}: writing results"):
+    outcome = _with_retries(persist, what=f"job {job_id}: writing results")
+    if outcome == "lost":
         log.warning("job %s: taken over by another worker before its results were written; this run's are dropped", job_id)
-        return "lost"
-    return "succeeded"
+    elif outcome == "cancelled":
+        log.info("job %s: cancelled before its results were written; they are dropped", job_id)
+    return outcome
 
 
 def _send(job_id: uuid.UUID) -> None:
@@ -351,10 +365,12 @@ def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.job_stale_after_s)
     with sessionmaker() as session:
+        cancelled = units.end_stranded_cancels(session=session, stale_before=stale_before)
         lost = units.exhausted(session=session, stale_before=stale_before, max_attempts=settings.max_attempts)
         for job_id, unit in lost:
             error = (f"{unit}: worker lost: the worker running it went silent on each of {settings.max_attempts} attempts "
                      "(HTL_MAX_ATTEMPTS); giving up")
+            units.lock_job(session=session, job_id=job_id)
             if queries.finish_job(session=session, job_id=job_id, status="failed", error=error):
                 units.end_units(session=session, job_id=job_id, failed_unit=unit, error=error)
         ids = units.resend_candidates(
@@ -363,6 +379,8 @@ def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
             max_attempts=settings.max_attempts,
         )
         session.commit()
+    for job_id in cancelled:
+        log.info("job %s: cancelled by the sweep (a cancel request, and nothing of it running on a live worker)", job_id)
     for job_id, unit in lost:
         log.warning("job %s: failed, the worker of unit %s was lost %d times", job_id, unit, settings.max_attempts)
     for job_id in ids:

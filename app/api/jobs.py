@@ -135,10 +135,10 @@ async def get_job(job_id: uuid.UUID, request: Request) -> Response:
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=error_responses(409), operation_id="cancel_job")
 def cancel_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> JobOut:
     job = _job_or_404(session, owner, job_id)
-    if job.status in FINISHED:
-        raise Conflict(f"job {job_id} is already {job.status}")
-    queries.request_cancel(session=session, job=job)
+    before = queries.request_cancel(session=session, job_id=job.id)
     session.commit()
+    if before in FINISHED:
+        raise Conflict(f"job {job_id} is already {before}")
     session.refresh(job)
     return JobOut.model_validate(job)
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.db import units
 from app.db.base import utcnow
-from app.db.models import ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, JobUnit, Metric, Owner, Score, Worker
+from app.db.models import FINISHED, ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, JobUnit, Metric, Owner, Score, Worker
 
 KEY_PREFIX = "htl_"
 
@@ -185,18 +185,17 @@ def delete_job_rows(*, session: Session, job_id: uuid.UUID) -> None:
     session.execute(delete(Job).where(Job.id == job_id))
 
 
-def request_cancel(*, session: Session, job: Job) -> None:
-    """A queued job is cancelled at once; a running one is flagged, and its worker stops at its next
-    progress report."""
-    now = utcnow()
-    if job.status == "queued":
-        if session.execute(
-            update(Job).where(Job.id == job.id, Job.status == "queued")
-            .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
-        ).rowcount:
-            units.end_units(session=session, job_id=job.id)
-    elif job.status == "running":
-        session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
+def request_cancel(*, session: Session, job_id: uuid.UUID) -> str | None:
+    """Records the cancel request under the job's row lock, whatever the job's state; a job with no
+    unit running ends cancelled at once, a running one when its unit next looks (the worker's
+    heartbeat, the unit's completion) or, should its worker be dead, at the sweep. Answers the job's
+    status before the request (a finished job is left as it is), or None for no such job."""
+    job = units.lock_job(session=session, job_id=job_id)
+    if job is None or job.status in FINISHED:
+        return None if job is None else job.status
+    session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=utcnow()))
+    units.end_if_cancelled(session=session, job_id=job_id)
+    return job.status
 
 
 def worker_alive(*, session: Session, name: str, hostname: str, pid: int) -> None:

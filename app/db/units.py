@@ -1,7 +1,12 @@
 """The lifecycle of a job's units (contract.units) in the database: planned at submission, claimed
 by one worker at a time, heartbeated, completed (which releases the units that waited on it), given
 back, swept. A unit is taken over only when its heartbeat is stale; the job row aggregates them
-(status, stage, progress, the last worker)."""
+(status, stage, progress, the last worker).
+
+Locks: every transaction that changes a job's units takes the job's row first (lock_job), then the
+units: one order, so a cancel, a claim, a progress report and a completion never deadlock. A cancel
+request is a state the system finishes: whichever of them holds the lock last with no unit left
+running ends the job cancelled (end_if_cancelled)."""
 from __future__ import annotations
 
 import uuid
@@ -16,6 +21,8 @@ from contract.jobspec import JobSpec
 from contract.units import plan_units
 
 OPEN = ("waiting", "queued", "running")
+OPEN_JOB = ("queued", "running")
+CANCELLED_ON_REQUEST = "cancelled on request"
 
 
 def create_units(*, session: Session, job_id: uuid.UUID, spec: dict) -> list[JobUnit]:
@@ -46,15 +53,56 @@ def _least(session: Session, a, b):
     return func.min(a, b) if session.get_bind().dialect.name == "sqlite" else func.least(a, b)
 
 
+def lock_job(*, session: Session, job_id: uuid.UUID):
+    """Locks the job's row (before any of its units' rows) and answers its (status, cancel_requested),
+    or None for no such job. SQLite has no row locks: its writers take turns on the whole file."""
+    return session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id).with_for_update()).one_or_none()
+
+
+def end_if_cancelled(*, session: Session, job_id: uuid.UUID, alive_since: datetime | None = None) -> bool:
+    """With the job's row locked: a job with a cancel request and no unit running (none heartbeating
+    since alive_since, when given: a silent worker's unit no longer counts) ends cancelled now, its
+    open units with it. Answers whether it ended."""
+    running = select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "running")
+    if alive_since is not None:
+        running = running.where(JobUnit.heartbeat_at >= alive_since)
+    if session.scalar(running):
+        return False
+    now = utcnow()
+    ended = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True))
+        .values(status="cancelled", error=CANCELLED_ON_REQUEST, finished_at=now, updated_at=now)
+    ).rowcount == 1
+    if ended:
+        end_units(session=session, job_id=job_id)
+    return ended
+
+
+def end_stranded_cancels(*, session: Session, stale_before: datetime) -> list[uuid.UUID]:
+    """The sweep's part: every job with a cancel request whose units are all idle or on silent
+    workers ends cancelled (nothing else would end it). Answers those jobs."""
+    ids = session.scalars(select(Job.id).where(Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True)).order_by(Job.id)).all()
+    ended = []
+    for job_id in ids:
+        row = lock_job(session=session, job_id=job_id)
+        if row is not None and end_if_cancelled(session=session, job_id=job_id, alive_since=stale_before):
+            ended.append(job_id)
+    return ended
+
+
 def _stale(stale_before: datetime):
     return and_(JobUnit.status == "running", JobUnit.heartbeat_at < stale_before)
 
 
 def claim_unit(*, session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime, max_attempts: int) -> JobUnit | None:
     """Atomically takes the first unit of the job that is queued, or running on a silent worker with
-    attempts left; None when there is none (or the job is finished or being cancelled)."""
-    job = session.get(Job, job_id)
-    if job is None or job.cancel_requested or job.status not in ("queued", "running"):
+    attempts left; None when there is none (or the job is finished or being cancelled: a cancelled
+    job with nothing running on a live worker ends here)."""
+    job = lock_job(session=session, job_id=job_id)
+    if job is None or job.status not in OPEN_JOB:
+        return None
+    if job.cancel_requested:
+        end_if_cancelled(session=session, job_id=job_id, alive_since=stale_before)
         return None
     candidates = session.scalars(
         select(JobUnit.name).where(JobUnit.job_id == job_id, JobUnit.attempt < max_attempts,
@@ -84,11 +132,11 @@ def claim_unit(*, session: Session, job_id: uuid.UUID, worker: str, stale_before
 def unit_heartbeat(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> tuple[bool, bool]:
     """Stamps the unit (and its job) alive; answers (still this worker's unit, the job wants it stopped)."""
     now = utcnow()
+    job = lock_job(session=session, job_id=job_id)
     mine = session.execute(
         update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
         .values(heartbeat_at=now)
     ).rowcount == 1
-    job = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
     stop = job is None or job.cancel_requested or job.status != "running"
     if mine and not stop:
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
@@ -99,6 +147,7 @@ def report_unit_progress(*, session: Session, job_id: uuid.UUID, name: str, work
     """The unit's progress and heartbeat; the job's progress becomes the weighted sum over its units
     and its stage the one just reported. Answers (still mine, stop)."""
     now = utcnow()
+    job = lock_job(session=session, job_id=job_id)
     mine = session.execute(
         update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
         .values(progress=progress, heartbeat_at=now)
@@ -109,15 +158,15 @@ def report_unit_progress(*, session: Session, job_id: uuid.UUID, name: str, work
         session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
                         .values(progress=_least(session, total, 1.0),
                                 stage=stage, heartbeat_at=now, updated_at=now))
-    job = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
     return mine, job is None or job.cancel_requested or job.status != "running"
 
 
 def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> list[str] | None:
     """Marks the unit succeeded and queues every unit whose deps have now all succeeded; answers
     their names, or None when the unit was no longer this worker's. The job row is locked first, so
-    two units finishing at once cannot both miss (or both release) what they unblock."""
-    session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    two units finishing at once cannot both miss (or both release) what they unblock. A job with a
+    cancel request releases nothing: it ends cancelled once no other unit runs (answering [])."""
+    job = lock_job(session=session, job_id=job_id)
     now = utcnow()
     done = session.execute(
         update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
@@ -125,10 +174,14 @@ def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str
     ).rowcount == 1
     if not done:
         return None
+    if job is not None and job.cancel_requested:
+        end_if_cancelled(session=session, job_id=job_id)
+        return []
     return release_ready(session=session, job_id=job_id)
 
 
 def release_ready(*, session: Session, job_id: uuid.UUID) -> list[str]:
+    """With the job's row locked: queues the waiting units whose deps have all succeeded."""
     units = session.scalars(select(JobUnit).where(JobUnit.job_id == job_id)).all()
     finished = {u.name for u in units if u.status == "succeeded"}
     ready = [u.name for u in units if u.status == "waiting" and set(u.deps) <= finished]
@@ -139,7 +192,9 @@ def release_ready(*, session: Session, job_id: uuid.UUID) -> list[str]:
 
 
 def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> bool:
-    """A stopping worker gives its unit back, queued for another; the attempt does not count."""
+    """A stopping worker gives its unit back, queued for another; the attempt does not count (a job
+    with a cancel request ends cancelled instead, once nothing of it runs)."""
+    job = lock_job(session=session, job_id=job_id)
     released = session.execute(
         update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
         .values(status="queued", worker=None, heartbeat_at=None, attempt=JobUnit.attempt - 1, queued_at=utcnow(), progress=0.0)
@@ -149,6 +204,8 @@ def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str)
         if running == 0:  # nothing of the job runs any more: it waits for a worker again
             session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
                             .values(status="queued", worker=None, heartbeat_at=None, attempt=Job.attempt - 1, updated_at=utcnow()))
+        if job is not None and job.cancel_requested:
+            end_if_cancelled(session=session, job_id=job_id)
     return released
 
 
@@ -165,19 +222,27 @@ def end_units(*, session: Session, job_id: uuid.UUID, failed_unit: str | None = 
 def resend_candidates(*, session: Session, stale_before: datetime, queued_before: datetime, max_attempts: int) -> list[uuid.UUID]:
     """A job per unit to send again: one queued and untouched since queued_before (its message may
     be lost; re-sending stamps it), one running on a silent worker with attempts left, or one waiting
-    whose deps have all succeeded (a release lost to a crash)."""
-    live_jobs = select(Job.id).where(Job.status.in_(("queued", "running")), Job.cancel_requested.is_(False))
-    waiting = session.scalars(select(JobUnit.job_id).where(JobUnit.status == "waiting", JobUnit.job_id.in_(live_jobs)).distinct()).all()
-    released = [job_id for job_id in waiting for _ in release_ready(session=session, job_id=job_id)]
-    ids = released + list(session.scalars(
+    whose deps have all succeeded (a release lost to a crash). Each job's row is locked before its
+    units are touched, jobs in id order."""
+    live_jobs = select(Job.id).where(Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(False))
+    waiting = set(session.scalars(select(JobUnit.job_id).where(JobUnit.status == "waiting", JobUnit.job_id.in_(live_jobs)).distinct()))
+    lost = session.scalars(
         select(JobUnit.job_id).where(
             JobUnit.job_id.in_(live_jobs),
             or_(and_(JobUnit.status == "queued", or_(JobUnit.queued_at.is_(None), JobUnit.queued_at < queued_before)),
                 and_(_stale(stale_before), JobUnit.attempt < max_attempts)),
         ).order_by(JobUnit.job_id, JobUnit.position)
-    ))
-    if ids:
-        session.execute(update(JobUnit).where(JobUnit.job_id.in_(set(ids)), JobUnit.status == "queued").values(queued_at=utcnow()))
+    ).all()
+    ids: list[uuid.UUID] = []
+    for job_id in sorted(waiting | set(lost)):
+        job = lock_job(session=session, job_id=job_id)
+        if job is None or job.status not in OPEN_JOB or job.cancel_requested:
+            continue  # ended or cancelled since the look above
+        released = release_ready(session=session, job_id=job_id) if job_id in waiting else []
+        here = [job_id] * (len(released) + sum(1 for j in lost if j == job_id))
+        if here:
+            session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "queued").values(queued_at=utcnow()))
+        ids += here
     return ids  # a job once per unit to send, so that as many workers can take them
 
 

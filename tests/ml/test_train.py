@@ -87,3 +87,10 @@ def test_fit_draws_the_attended_images_as_often_as_their_weights_say(tmp_path):
     fit(model, decoded, list(range(100)), FitConfig(epochs=3, batch_size=16, augment=False), objective=counting)
     counts = np.bincount(drawn, minlength=100)
     assert len(drawn) == 3 * 96 and counts.max() <= 3 and abs(np.isin(drawn, range(10)).mean() - 0.10) < 0.03
+
+
+def test_a_run_of_five_steps_trains(tmp_path):
+    # OneCycleLR's warm-up is pct_start * total_steps - 1 steps long; at 5 steps and 0.2 it divided by zero
+    _, decoded = synthetic_decoded(tmp_path, n=8)
+    _, losses = _trained(decoded, epochs=5)
+    assert len(losses) == 5 and all(np.isfinite(losses))
