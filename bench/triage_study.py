@@ -31,7 +31,7 @@ from PIL import Image
 
 from contract.jobspec import JobSpec
 from ml.data import read_mask
-from ml.pipeline import Run
+from ml.pipeline import STAGES, Run
 from ml.synthetic import make_dataset
 
 # scorer variants -> the attention part of the spec (the random control is trained in each)
@@ -69,6 +69,31 @@ def reuse(src: Path, dst: Path) -> None:
     for path in (src / "state").iterdir():
         if path.is_file() and path.name.startswith(SHARED_STATE):
             shutil.copy(path, dst / "state" / path.name)
+
+
+def copy_model(src: Path, dst: Path, name: str) -> None:
+    """dst takes src's trained model `name` (checkpoint, its record, its training marker)."""
+    record = json.loads((src / "state" / "checkpoints" / f"{name}.json").read_text())
+    shutil.copy(src / record["path"], dst / record["path"])
+    shutil.copy(src / "state" / "checkpoints" / f"{name}.json", dst / "state" / "checkpoints" / f"{name}.json")
+    shutil.copy(src / "state" / f"attend-{name}.json", dst / "state" / f"attend-{name}.json")
+
+
+def reuse_attention(trained: list[Path], run_dir: Path, seeds: list[int]) -> list[str]:
+    """A model trained on the same set with the same seed and spec is the same model (training is
+    seeded): where an earlier variant of this mode attended the same images (or drew the same
+    control), its model is copied instead of trained again. Answers what was copied."""
+    sets = json.loads((run_dir / "state" / "attention.json").read_text())
+    name = (lambda base, s: f"{base}-s{s}") if len(seeds) > 1 else (lambda base, s: base)
+    copied = []
+    for seed in seeds:
+        for base, chosen in (("attended", lambda a: sorted(a["attended"])), ("control", lambda a: sorted(a["control"][str(seed)]))):
+            for prior in trained:
+                if chosen(json.loads((prior / "state" / "attention.json").read_text())) == chosen(sets):
+                    copy_model(prior, run_dir, name(base, seed))
+                    copied.append(f"{name(base, seed)} from {prior.name}")
+                    break
+    return copied
 
 
 def share(a: np.ndarray, b: np.ndarray) -> float:
@@ -190,14 +215,23 @@ def main() -> None:
                      wrong_mask_fraction=0.06)
     planted = (data / "truth.csv").is_file()
     truth = {r["image_id"]: r for r in csv.DictReader(open(data / "truth.csv"))} if planted else {}
-    results, first_dir = {}, None
+    results = {}
+    # an earlier invocation's runs (other variants or modes, same --out) lend their dense models
+    first_dir = next((d for d in sorted(args.out.glob("*-*")) if (d / "metrics.json").is_file()), None)
     for mode in args.modes:
+        trained: list[Path] = []
         for variant in args.variants:
             run_dir = args.out / f"{variant.replace(', ', '-').replace(' ', '-')}-{mode}"
             if first_dir is not None and not (run_dir / "state").is_dir():
                 reuse(first_dir, run_dir)
             started = time.perf_counter()
-            Run(data, spec_for(args, SCORERS[variant], mode), run_dir, device="cpu").run()
+            run = Run(data, spec_for(args, SCORERS[variant], mode), run_dir, device="cpu")
+            run._run_stages(STAGES[:STAGES.index("attend")])
+            if not run.finished("attend"):
+                for line in reuse_attention(trained, run_dir, args.seeds):
+                    print(f"  {variant}, {mode}: same set, copied {line}", flush=True)
+            run.run()
+            trained.append(run_dir)
             print(f"{variant}, {mode}: {time.perf_counter() - started:.0f} s", flush=True)
             first_dir = first_dir or run_dir
             metrics = json.loads((run_dir / "metrics.json").read_text())
