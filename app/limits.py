@@ -1,5 +1,6 @@
-"""Request limits that protect the service: a cap on JSON bodies (read whole, so bounded), a per-key
-token bucket, and a bound on uploads ingesting at once."""
+"""Request limits that protect the service: a cap on every body but an upload's (read whole, so
+bounded), no NUL where PostgreSQL cannot store it, a per-key token bucket, and a bound on uploads
+ingesting at once."""
 from __future__ import annotations
 
 import json
@@ -20,21 +21,44 @@ def _error_message(status: int, detail: str, code: str, headers: dict[str, str] 
     return start, {"type": "http.response.body", "body": body}
 
 
-class JsonBodyLimit:
-    """ASGI middleware: a request body that is not a multipart upload may hold at most max_bytes; a
-    larger one is answered 413 before the app sees it (declared Content-Length, or bytes counted as
-    they arrive). The body is read here and replayed to the app."""
+def holds_nul(value) -> bool:
+    """Whether a decoded JSON value holds U+0000 in any string (key or value): PostgreSQL's text and
+    jsonb refuse it, so it must be refused as input before it reaches a query."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(v) for v in value)
+    return False
 
-    def __init__(self, app, max_bytes: int):
+
+NUL_DETAIL = "the request holds a NUL character (U+0000) {where}; no field accepts it"
+
+
+class RequestLimits:
+    """ASGI middleware, before any route: a NUL in the path or query string is a 422; a request body
+    may hold at most max_bytes unless it is a multipart upload to one of upload_paths (which stream
+    to disk under their own limit), and a larger one is answered 413 before the app sees it, with or
+    without a key (declared Content-Length, or bytes counted as they arrive). The body is read here
+    and replayed to the app; a JSON body holding a NUL string is a 422."""
+
+    def __init__(self, app, max_bytes: int, upload_paths: tuple[str, ...] = ()):
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_paths = upload_paths
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
+            return await _answer(send, 422, NUL_DETAIL.format(where="in its URL"), "INVALID_INPUT")
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
-            return await self.app(scope, receive, send)  # uploads stream to disk under their own limit
+        content_type = headers.get(b"content-type", b"").lower()
+        if content_type.startswith(b"multipart/form-data") and scope["method"] == "POST" and scope["path"].rstrip("/") in self.upload_paths:
+            return await self.app(scope, receive, send)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await self._too_large(send)
@@ -50,21 +74,33 @@ class JsonBodyLimit:
             chunks.append(body)
             if not message.get("more_body"):
                 break
+        whole = b"".join(chunks)
+        if b"\\u0000" in whole and content_type.startswith(b"application/json"):
+            try:
+                nul = holds_nul(json.loads(whole))
+            except ValueError:
+                nul = False  # not JSON: the route's own validation says so
+            if nul:
+                return await _answer(send, 422, NUL_DETAIL.format(where="in its JSON body"), "INVALID_INPUT")
         replayed = False
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": whole, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
 
     async def _too_large(self, send):
-        start, body = _error_message(413, f"the request body is over the limit of {self.max_bytes} bytes (HTL_MAX_JSON_BYTES)", "TOO_LARGE")
-        await send(start)
-        await send(body)
+        await _answer(send, 413, f"the request body is over the limit of {self.max_bytes} bytes (HTL_MAX_JSON_BYTES)", "TOO_LARGE")
+
+
+async def _answer(send, status: int, detail: str, code: str) -> None:
+    start, body = _error_message(status, detail, code)
+    await send(start)
+    await send(body)
 
 
 class RateLimiter:

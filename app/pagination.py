@@ -38,8 +38,8 @@ CHECKS = {
     "created_at": _aware_datetime,
     "id": _uuid,
     "rank": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_RANK,
-    "name": lambda v: isinstance(v, str) and 0 < len(v) <= 200,
-    "image_id": lambda v: isinstance(v, str) and 0 < len(v) <= 200,
+    "name": lambda v: isinstance(v, str) and 0 < len(v) <= 200 and "\x00" not in v,  # PostgreSQL text holds no NUL
+    "image_id": lambda v: isinstance(v, str) and 0 < len(v) <= 200 and "\x00" not in v,
     "position": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_RANK,
 }
 

@@ -40,6 +40,20 @@ def mask_image_id(name: str) -> str | None:
 
 MAX_COLUMNS = 200
 MAX_VALUE_CHARS = 1000
+# no line of a metadata.csv within the limits is longer: every column at its longest value, quoted
+MAX_LINE_CHARS = MAX_COLUMNS * (MAX_VALUE_CHARS + 3)
+
+
+def _bounded_lines(f, path: Path):
+    """The file's lines, each read at most MAX_LINE_CHARS (+1) at a time: a 30-million-column header
+    is refused after reading 200 kB of it, not after parsing it whole."""
+    number = 0
+    while line := f.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise LayoutError(f"{path.name} line {number} is over {MAX_LINE_CHARS} characters "
+                              f"(at most {MAX_COLUMNS} columns of {MAX_VALUE_CHARS} characters)")
+        yield line
 
 
 def read_metadata(path: Path, known_ids: set[str] | None = None) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -48,8 +62,10 @@ def read_metadata(path: Path, known_ids: set[str] | None = None) -> tuple[list[s
     holds at most one row per known image; columns and values are capped."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(_bounded_lines(f, path))
             fields = [c.strip() for c in reader.fieldnames or []]
+            if any("\x00" in c for c in fields):
+                raise LayoutError(f"{path.name}'s header holds a NUL character (U+0000)")
             if "image_id" not in fields:
                 raise LayoutError(f"{path.name} has no image_id column (columns: {fields[:20]})")
             if len(fields) > MAX_COLUMNS:
@@ -61,6 +77,8 @@ def read_metadata(path: Path, known_ids: set[str] | None = None) -> tuple[list[s
                 row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
                 if any(len(v) > MAX_VALUE_CHARS for v in row.values()):
                     raise LayoutError(f"{path.name} line {line} has a value over {MAX_VALUE_CHARS} characters")
+                if any("\x00" in k or "\x00" in v for k, v in row.items()):
+                    raise LayoutError(f"{path.name} line {line} holds a NUL character (U+0000)")
                 image_id = row.pop("image_id")
                 if not image_id:
                     raise LayoutError(f"{path.name} line {line} has an empty image_id")

@@ -62,6 +62,8 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
         name = (received.fields.get("name") or received.filename or "dataset").strip()
         if not name or len(name) > MAX_NAME:
             raise InvalidInput(f"name must be 1 to {MAX_NAME} characters")
+        if "\x00" in name:
+            raise InvalidInput("name holds a NUL character (U+0000)")
         limits = Limits(
             max_files=settings.max_archive_files, max_uncompressed_bytes=settings.max_uncompressed_bytes,
             max_compression_ratio=settings.max_compression_ratio, max_image_pixels=settings.max_image_pixels,

@@ -15,7 +15,7 @@ from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip
 from .conftest import count_rows, make_key
-from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
+from .test_jobs_api import TINY, dataset_id, finished_job, submit  # noqa: F401 - fixtures
 
 
 def _error(r, status: int, code: str) -> dict:
@@ -237,3 +237,70 @@ def test_a_split_that_leaves_nothing_to_train_on_is_refused_at_submission(client
     ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=4)))}).json()
     body = _error(submit(client, alice, ds["id"], {**TINY, "split": {"val_fraction": 0.25, "test_fraction": 0.5}}), 422, "INVALID_INPUT")
     assert "fewer than 2 are left to train on" in body["detail"]
+
+
+# PostgreSQL's text and jsonb hold no NUL: each place one can arrive answers 422 before a query sees it
+NUL_URLS = [
+    "/v1/jobs?cursor=%00", "/v1/jobs/{job}/metrics?model=%00", "/v1/jobs/{job}/checkpoints/dense%00",
+    "/v1/jobs/{job}/images/a%00b", "/v1/jobs/{job}/images/a/overlay.png?layers=dense%00", "/v1/datasets/{job}%00",
+]
+
+
+@pytest.mark.parametrize("url", NUL_URLS)
+def test_a_nul_in_a_url_is_422(client, alice, url):
+    body = _error(client.get(url.format(job=uuid.uuid4()), headers=alice), 422, "INVALID_INPUT")
+    assert "NUL" in body["detail"]
+
+
+@pytest.mark.parametrize("spec", [{"weak": {"positive": ["mel\u0000"]}}, {"attributes": ["\u0000"]}, {"split": {"group_column": "a\u0000"}}])
+def test_a_nul_in_a_spec_is_422_and_leaves_no_job(client, alice, dataset_id, spec):
+    body = _error(submit(client, alice, dataset_id, spec), 422, "INVALID_INPUT")
+    assert "NUL" in body["detail"]
+    assert count_rows(client.app.state.sessionmaker, Job) == 0
+
+
+def test_a_nul_in_an_upload_name_or_a_metadata_cell_is_422_and_leaves_nothing(client, alice, tmp_path, settings):
+    files = dataset_files(tmp_path, n=4)
+    body = _error(client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "a\x00b"}),
+                  422, "INVALID_INPUT")
+    assert "NUL" in body["detail"]
+    first_id = next(p.split("/")[1].rsplit(".", 1)[0] for p in files if p.startswith("images/"))
+    files["metadata.csv"] = f"image_id,site\n{first_id},fa\x00ce\n".encode()
+    body = _error(client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}), 422, "INVALID_INPUT")
+    assert "NUL" in body["detail"] and "line 2" in body["detail"]
+    assert count_rows(client.app.state.sessionmaker, Dataset) == 0 and count_rows(client.app.state.sessionmaker, Image) == 0
+    assert not any(settings.uploads.iterdir())
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("path, key", [("evaluations", "image_id"), ("checkpoints", "name")])
+def test_a_cursor_holding_a_nul_is_422(client, alice, finished_job, path, key):
+    body = _error(client.get(f"/v1/jobs/{finished_job}/{path}", headers=alice, params={"cursor": _cursor({key: "a\x00"})}),
+                  422, "INVALID_CURSOR")
+
+
+def test_a_metadata_header_of_millions_of_columns_is_refused_before_it_is_parsed(tmp_path):
+    import tracemalloc
+
+    from contract.layout import LayoutError, read_metadata
+
+    path = tmp_path / "metadata.csv"
+    path.write_text("image_id," + ",".join(f"c{i}" for i in range(3_000_000)) + "\n")  # 27 MB of header
+    tracemalloc.start()
+    with pytest.raises(LayoutError, match="line 1 is over"):
+        read_metadata(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 1024**2, peak
+
+
+def test_a_multipart_body_to_a_json_route_is_held_to_the_json_limit_with_or_without_a_key(tmp_path, db_url):
+    app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, max_json_bytes=4096))
+    with TestClient(app) as client:
+        key = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
+        for headers in ({}, key):
+            r = client.post("/v1/jobs", headers=headers, files={"file": ("x.bin", b"\0" * 100_000)})
+            _error(r, 413, "TOO_LARGE")
+        # the upload route still streams its multipart body past the JSON limit
+        files = dataset_files(tmp_path, n=4)
+        assert client.post("/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(files))}).status_code == 201
