@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from pathlib import Path
 
 from fastapi import APIRouter, Query, Request, Response
 from python_multipart.exceptions import MultipartParseError
@@ -53,7 +54,6 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
     dataset_id = uuid.uuid4()
     storage_key = f"datasets/{dataset_id}"
     adopted = False
-    session = None
     try:
         try:
             received = await receive_upload(request, work / "archive", file_field="file", max_bytes=settings.max_upload_bytes)
@@ -71,9 +71,19 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
         result = await run_in_threadpool(ingest_archive, work / "archive", work / "unpacked", limits)
         adopted = True  # from here a failure removes whatever reached the store
         await run_in_threadpool(store.put_tree, storage_key, work / "unpacked", move=True)
-        session = request.app.state.sessionmaker()
+        dataset = await run_in_threadpool(_record_dataset, request.app.state.sessionmaker, dataset_id, owner.id, name, storage_key, result)
+        adopted = False  # the rows now own the files
+        return dataset
+    finally:
+        # (blocking work, like every query here, runs in a thread: the event loop serves the other requests)
+        await run_in_threadpool(_clean_up, store if adopted else None, storage_key, work)
+
+
+def _record_dataset(sessionmaker, dataset_id: uuid.UUID, owner_id: uuid.UUID, name: str, storage_key: str, result) -> DatasetOut:
+    """The dataset's rows, in one short transaction (nothing is written if it fails)."""
+    with sessionmaker() as session:
         dataset = queries.create_dataset(
-            session=session, dataset_id=dataset_id, owner_id=owner.id, name=name, storage_key=storage_key,
+            session=session, dataset_id=dataset_id, owner_id=owner_id, name=name, storage_key=storage_key,
             size_bytes=result.size_bytes, columns=result.columns, warnings=result.warnings,
             images=(
                 {"image_id": i.image_id, "has_mask": i.mask_filename is not None, "width": i.width,
@@ -82,16 +92,13 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
             ),
         )
         session.commit()
-        adopted = False  # the rows now own the files
         return DatasetOut.model_validate(dataset)
-    finally:
-        if session is not None:
-            if adopted:
-                session.rollback()
-            session.close()
-        if adopted:
-            store.delete(storage_key)
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def _clean_up(store, storage_key: str, work: Path) -> None:
+    if store is not None:
+        store.delete(storage_key)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @router.get("", response_model=Page[DatasetOut], operation_id="list_datasets")

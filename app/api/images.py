@@ -6,7 +6,6 @@ import uuid
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import CurrentOwner, SessionDep
 from app.api.jobs import _succeeded_job
@@ -47,21 +46,22 @@ def job_image(job_id: uuid.UUID, image_id: str, request: Request, owner: Current
 
 @router.get("/{image_id}/overlay.png", operation_id="job_image_overlay", response_class=Response, responses={
     200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "the overlay"}})
-async def job_image_overlay(
+def job_image_overlay(
     job_id: uuid.UUID, image_id: str, request: Request, owner: CurrentOwner, session: SessionDep,
     layers: str = Query("gt,dense", max_length=500, description="comma-separated: gt, dense, pruned@<sparsity>, oos; empty: the image alone"),
     size: int = Query(512, ge=32, le=MAX_SIZE, description="the long side, in pixels"),
 ) -> Response:
     """The image with the chosen layers drawn on it: gt as a green contour, dense as a blue tint with
     its contour, each pruned model as a contour of its own colour, oos (the label check's
-    out-of-sample prediction) as a magenta contour."""
+    out-of-sample prediction) as a magenta contour. (A plain function: FastAPI runs it in a thread,
+    so its queries and drawing never hold the event loop.)"""
     job, _ = _image(session, owner, job_id, image_id)
     dataset = session.get(Dataset, job.dataset_id)
     store = request.app.state.store
     chosen = [layer for layer in (part.strip() for part in layers.split(",")) if layer]
     try:
-        png = await run_in_threadpool(render_overlay, store, dataset.storage_key, f"jobs/{job_id}/run", image_id, chosen, size,
-                                      overlay_cache(request.app.state.settings, job_id))
+        png = render_overlay(store, dataset.storage_key, f"jobs/{job_id}/run", image_id, chosen, size,
+                             overlay_cache(request.app.state.settings, job_id))
     except GalleryError as e:
         raise InvalidInput(str(e)) if "layers" in str(e) else NotFound(str(e)) from e
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
