@@ -121,7 +121,7 @@ def get_dataset(dataset_id: uuid.UUID, owner: CurrentOwner, session: SessionDep)
 def delete_dataset(dataset_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep) -> Response:
     """The dataset, its images' rows and files, and its finished jobs with their results and files.
     409 while one of its jobs is queued or running (cancel it first)."""
-    dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=dataset_id)
+    dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=dataset_id, lock=True)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found")
     busy = queries.jobs_using_dataset(session=session, dataset_id=dataset_id)

@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import INVALID_KEY, CurrentOwner, SessionDep, bearer_key
 from app.db import queries
-from app.db import units as job_units
 from app.db.models import FINISHED, Job
 from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from app.gallery import overlay_cache
@@ -38,6 +37,7 @@ from contract.units import plan_units
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 422, 429, 500, 503))
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+QUEUE_RETRY_AFTER_S = 5
 
 
 def _job_or_404(session, owner, job_id: uuid.UUID) -> Job:
@@ -77,7 +77,7 @@ def job_spec() -> dict:
 @router.post("", status_code=202, response_model=JobOut, operation_id="submit_job",
              responses={**error_responses(413), 202: {"description": "the queued job", "links": JOB_LINKS}})
 def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: SessionDep) -> JobOut:
-    dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=body.dataset_id)
+    dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=body.dataset_id, lock=True)
     if dataset is None:
         raise NotFound(f"dataset {body.dataset_id} not found")
     try:
@@ -94,10 +94,11 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
         for _ in [p for p in plan_units(spec) if not p.deps]:  # a message per unit that can start: one per dense seed
             enqueue_job(request.app.state.celery, job.id)
     except Unavailable as e:
-        if queries.finish_job(session=session, job_id=job.id, status="failed", error=e.detail, from_status="queued"):
-            job_units.end_units(session=session, job_id=job.id)
+        # refused: the job is taken back (a message that did go out finds no job and is ignored)
+        queries.delete_job_rows(session=session, job_id=job.id)
         session.commit()
-        raise
+        raise Unavailable(f"{e.detail}; the job was not submitted, try again shortly",
+                          headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)}) from e
     session.refresh(job)
     return JobOut.model_validate(job)
 

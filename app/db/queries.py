@@ -92,8 +92,13 @@ def create_dataset(
     return dataset
 
 
-def get_dataset(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset | None:
-    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner_id))
+def get_dataset(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, lock: bool = False) -> Dataset | None:
+    """lock: hold the dataset's row until the transaction ends, so that a job submitted for it and
+    its deletion take turns (the one after sees the other's outcome: 404, or a job using it)."""
+    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner_id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return session.scalar(stmt)
 
 
 def list_datasets(*, session: Session, owner_id: uuid.UUID, limit: int, after: dict | None) -> tuple[list[Dataset], dict | None]:

@@ -361,3 +361,54 @@ def test_label_issues_list_the_flagged_masks_worst_first_as_json_and_csv(client,
     assert [line.split(",")[0] for line in lines[1:]] == [a, "VAL_1", b]
     assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=bob).status_code == 404
     assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"cursor": "nope"}).status_code == 422
+
+
+def test_a_submit_the_queue_refuses_answers_503_with_retry_after_and_leaves_no_job(tmp_path, db_url):
+    from fastapi.testclient import TestClient
+
+    from app.db.models import Job, JobUnit
+    from app.main import create_app
+    from app.settings import Settings
+
+    from .conftest import count_rows, make_key
+
+    app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, broker_url="redis://127.0.0.1:1/0"))
+    with TestClient(app) as client:
+        key = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
+        ds = client.post("/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=12)))}).json()
+        r = submit(client, key, ds["id"])
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "not submitted" in r.json()["detail"]
+        assert client.get("/v1/jobs", headers=key).json()["items"] == []
+        assert count_rows(app.state.sessionmaker, Job) == 0 and count_rows(app.state.sessionmaker, JobUnit) == 0
+        assert client.delete(f"/v1/datasets/{ds['id']}", headers=key).status_code == 204
+
+
+def test_submits_racing_the_deletion_of_their_dataset_answer_202_or_404_and_every_202_job_exists(client, alice, tmp_path, db_url):
+    import threading
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a race of concurrent transactions: PostgreSQL's (SQLite's writers take turns on the whole file)")
+    archive = make_zip(dataset_files(tmp_path, n=12))
+    answers: list[tuple[str, int, str | None]] = []
+    for _ in range(20):
+        ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", archive)}).json()["id"]
+        barrier = threading.Barrier(3)
+
+        def submit_one():
+            barrier.wait()
+            r = submit(client, alice, ds)
+            answers.append(("submit", r.status_code, r.json().get("id") if r.status_code == 202 else None))
+
+        def delete():
+            barrier.wait()
+            answers.append(("delete", client.delete(f"/v1/datasets/{ds}", headers=alice).status_code, None))
+
+        threads = [threading.Thread(target=f) for f in (submit_one, submit_one, delete)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert {(kind, status) for kind, status, _ in answers} <= {("submit", 202), ("submit", 404), ("delete", 204), ("delete", 409)}, answers
+    for _, status, job_id in answers:
+        if job_id is not None:
+            assert client.get(f"/v1/jobs/{job_id}", headers=alice).status_code == 200
