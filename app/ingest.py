@@ -119,6 +119,9 @@ def _zip_members(archive: Path, limits: Limits) -> Iterator[_Member]:
                 raise InvalidInput(f"archive member {info.filename!r} is not a regular file")
             if info.flag_bits & 0x1:
                 raise InvalidInput(f"archive member {info.filename!r} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise InvalidInput(f"archive member {info.filename!r} uses compression method {info.compress_type} (deflate64, "
+                                   "bzip2, lzma, ...), which this service does not read: use plain deflate (zip) or tar.gz")
             declared += info.file_size
             if info.file_size > RATIO_GRACE_BYTES and info.file_size / max(info.compress_size, 1) > limits.max_compression_ratio:
                 raise TooLarge(
@@ -127,6 +130,11 @@ def _zip_members(archive: Path, limits: Limits) -> Iterator[_Member]:
                 )
         if declared > limits.max_uncompressed_bytes:
             raise TooLarge(f"archive unpacks to {declared} bytes, over the limit of {limits.max_uncompressed_bytes}")
+        # the whole archive's ratio too (many members each under the grace size add up); a member
+        # never writes more than it declares (_copy_counted), so the declared total bounds the disk
+        if declared > RATIO_GRACE_BYTES and declared / max(archive.stat().st_size, 1) > limits.max_compression_ratio:
+            raise TooLarge(f"the archive unpacks to {declared} bytes from {archive.stat().st_size}: a compression ratio over "
+                           f"{limits.max_compression_ratio:g}, refused as a possible decompression bomb")
         for info in infos:
             if info.is_dir():
                 continue
@@ -243,14 +251,19 @@ def unpack(archive: Path, dest: Path, limits: Limits) -> list[str]:
     return warnings
 
 
+def _reason(e: Exception, path: Path, what: str) -> str:
+    """A decoder's message without this server's folders in it (Pillow names the file it opened)."""
+    return str(e).replace(str(path), what)
+
+
 def _image_header(path: Path, limits: Limits, what: str) -> tuple[int, int, str]:
     try:
         with Image.open(path) as img:
             width, height, fmt = img.width, img.height, img.format
     except Image.DecompressionBombError as e:
-        raise InvalidInput(f"{what} is over the limit of {limits.max_image_pixels} pixels ({e})") from e
+        raise InvalidInput(f"{what} is over the limit of {limits.max_image_pixels} pixels ({_reason(e, path, what)})") from e
     except Exception as e:  # noqa: BLE001 - any decoder failure is the upload's fault
-        raise InvalidInput(f"{what} is not a readable image: {e}") from e
+        raise InvalidInput(f"{what} is not a readable image: {_reason(e, path, what)}") from e
     if width * height > limits.max_image_pixels:
         raise InvalidInput(
             f"{what} is {width}x{height} = {width * height} pixels, over the limit of {limits.max_image_pixels}"
@@ -263,7 +276,7 @@ def _decode_fully(path: Path, what: str) -> None:
         with Image.open(path) as img:
             img.load()
     except Exception as e:  # noqa: BLE001
-        raise InvalidInput(f"{what} does not decode: {e}") from e
+        raise InvalidInput(f"{what} does not decode: {_reason(e, path, what)}") from e
 
 
 def validate_layout(root: Path, limits: Limits) -> IngestResult:

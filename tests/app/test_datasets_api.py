@@ -116,6 +116,7 @@ def test_each_bad_archive_is_rejected_and_leaves_nothing(client, alice, session_
     r = upload(client, alice, data)
     assert r.status_code == status, (name, r.text)
     assert message in r.json()["detail"], (name, r.json())
+    assert str(client.app.state.settings.data_dir) not in r.text and "/tmp" not in r.text, (name, r.text)  # no server paths
     assert_nothing_left(client.app, session_factory)
 
 
@@ -126,7 +127,17 @@ def test_limits_on_size_count_and_ratio(app, settings, alice, session_factory, t
     zero_bomb = io.BytesIO()
     with zipfile.ZipFile(zero_bomb, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("images/x.txt", b"\0" * (40 * 1024 * 1024))
+    many_small = io.BytesIO()  # each member under the per-member grace size, the whole far over the ratio
+    with zipfile.ZipFile(many_small, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k in range(40):
+            zf.writestr(f"images/z{k}.png", b"\0" * (1024 * 1024 - 1))
+    bzip = io.BytesIO()
+    with zipfile.ZipFile(bzip, "w", zipfile.ZIP_BZIP2) as zf:
+        for name, data in good.items():
+            zf.writestr(name, data)
     cases = [
+        ({}, many_small.getvalue(), 413, "compression ratio"),
+        ({}, bzip.getvalue(), 422, "use plain deflate"),
         ({"max_upload_bytes": 2000}, make_zip(good), 413, "over the limit of 2000 bytes"),
         ({"max_archive_files": 5}, make_zip(good), 413, "over the limit of 5"),
         ({"max_archive_files": 5}, make_targz(good), 413, "more than 5 entries"),
@@ -142,6 +153,7 @@ def test_limits_on_size_count_and_ratio(app, settings, alice, session_factory, t
             r = upload(client, alice, data)
         assert r.status_code == status, (overrides, r.text)
         assert message in r.json()["detail"], (overrides, r.json())
+        assert str(settings.data_dir) not in r.text, r.text  # no server paths
         assert_nothing_left(app, session_factory)
         for key in overrides:
             setattr(settings, key, type(settings).model_fields[key].default)
