@@ -65,6 +65,7 @@ def _bad_archives(tmp_path):
     yield "zip symlink", make_zip(good, symlinks={"images/link.png": "/etc/passwd"}), 422, "is a link"
     yield "not an archive", b"hello, not an archive at all", 415, "neither a zip nor a tar.gz"
     yield "image that does not decode", make_zip({**good, "images/SYN_00002.png": b"\x89PNG\r\n\x1a\n garbage"}), 422, "SYN_00002.png"
+    yield "image that is no image", make_zip({**good, "images/SYN_00003.png": b"hello"}), 422, "images/SYN_00003.png is not a readable image"
     yield "decompression bomb image", make_zip({**good, "images/BIG.png": bomb}), 422, "BIG.png is over the limit of 50000000 pixels"
     yield "image over the pixel limit", make_zip({**good, "images/WIDE.png": png_claiming_size(10_000, 6_000)}), 422, "WIDE.png is 10000x6000 = 60000000 pixels, over the limit"
     yield "mask of another size", make_zip(wrong_mask), 422, "is 32x31 but its image is 32x32"
@@ -110,9 +111,11 @@ def _with_method(data: bytes, method: int) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.parametrize("case", range(20))
+@pytest.mark.parametrize("case", range(21))
 def test_each_bad_archive_is_rejected_and_leaves_nothing(client, alice, session_factory, tmp_path, case):
-    name, data, status, message = list(_bad_archives(tmp_path))[case]
+    cases = list(_bad_archives(tmp_path))
+    assert len(cases) == 21  # the parametrization covers every case
+    name, data, status, message = cases[case]
     r = upload(client, alice, data)
     assert r.status_code == status, (name, r.text)
     assert message in r.json()["detail"], (name, r.json())
