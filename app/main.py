@@ -29,6 +29,7 @@ from app.api import datasets, health, images, jobs
 from app.db.session import make_engine, make_sessionmaker
 from app.db.status import make_status_reader
 from app.errors import CODES, ApiError
+from app.headers import SecurityHeaders
 from app.limits import RateLimiter, RequestLimits, UploadSlots
 from app.observability import JobCollector, RequestMetrics
 from app.queue import make_celery
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.add_middleware(RequestLimits, max_bytes=settings.max_json_bytes, upload_paths=("/v1/datasets",))
+    app.add_middleware(SecurityHeaders)
     registry = CollectorRegistry()
     registry.register(JobCollector(app.state.sessionmaker, settings))
     app.add_middleware(RequestMetrics, registry=registry)

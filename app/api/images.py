@@ -64,4 +64,4 @@ def job_image_overlay(
                              overlay_cache(request.app.state.settings, job_id))
     except GalleryError as e:
         raise InvalidInput(str(e)) if "layers" in str(e) else NotFound(str(e)) from e
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(png, media_type="image/png")  # (rendered once and kept on the server: app.gallery)

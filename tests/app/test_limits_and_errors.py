@@ -304,3 +304,21 @@ def test_a_multipart_body_to_a_json_route_is_held_to_the_json_limit_with_or_with
         # the upload route still streams its multipart body past the JSON limit
         files = dataset_files(tmp_path, n=4)
         assert client.post("/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(files))}).status_code == 201
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/datasets?limit=1", f"/v1/jobs/{uuid.uuid4()}", "/v1/job-spec", "/docs", "/", "/healthz"])
+def test_every_answer_forbids_sniffing_and_framing_and_the_api_forbids_storing(client, alice, path):
+    r = client.get(path, headers=alice)
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    if path.startswith("/v1/"):
+        assert r.headers["cache-control"] == "no-store", r.headers
+
+
+@pytest.mark.torch
+def test_csv_png_and_checkpoint_answers_are_not_stored(client, alice, finished_job):
+    for path in (f"/v1/jobs/{finished_job}/scores?format=csv", f"/v1/jobs/{finished_job}/checkpoints/dense",
+                 f"/v1/jobs/{finished_job}/images/{client.get(f'/v1/jobs/{finished_job}/scores', headers=alice).json()['items'][0]['image_id']}/overlay.png"):
+        r = client.get(path, headers=alice)
+        assert r.status_code == 200, (path, r.text[:200])
+        assert r.headers["cache-control"] == "no-store" and r.headers["x-content-type-options"] == "nosniff", (path, r.headers)

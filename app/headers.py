@@ -1,0 +1,31 @@
+"""Response headers every answer carries: no content sniffing, no framing (the web app and /docs
+are never meant to sit inside another site's page), and no caching of anything under /v1 (scores,
+overlays and checkpoints are one owner's data; a shared cache must not keep them)."""
+from __future__ import annotations
+
+ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+          (b"content-security-policy", b"frame-ancestors 'none'")]
+NO_STORE = (b"cache-control", b"no-store")
+
+
+class SecurityHeaders:
+    """ASGI middleware adding ALWAYS to every response, and Cache-Control: no-store to the API's."""
+
+    def __init__(self, app, api_prefix: str = "/v1/"):
+        self.app = app
+        self.api_prefix = api_prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        api = scope["path"].startswith(self.api_prefix)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in ALWAYS if k not in names]
+                headers = [(k, v) for k, v in message.get("headers", []) if not (api and k.lower() == NO_STORE[0])]
+                message = {**message, "headers": headers + extra + ([NO_STORE] if api else [])}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
