@@ -26,7 +26,8 @@ MAX_NAME = 200  # a metadata column or value named in the spec
 
 class _Strict(BaseModel):
     # NaN and infinity (1e999 in JSON) are refused like any other out-of-range number
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: "1" is no number and "yes" no boolean (a JSON integer still counts as a float)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ModelSpec(_Strict):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -101,3 +103,12 @@ def test_the_scorer_registry_is_what_the_spec_accepts_and_what_units_charge():
     assert score_weight(["el2n", "forgetting", "dynamic_dice"]) == pytest.approx(score_weight([]))
     assert score_weight(["mc_dropout"]) > score_weight(["loss"]) > score_weight([])
     assert SCORERS["mc_dropout"].passes == MC_DROPOUT_SAMPLES and not SCORERS["pruning"].needs_target
+
+
+@pytest.mark.parametrize("spec, field", [({"train": {"epochs": "1"}}, "epochs"), ({"train": {"augment": "yes"}}, "augment"),
+                                         ({"train": {"lr": "0.1"}}, "lr"), ({"image_size": 64.5}, "image_size"),
+                                         ({"image_size": "64"}, "image_size")])
+def test_the_spec_coerces_no_strings_to_numbers_or_booleans(spec, field):
+    with pytest.raises(ValidationError, match=field):
+        JobSpec.model_validate_json(json.dumps(spec))
+    assert JobSpec.model_validate_json(json.dumps({"train": {"lr": 1}})).train.lr == 1.0  # a JSON integer is a number
