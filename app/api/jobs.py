@@ -154,12 +154,12 @@ def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str
     after, columns = None, None
     while True:
         with sessionmaker() as session:
+            if columns is None:  # from every row's keys: a first row without metadata drops no column
+                keys = queries.score_json_keys(session=session, job_id=job_id)
+                columns = (sorted(keys["per_sparsity"], key=float), keys["other_scores"], keys["attributes"], keys["subgroups"])
             rows = queries.list_scores(session=session, job_id=job_id, htl_only=htl_only, limit=CSV_PAGE, after_rank=after)
         rows = rows[:CSV_PAGE]
-        if columns is None:
-            first = rows[0] if rows else None
-            columns = (sorted(first.per_sparsity, key=float) if first else [], sorted(first.other_scores) if first else [],
-                       list(first.attributes) if first else [], list(first.subgroups) if first else [])
+        if after is None:
             yield _csv_line(["rank", "image_id", "htl_score", "is_htl", "labeled", "label_quality", "label_issue", "attended",
                              *(f"pruned@{s}" for s in columns[0]),
                              *(f"score:{s}" for s in columns[1]), *(f"attr:{a}" for a in columns[2]), *(f"group:{a}" for a in columns[3])])

@@ -281,6 +281,21 @@ def list_scores(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: i
     return list(session.scalars(stmt.order_by(Score.rank).limit(limit + 1)))
 
 
+def score_json_keys(*, session: Session, job_id: uuid.UUID) -> dict[str, list[str]]:
+    """Every key any of the job's scores holds in each JSON column (per_sparsity, other_scores,
+    attributes, subgroups), sorted: the columns a CSV of them needs, whatever row comes first."""
+    out = {}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for column in ("per_sparsity", "other_scores", "attributes", "subgroups"):
+        if postgres:
+            sql = f"SELECT DISTINCT jsonb_object_keys({column}) FROM scores WHERE job_id = :job_id"
+        else:
+            sql = f"SELECT DISTINCT j.key FROM scores, json_each(scores.{column}) AS j WHERE scores.job_id = :job_id"
+        job_key = job_id if postgres else job_id.hex  # SQLite keeps a UUID as its 32 hex digits
+        out[column] = sorted(session.scalars(text(sql), {"job_id": job_key}))
+    return out
+
+
 SCORE_FIELDS = (Score.rank, Score.image_id, Score.htl_score, Score.is_htl, Score.labeled, Score.label_quality, Score.label_issue,
                 Score.attended)
 SCORE_JSON = (Score.per_sparsity, Score.other_scores, Score.attributes, Score.subgroups)

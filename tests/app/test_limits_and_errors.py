@@ -317,8 +317,20 @@ def test_every_answer_forbids_sniffing_and_framing_and_the_api_forbids_storing(c
 
 @pytest.mark.torch
 def test_csv_png_and_checkpoint_answers_are_not_stored(client, alice, finished_job):
-    for path in (f"/v1/jobs/{finished_job}/scores?format=csv", f"/v1/jobs/{finished_job}/checkpoints/dense",
-                 f"/v1/jobs/{finished_job}/images/{client.get(f'/v1/jobs/{finished_job}/scores', headers=alice).json()['items'][0]['image_id']}/overlay.png"):
-        r = client.get(path, headers=alice)
-        assert r.status_code == 200, (path, r.text[:200])
+    first = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice).json()["items"][0]["image_id"]
+    for path, accept in ((f"/v1/jobs/{finished_job}/scores", "text/csv"), (f"/v1/jobs/{finished_job}/checkpoints/dense", "*/*"),
+                         (f"/v1/jobs/{finished_job}/images/{first}/overlay.png", "image/png")):
+        r = client.get(path, headers={**alice, "Accept": accept})
+        assert r.status_code == 200 and r.headers["content-type"].split(";")[0] in (accept, "application/octet-stream"), (path, r.headers)
         assert r.headers["cache-control"] == "no-store" and r.headers["x-content-type-options"] == "nosniff", (path, r.headers)
+
+
+@pytest.mark.torch
+def test_the_scores_csv_has_a_column_for_every_key_of_any_row(client, alice, finished_job, session_factory):
+    from sqlalchemy import update
+
+    with session_factory() as session:  # the hardest image has no metadata row and no subgroup
+        session.execute(update(Score).where(Score.job_id == uuid.UUID(finished_job), Score.rank == 1).values(attributes={}, subgroups={}))
+        session.commit()
+    header = client.get(f"/v1/jobs/{finished_job}/scores", headers={**alice, "Accept": "text/csv"}).text.splitlines()[0].split(",")
+    assert "attr:lesion_id" in header and "attr:site" in header and any(c.startswith("group:") for c in header), header
