@@ -2,6 +2,7 @@
 artifacts and a filesystem broker under one data directory, no external server."""
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -9,6 +10,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+HOST_MEMORY_SHARE = 0.75  # of the host's memory, what one job may be estimated to need by default
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory, where the OS says (Linux, macOS); None elsewhere."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class Settings(BaseSettings):
@@ -41,7 +53,8 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON (non-upload) request body")
     rate_limit: int = Field(1200, ge=0, description="requests a minute per API key and API process; 0: no limit")
     max_concurrent_uploads: int = Field(4, ge=1, description="uploads streaming or ingesting at once; more answer 503")
-    max_job_memory_bytes: int = Field(24 * 1024**3, description="a job estimated to need more memory is refused at submission")
+    max_job_memory_bytes: int | None = Field(None, ge=1, description="a job estimated to need more memory is refused at submission, "
+                                             f"and by a worker before it trains; default: {HOST_MEMORY_SHARE:.0%} of this host's memory")
     max_job_disk_bytes: int = Field(100 * 1024**3, description="a job estimated to need more disk is refused at submission")
     abandoned_upload_after_s: float = Field(600, gt=0, description="at start, staging folders unchanged this long are removed")
 
@@ -63,6 +76,14 @@ class Settings(BaseSettings):
             if self.resolved_broker_url.startswith("filesystem"):
                 raise ValueError("HTL_BROKER_URL must name a broker server (Redis) in production")
         return self
+
+    @property
+    def job_memory_limit(self) -> int:
+        """HTL_MAX_JOB_MEMORY_BYTES, or a share of this host's memory (24 GiB where it is unknown)."""
+        if self.max_job_memory_bytes is not None:
+            return self.max_job_memory_bytes
+        total = host_memory_bytes()
+        return int(HOST_MEMORY_SHARE * total) if total else 24 * 1024**3
 
     @property
     def resolved_database_url(self) -> str:

@@ -209,11 +209,24 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         unit, kind, seed, attempt = claimed.name, claimed.kind, claimed.seed, claimed.attempt
         job = session.get(Job, job_id)
         dataset = session.get(Dataset, job.dataset_id)
-        spec_raw, dataset_key, submit_warnings = job.spec, dataset.storage_key, list(job.warnings)
+        spec_raw, dataset_key, submit_warnings, n_images = job.spec, dataset.storage_key, list(job.warnings), dataset.n_images
     log.info("job %s: unit %s claimed by %s (attempt %d)", job_id, unit, worker, attempt)
 
-    from contract.jobspec import JobSpec
+    from contract.jobspec import JobSpec, SpecError, check_admission
     from ml.pipeline import Progress, Run
+
+    try:  # this host's memory, which the API's host (where the job was admitted) may not share
+        check_admission(JobSpec.model_validate(spec_raw), n_images=n_images, max_memory_bytes=settings.job_memory_limit,
+                        max_disk_bytes=settings.max_job_disk_bytes)
+    except SpecError as e:
+        error = f"{unit}: this worker cannot run it: {e.message}"
+        log.error("job %s: %s", job_id, error)
+
+        def refuse(s):
+            if queries.finish_job(session=s, job_id=job_id, status="failed", error=error):
+                units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
+        _with_retries(lambda: _in_transaction(sessionmaker, refuse), what=f"job {job_id}: recording the refusal")
+        return "failed"
 
     _set_torch_threads(settings, sessionmaker)
     last = {"t": 0.0, "stage": None}
@@ -246,12 +259,7 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             raise JobCancelled()
 
     def write(action, what: str):
-        def transaction():
-            with sessionmaker() as session:
-                result = action(session)
-                session.commit()
-                return result
-        return _with_retries(transaction, what=f"job {job_id}: {what}")
+        return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
 
     try:
         data_dir = store.local_tree(dataset_key)
@@ -306,6 +314,13 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     finally:
         for entry in store.trim_cache():  # the scratch cache stays within HTL_SCRATCH_MAX_BYTES
             log.info("scratch cache: evicted %s", entry)
+
+
+def _in_transaction(sessionmaker, action):
+    with sessionmaker() as session:
+        result = action(session)
+        session.commit()
+        return result
 
 
 def _finish_job(job_id: uuid.UUID, unit: str, results: JobResults, run_prefix: str, submit_warnings: list[str], *, worker: str,

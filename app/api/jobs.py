@@ -83,7 +83,7 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
     try:
         check_spec_fits_dataset(body.spec, columns=dataset.attributes, n_images=dataset.n_images, n_masks=dataset.n_masks)
         settings = request.app.state.settings
-        check_admission(body.spec, n_images=dataset.n_images, max_memory_bytes=settings.max_job_memory_bytes,
+        check_admission(body.spec, n_images=dataset.n_images, max_memory_bytes=settings.job_memory_limit,
                         max_disk_bytes=settings.max_job_disk_bytes)
     except SpecError as e:
         raise InvalidInput(f"spec.{e.field}: {e.message}") from e

@@ -233,6 +233,24 @@ def test_a_job_estimated_over_the_memory_or_disk_limit_is_422_naming_both(tmp_pa
         assert submit(client, key, ds["id"]).status_code == 202
 
 
+def test_the_memory_limit_defaults_to_a_share_of_the_host(monkeypatch):
+    from app import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "host_memory_bytes", lambda: 8 * 1024**3)
+    assert Settings().job_memory_limit == int(settings_module.HOST_MEMORY_SHARE * 8 * 1024**3)
+    assert Settings(max_job_memory_bytes=123456).job_memory_limit == 123456
+
+
+def test_a_worker_with_less_memory_than_a_job_needs_fails_it_saying_why_before_training(client, alice, dataset_id, settings):
+    job = submit(client, alice, dataset_id, {**TINY, "image_size": 256}).json()["id"]
+    small = settings.model_copy(update={"max_job_memory_bytes": 16 * 1024**2})  # a 16 MiB worker host; the job needs ~58 MB
+    assert execute_job(uuid.UUID(job), settings=small, worker="htl-small@host") == "failed"
+    ended = client.get(f"/v1/jobs/{job}", headers=alice).json()
+    assert ended["status"] == "failed" and "this worker cannot run it" in ended["error"] and "HTL_MAX_JOB_MEMORY_BYTES" in ended["error"]
+    assert {u["status"] for u in ended["units"]} <= {"failed", "cancelled"}
+    assert not (settings.artifacts / "jobs" / job).exists()  # nothing was trained
+
+
 def test_a_split_that_leaves_nothing_to_train_on_is_refused_at_submission(client, alice, tmp_path):
     ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=4)))}).json()
     body = _error(submit(client, alice, ds["id"], {**TINY, "split": {"val_fraction": 0.25, "test_fraction": 0.5}}), 422, "INVALID_INPUT")
