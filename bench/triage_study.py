@@ -8,14 +8,16 @@ lesions with a rare look a model can learn (look=pale), 6% wrong masks (beside t
 too loose), 15% faint lesions (site=rare). Reported: the label check's precision and recall, what
 the attended set holds, and attended vs dense vs the random control on the pale lesions per seed.
 
-    .venv/bin/python bench/triage_study.py --images 2000 --size 64 --epochs 6 --seeds 0 1 2 --out runs/triage-study
+    .venv/bin/python bench/triage_study.py --images 2000 --size 64 --epochs 6 --seeds 0 1 2 \\
+        --variants pruning "loss, label issues kept" --modes from_scratch fine_tune --out runs/triage-study
 
 On a real dataset (--data): the label check's flags (and --overlays N of them drawn to a folder), and
 per variant the focus endpoint (attended - control on the focus set, interval, one-sided p) and the
 verdict.
 
-    .venv/bin/python bench/triage_study.py --data ../shared/data/ham10000 --images 2000 --size 64 --epochs 6 \\
-        --seeds 0 1 2 3 4 --modes from_scratch fine_tune --out runs/triage-ham10000 --overlays 12 --overlay-dir docs/label-issues
+    .venv/bin/python bench/triage_study.py --data ../shared/data/ham10000 --images 1500 --size 64 --epochs 6 \\
+        --seeds 0 1 2 3 4 --variants pruning "pruning, label issues kept" loss --modes from_scratch fine_tune \\
+        --out runs/triage-ham10000 --overlays 12 --overlay-dir docs/label-issues
 """
 from __future__ import annotations
 
