@@ -1,4 +1,5 @@
-"""Schemathesis against a real `htl serve` (with its worker, so /readyz is ready): at least 1,000
+"""Schemathesis against a real `htl serve` (with its worker, so /readyz is ready), on SQLite and on
+PostgreSQL: at least 1,000
 generated requests, stateful sequences along the document's links, and every check but one with no
 failure: no server error, every status, content type, header and body as the document says.
 
@@ -23,10 +24,11 @@ MIN_CASES = 1000
 
 
 @pytest.mark.torch
-def test_generated_requests_find_no_server_error_and_no_nonconformance(tmp_path):
+def test_generated_requests_find_no_server_error_and_no_nonconformance(tmp_path, empty_db_url):
+    """On SQLite and on PostgreSQL (which refuses text SQLite stores, such as NUL)."""
     if importlib.util.find_spec("schemathesis") is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[test]' installs it)")
-    server = Server(tmp_path, no_worker=False, rate_limit=0).start()
+    server = Server(tmp_path, database_url=empty_db_url, no_worker=False, rate_limit=0).start()
     try:
         with httpx.Client(base_url=server.base, headers=server.headers, timeout=30) as http:
             wait_for(lambda: http.get("/readyz").status_code == 200, 90, "a live worker")
