@@ -44,6 +44,11 @@ class Unauthorized(ApiError):
     code = "UNAUTHORIZED"
 
 
+class Forbidden(ApiError):
+    status_code = 403
+    code = "FORBIDDEN"
+
+
 class Unavailable(ApiError):
     status_code = 503
     code = "UNAVAILABLE"

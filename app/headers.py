@@ -1,7 +1,27 @@
-"""Response headers every answer carries: no content sniffing, no framing (the web app and /docs
-are never meant to sit inside another site's page), and no caching of anything under /v1 (scores,
-overlays and checkpoints are one owner's data; a shared cache must not keep them)."""
+"""What the service tells only whom it should: response headers every answer carries (no content
+sniffing, no framing: the web app and /docs are never meant to sit inside another site's page; no
+caching of anything under /v1: scores, overlays and checkpoints are one owner's data, a shared
+cache must not keep them), and the operator-only /metrics."""
 from __future__ import annotations
+
+import hmac
+
+from app.errors import Forbidden, Unauthorized
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_metrics_access(request, token: str | None) -> None:
+    """/metrics counts every tenant's jobs and workers: with a token, the bearer must be it; without
+    one, the client must be on this host."""
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Unauthorized("send the metrics token as 'Authorization: Bearer <HTL_METRICS_TOKEN>'")
+        return
+    host = request.client.host if request.client else ""
+    if host not in LOOPBACK:
+        raise Forbidden("/metrics answers this host only; set HTL_METRICS_TOKEN to scrape it from elsewhere")
 
 ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
           (b"content-security-policy", b"frame-ancestors 'none'")]

@@ -29,7 +29,8 @@ from app.api import datasets, health, images, jobs
 from app.db.session import make_engine, make_sessionmaker
 from app.db.status import make_status_reader
 from app.errors import CODES, ApiError
-from app.headers import SecurityHeaders
+from app.headers import SecurityHeaders, check_metrics_access
+from app.schemas import error_responses
 from app.limits import RateLimiter, RequestLimits, UploadSlots
 from app.observability import JobCollector, RequestMetrics
 from app.queue import make_celery
@@ -116,10 +117,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, registry=registry)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, responses={
+        **error_responses(401, 403),
         200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
         """Prometheus metrics: requests by route and status with latencies, jobs by status, queue depth,
-        live workers, durations of succeeded jobs."""
+        live workers, durations of succeeded jobs. They are every tenant's, so only for the operator:
+        with HTL_METRICS_TOKEN as a bearer token, or (no token set) from this host."""
+        check_metrics_access(request, settings.metrics_token)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def error(status: int, detail, code: str, headers: dict | None = None) -> JSONResponse:

@@ -23,7 +23,7 @@ class ErrorOut(BaseModel):
 
 def error_responses(*statuses: int) -> dict:
     """OpenAPI entries for the error statuses a route can answer, all in the ErrorOut shape."""
-    why = {400: "a body that cannot be read (not UTF-8, not JSON)", 401: "missing or invalid API key", 404: "not found (or another owner's)", 409: "conflicts with the resource's state",
+    why = {400: "a body that cannot be read (not UTF-8, not JSON)", 401: "missing or invalid API key", 403: "not for this client (/metrics: the operator's token, or this host)", 404: "not found (or another owner's)", 409: "conflicts with the resource's state",
            413: "body over its limit", 415: "not multipart/form-data", 422: "invalid input", 429: "over the key's rate limit",
            500: "internal error", 503: "database, broker or capacity unavailable: retry after Retry-After"}
     return {s: {"model": ErrorOut, "description": why[s]} for s in statuses}

@@ -29,7 +29,7 @@ def _stamp_worker(session_factory, name="w-1@host", age_s=0.0):
         session.commit()
 
 
-def test_health_needs_no_key_and_readiness_needs_a_live_worker(client, session_factory):
+def test_health_needs_no_key_and_readiness_needs_a_live_worker(client, alice, session_factory):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     body = r.json()
@@ -40,7 +40,9 @@ def test_health_needs_no_key_and_readiness_needs_a_live_worker(client, session_f
     _stamp_worker(session_factory, name="w-2@host")
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "workers": "ok", "broker": "ok"}
-    assert r.json()["workers"] == ["w-2@host"]
+    assert r.json()["workers_alive"] == 1 and "workers" not in r.json()  # host names only for a caller with a key
+    assert client.get("/readyz", headers=alice).json()["workers"] == ["w-2@host"]
+    assert "workers" not in client.get("/readyz", headers={"Authorization": "Bearer not-a-key"}).json()
 
 
 def test_keys_are_stored_hashed(client, alice, session_factory):
@@ -107,7 +109,10 @@ def test_metrics_answer_in_the_prometheus_text_format(client, alice, dataset_id,
     execute_job(uuid.UUID(job["id"]), settings=settings, worker="w")
     submit(client, alice, dataset_id)  # one left queued
     client.get("/v1/jobs", headers=alice)
-    r = client.get("/metrics")
+    assert client.get("/metrics").status_code == 403  # every tenant's counts: not for any client elsewhere
+    client.app.state.settings.metrics_token = "scrape-me"
+    assert client.get("/metrics", headers=alice).status_code == 401  # a tenant's key is not the operator's token
+    r = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     jobs = {s.labels["status"]: s.value for s in families["htl_jobs"].samples}

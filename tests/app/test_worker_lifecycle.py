@@ -203,7 +203,7 @@ def test_htl_serve_starts_another_worker_when_its_worker_dies(tmp_path):
 
     server = Server(tmp_path, no_worker=False).start()
     try:
-        with httpx.Client(base_url=server.base, timeout=30) as http:
+        with httpx.Client(base_url=server.base, headers=server.headers, timeout=30) as http:  # the key shows worker names
             ready = wait_for(lambda: (r := http.get("/readyz")).status_code == 200 and r.json(), 90, "a live worker")
             (worker,) = _children(server.proc.pid)
             os.kill(worker, signal.SIGKILL)
