@@ -107,9 +107,10 @@ class RateLimiter:
     """A token bucket per key: `per_minute` requests a minute on average, bursts up to a tenth of a
     minute's worth (at least 10). Per API process: several processes each allow the rate."""
 
-    def __init__(self, per_minute: int):
+    def __init__(self, per_minute: int, what: str = "requests a minute for this key (HTL_RATE_LIMIT)"):
         self.rate = per_minute / 60.0
         self.capacity = max(10.0, per_minute / 6.0)
+        self.what = what
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
@@ -123,7 +124,7 @@ class RateLimiter:
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
                 wait = math.ceil((1.0 - tokens) / self.rate)
-                raise TooManyRequests(f"over the rate limit of {self.rate * 60:g} requests a minute for this key (HTL_RATE_LIMIT)",
+                raise TooManyRequests(f"over the rate limit of {self.rate * 60:g} {self.what}",
                                       headers={"Retry-After": str(wait)})
             self._buckets[key] = (tokens - 1.0, now)
             if len(self._buckets) > 100_000:  # forget idle keys rather than grow without bound

@@ -109,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.store = make_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.state.failed_auth = RateLimiter(settings.failed_auth_limit, "requests a minute with a missing or invalid key from this "
+                                        "address (HTL_FAILED_AUTH_LIMIT)")
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.add_middleware(RequestLimits, max_bytes=settings.max_json_bytes, upload_paths=("/v1/datasets",))
     app.add_middleware(SecurityHeaders)

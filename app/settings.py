@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # request limits
     max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON (non-upload) request body")
     rate_limit: int = Field(1200, ge=0, description="requests a minute per API key and API process; 0: no limit")
+    failed_auth_limit: int = Field(60, ge=0, description="requests a minute with a missing or invalid key per client address "
+                                   "and API process, past which they answer 429; 0: no limit")
     metrics_token: str | None = Field(None, description="/metrics asks for 'Authorization: Bearer <token>'; unset, it answers "
                                       "only clients on this host (a Prometheus beside the API)")
     max_concurrent_uploads: int = Field(4, ge=1, description="uploads streaming or ingesting at once; more answer 503")

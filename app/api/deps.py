@@ -40,18 +40,25 @@ bearer = HTTPBearer(auto_error=False, description="an API key: htl keys create -
 INVALID_KEY = "the API key is not valid"
 
 
+def failed_authentication(request: Request, detail: str) -> Unauthorized:
+    """A 401 to raise, once this client address is within its budget of failed authentications (a
+    429 with Retry-After past it: guessing keys, or a misconfigured client, cannot load the database)."""
+    request.app.state.failed_auth.check(request.client.host if request.client else "")
+    return Unauthorized(detail)
+
+
 def bearer_key(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with: htl keys create --owner NAME)")
+        raise failed_authentication(request, "send an API key as 'Authorization: Bearer <key>' (create one with: htl keys create --owner NAME)")
     return key.strip()
 
 
 def _owner(request: Request, session: Session, key: str) -> Owner:
     owner = queries.owner_for_key(session=session, key=key)
     if owner is None:
-        raise Unauthorized(INVALID_KEY)
+        raise failed_authentication(request, INVALID_KEY)
     request.app.state.rate_limiter.check(str(owner.id))
     return owner
 

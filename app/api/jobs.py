@@ -13,10 +13,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from app.api.deps import INVALID_KEY, CurrentOwner, SessionDep, bearer_key
+from app.api.deps import INVALID_KEY, CurrentOwner, SessionDep, bearer_key, failed_authentication
 from app.db import queries
 from app.db.models import FINISHED, Job
-from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.gallery import overlay_cache
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.queue import enqueue_job
@@ -126,7 +126,7 @@ async def get_job(job_id: uuid.UUID, request: Request) -> Response:
     state = request.app.state
     owner_id, job = await state.status_reader.read(key=key, job_id=job_id)
     if owner_id is None:
-        raise Unauthorized(INVALID_KEY)
+        raise failed_authentication(request, INVALID_KEY)
     state.rate_limiter.check(str(owner_id))
     if job is None:
         raise NotFound(f"job {job_id} not found")

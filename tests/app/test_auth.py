@@ -4,6 +4,7 @@ import pytest
 
 from worker.tasks import execute_job
 
+from .conftest import make_key
 from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
 
 
@@ -137,3 +138,20 @@ def test_the_api_docs_load_every_asset_from_the_service_itself(client):
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
     assert "/openapi.json" in page.text
+
+
+def test_failed_authentication_is_rate_limited_per_address(tmp_path, db_url):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, failed_auth_limit=60))  # a burst of 10
+    with TestClient(app) as client:
+        statuses = [client.get(path, headers={"Authorization": "Bearer guess"}).status_code
+                    for path in ["/v1/jobs", f"/v1/jobs/{uuid.uuid4()}", "/v1/datasets"] * 5]
+        assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
+        r = client.get("/v1/jobs")  # no key at all counts too
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "HTL_FAILED_AUTH_LIMIT" in r.json()["detail"]
+        key = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
+        assert client.get("/v1/jobs", headers=key).status_code == 200  # a valid key is not held back
