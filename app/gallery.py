@@ -54,6 +54,15 @@ def image_file(store: Store, dataset_key: str, image_id: str) -> Path:
     return path
 
 
+OVERLAY_CACHE_FILES = 2000  # rendered overlays kept per job and API process; the oldest go first past it
+
+
+def _keep_cache_within(cache_dir: Path, limit: int) -> None:
+    entries = sorted(cache_dir.glob("*.png"), key=lambda p: p.stat().st_mtime)
+    for path in entries[: max(0, len(entries) - limit)]:
+        path.unlink(missing_ok=True)
+
+
 def overlay_cache(settings, job_id) -> Path:
     """This API process's cache of a job's rendered overlays (local, whatever the store)."""
     return settings.scratch / "overlays" / str(job_id)
@@ -87,6 +96,7 @@ def render_overlay(store: Store, dataset_key: str, run_prefix: str, image_id: st
                            f"not for {image_id!r}")
     if "oos" in layers and "oos" not in image_layers(index, image_id):
         raise GalleryError(f"the label check made no out-of-sample prediction of {image_id!r} (it checks only images with a mask)")
+    layers = [layer for layer in known if layer in layers]  # one order, each once: "gt,gt,gt" is "gt"
     # a dataset's files and a finished job's masks never change: the request alone names the picture
     key = hashlib.sha256(json.dumps([dataset_key, run_prefix, image_id, layers, size]).encode()).hexdigest()[:24]
     cached = cache_dir / f"{key}.png"
@@ -122,4 +132,5 @@ def render_overlay(store: Store, dataset_key: str, run_prefix: str, image_id: st
     tmp = cached.with_suffix(".tmp")
     tmp.write_bytes(out.getvalue())
     tmp.replace(cached)
+    _keep_cache_within(cache_dir, OVERLAY_CACHE_FILES)
     return out.getvalue()

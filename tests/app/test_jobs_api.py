@@ -328,6 +328,21 @@ def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
 
 
 @pytest.mark.torch
+def test_the_overlay_cache_stays_bounded_whatever_sizes_and_layer_strings_are_asked(client, alice, finished_job, settings, monkeypatch):
+    from app import gallery
+
+    monkeypatch.setattr(gallery, "OVERLAY_CACHE_FILES", 5)
+    hardest = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice).json()["items"][0]["image_id"]
+    url = f"/v1/jobs/{finished_job}/images/{hardest}/overlay.png"
+    same = [client.get(url, headers=alice, params={"layers": layers}).content for layers in ("gt,dense", "dense,gt", "gt,gt,dense,dense")]
+    assert same[0] == same[1] == same[2]  # one picture, one cache entry
+    assert len(list(gallery.overlay_cache(settings, finished_job).glob("*.png"))) == 1
+    for size in range(32, 52):
+        assert client.get(url, headers=alice, params={"size": size, "layers": "gt"}).status_code == 200
+    assert len(list(gallery.overlay_cache(settings, finished_job).glob("*.png"))) == 5
+
+
+@pytest.mark.torch
 def test_label_issues_list_the_flagged_masks_worst_first_as_json_and_csv(client, alice, bob, finished_job, session_factory):
     from sqlalchemy import select, update
 
