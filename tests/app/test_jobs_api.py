@@ -405,7 +405,7 @@ def test_submits_racing_the_deletion_of_their_dataset_answer_202_or_404_and_ever
         pytest.skip("a race of concurrent transactions: PostgreSQL's (SQLite's writers take turns on the whole file)")
     archive = make_zip(dataset_files(tmp_path, n=12))
     answers: list[tuple[str, int, str | None]] = []
-    for _ in range(20):
+    for _ in range(40):
         ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", archive)}).json()["id"]
         barrier = threading.Barrier(3)
 
