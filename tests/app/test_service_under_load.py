@@ -139,7 +139,7 @@ POLL_WINDOW_S = 10.0
 def test_pollers_stay_fast_while_uploads_are_checked_and_recorded(tmp_path, database_url):
     """40 pollers (lists and a dataset) and 6 uploads at once, on the default pool: an upload's
     database work or clean-up on the event loop would hold every request (the loop waits for a
-    connection that only the routes it blocks would give back)."""
+    connection that only the routes it blocks would give back), and they would answer 503."""
     server = Server(tmp_path, database_url=database_url, max_concurrent_uploads=6, rate_limit=0).start()
     archive = make_zip(dataset_files(tmp_path, n=150))
     statuses: list[int] = []
@@ -178,5 +178,7 @@ def test_pollers_stay_fast_while_uploads_are_checked_and_recorded(tmp_path, data
         server.stop()
     assert uploads and all(s == 201 for s in uploads), sorted(set(uploads))
     assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
+    # a stalled loop shows as waits for the pool's 10 s timeout; the 1 s target is the bench's
+    # (BENCHMARKS.md: bench/bench_load.py), not a timed test's on a shared machine
     p95 = sorted(latencies)[int(0.95 * len(latencies))]
-    assert p95 < 1.0, (p95, len(latencies))
+    assert p95 < 5.0, (p95, len(latencies))
