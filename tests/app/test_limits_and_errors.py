@@ -241,6 +241,7 @@ def test_the_memory_limit_defaults_to_a_share_of_the_host(monkeypatch):
     assert Settings(max_job_memory_bytes=123456).job_memory_limit == 123456
 
 
+@pytest.mark.torch  # the worker's unit code imports ml
 def test_a_worker_with_less_memory_than_a_job_needs_fails_it_saying_why_before_training(client, alice, dataset_id, settings):
     job = submit(client, alice, dataset_id, {**TINY, "image_size": 256}).json()["id"]
     small = settings.model_copy(update={"max_job_memory_bytes": 16 * 1024**2})  # a 16 MiB worker host; the job needs ~58 MB
