@@ -14,12 +14,11 @@ from datetime import timedelta
 
 from celery import current_task
 from celery.exceptions import Reject
-from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 
 from app.db import queries, units
 from app.db.base import utcnow
-from app.db.models import Dataset, Job, JobUnit
+from app.db.models import Dataset, Job
 from app.db.results import persist_results
 from app.db.session import make_engine, make_sessionmaker
 from app.queue import RUN_JOB, enqueue_job
@@ -213,20 +212,24 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     log.info("job %s: unit %s claimed by %s (attempt %d)", job_id, unit, worker, attempt)
 
     from contract.jobspec import JobSpec, SpecError, check_admission
-    from ml.pipeline import Progress, Run
 
-    try:  # this host's memory, which the API's host (where the job was admitted) may not share
+    def write(action, what: str):
+        return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
+
+    def fail(s, error: str) -> None:
+        if queries.finish_job(session=s, job_id=job_id, status="failed", error=error):
+            units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
+
+    try:  # this host's memory, which the API's host (where the job was admitted) may not share; before torch loads
         check_admission(JobSpec.model_validate(spec_raw), n_images=n_images, max_memory_bytes=settings.job_memory_limit,
                         max_disk_bytes=settings.max_job_disk_bytes)
     except SpecError as e:
         error = f"{unit}: this worker cannot run it: {e.message}"
         log.error("job %s: %s", job_id, error)
-
-        def refuse(s):
-            if queries.finish_job(session=s, job_id=job_id, status="failed", error=error):
-                units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
-        _with_retries(lambda: _in_transaction(sessionmaker, refuse), what=f"job {job_id}: recording the refusal")
+        write(lambda s: fail(s, error), "recording the refusal")
         return "failed"
+
+    from ml.pipeline import Progress, Run
 
     _set_torch_threads(settings, sessionmaker)
     last = {"t": 0.0, "stage": None}
@@ -258,9 +261,6 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         if stop:
             raise JobCancelled()
 
-    def write(action, what: str):
-        return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
-
     try:
         data_dir = store.local_tree(dataset_key)
         run_prefix = f"jobs/{job_id}/run"
@@ -285,14 +285,7 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             _send(job_id)
         return "unit-succeeded"
     except JobCancelled:
-        def cancel(s):
-            # a cancel request: this unit stops and the job ends cancelled once nothing of it runs (a
-            # job another unit failed stays failed)
-            units.lock_job(session=s, job_id=job_id)
-            s.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == unit, JobUnit.status == "running",
-                                            JobUnit.worker == worker).values(status="cancelled", finished_at=utcnow()))
-            units.end_if_cancelled(session=s, job_id=job_id)
-        write(cancel, "recording the cancel")
+        write(lambda s: units.stop_unit(session=s, job_id=job_id, name=unit, worker=worker), "recording the cancel")
         return "cancelled"
     except JobLost:
         log.warning("job %s: unit %s taken over by another worker; stopping this run", job_id, unit)
@@ -305,11 +298,7 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     except Exception as e:  # noqa: BLE001 - any failure is stored on the job, readable
         log.error("job %s: unit %s failed:\n%s", job_id, unit, traceback.format_exc())
         error = f"{unit}: {type(e).__name__}: {e}"
-
-        def fail(s):
-            if queries.finish_job(session=s, job_id=job_id, status="failed", error=error):
-                units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
-        write(fail, "recording the failure")
+        write(lambda s: fail(s, error), "recording the failure")
         return "failed"
     finally:
         for entry in store.trim_cache():  # the scratch cache stays within HTL_SCRATCH_MAX_BYTES

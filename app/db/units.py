@@ -78,6 +78,15 @@ def end_if_cancelled(*, session: Session, job_id: uuid.UUID, alive_since: dateti
     return ended
 
 
+def stop_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> None:
+    """A worker's unit stopped on a cancel request: the unit is cancelled, and the job with it once
+    nothing of it runs (a job another unit failed stays failed)."""
+    lock_job(session=session, job_id=job_id)
+    session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running",
+                                          JobUnit.worker == worker).values(status="cancelled", finished_at=utcnow()))
+    end_if_cancelled(session=session, job_id=job_id)
+
+
 def end_stranded_cancels(*, session: Session, stale_before: datetime) -> list[uuid.UUID]:
     """The sweep's part: every job with a cancel request whose units are all idle or on silent
     workers ends cancelled (nothing else would end it). Answers those jobs."""
