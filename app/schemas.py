@@ -169,7 +169,9 @@ class MetricsOut(BaseModel):
     validation_curve: dict[str, list[float | None]] = Field(default_factory=dict, description="dense models' validation Dice per epoch")
     focus: dict | None = Field(None, description="the focus set (the pre-registered endpoint): held-out images in the subgroups "
                                "enriched among the HTL images or most disputed by the pruned models, chosen before their labels "
-                               "are read; the comparisons on it are attended_vs_control.focus and attended_vs_dense.focus")
+                               "are read; the comparisons on it are attended_vs_control.focus and attended_vs_dense.focus. The job's "
+                               "pre-registered endpoint is on test when there is a test split; on validation beside it the same "
+                               "endpoint is measured there, for choosing between variants without reading test")
     worst_decile: dict | None = Field(None, description="per model, the mean Dice over its worst tenth of the focus split's images "
                                       "(all) and of the focus set (focus)")
     verdict: str | None = Field(None, description="one sentence: did attention beat the random control on the focus set?")

@@ -506,7 +506,7 @@ class Run:
 
         focus_split = "test" if "test" in self.eval_splits else "validation"
         results = {
-            split: evaluate_split(inputs, models, indices, progress=advance, pairs=self._disagreement_pairs() if split == focus_split else (),
+            split: evaluate_split(inputs, models, indices, progress=advance, pairs=self._disagreement_pairs(),
                                   prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png")
             for split, indices in self.eval_splits.items()
         }
@@ -547,6 +547,8 @@ class Run:
             for key in ("attended_vs_dense", "attended_vs_control"):
                 if key in report:
                     report[key]["focus"] = endpoint[key]
+            if focus_split != "validation":  # the same endpoint on validation: where defaults and variants are chosen
+                report["validation_endpoint"] = self._focus_endpoint(report, "validation", results["validation"])
         _write_json(self.out / "metrics.json", report)
         result = EvaluationResult(
             evaluations=[e for split, r in results.items() for e in image_evaluations(split, r)],

@@ -257,20 +257,34 @@ def job_metrics(
         else:
             group = entry["subgroups"].setdefault(m.attribute, {}).setdefault(m.subgroup, {"n": m.n})
             group[m.metric] = m.value
-    def on_split(comparison: dict | None) -> dict | None:
+    endpoint = _endpoint_on(summary, split)
+
+    def on_split(key: str) -> dict | None:
+        comparison = summary.get(key)
         if comparison is None:
             return None
-        return comparison.get("test", {}) if split == "test" else {k: v for k, v in comparison.items() if k != "test"}
+        block = comparison.get("test", {}) if split == "test" else {k: v for k, v in comparison.items() if k not in ("test", "focus")}
+        return {**block, "focus": endpoint[key]} if endpoint.get(key) is not None else block
 
     return MetricsOut(
         job_id=job_id, split=split, splits=splits, group_column=summary.get("group_column"), seeds=summary.get("seeds", []),
-        models=models, attended_vs_dense=on_split(summary.get("attended_vs_dense", {})),
-        attended_vs_control=on_split(summary.get("attended_vs_control")), control_vs_dense=on_split(summary.get("control_vs_dense")),
+        models=models, attended_vs_dense=on_split("attended_vs_dense") or {},
+        attended_vs_control=on_split("attended_vs_control"), control_vs_dense=on_split("control_vs_dense"),
         scorer_agreement=summary.get("scorer_agreement", []), pruning=summary.get("pruning", {}),
         degenerate_sparsities=summary.get("degenerate_sparsities", []), validation_curve=summary.get("validation_curve", {}),
-        focus=summary.get("focus"), worst_decile=summary.get("worst_decile"), verdict=summary.get("verdict"),
+        focus=endpoint.get("focus"), worst_decile=endpoint.get("worst_decile"), verdict=endpoint.get("verdict"),
         label_check=summary.get("label_check", {}), warnings=summary.get("warnings", []),
     )
+
+
+def _endpoint_on(summary: dict, split: str) -> dict:
+    """The focus endpoint measured on `split`: the job's pre-registered one (on test when there is a
+    test split) or, on validation beside a test split, the same endpoint there (where variants are
+    chosen); {} for a split it was not measured on (a weakly supervised job, or an older one)."""
+    if summary.get("focus", {}).get("split") == split:
+        return {"focus": summary["focus"], "worst_decile": summary.get("worst_decile"), "verdict": summary.get("verdict"),
+                **{key: (summary.get(key) or {}).get("focus") for key in ("attended_vs_dense", "attended_vs_control")}}
+    return summary.get("validation_endpoint", {}) if split == "validation" else {}
 
 
 @router.get("/{job_id}/label-issues", response_model=Page[LabelIssueOut], operation_id="job_label_issues", responses={

@@ -185,8 +185,14 @@ def test_a_controlled_job_reports_test_metrics_and_attended_vs_control(client, a
     assert test["split"] == "test" and test["splits"] == ["validation", "test"] and "control" in test["models"]
     assert test["attended_vs_control"]["overall"]["dice"] == pytest.approx(
         test["models"]["attended"]["overall"]["dice"] - test["models"]["control"]["overall"]["dice"])
+    # the pre-registered endpoint is on test; validation serves the same endpoint measured there
+    assert test["focus"]["split"] == "test" and test["attended_vs_control"]["focus"]["n"] == test["focus"]["n"]
+    assert test["attended_vs_control"]["focus"]["ci95"] is None or len(test["attended_vs_control"]["focus"]["ci95"]) == 2
+    assert "random control" in test["verdict"] and set(test["worst_decile"]) == {"dense", "attended", "control"}
     validation = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()
     assert validation["split"] == "validation" and "test" not in validation["attended_vs_control"]
+    assert validation["focus"]["split"] == "validation" and validation["attended_vs_control"]["focus"]["split"] == "validation"
+    assert not set(validation["focus"]["images"]) & set(test["focus"]["images"])
     assert validation["pruning"]["0.999"]["degenerate"] is True, validation["pruning"]
     assert validation["degenerate_sparsities"] == [0.999]
     assert any("0.999" in w for w in done["warnings"])

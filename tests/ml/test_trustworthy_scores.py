@@ -138,6 +138,13 @@ def test_attended_is_compared_with_a_random_control_on_validation_and_test(contr
         np.mean([dice["attended"][i] - dice["control"][i] for i in chosen["images"]]))
     assert on_focus["seeds"] == 1 and "random control" in metrics["verdict"] and "One seed" in metrics["verdict"]
     assert set(metrics["worst_decile"]) == {"dense", "attended", "control"}
+    # the same endpoint on validation, where variants are chosen without reading test
+    beside = metrics["validation_endpoint"]
+    val_dice = {b: {p["image_id"]: p["dice"] for p in metrics["models"][b]["per_image"]} for b in ("attended", "control")}
+    assert beside["focus"]["split"] == "validation" and set(beside["focus"]["images"]) <= set(val_dice["attended"])
+    assert not set(beside["focus"]["images"]) & set(chosen["images"])
+    assert beside["attended_vs_control"]["difference"] == pytest.approx(
+        np.mean([val_dice["attended"][i] - val_dice["control"][i] for i in beside["focus"]["images"]]))
 
 
 def test_dense_validation_curve_has_one_point_per_epoch(controlled):
