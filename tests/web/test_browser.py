@@ -113,7 +113,7 @@ def test_the_web_app_end_to_end(browser, service):
     page.click("text=Run a job on it")
     page.wait_for_selector("form.spec-form")
     for field, value in {"image_size": "32", "model.width": "4", "train.epochs": "1", "train.batch_size": "8",
-                         "prune.sparsities": "0.5, 1.5", "attention.control": None}.items():
+                         "prune.sparsities": "0.5, 1.5", "split.test_fraction": "0.25", "attention.control": None}.items():
         selector = f"[name='{field}']"
         if value is None:
             page.select_option(selector, "random")
@@ -172,6 +172,10 @@ def test_the_web_app_end_to_end(browser, service):
     # the label check says what it checked and flagged, and how
     check = page.locator("[data-testid=label-check-summary]").inner_text()
     assert "Masks flagged as probably wrong:" in check and "3-fold cross-fitting" in check and "train" in check
+
+    # the verdict is the pre-registered endpoint's, on the test split (validation's is for choosing variants)
+    verdict = page.locator("[data-testid=verdict]").inner_text()
+    assert "test images" in verdict and "random control" in verdict, verdict
 
     # the plots name the groups
     enrichment = page.locator("[data-testid=enrichment-plot]").text_content()
