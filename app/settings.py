@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(4, ge=1, description="uploads streaming or ingesting at once; more answer 503")
     max_job_memory_bytes: int | None = Field(None, ge=1, description="a job estimated to need more memory is refused at submission, "
                                              f"and by a worker before it trains; default: {HOST_MEMORY_SHARE:.0%} of this host's memory")
+    worker_memory_bytes: int | None = Field(None, ge=1, description="what a worker may use before the out-of-memory killer "
+                                            "strikes (a unit whose worker went silent above 80% of it is not retried); default: "
+                                            "its cgroup's memory limit or the host's physical memory, whichever is less")
     max_job_disk_bytes: int = Field(100 * 1024**3, description="a job estimated to need more disk is refused at submission")
     abandoned_upload_after_s: float = Field(600, gt=0, description="at start, staging folders unchanged this long are removed")
 

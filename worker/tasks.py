@@ -25,6 +25,7 @@ from app.queue import RUN_JOB, enqueue_job
 from app.settings import Settings, get_settings
 from app.storage import Store, files_under, make_store
 from contract.results import JobResults
+from worker import memory
 from worker.celery_app import celery
 
 log = logging.getLogger("htl.worker")
@@ -95,11 +96,13 @@ class Heartbeat:
 
     POLL_S = 1.0
 
-    def __init__(self, sessionmaker, job_id: uuid.UUID, unit: str, worker: str, interval_s: float):
+    def __init__(self, sessionmaker, job_id: uuid.UUID, unit: str, worker: str, interval_s: float, memory_limit: int | None = None):
         self.lost = threading.Event()
         self.cancelled = threading.Event()
         self._stop = threading.Event()
         self._args = (sessionmaker, job_id, unit, worker, interval_s)
+        self.memory_limit = memory_limit
+        self.peak_memory = memory.resident_bytes()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}-{unit}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
@@ -112,14 +115,22 @@ class Heartbeat:
 
     def _run(self) -> None:
         sessionmaker, job_id, unit, worker, interval_s = self._args
-        last_beat = time.monotonic()
+        last_beat, reported = time.monotonic(), None
         while not self._stop.wait(min(self.POLL_S, interval_s)):
+            now = memory.resident_bytes()
+            if now is not None:
+                self.peak_memory = max(self.peak_memory or 0, now)
+            # the memory reading is what tells an OOM kill from a lost worker afterwards: it goes out at
+            # once, and again whenever it has grown by 1/16 of the limit (an OOM kill gives no warning)
+            grown = self.peak_memory is not None and (reported is None or (
+                self.memory_limit is not None and self.peak_memory - reported >= self.memory_limit / 16))
             try:
                 with sessionmaker() as session:
-                    if time.monotonic() - last_beat >= interval_s:
-                        mine, stop = units.unit_heartbeat(session=session, job_id=job_id, name=unit, worker=worker)
+                    if time.monotonic() - last_beat >= interval_s or grown:
+                        mine, stop = units.unit_heartbeat(session=session, job_id=job_id, name=unit, worker=worker,
+                                                          memory_bytes=self.peak_memory, memory_limit_bytes=self.memory_limit)
                         session.commit()
-                        last_beat = time.monotonic()
+                        last_beat, reported = time.monotonic(), self.peak_memory
                         if not mine:
                             self.lost.set()
                             return
@@ -233,7 +244,8 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
 
     _set_torch_threads(settings, sessionmaker)
     last = {"t": 0.0, "stage": None}
-    heartbeat = Heartbeat(sessionmaker, job_id, unit, worker, settings.heartbeat_interval_s)
+    heartbeat = Heartbeat(sessionmaker, job_id, unit, worker, settings.heartbeat_interval_s,
+                          memory_limit=memory.usable_bytes(settings.worker_memory_bytes))
 
     def on_progress(p: Progress) -> None:
         if SHUTTING_DOWN.is_set():
@@ -371,9 +383,7 @@ def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
     with sessionmaker() as session:
         cancelled = units.end_stranded_cancels(session=session, stale_before=stale_before)
         lost = units.exhausted(session=session, stale_before=stale_before, max_attempts=settings.max_attempts)
-        for job_id, unit in lost:
-            error = (f"{unit}: worker lost: the worker running it went silent on each of {settings.max_attempts} attempts "
-                     "(HTL_MAX_ATTEMPTS); giving up")
+        for job_id, unit, error in lost:
             units.lock_job(session=session, job_id=job_id)
             if queries.finish_job(session=session, job_id=job_id, status="failed", error=error):
                 units.end_units(session=session, job_id=job_id, failed_unit=unit, error=error)
@@ -385,8 +395,8 @@ def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
         session.commit()
     for job_id in cancelled:
         log.info("job %s: cancelled by the sweep (a cancel request, and nothing of it running on a live worker)", job_id)
-    for job_id, unit in lost:
-        log.warning("job %s: failed, the worker of unit %s was lost %d times", job_id, unit, settings.max_attempts)
+    for job_id, _, error in lost:
+        log.warning("job %s: failed, %s", job_id, error)
     for job_id in ids:
         log.warning("job %s: sent again by the sweep", job_id)
         enqueue_job(celery, job_id)

@@ -134,6 +134,10 @@ class JobUnit(Base):
     heartbeat_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # the attempt's peak resident memory as its heartbeat last reported it, and what its worker could
+    # use (cgroup limit or physical memory): a silent worker near its limit was most likely OOM-killed
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    memory_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Metric(Base):

@@ -103,6 +103,23 @@ def _stale(stale_before: datetime):
     return and_(JobUnit.status == "running", JobUnit.heartbeat_at < stale_before)
 
 
+# a worker that went silent while its unit held this share of the memory it could use was most likely
+# killed by the out-of-memory killer: another attempt would meet the same limit
+OOM_SUSPECT_SHARE = (4, 5)
+
+
+def _near_memory_limit():
+    num, den = OOM_SUSPECT_SHARE
+    return and_(JobUnit.memory_limit_bytes.is_not(None), JobUnit.memory_bytes.is_not(None),
+                JobUnit.memory_bytes * den >= JobUnit.memory_limit_bytes * num)
+
+
+def _retryable(stale_before: datetime, max_attempts: int):
+    """A running unit another worker may take over: silent, with attempts left, and not silent near
+    its memory limit."""
+    return and_(_stale(stale_before), JobUnit.attempt < max_attempts, ~_near_memory_limit())
+
+
 def claim_unit(*, session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime, max_attempts: int) -> JobUnit | None:
     """Atomically takes the first unit of the job that is queued, or running on a silent worker with
     attempts left; None when there is none (or the job is finished or being cancelled: a cancelled
@@ -113,18 +130,16 @@ def claim_unit(*, session: Session, job_id: uuid.UUID, worker: str, stale_before
     if job.cancel_requested:
         end_if_cancelled(session=session, job_id=job_id, alive_since=stale_before)
         return None
+    claimable = or_(and_(JobUnit.status == "queued", JobUnit.attempt < max_attempts), _retryable(stale_before, max_attempts))
     candidates = session.scalars(
-        select(JobUnit.name).where(JobUnit.job_id == job_id, JobUnit.attempt < max_attempts,
-                                   or_(JobUnit.status == "queued", _stale(stale_before)))
-        .order_by(JobUnit.position)
+        select(JobUnit.name).where(JobUnit.job_id == job_id, claimable).order_by(JobUnit.position)
     ).all()
     now = utcnow()
     for name in candidates:
         taken = session.execute(
-            update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.attempt < max_attempts,
-                                  or_(JobUnit.status == "queued", _stale(stale_before)))
+            update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, claimable)
             .values(status="running", worker=worker, attempt=JobUnit.attempt + 1, progress=0.0, error=None,
-                    heartbeat_at=now, started_at=now, finished_at=None)
+                    heartbeat_at=now, started_at=now, finished_at=None, memory_bytes=None, memory_limit_bytes=None)
         ).rowcount == 1
         if taken:
             unit = session.get(JobUnit, (job_id, name), populate_existing=True)
@@ -138,13 +153,16 @@ def claim_unit(*, session: Session, job_id: uuid.UUID, worker: str, stale_before
     return None
 
 
-def unit_heartbeat(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> tuple[bool, bool]:
-    """Stamps the unit (and its job) alive; answers (still this worker's unit, the job wants it stopped)."""
+def unit_heartbeat(*, session: Session, job_id: uuid.UUID, name: str, worker: str, memory_bytes: int | None = None,
+                   memory_limit_bytes: int | None = None) -> tuple[bool, bool]:
+    """Stamps the unit (and its job) alive, with the attempt's peak memory and its worker's limit
+    where known; answers (still this worker's unit, the job wants it stopped)."""
     now = utcnow()
     job = lock_job(session=session, job_id=job_id)
+    memory = {"memory_bytes": memory_bytes, "memory_limit_bytes": memory_limit_bytes} if memory_bytes is not None else {}
     mine = session.execute(
         update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
-        .values(heartbeat_at=now)
+        .values(heartbeat_at=now, **memory)
     ).rowcount == 1
     stop = job is None or job.cancel_requested or job.status != "running"
     if mine and not stop:
@@ -239,7 +257,7 @@ def resend_candidates(*, session: Session, stale_before: datetime, queued_before
         select(JobUnit.job_id).where(
             JobUnit.job_id.in_(live_jobs),
             or_(and_(JobUnit.status == "queued", or_(JobUnit.queued_at.is_(None), JobUnit.queued_at < queued_before)),
-                and_(_stale(stale_before), JobUnit.attempt < max_attempts)),
+                _retryable(stale_before, max_attempts)),
         ).order_by(JobUnit.job_id, JobUnit.position)
     ).all()
     ids: list[uuid.UUID] = []
@@ -255,11 +273,26 @@ def resend_candidates(*, session: Session, stale_before: datetime, queued_before
     return ids  # a job once per unit to send, so that as many workers can take them
 
 
-def exhausted(*, session: Session, stale_before: datetime, max_attempts: int) -> list[tuple[uuid.UUID, str]]:
-    """(job, unit) of every unit whose worker went silent on each of its attempts."""
-    return [tuple(r) for r in session.execute(
-        select(JobUnit.job_id, JobUnit.name).where(_stale(stale_before), JobUnit.attempt >= max_attempts)
-    ).all()]
+def exhausted(*, session: Session, stale_before: datetime, max_attempts: int) -> list[tuple[uuid.UUID, str, str]]:
+    """(job, unit, why) of every silent unit no worker may take over: its worker went silent on each
+    of its attempts, or went silent while the unit held most of the memory it could use."""
+    rows = session.execute(
+        select(JobUnit.job_id, JobUnit.name, JobUnit.attempt, JobUnit.memory_bytes, JobUnit.memory_limit_bytes)
+        .where(_stale(stale_before), or_(JobUnit.attempt >= max_attempts, _near_memory_limit()))
+        .order_by(JobUnit.job_id, JobUnit.position)
+    ).all()
+    out = []
+    for job_id, name, attempt, used, limit in rows:
+        if used is not None and limit is not None and used * OOM_SUSPECT_SHARE[1] >= limit * OOM_SUSPECT_SHARE[0]:
+            why = (f"{name}: worker lost while the unit held {used / 2**30:.1f} GiB of the {limit / 2**30:.1f} GiB its worker "
+                   f"could use (attempt {attempt}): most likely killed by the out-of-memory killer, so it is not retried (another "
+                   "attempt would meet the same limit). Lower image_size, train.batch_size or sample.max_images, or run it "
+                   "on a worker with more memory")
+        else:
+            why = (f"{name}: worker lost: the worker running it went silent on each of {max_attempts} attempts "
+                   "(HTL_MAX_ATTEMPTS); giving up")
+        out.append((job_id, name, why))
+    return out
 
 
 def unit_durations(*, session: Session) -> list[tuple[str, float]]:

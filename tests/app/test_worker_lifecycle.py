@@ -95,6 +95,78 @@ def test_the_sweep_resends_lost_and_orphaned_units_and_fails_exhausted_ones(clie
     assert [str(j) for j in tasks.sweep(settings)] == [orphan]  # a re-sent queued unit waits a window before the next send
 
 
+def test_a_unit_whose_worker_went_silent_near_its_memory_limit_is_not_retried(client, alice, dataset_id, session_factory, settings, monkeypatch):
+    sent = []
+    monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(str(job_id)))
+    monkeypatch.setattr(tasks, "_resources", lambda _s: (session_factory, None))
+    gib = 2**30
+    oom, lost = (submit(client, alice, dataset_id, CHAIN).json()["id"] for _ in range(2))
+    for job, used in ((oom, int(19.5 * gib)), (lost, 6 * gib)):  # of 23 GiB: 85% (an OOM kill, most likely) and 26%
+        _claim(session_factory, job, f"htl-{job[:4]}@host")
+        with session_factory() as session:
+            assert units.unit_heartbeat(session=session, job_id=uuid.UUID(job), name="dense[0]", worker=f"htl-{job[:4]}@host",
+                                        memory_bytes=used, memory_limit_bytes=23 * gib) == (True, False)
+            session.commit()
+        _age(session_factory, job, heartbeat_s=3600)
+    assert _claim(session_factory, oom, "htl-cccc@host") is None  # no other worker takes it over into the same death
+    assert [str(j) for j in tasks.sweep(settings)] == sent == [lost]  # the other silent unit is retried as before
+    with session_factory() as session:
+        failed = session.get(Job, uuid.UUID(oom))
+        assert failed.status == "failed" and failed.error.startswith("dense[0]: worker lost while the unit held 19.5 GiB of the 23.0 GiB")
+        assert "out-of-memory" in failed.error and "not retried" in failed.error
+        assert session.get(JobUnit, (failed.id, "dense[0]")).attempt == 1
+        assert session.get(Job, uuid.UUID(lost)).status == "running"
+    # a new attempt starts with no reading: the memory of the last one does not carry over
+    assert _claim(session_factory, lost, "htl-dddd@host") == "dense[0]"
+    with session_factory() as session:
+        unit = session.get(JobUnit, (uuid.UUID(lost), "dense[0]"))
+        assert unit.memory_bytes is None and unit.attempt == 2
+
+
+@pytest.mark.torch
+def test_a_real_worker_reports_its_memory_and_a_kill_near_the_limit_fails_the_job(worker_settings, tmp_path):
+    """The heartbeat's reading is real: a worker told it may use 64 MiB (less than torch alone takes)
+    reports more than 80% of that, so once it is killed with -9 the sweep fails the job as an OOM kill."""
+    from app.main import create_app
+    from .conftest import make_key
+    from .test_worker_process import start_worker, stop_worker
+
+    limit = 64 * 2**20
+    proc = start_worker(worker_settings, tmp_path / "worker.log", HTL_WORKER_MEMORY_BYTES=str(limit))
+    try:
+        app = create_app(worker_settings)
+        factory = app.state.sessionmaker
+        headers = {"Authorization": f"Bearer {make_key(factory, 'erin')}"}
+        from fastapi.testclient import TestClient
+
+        with TestClient(app) as client:
+            ds = client.post("/v1/datasets", headers=headers, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=40)))}).json()
+            job = uuid.UUID(client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"], "spec": LONG}).json()["id"])
+
+            def reading():
+                with factory() as session:
+                    unit = session.get(JobUnit, (job, "dense[0]"))
+                    return unit is not None and unit.status == "running" and unit.memory_bytes and unit
+            unit = wait_for(reading, 120, "the running unit's first memory reading", interval=0.2)
+            assert unit.memory_limit_bytes == limit and unit.memory_bytes > 0.8 * limit, (unit.memory_bytes, unit.memory_limit_bytes)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=20)
+        _age(factory, job, heartbeat_s=worker_settings.job_stale_after_s + 1)
+        monkeypatch_send = []
+        original = tasks.enqueue_job
+        tasks.enqueue_job = lambda _celery, job_id: monkeypatch_send.append(job_id)
+        try:
+            tasks.sweep(worker_settings)
+        finally:
+            tasks.enqueue_job = original
+        with factory() as session:
+            row = session.get(Job, job)
+            assert row.status == "failed" and "out-of-memory" in row.error and monkeypatch_send == [], row.error
+    finally:
+        if proc.poll() is None:
+            stop_worker(proc)
+
+
 def test_a_waiting_unit_whose_deps_succeeded_is_released_by_the_sweep(client, alice, dataset_id, session_factory, settings, monkeypatch):
     sent = []
     monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(str(job_id)))

@@ -33,29 +33,37 @@ def worker_settings(db_url, tmp_path):
     return Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=REDIS_URL, progress_interval_s=0.1)
 
 
-@pytest.fixture
-def worker_process(worker_settings, tmp_path):
+def start_worker(worker_settings: Settings, log_path, **env_extra: str) -> subprocess.Popen:
+    """A Celery worker process as `htl worker` starts one, on worker_settings' database and broker."""
     env = dict(
         os.environ, HTL_DATA_DIR=str(worker_settings.data_dir), HTL_DATABASE_URL=worker_settings.resolved_database_url,
-        HTL_PROGRESS_INTERVAL_S="0.1", HTL_DEVICE="cpu",
+        HTL_PROGRESS_INTERVAL_S="0.1", HTL_DEVICE="cpu", **env_extra,
     )
     if worker_settings.broker_url:
         env["HTL_BROKER_URL"] = worker_settings.broker_url
     else:
         env.pop("HTL_BROKER_URL", None)
-    log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "-c", "1", "-Q", "htl",
-         "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    yield proc, tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "-c", "1", "-Q", "htl",
+             "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+
+
+@pytest.fixture
+def worker_process(worker_settings, tmp_path):
+    proc = start_worker(worker_settings, tmp_path / "worker.log")
+    yield proc, tmp_path / "worker.log"
+    stop_worker(proc)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
