@@ -46,15 +46,16 @@ SCORERS = {
 SHARED_STATE = ("dense", "label_check", "prune", "dynamics-")  # what every variant re-uses from the first run
 
 
-def spec_for(args, attention: dict, mode: str) -> JobSpec:
+def spec_for(args, attention: dict, mode: str, factor: float, top_fraction: float) -> JobSpec:
     return JobSpec.model_validate({
         "image_size": args.size, "model": {"arch": "unet", "width": 16},
         "sample": {"max_images": args.images, "seed": 0},
         "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
         "train": {"epochs": args.epochs, "seeds": args.seeds},
-        "htl": {"top_fraction": args.top_fraction},
+        "htl": {"top_fraction": top_fraction},
+        "label_check": {"folds": args.folds},
         "scorers": ["pruning", "loss"],
-        "attention": {"strategy": "oversample", "factor": args.factor, "control": "random", "mode": mode, **attention},
+        "attention": {"strategy": "oversample", "factor": factor, "control": "random", "mode": mode, **attention},
     })
 
 
@@ -104,9 +105,11 @@ def share(a: np.ndarray, b: np.ndarray) -> float:
 
 def endpoint(metrics: dict) -> dict:
     versus = metrics["attended_vs_control"]
+    validation = metrics["validation_endpoint"]
     return {"focus_n": metrics["focus"]["n"], "focus": versus["focus"], "versus_dense_focus": metrics["attended_vs_dense"]["focus"],
             "test_overall": {"mean": versus["test"]["overall"]["dice"], "ci95": versus["test"]["overall_ci95"]["dice"]},
-            "worst_decile": metrics["worst_decile"], "verdict": metrics["verdict"]}
+            "worst_decile": metrics["worst_decile"], "verdict": metrics["verdict"],
+            "validation_focus_n": validation["focus"]["n"], "validation_focus": validation["attended_vs_control"]}
 
 
 def planted_report(run_dir: Path, metrics: dict, truth: dict[str, dict], seeds: list[int]) -> dict:
@@ -165,33 +168,44 @@ def draw_overlays(run_dir: Path, data: Path, count: int, folder: Path) -> list[s
 
 
 def markdown(results: dict, planted: bool, args) -> str:
-    lines = [f"{args.images} images at {args.size} px, {args.epochs} epochs, seeds {args.seeds}, top {args.top_fraction:.0%} x{args.factor:g}, "
+    lines = [f"{args.images} images at {args.size} px, {args.epochs} epochs, seeds {args.seeds}, label check {args.folds} folds, "
              "random control per seed", ""]
     first = next(iter(results.values()))
     lines += ["| label check | flagged | " + ("wrong masks | precision | recall |" if planted else ""),
               "|---|---|" + ("---|---|---|" if planted else "")]
     for part, c in first["label_check"].items():
         lines.append(f"| {part} | {c['flagged']} | " + (f"{c['wrong']} | {c['precision']:.2f} | {c['recall']:.2f} |" if planted else ""))
-    lines += ["", "| variant | mode | focus images | attended - control on focus [95%], one-sided p | per seed | attended - dense on focus | "
-              "worst-decile Dice dense / attended / control | all test attended - control [95% over seeds] |", "|---|---|---|---|---|---|---|---|"]
-    for (variant, mode), r in results.items():
+    chosen = max(results, key=lambda key: results[key]["endpoint"]["validation_focus"]["difference"])
+    lines += ["", "| variant | mode | factor | top | VALIDATION focus: attended - control (per seed) | test focus images | "
+              "TEST focus: attended - control [95%], one-sided p | per seed | attended - dense on focus | "
+              "worst-decile Dice dense / attended / control | all test attended - control [95% over seeds] |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        variant, mode, factor, top = key
         e = r["endpoint"]
-        f, d, w, t = e["focus"], e["versus_dense_focus"], e["worst_decile"], e["test_overall"]
+        f, d, w, t, v = e["focus"], e["versus_dense_focus"], e["worst_decile"], e["test_overall"], e["validation_focus"]
         ci = f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]" if t["ci95"] else ""
-        lines.append(f"| {variant} | {mode} | {e['focus_n']} | {f['difference']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}], p {f['p_one_sided']:.3f} | "
+        mark = "**" if key == chosen else ""
+        lines.append(f"| {mark}{variant}{mark} | {mode} | {factor:g} | {top:g} | {mark}{v['difference']:+.4f}{mark} ("
+                     + ", ".join(f"{x:+.3f}" for x in v["per_seed"]) + f") | {e['focus_n']} | "
+                     f"{f['difference']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}], p {f['p_one_sided']:.3f} | "
                      + ", ".join(f"{x:+.3f}" for x in f["per_seed"]) + f" | {d['difference']:+.4f} | "
                      f"{w['dense']['all']:.3f} / {w['attended']['all']:.3f} / {w['control']['all']:.3f} | {t['mean']:+.4f} {ci} |")
+    lines.append(f"\nChosen on validation (the largest mean attended - control on the validation focus set): {chosen[0]}, "
+                 f"{chosen[1]}, factor {chosen[2]:g}, top {chosen[3]:g}")
     if planted:
-        lines += ["", "| variant | mode | attended | wrong masks in it | pale lesions in it (share of training) | pale test Dice dense / attended / control, per seed | "
-                  "pale attended - control, per seed |", "|---|---|---|---|---|---|---|"]
-        for (variant, mode), r in results.items():
+        lines += ["", "| variant | mode | factor | top | attended | wrong masks in it | pale lesions in it (share of training) | "
+                  "pale test Dice dense / attended / control, per seed | pale attended - control, per seed |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for (variant, mode, factor, top), r in results.items():
             p, a = r["pale_test_dice"], r["attended"]
             per_seed = "; ".join(f"{x:.3f} / {y:.3f} / {z:.3f}" for x, y, z in zip(p["dense"], p["attended"], p["control"]))
-            lines.append(f"| {variant} | {mode} | {a['size']} | {a['wrong_mask_share']:.1%} | {a['pale_share']:.1%} ({a['pale_share_of_training']:.1%}) | "
+            lines.append(f"| {variant} | {mode} | {factor:g} | {top:g} | {a['size']} | {a['wrong_mask_share']:.1%} | {a['pale_share']:.1%} ({a['pale_share_of_training']:.1%}) | "
                          f"{per_seed} | " + ", ".join(f"{x:+.3f}" for x in r["pale_attended_minus_control"]) + " |")
         lines.append(f"\n(pale lesions on the test split: {first['pale_test_images']})")
     lines.append("")
-    lines += [f"- {variant}, {mode}: {r['endpoint']['verdict']}" for (variant, mode), r in results.items()]
+    lines += [f"- {variant}, {mode}, factor {factor:g}, top {top:g}: {r['endpoint']['verdict']}"
+              for (variant, mode, factor, top), r in results.items()]
     return "\n".join(lines)
 
 
@@ -202,8 +216,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--top-fraction", type=float, default=0.1)
-    parser.add_argument("--factor", type=float, default=3.0)
+    parser.add_argument("--top-fractions", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--factors", type=float, nargs="+", default=[3.0])
+    parser.add_argument("--folds", type=int, default=JobSpec().label_check.folds, help="the label check's K")
     parser.add_argument("--modes", nargs="+", default=["from_scratch"], choices=["from_scratch", "fine_tune"])
     parser.add_argument("--variants", nargs="+", default=list(SCORERS), choices=list(SCORERS))
     parser.add_argument("--data-seed", type=int, default=7)
@@ -220,31 +235,34 @@ def main() -> None:
     results = {}
     # an earlier invocation's runs (other variants or modes, same --out) lend their dense models
     first_dir = next((d for d in sorted(args.out.glob("*-*")) if (d / "metrics.json").is_file()), None)
-    for mode in args.modes:
-        trained: list[Path] = []
-        for variant in args.variants:
-            run_dir = args.out / f"{variant.replace(', ', '-').replace(' ', '-')}-{mode}"
-            if first_dir is not None and not (run_dir / "state").is_dir():
-                reuse(first_dir, run_dir)
-            started = time.perf_counter()
-            run = Run(data, spec_for(args, SCORERS[variant], mode), run_dir, device="cpu")
-            run._run_stages(STAGES[:STAGES.index("attend")])
-            if not run.finished("attend"):
-                for line in reuse_attention(trained, run_dir, args.seeds):
-                    print(f"  {variant}, {mode}: same set, copied {line}", flush=True)
-            run.run()
-            trained.append(run_dir)
-            print(f"{variant}, {mode}: {time.perf_counter() - started:.0f} s", flush=True)
-            first_dir = first_dir or run_dir
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            entry = {"endpoint": endpoint(metrics)}
-            if planted:
-                entry.update(planted_report(run_dir, metrics, truth, args.seeds))
-            else:
-                check = metrics["label_check"]
-                entry["label_check"] = {split: {"flagged": n, "checked": check["checked"][split]} for split, n in check["n_issues"].items()}
-            results[(variant, mode)] = entry
-    (args.out / "report.json").write_text(json.dumps({f"{v} / {m}": r for (v, m), r in results.items()}, indent=1))
+    grid = [(variant, mode, factor, top) for mode in args.modes for factor in args.factors for top in args.top_fractions
+            for variant in args.variants]
+    trained_by: dict[tuple[str, float], list[Path]] = {}
+    for variant, mode, factor, top in grid:
+        trained = trained_by.setdefault((mode, factor), [])  # a model is re-used only where mode and factor match too
+        suffix = "" if (factor, top) == (3.0, 0.1) else f"-x{factor:g}-top{top:g}"
+        run_dir = args.out / f"{variant.replace(', ', '-').replace(' ', '-')}-{mode}{suffix}"
+        if first_dir is not None and not (run_dir / "state").is_dir():
+            reuse(first_dir, run_dir)
+        started = time.perf_counter()
+        run = Run(data, spec_for(args, SCORERS[variant], mode, factor, top), run_dir, device="cpu")
+        run._run_stages(STAGES[:STAGES.index("attend")])
+        if not run.finished("attend"):
+            for line in reuse_attention(trained, run_dir, args.seeds):
+                print(f"  {variant}, {mode}: same set, copied {line}", flush=True)
+        run.run()
+        trained.append(run_dir)
+        print(f"{variant}, {mode}: {time.perf_counter() - started:.0f} s", flush=True)
+        first_dir = first_dir or run_dir
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        entry = {"endpoint": endpoint(metrics)}
+        if planted:
+            entry.update(planted_report(run_dir, metrics, truth, args.seeds))
+        else:
+            check = metrics["label_check"]
+            entry["label_check"] = {split: {"flagged": n, "checked": check["checked"][split]} for split, n in check["n_issues"].items()}
+        results[(variant, mode, factor, top)] = entry
+    (args.out / "report.json").write_text(json.dumps({f"{v} / {m} / x{f:g} / top {t:g}": r for (v, m, f, t), r in results.items()}, indent=1))
     print(markdown(results, planted, args))
     if args.overlays and first_dir is not None:
         for line in draw_overlays(first_dir, data, args.overlays, args.overlay_dir):
