@@ -153,8 +153,9 @@ class LabelCheckSpec(_Strict):
     folds: int = Field(3, ge=2, le=10, description="K: K models, each trained without one fold of the training images, predict that fold")
     epochs: int | None = Field(None, ge=1, le=1000, description="each fold model's epochs; default train.epochs")
     max_quality: float = Field(
-        0.5, gt=0.0, lt=1.0, description="a mask is a label issue when its label_quality (1 - the share of the mask-or-"
-        "prediction region that the out-of-sample model contradicts with probability over 0.9) is below this"
+        0.3, gt=0.0, lt=1.0, description="a mask is a label issue when its label_quality (1 - the share of the mask-or-"
+        "prediction region that the out-of-sample model contradicts with probability over 0.9) is below this; 0.3 and "
+        "3 folds were chosen on generated data with planted wrong masks (bench/label_check_folds.py, BENCHMARKS.md)"
     )
 
 
