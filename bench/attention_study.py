@@ -34,10 +34,13 @@ def reuse_shared_stages(src: Path, dst: Path) -> None:
     for sub in ("checkpoints", "cache"):
         shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True)
     (dst / "checkpoints" / "attended.safetensors").unlink(missing_ok=True)
-    (dst / "state").mkdir(exist_ok=True)
+    (dst / "state" / "checkpoints").mkdir(parents=True, exist_ok=True)
     for path in (src / "state").iterdir():  # markers, per-seed files, dynamics, enrichment, attention sets
-        if path.name != "run.json" and not path.name.startswith(("attend", "evaluate")):
+        if path.is_file() and path.name != "run.json" and not path.name.startswith(("attend", "evaluate")):
             shutil.copy(path, dst / "state" / path.name)
+    for record in (src / "state" / "checkpoints").glob("*.json"):  # each kept checkpoint's record
+        if not record.name.startswith("attended"):
+            shutil.copy(record, dst / "state" / "checkpoints" / record.name)
     shutil.copy(src / "scores.json", dst / "scores.json")
 
 
