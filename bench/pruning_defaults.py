@@ -32,6 +32,7 @@ def spec_for(args, seed: int, scope: str, bn: bool) -> JobSpec:
         "train": {"epochs": args.epochs, "seed": seed},
         "prune": {"sparsities": args.sparsities, "scope": scope, "bn_recalibration": bn},
         "htl": {"top_fraction": args.top_fraction},
+        "label_check": {"enabled": False},  # the ranking is compared here, not the masks; as when it was measured
     })
 
 

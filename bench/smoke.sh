@@ -31,7 +31,7 @@ step bench_pipeline;  quiet $py bench/bench_pipeline.py --images 60 --size 32 --
 step bench_api;       quiet $py bench/bench_api.py --scores 2000 --page 100 --page-requests 5 --poll-seconds 1 --poll-threads 2
 step attention_study; quiet $py bench/attention_study.py --images 120 --size 32 --epochs 1 --seeds 0 --out "$out/attention-study"
 step semi_methods;    IMAGES=100 EPOCHS=1 quiet bench/semi_methods.sh "$out/semi-methods"
-step settings_study;  IMAGES=120 WEAK_EPOCHS=1 SEMI_EPOCHS=1 quiet bench/settings_study.sh "$out/settings-study"
+step settings_study;  IMAGES=300 WEAK_EPOCHS=4 SEMI_EPOCHS=1 quiet bench/settings_study.sh "$out/settings-study"
 step cam_threshold;   quiet $py bench/cam_threshold.py "$out/settings-study/weak-threshold" $ham
 for example in examples/*.json; do
   name=$(basename "$example" .json)
