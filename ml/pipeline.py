@@ -505,8 +505,9 @@ class Run:
             self.report("evaluate", done / to_evaluate)
 
         focus_split = "test" if "test" in self.eval_splits else "validation"
+        dense_vs_pruned = self._disagreement_pairs()  # on every held-out split: each has its focus endpoint
         results = {
-            split: evaluate_split(inputs, models, indices, progress=advance, pairs=self._disagreement_pairs(),
+            split: evaluate_split(inputs, models, indices, progress=advance, pairs=dense_vs_pruned,
                                   prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png")
             for split, indices in self.eval_splits.items()
         }

@@ -50,5 +50,6 @@ def usable_bytes(configured: int | None = None) -> int | None:
     limit and the host's physical memory."""
     if configured is not None:
         return configured
-    known = [*_cgroup_limits(), *([host_memory_bytes()] if host_memory_bytes() else [])]
+    host = host_memory_bytes()
+    known = [*_cgroup_limits(), *([host] if host else [])]
     return min(known) if known else None

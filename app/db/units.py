@@ -276,14 +276,15 @@ def resend_candidates(*, session: Session, stale_before: datetime, queued_before
 def exhausted(*, session: Session, stale_before: datetime, max_attempts: int) -> list[tuple[uuid.UUID, str, str]]:
     """(job, unit, why) of every silent unit no worker may take over: its worker went silent on each
     of its attempts, or went silent while the unit held most of the memory it could use."""
+    near_limit = _near_memory_limit()
     rows = session.execute(
-        select(JobUnit.job_id, JobUnit.name, JobUnit.attempt, JobUnit.memory_bytes, JobUnit.memory_limit_bytes)
-        .where(_stale(stale_before), or_(JobUnit.attempt >= max_attempts, _near_memory_limit()))
+        select(JobUnit.job_id, JobUnit.name, JobUnit.attempt, JobUnit.memory_bytes, JobUnit.memory_limit_bytes, near_limit)
+        .where(_stale(stale_before), or_(JobUnit.attempt >= max_attempts, near_limit))
         .order_by(JobUnit.job_id, JobUnit.position)
     ).all()
     out = []
-    for job_id, name, attempt, used, limit in rows:
-        if used is not None and limit is not None and used * OOM_SUSPECT_SHARE[1] >= limit * OOM_SUSPECT_SHARE[0]:
+    for job_id, name, attempt, used, limit, oom in rows:
+        if oom:
             why = (f"{name}: worker lost while the unit held {used / 2**30:.1f} GiB of the {limit / 2**30:.1f} GiB its worker "
                    f"could use (attempt {attempt}): most likely killed by the out-of-memory killer, so it is not retried (another "
                    "attempt would meet the same limit). Lower image_size, train.batch_size or sample.max_images, or run it "

@@ -13,19 +13,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-
+from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from app.db import units
 from app.db.base import utcnow
 from app.db.models import Checkpoint, Job, JobUnit, Metric, Score
 from app.db.session import make_engine, make_sessionmaker
+from app.main import create_app
 from worker import tasks
 
 from .archives import dataset_files, make_zip
-from .conftest import count_rows
+from .conftest import count_rows, make_key
 from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
-from .test_worker_process import wait_for, worker_process, worker_settings  # noqa: F401 - fixtures
+from .test_worker_process import start_worker, stop_worker, wait_for, worker_process, worker_settings  # noqa: F401 - fixtures
 
 LONG = {**TINY, "train": {"epochs": 60, "batch_size": 8}}
 # the claim and sweep tests follow one chain of units: dense[0] -> score -> attend[0] -> evaluate
@@ -124,21 +125,15 @@ def test_a_unit_whose_worker_went_silent_near_its_memory_limit_is_not_retried(cl
 
 
 @pytest.mark.torch
-def test_a_real_worker_reports_its_memory_and_a_kill_near_the_limit_fails_the_job(worker_settings, tmp_path):
+def test_a_real_worker_reports_its_memory_and_a_kill_near_the_limit_fails_the_job(worker_settings, tmp_path, monkeypatch):
     """The heartbeat's reading is real: a worker told it may use 64 MiB (less than torch alone takes)
     reports more than 80% of that, so once it is killed with -9 the sweep fails the job as an OOM kill."""
-    from app.main import create_app
-    from .conftest import make_key
-    from .test_worker_process import start_worker, stop_worker
-
     limit = 64 * 2**20
     proc = start_worker(worker_settings, tmp_path / "worker.log", HTL_WORKER_MEMORY_BYTES=str(limit))
     try:
         app = create_app(worker_settings)
         factory = app.state.sessionmaker
         headers = {"Authorization": f"Bearer {make_key(factory, 'erin')}"}
-        from fastapi.testclient import TestClient
-
         with TestClient(app) as client:
             ds = client.post("/v1/datasets", headers=headers, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=40)))}).json()
             job = uuid.UUID(client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"], "spec": LONG}).json()["id"])
@@ -152,16 +147,12 @@ def test_a_real_worker_reports_its_memory_and_a_kill_near_the_limit_fails_the_jo
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=20)
         _age(factory, job, heartbeat_s=worker_settings.job_stale_after_s + 1)
-        monkeypatch_send = []
-        original = tasks.enqueue_job
-        tasks.enqueue_job = lambda _celery, job_id: monkeypatch_send.append(job_id)
-        try:
-            tasks.sweep(worker_settings)
-        finally:
-            tasks.enqueue_job = original
+        sent = []
+        monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(job_id))
+        tasks.sweep(worker_settings)
         with factory() as session:
             row = session.get(Job, job)
-            assert row.status == "failed" and "out-of-memory" in row.error and monkeypatch_send == [], row.error
+            assert row.status == "failed" and "out-of-memory" in row.error and sent == [], row.error
     finally:
         if proc.poll() is None:
             stop_worker(proc)
