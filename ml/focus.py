@@ -81,17 +81,25 @@ def worst_decile(dice: np.ndarray) -> float:
     return float(np.mean([np.sort(row)[:k].mean() for row in dice]))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def verdict(focus: dict, versus_control: dict | None, versus_dense: dict) -> str:
     """One sentence a user can act on."""
-    where = (f"On the focus set ({focus['n']} {focus['split']} images: {focus['in_enriched_groups']} in the groups the HTL "
-             f"set over-represents{' (' + ', '.join(focus['enriched_groups'][:4]) + ('...' if len(focus['enriched_groups']) > 4 else '') + ')' if focus['enriched_groups'] else ''}"
-             f" and the {focus['most_disputed']} the pruned models disagree on most)")
+    groups = focus["enriched_groups"]
+    named = f" ({', '.join(groups[:4])}{'...' if len(groups) > 4 else ''})" if groups else ""
+    disputed = focus["most_disputed"]
+    images = _count(focus["n"], focus["split"] + " image")
+    where = (f"On the focus set ({images}: "
+             f"{focus['in_enriched_groups'] or 'none'} in the groups the HTL set over-represents{named}"
+             f" and {'the one image' if disputed == 1 else f'the {disputed}'} the pruned models disagree on most)")
     if focus["n"] == 0:
         return "There was no focus set (no held-out image with a mask), so nothing says whether attention helped."
 
     def said(c: dict) -> str:
-        seeds = f"{c['seeds']} seed{'s' if c['seeds'] != 1 else ''}"
-        return f"{c['difference']:+.4f} Dice [95%: {c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], one-sided p = {c['p_one_sided']:.3g}, {seeds}"
+        return (f"{c['difference']:+.4f} Dice [95%: {c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], one-sided p = {c['p_one_sided']:.3g}, "
+                f"{_count(c['seeds'], 'seed')}")
 
     if versus_control is None:
         beat = versus_dense["p_one_sided"] < ALPHA and versus_dense["difference"] > 0

@@ -49,6 +49,14 @@ def test_the_verdict_says_beat_only_when_the_one_sided_test_says_so():
     assert "no random control was trained" in focus.verdict(where, None, win)
 
 
+def test_the_verdict_counts_in_words_that_agree():
+    where = {"n": 1, "split": "test", "in_enriched_groups": 0, "enriched_groups": [], "most_disputed": 1}
+    one_seed = {"difference": 0.01, "ci95": [-0.02, 0.04], "p_one_sided": 0.2, "seeds": 1}
+    said = focus.verdict(where, one_seed, one_seed)
+    assert "(1 test image: none in the groups the HTL set over-represents and the one image the pruned models" in said
+    assert "p = 0.2, 1 seed " in said
+
+
 def test_worst_decile_is_each_seeds_worst_tenth():
     dice = np.array([np.linspace(0, 1, 20), np.linspace(0.5, 1, 20)])
     assert focus.worst_decile(dice) == pytest.approx(np.mean([np.linspace(0, 1, 20)[:2].mean(), np.linspace(0.5, 1, 20)[:2].mean()]))

@@ -175,7 +175,7 @@ def test_the_web_app_end_to_end(browser, service):
 
     # the verdict is the pre-registered endpoint's, on the test split (validation's is for choosing variants)
     verdict = page.locator("[data-testid=verdict]").inner_text()
-    assert "test images" in verdict and "random control" in verdict, verdict
+    assert "test image" in verdict and "random control" in verdict, verdict
 
     # the plots name the groups
     enrichment = page.locator("[data-testid=enrichment-plot]").text_content()
