@@ -43,11 +43,19 @@ SCORERS = {
     "loss": {"scorer": "loss"},
     "loss, label issues kept": {"scorer": "loss", "exclude_label_issues": False},
 }
-SHARED_STATE = ("dense", "label_check", "prune", "dynamics-")  # what every variant re-uses from the first run
+SHARED_STATE = ("dense", "label_check", "dynamics-")  # what every variant re-uses from the first run
+# pruning choices -> the prune part of the spec; the first is the default
+PRUNINGS = {
+    "global-stale": {"scope": "global", "bn_recalibration": False},
+    "global-bn": {"scope": "global", "bn_recalibration": True},
+    "layerwise-stale": {"scope": "layerwise", "bn_recalibration": False},
+    "layerwise-bn": {"scope": "layerwise", "bn_recalibration": True},
+}
 
 
-def spec_for(args, attention: dict, mode: str, factor: float, top_fraction: float) -> JobSpec:
+def spec_for(args, attention: dict, mode: str, factor: float, top_fraction: float, pruning: str) -> JobSpec:
     return JobSpec.model_validate({
+        "prune": PRUNINGS[pruning],
         "image_size": args.size, "model": {"arch": "unet", "width": 16},
         "sample": {"max_images": args.images, "seed": 0},
         "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
@@ -59,18 +67,24 @@ def spec_for(args, attention: dict, mode: str, factor: float, top_fraction: floa
     })
 
 
-def reuse(src: Path, dst: Path) -> None:
-    """dst starts with src's dense models, label check and pruned models; scoring onwards runs again."""
+def pruning_of(run_dir: Path) -> str:
+    prune = json.loads((run_dir / "spec.json").read_text())["prune"]
+    return next(name for name, choice in PRUNINGS.items() if all(prune[k] == v for k, v in choice.items()))
+
+
+def reuse(src: Path, dst: Path, pruned: bool) -> None:
+    """dst starts with src's dense models and label check, and its pruned models where `pruned`
+    (the same pruning choice); scoring onwards (or pruning onwards) runs again."""
     (dst / "state" / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copytree(src / "cache", dst / "cache", dirs_exist_ok=True)
     (dst / "checkpoints").mkdir(exist_ok=True)
     for path in (src / "checkpoints").iterdir():
-        if path.name.startswith(("dense", "pruned@")):
+        if path.name.startswith("dense") or (pruned and path.name.startswith("pruned@")):
             shutil.copy(path, dst / "checkpoints" / path.name)
             record = src / "state" / "checkpoints" / f"{path.stem}.json"
             shutil.copy(record, dst / "state" / "checkpoints" / record.name)
     for path in (src / "state").iterdir():
-        if path.is_file() and path.name.startswith(SHARED_STATE):
+        if path.is_file() and path.name.startswith(SHARED_STATE + (("prune",) if pruned else ())):
             shutil.copy(path, dst / "state" / path.name)
 
 
@@ -176,36 +190,42 @@ def markdown(results: dict, planted: bool, args) -> str:
     for part, c in first["label_check"].items():
         lines.append(f"| {part} | {c['flagged']} | " + (f"{c['wrong']} | {c['precision']:.2f} | {c['recall']:.2f} |" if planted else ""))
     chosen = max(results, key=lambda key: results[key]["endpoint"]["validation_focus"]["difference"])
-    lines += ["", "| variant | mode | factor | top | VALIDATION focus: attended - control (per seed) | test focus images | "
+    lines += ["", "| variant | mode | factor | top | pruning | pruned val Dice by sparsity (degenerate seeds) | "
+              "VALIDATION focus: attended - control (per seed) | test focus images | "
               "TEST focus: attended - control [95%], one-sided p | per seed | attended - dense on focus | "
               "worst-decile Dice dense / attended / control | all test attended - control [95% over seeds] |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in results.items():
-        variant, mode, factor, top = key
+        variant, mode, factor, top, pruning = key
+        by_sparsity: dict[float, list[dict]] = {}
+        for rep in r["pruning"].values():
+            by_sparsity.setdefault(rep["sparsity"], []).append(rep)
+        pruned = " / ".join(f"{np.mean([x['validation_dice'] for x in reps]):.3f} ({sum(x['degenerate'] for x in reps)})"
+                            for _, reps in sorted(by_sparsity.items()))
         e = r["endpoint"]
         f, d, w, t, v = e["focus"], e["versus_dense_focus"], e["worst_decile"], e["test_overall"], e["validation_focus"]
         ci = f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]" if t["ci95"] else ""
         mark = "**" if key == chosen else ""
-        lines.append(f"| {mark}{variant}{mark} | {mode} | {factor:g} | {top:g} | {mark}{v['difference']:+.4f}{mark} ("
+        lines.append(f"| {mark}{variant}{mark} | {mode} | {factor:g} | {top:g} | {pruning} | {pruned} | {mark}{v['difference']:+.4f}{mark} ("
                      + ", ".join(f"{x:+.3f}" for x in v["per_seed"]) + f") | {e['focus_n']} | "
                      f"{f['difference']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}], p {f['p_one_sided']:.3f} | "
                      + ", ".join(f"{x:+.3f}" for x in f["per_seed"]) + f" | {d['difference']:+.4f} | "
                      f"{w['dense']['all']:.3f} / {w['attended']['all']:.3f} / {w['control']['all']:.3f} | {t['mean']:+.4f} {ci} |")
     lines.append(f"\nChosen on validation (the largest mean attended - control on the validation focus set): {chosen[0]}, "
-                 f"{chosen[1]}, factor {chosen[2]:g}, top {chosen[3]:g}")
+                 f"{chosen[1]}, factor {chosen[2]:g}, top {chosen[3]:g}, pruning {chosen[4]} (pruned val Dice: the mean over seeds, and in brackets how many seeds' models are degenerate)")
     if planted:
-        lines += ["", "| variant | mode | factor | top | attended | wrong masks in it | pale lesions in it (share of training) | "
+        lines += ["", "| variant | mode | factor | top | pruning | attended | wrong masks in it | pale lesions in it (share of training) | "
                   "pale test Dice dense / attended / control, per seed | pale attended - control, per seed |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for (variant, mode, factor, top), r in results.items():
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for (variant, mode, factor, top, pruning), r in results.items():
             p, a = r["pale_test_dice"], r["attended"]
             per_seed = "; ".join(f"{x:.3f} / {y:.3f} / {z:.3f}" for x, y, z in zip(p["dense"], p["attended"], p["control"]))
-            lines.append(f"| {variant} | {mode} | {factor:g} | {top:g} | {a['size']} | {a['wrong_mask_share']:.1%} | {a['pale_share']:.1%} ({a['pale_share_of_training']:.1%}) | "
+            lines.append(f"| {variant} | {mode} | {factor:g} | {top:g} | {pruning} | {a['size']} | {a['wrong_mask_share']:.1%} | {a['pale_share']:.1%} ({a['pale_share_of_training']:.1%}) | "
                          f"{per_seed} | " + ", ".join(f"{x:+.3f}" for x in r["pale_attended_minus_control"]) + " |")
         lines.append(f"\n(pale lesions on the test split: {first['pale_test_images']})")
     lines.append("")
-    lines += [f"- {variant}, {mode}, factor {factor:g}, top {top:g}: {r['endpoint']['verdict']}"
-              for (variant, mode, factor, top), r in results.items()]
+    lines += [f"- {variant}, {mode}, factor {factor:g}, top {top:g}, pruning {pruning}: {r['endpoint']['verdict']}"
+              for (variant, mode, factor, top, pruning), r in results.items()]
     return "\n".join(lines)
 
 
@@ -221,6 +241,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=JobSpec().label_check.folds, help="the label check's K")
     parser.add_argument("--modes", nargs="+", default=["from_scratch"], choices=["from_scratch", "fine_tune"])
     parser.add_argument("--variants", nargs="+", default=list(SCORERS), choices=list(SCORERS))
+    parser.add_argument("--prunings", nargs="+", default=[next(iter(PRUNINGS))], choices=list(PRUNINGS),
+                        help="pruning scope and BatchNorm choices (the first listed default is the service's)")
     parser.add_argument("--data-seed", type=int, default=7)
     parser.add_argument("--overlays", type=int, default=0, help="draw this many flagged masks (real data)")
     parser.add_argument("--overlay-dir", type=Path, default=Path("docs/label-issues"))
@@ -235,24 +257,25 @@ def main() -> None:
     results = {}
     # an earlier invocation's runs (other variants or modes, same --out) lend their dense models
     first_dir = next((d for d in sorted(args.out.glob("*-*")) if (d / "metrics.json").is_file()), None)
-    grid = [(variant, mode, factor, top) for mode in args.modes for factor in args.factors for top in args.top_fractions
-            for variant in args.variants]
+    grid = [(variant, mode, factor, top, pruning) for pruning in args.prunings for mode in args.modes for factor in args.factors
+            for top in args.top_fractions for variant in args.variants]
     trained_by: dict[tuple[str, float], list[Path]] = {}
-    for variant, mode, factor, top in grid:
+    for variant, mode, factor, top, pruning in grid:
         trained = trained_by.setdefault((mode, factor), [])  # a model is re-used only where mode and factor match too
         suffix = "" if (factor, top) == (3.0, 0.1) else f"-x{factor:g}-top{top:g}"
+        suffix += "" if pruning == next(iter(PRUNINGS)) else f"-{pruning}"
         run_dir = args.out / f"{variant.replace(', ', '-').replace(' ', '-')}-{mode}{suffix}"
         if first_dir is not None and not (run_dir / "state").is_dir():
-            reuse(first_dir, run_dir)
+            reuse(first_dir, run_dir, pruned=pruning_of(first_dir) == pruning)
         started = time.perf_counter()
-        run = Run(data, spec_for(args, SCORERS[variant], mode, factor, top), run_dir, device="cpu")
+        run = Run(data, spec_for(args, SCORERS[variant], mode, factor, top, pruning), run_dir, device="cpu")
         run._run_stages(STAGES[:STAGES.index("attend")])
         if not run.finished("attend"):
             for line in reuse_attention(trained, run_dir, args.seeds):
                 print(f"  {variant}, {mode}: same set, copied {line}", flush=True)
         run.run()
         trained.append(run_dir)
-        print(f"{variant}, {mode}: {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"{variant}, {mode}, x{factor:g}, top {top:g}, {pruning}: {time.perf_counter() - started:.0f} s", flush=True)
         first_dir = first_dir or run_dir
         metrics = json.loads((run_dir / "metrics.json").read_text())
         entry = {"endpoint": endpoint(metrics)}
@@ -261,8 +284,10 @@ def main() -> None:
         else:
             check = metrics["label_check"]
             entry["label_check"] = {split: {"flagged": n, "checked": check["checked"][split]} for split, n in check["n_issues"].items()}
-        results[(variant, mode, factor, top)] = entry
-    (args.out / "report.json").write_text(json.dumps({f"{v} / {m} / x{f:g} / top {t:g}": r for (v, m, f, t), r in results.items()}, indent=1))
+        entry["pruning"] = json.loads(run._marker("prune").read_text())["reports"]
+        results[(variant, mode, factor, top, pruning)] = entry
+    (args.out / "report.json").write_text(json.dumps({f"{v} / {m} / x{f:g} / top {t:g} / {p}": r
+                                                      for (v, m, f, t, p), r in results.items()}, indent=1))
     print(markdown(results, planted, args))
     if args.overlays and first_dir is not None:
         for line in draw_overlays(first_dir, data, args.overlays, args.overlay_dir):
