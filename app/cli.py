@@ -419,6 +419,22 @@ def cmd_scores(args: argparse.Namespace) -> int:
     return _client_call(args, scores)
 
 
+def cmd_annotation_queue(args: argparse.Namespace) -> int:
+    def queue(api):
+        if args.format == "csv":
+            body = api.annotation_queue_csv(args.job, strategy=args.strategy, seed=args.seed)
+            if args.out:
+                Path(args.out).write_bytes(body)
+                rows = body.count(b"\n") - 1  # less the header
+                print(f"{args.out}: {rows} images, {args.strategy} order")
+            else:
+                sys.stdout.buffer.write(body)
+                sys.stdout.flush()
+        else:
+            _print_json(list(api.annotation_queue(args.job, strategy=args.strategy, seed=args.seed)))
+    return _client_call(args, queue)
+
+
 def cmd_checkpoints_download(args: argparse.Namespace) -> int:
     def download(api):
         path = api.download_checkpoint(args.job, args.name, Path(args.out))
@@ -470,6 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("job", help="the job's id")
     scores.add_argument("--htl-only", action="store_true", help="only the HTL images")
     scores.add_argument("--format", choices=["json", "csv"], default="json", help="json (a list) or csv (streamed)")
+
+    queue = client_command(sub, "annotation-queue", "a semi-supervised job's unlabeled images, most worth annotating first",
+                           cmd_annotation_queue)
+    queue.add_argument("job", help="the job's id")
+    queue.add_argument("--strategy", choices=["htl", "mc_dropout", "random"], default="htl",
+                       help="htl (the HTL ranking), mc_dropout (needs that scorer in the job), random (a seeded shuffle)")
+    queue.add_argument("--seed", type=int, default=0, help="the random strategy's seed")
+    queue.add_argument("--format", choices=["csv", "json"], default="csv", help="csv (for an annotation tool) or json")
+    queue.add_argument("--out", help="write the CSV to this file (default: standard output)")
 
     checkpoints = sub.add_parser("checkpoints", help="a finished job's models").add_subparsers(dest="checkpoints_command", required=True)
     download = client_command(checkpoints, "download", "download a checkpoint (safetensors), checking its sha256", cmd_checkpoints_download)

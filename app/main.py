@@ -25,7 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import web
-from app.api import datasets, health, images, jobs
+from app.api import annotation, datasets, health, images, jobs
 from app.db.session import make_engine, make_sessionmaker
 from app.db.status import make_status_reader
 from app.errors import CODES, ApiError
@@ -169,6 +169,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error(500, "internal error", "INTERNAL")
 
-    for router in (health.router, datasets.router, jobs.spec_router, jobs.router, images.router, web.router):
+    for router in (health.router, datasets.router, jobs.spec_router, jobs.router, images.router, annotation.router, web.router):
         app.include_router(router)
     return app

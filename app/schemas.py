@@ -136,6 +136,18 @@ class LabelIssueOut(BaseModel):
                                   "prediction (oos) drawn on it; training images only")
 
 
+class AnnotationQueueItemOut(BaseModel):
+    position: int = Field(description="1: annotate first")
+    image_id: str
+    strategy: str
+    value: float = Field(description="the strategy's score: htl_score (htl), the mc_dropout score, or the seeded draw (random)")
+    rank: int = Field(description="HTL rank among all training images")
+    htl_score: float
+    attributes: dict[str, str] = Field(default_factory=dict)
+    links: dict[str, str] = Field(default_factory=dict, description="detail: the image's scores and layers; image: the image "
+                                  "alone; overlay: the dense model's mask on it (images the gallery kept)")
+
+
 class EvaluationOut(BaseModel):
     image_id: str
     model: str

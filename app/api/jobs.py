@@ -55,7 +55,7 @@ def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
 
 
 JOB_OPERATIONS = ("get_job", "cancel_job", "delete_job", "job_scores", "job_metrics", "job_subgroups", "job_checkpoints",
-                  "job_evaluations", "job_label_issues")
+                  "job_evaluations", "job_label_issues", "job_annotation_queue")
 JOB_LINKS = {op: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}} for op in JOB_OPERATIONS}
 
 

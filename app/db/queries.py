@@ -317,6 +317,12 @@ def score_rows(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: in
     return session.execute(SCORES_PAGE[htl_only], {"job_id": job_id, "after": after_rank or 0, "limit": limit + 1}).all()
 
 
+def unlabeled_scores(*, session: Session, job_id: uuid.UUID) -> list[Score]:
+    """The training images that had no target (a semi-supervised job's images without a mask), by rank."""
+    stmt = select(Score).where(Score.job_id == job_id, Score.labeled.is_(False)).order_by(Score.rank)
+    return list(session.scalars(stmt))
+
+
 def label_issue_scores(*, session: Session, job_id: uuid.UUID) -> dict[str, Score]:
     """The training images the label check flagged, by id."""
     stmt = select(Score).where(Score.job_id == job_id, Score.label_issue.is_(True))

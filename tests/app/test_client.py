@@ -93,3 +93,23 @@ def test_scores_piped_into_a_reader_that_stops_early_end_quietly(service, tmp_pa
     piped = subprocess.run(f"{sys.executable} -m app.cli scores {job['id']} --format csv | head -2", shell=True, env=env,
                            capture_output=True, text=True)
     assert piped.stdout.count("\n") == 2 and "Broken pipe" not in piped.stderr
+
+
+def test_the_annotation_queue_command_exports_the_unlabeled_images_as_csv(service, tmp_path):
+    folder = make_dataset(tmp_path / "semi", n=40, size=32, seed=4)
+    for mask in sorted((folder / "masks").iterdir())[:12]:  # twelve images without a mask
+        mask.unlink()
+    with HtlClient(service.base, service.key) as api:
+        dataset = api.upload_dataset(folder)
+        job = api.wait(api.submit_job(dataset["id"], {**SPEC, "setting": "semi_supervised"})["id"])
+        unlabeled = {s["image_id"] for s in api.scores(job["id"]) if not s["labeled"]}
+    out = tmp_path / "queue.csv"
+    done = htl(service, "annotation-queue", job["id"], "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert f"{len(rows)} images, htl order" in done.stdout and unlabeled and {r["image_id"] for r in rows} == unlabeled
+    assert [float(r["value"]) for r in rows] == sorted((float(r["value"]) for r in rows), reverse=True)
+    shuffled = json.loads(htl(service, "annotation-queue", job["id"], "--strategy", "random", "--format", "json").stdout)
+    assert {i["image_id"] for i in shuffled} == unlabeled and all(i["strategy"] == "random" for i in shuffled)
+    refused = htl(service, "annotation-queue", job["id"], "--strategy", "mc_dropout")
+    assert refused.returncode == 1 and "404" in refused.stderr and "mc_dropout" in refused.stderr

@@ -197,3 +197,41 @@ def test_the_web_app_end_to_end(browser, service):
     assert "There is no job" in page.wait_for_selector("[data-testid=not-found]").inner_text()
     assert page.locator("[data-testid=htl-gallery]").count() == 0
     context.close()
+
+
+def test_a_semi_supervised_job_shows_its_annotation_queue_and_exports_it(browser, service, tmp_path):
+    from client import HtlClient
+
+    server, _, _ = service
+    folder = make_dataset(tmp_path / "semi", n=40, size=32, seed=5)
+    for mask in sorted((folder / "masks").iterdir())[:12]:  # twelve images without a mask
+        mask.unlink()
+    spec = {"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5]},
+            "setting": "semi_supervised", "scorers": ["pruning", "mc_dropout"]}
+    with HtlClient(server.base, server.key) as api:
+        job = api.wait(api.submit_job(api.upload_dataset(folder)["id"], spec)["id"], timeout=JOB_TIMEOUT_MS / 1000)
+        assert job["status"] == "succeeded", job
+        by = {s: [i["image_id"] for i in api.annotation_queue(job["id"], strategy=s)] for s in ("htl", "mc_dropout", "random")}
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _sign_in(page, server.base, server.key)
+    page.goto(f"{server.base}/jobs/{job['id']}")
+
+    def shown() -> list[str]:
+        return page.locator("[data-testid=annotation-queue] tbody tr td:nth-child(2)").all_inner_texts()
+
+    page.wait_for_selector("[data-testid=annotation-queue] tbody tr")
+    assert shown() == by["htl"][:25] and len(by["htl"]) == 12
+    for strategy in ("mc_dropout", "random"):
+        page.select_option("[data-testid=queue-strategy]", strategy)
+        cells = "[data-testid=annotation-queue] tbody td:nth-child(2)"
+        page.wait_for_function(f"() => [...document.querySelectorAll('{cells}')].map(td => td.textContent).join(',') === '{','.join(by[strategy])}'")
+    with page.expect_download() as download:
+        page.click("[data-testid=queue-export]")
+    exported = Path(download.value.path()).read_text().splitlines()
+    assert exported[0].startswith("position,image_id,strategy") and [line.split(",")[1] for line in exported[1:]] == by["random"]
+    _shot(page, "annotation-queue")
+    assert not errors, errors
+    context.close()

@@ -60,8 +60,8 @@ export async function getAll(path, params = {}) {
 }
 
 /** A binary resource (an overlay, a checkpoint) as a Blob, fetched with the key. */
-export async function getBlob(path) {
-  return (await send(path, { accept: "*/*" })).blob();
+export async function getBlob(path, accept = "*/*") {
+  return (await send(path, { accept })).blob();
 }
 
 /** Is this key valid? Throws the API's message when not. */

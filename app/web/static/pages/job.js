@@ -170,12 +170,7 @@ async function download(checkpoint, status) {
     const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
     check = hex === checkpoint.sha256 ? " (sha256 matches the server's)" : " (sha256 DOES NOT match the server's: do not use it)";
   }
-  const url = URL.createObjectURL(blob);
-  const link = h("a", { href: url, download: `${checkpoint.name}.${checkpoint.format}` });
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60000);
+  saveBlob(blob, `${checkpoint.name}.${checkpoint.format}`);
   status.textContent = `Saved ${checkpoint.name}.${checkpoint.format}${check}.`;
 }
 
@@ -201,6 +196,50 @@ function labelCheckSection(check, issues, openDetail) {
     h("p", { class: "hint" }, "Green: the mask as uploaded; magenta: the out-of-sample prediction. ",
       h("a", { href: `/v1/jobs/${jobId}/label-issues` }, "All flagged images (JSON)")));
   return box;
+}
+
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
+const QUEUE_ROWS = 25;
+
+/** A semi-supervised job's unlabeled images, most worth annotating first by the chosen strategy. */
+function annotationQueueSection(job, openDetail) {
+  const strategies = ["htl", "random", ...((job.spec.scorers || []).includes("mc_dropout") ? ["mc_dropout"] : [])];
+  const select = h("select", { id: "queue-strategy", testid: "queue-strategy" },
+    strategies.map((s) => h("option", { value: s }, s)));
+  const body = h("div", { testid: "annotation-queue" });
+  const status = h("p", { role: "status", class: "hint" });
+  const path = `/v1/jobs/${jobId}/annotation-queue`;
+  async function show() {
+    const page = await request(`${path}?${new URLSearchParams({ strategy: select.value, limit: String(QUEUE_ROWS) })}`);
+    body.replaceChildren(page.items.length
+      ? table(["Annotate", "Image", select.value === "random" ? "Draw" : "Score", "HTL rank"], page.items.map((item) => [
+          item.position,
+          h("button", { type: "button", class: "link", onclick: () => openDetail(item.image_id) }, item.image_id),
+          fixed(item.value, 3), item.rank]))
+      : h("p", {}, "Every training image has a mask: nothing to annotate."));
+  }
+  async function exportCsv() {
+    status.textContent = "Exporting…";
+    saveBlob(await getBlob(`${path}?strategy=${encodeURIComponent(select.value)}`, "text/csv"), `annotation-queue-${select.value}.csv`);
+    status.textContent = `Saved annotation-queue-${select.value}.csv (every unlabeled image, in ${select.value} order).`;
+  }
+  select.addEventListener("change", () => show().catch((e) => { status.textContent = e.message; }));
+  show().catch((e) => { status.textContent = e.message; });
+  return h("section", { id: "annotation-queue" }, h("h2", {}, "Annotation queue: which images to label next"),
+    h("p", { class: "hint" }, "The training images without a mask, most worth annotating first: htl by the HTL ranking, ",
+      "mc_dropout by the dense model's disagreement with itself under dropout (when the job computed it), random as the baseline. ",
+      "Whether labelling the HTL images helps more than labelling random ones is measured in BENCHMARKS.md, not assumed here."),
+    h("label", {}, "Strategy ", select), " ",
+    h("button", { type: "button", class: "secondary", testid: "queue-export", onclick: () => exportCsv().catch((e) => { status.textContent = e.message; }) },
+      "Export CSV"), body, status);
 }
 
 async function results(main, job) {
@@ -264,10 +303,12 @@ async function results(main, job) {
       { testid: "checkpoints" }), status);
 
   const labelBox = labelCheckSection(metrics.label_check, issues, (id) => openDetail(id).catch((e) => alert(e.message)));
+  const queueBox = job.spec.setting === "semi_supervised" ? annotationQueueSection(job, (id) => openDetail(id).catch((e) => alert(e.message))) : null;
   main.append(h("nav", { class: "toc" }, [...(verdict ? [["verdict", "Did attention help?"]] : []), ["gallery", "HTL gallery"],
-    ["label-check", "Label check"], ["who-is-weak", "Who is weak"], ["gap-closing", "Gap closing"], ["scorer-agreement", "Scorer agreement"],
+    ["label-check", "Label check"], ...(queueBox ? [["annotation-queue", "Annotation queue"]] : []), ["who-is-weak", "Who is weak"],
+    ["gap-closing", "Gap closing"], ["scorer-agreement", "Scorer agreement"],
     ["metrics", "Metrics and checkpoints"]].map(([id, text]) => h("a", { href: `#${id}` }, text))),
-  ...(verdict ? [verdict] : []), galleryBox, labelBox, weak, gapBox, agreement, metricsBox);
+  ...(verdict ? [verdict] : []), galleryBox, labelBox, ...(queueBox ? [queueBox] : []), weak, gapBox, agreement, metricsBox);
   const wanted = /^#image=(.+)$/.exec(location.hash);
   if (wanted) openDetail(decodeURIComponent(wanted[1])).catch((e) => alert(e.message));
 }
