@@ -179,6 +179,11 @@ class AttentionSpec(_Strict):
         True, description="leave images whose mask the label check flags out of the attended set (the next-ranked "
         "images take their places) and out of the pool the random control is drawn from"
     )
+    unlabeled: Literal["leave_out", "attend"] = Field(
+        "leave_out", description="semi_supervised: leave_out attends only training images with a mask (the next-ranked "
+        "labeled images take the places of HTL images without one, which keep weight 1; the random control is drawn "
+        "from the labeled images too); attend boosts HTL images without a mask as well, i.e. their pseudo-labels"
+    )
 
 
 class SampleSpec(_Strict):

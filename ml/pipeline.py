@@ -27,7 +27,7 @@ from ml.evaluation import compare_models, evaluate_split, image_evaluations, mod
 from ml.metrics import metric_values, subgroup_labels, usable_attributes
 from ml.models import ModelConfig
 from ml.png import write_mask_png
-from ml.setting import make_targets
+from ml.setting import SEMI, make_targets
 from ml.stages import (
     AttentionSets,
     DegenerateError,
@@ -410,6 +410,9 @@ class Run:
                     subgroups.enrichment(groups, ranking.is_htl, clusters=clusters, cluster_name=column))
         ids = inputs.image_ids(self.train_idx)
         excluded = ({i for i in ids if checked.get(i, {}).get("issue")} if self.spec.attention.exclude_label_issues else set())
+        if self.spec.setting == SEMI and self.spec.attention.unlabeled == "leave_out":
+            # the teacher's pseudo-labels are least reliable on exactly these images: boosting them amplifies its errors
+            excluded |= {s.image_id for s in ranking.scores if not s.labeled}
         sets = attention_sets(inputs, ranking, self.seeds, excluded=excluded)
         _write_json(self.out / "state" / "attention.json", encode(sets))
         attended = set(sets.attended)

@@ -241,12 +241,13 @@ class AttentionSets:
     size: int
     attended: list[str]
     control: dict[str, list[str]] | None = None
-    excluded: list[str] = dataclasses.field(default_factory=list)  # left out of both: the label issues
+    excluded: list[str] = dataclasses.field(default_factory=list)  # left out of both: label issues, semi's images without a mask
 
 
 def attention_sets(inputs: StageInputs, ranking: Ranking, seeds: list[int], *, excluded: set[str] = frozenset()) -> AttentionSets:
     """The attended set: as many images as the HTL set, the top of the attention scorer's ranking
-    among the training images not excluded (label issues, with attention.exclude_label_issues); the
+    among the training images not excluded (label issues, with attention.exclude_label_issues; in the
+    semi-supervised setting the images without a mask, with attention.unlabeled leave_out); the
     control sets: as many, drawn at random per seed from the same pool."""
     spec = inputs.spec
     k = int(ranking.is_htl.sum())
