@@ -77,6 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             ci = comparison["overall_ci95"]["dice"]
             interval = f" (95% interval over {len(metrics['seeds'])} seeds: {ci[0]:+.4f} to {ci[1]:+.4f})" if ci else ""
             print(f"  {label} dice: {comparison['overall']['dice']:+.4f}{interval}")
+        guesses = metrics.get("blank_guesses", {}).get(split)
+        if guesses and guesses["n"]:
+            print(f"  on its {guesses['n']} positive images, guesses that read no pixel: all-foreground dice "
+                  f"{guesses['all_foreground']:.4f}, centred disc of the mean lesion size {guesses['centred_disc']:.4f}")
     check = metrics.get("label_check", {})
     if check.get("enabled"):
         flagged = ", ".join(f"{n} of {check['checked'][split]} {split}" for split, n in check["n_issues"].items())

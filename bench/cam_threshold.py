@@ -1,6 +1,7 @@
 """Choose weak.cam_threshold by measurement: load the dense classifier(s) of a finished
-weakly-supervised run and score their class activation maps on its validation images at a range of
-thresholds (localization Dice at the original image size).
+weakly-supervised run and score their positive-class activation maps, relative to each image's
+background, on its positive validation images at a range of thresholds (localization Dice at the
+original image size). bench/weak_localizer.py chooses the map's resolution and threshold together.
 
     .venv/bin/python bench/cam_threshold.py runs/weak-threshold ../shared/data/ham10000
 
@@ -37,15 +38,16 @@ def main() -> None:
     results = {}
     for path in sorted((out / "checkpoints").glob("dense*.safetensors")):
         model, _ = load_checkpoint(path)
-        model.cam_threshold = 0.0  # forward now answers the scaled map itself
+        model.cam_threshold = 0.0  # forward now answers the relative map itself
         model = prepare_for_device(model, "cpu").eval()
         dice = {t: [] for t in THRESHOLDS}
+        scored = dict(zip(run.val_idx, run.targets.localizable(run.val_idx)))  # positives with a mask
         for batch in iterate_batches(run.val_idx, 64):
             images, _ = data.batch(batch)
             maps = predict_logits(model, images)
             for j, i in enumerate(batch):
                 record = run.index.records[i]
-                if record.mask_path is None:
+                if not scored[i]:
                     continue
                 truth = read_mask(record.mask_path)
                 full = F.interpolate(maps[j : j + 1], size=truth.shape, mode="bilinear", align_corners=False)[0, 0].numpy()

@@ -41,15 +41,15 @@ def _mask_disagreement(a: np.ndarray, b: np.ndarray) -> float:
     return 0.0 if both == 0 else 1.0 - 2.0 * np.count_nonzero(a & b) / both
 
 
-def _score_and_write(record, preds: np.ndarray, peaks: list[int] | None, paths: list[Path],
+def _score_and_write(record, scored: bool, preds: np.ndarray, peaks: list[int] | None, paths: list[Path],
                      pairs: list[tuple[int, int]]) -> tuple[list[dict] | None, list[float]]:
     """One held-out image's predictions by every model (M, H, W) at its own size: written as 0/255
-    PNGs, scored against its mask if it has one (peaks: pointing, for weak supervision), and the
-    disagreement of each pair of models (by position) asked for."""
+    PNGs, scored against its mask if `scored` (Targets.localizable; peaks: pointing, for weak
+    supervision), and the disagreement of each pair of models (by position) asked for."""
     for path, pred in zip(paths, preds):
         write_mask_png(path, pred)
     disagreement = [_mask_disagreement(preds[i], preds[j]) for i, j in pairs]
-    if record.mask_path is None:
+    if not scored:
         return None, disagreement
     truth = read_mask(record.mask_path)
     entries = [{"image_id": record.image_id, **metrics} for metrics in stack_metrics(truth, preds)]
@@ -99,6 +99,7 @@ def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: l
     scored: list[int] = []
     data = inputs.data
     weak = inputs.targets.weak
+    scorable = dict(zip(indices, inputs.targets.localizable(indices).tolist()))
     with _helper(inputs.device) as helper:
         pending = []
         for batch in iterate_batches(indices, EVAL_BATCH):
@@ -116,7 +117,7 @@ def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: l
                 full = F.interpolate(torch.cat([logits[name][j : j + 1] for name in names]), size=data.original_sizes[i],
                                      mode="bilinear", align_corners=False)[:, 0]
                 peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
-                pending.append((i, helper.submit(_score_and_write, record, (full > 0).numpy(), peaks,
+                pending.append((i, helper.submit(_score_and_write, record, bool(scorable[i]), (full > 0).numpy(), peaks,
                                                  [prediction_path(name, record.image_id) for name in names], positions)))
             if progress is not None:
                 progress(len(batch))
@@ -129,6 +130,27 @@ def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: l
                 for name, entry in zip(names, entries):
                     per_image[name].append(entry)
     return SplitEvaluation(per_image, probs, scored, disagreement)
+
+
+def blank_guesses(records: list, scored: list[int]) -> dict:
+    """What a localizer that looks at no pixel scores on the same images: Dice of an all-foreground
+    mask, and of a disc at the image's centre covering the mean lesion share of these images (a
+    guess that knows the average size, so a harder baseline). A weak localizer that does not beat
+    them has learnt no localization."""
+    if not scored:
+        return {"n": 0, "all_foreground": None, "centred_disc": None, "mean_lesion_share": None}
+    truths = [read_mask(records[i].mask_path).astype(bool) for i in scored]
+    share = float(np.mean([t.mean() for t in truths]))
+    everything, disc = [], []
+    for truth in truths:
+        h, w = truth.shape
+        yy, xx = np.mgrid[0:h, 0:w]
+        radius2 = share * h * w / np.pi
+        guess = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= radius2
+        everything.append(stack_metrics(truth, np.ones((1, h, w), dtype=bool))[0]["dice"])
+        disc.append(stack_metrics(truth, guess[None])[0]["dice"])
+    return {"n": len(scored), "all_foreground": float(np.mean(everything)), "centred_disc": float(np.mean(disc)),
+            "mean_lesion_share": share}
 
 
 def image_evaluations(split: str, result: SplitEvaluation) -> list[ImageEvaluation]:

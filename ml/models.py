@@ -64,7 +64,10 @@ class _TorchvisionSegmentation(nn.Module):
 class CamClassifier(nn.Module):
     """An image classifier (one logit: positive) whose forward answers a localization map, so the
     pipeline treats it like a segmentation model: the class activation map (CAM, Zhou et al. 2016) of
-    the predicted class, scaled to [0, 1] per image, minus cam_threshold: > 0 is lesion.
+    the positive class, whatever the prediction (a map that flipped sign with the predicted class
+    would make a pruned model that flips the class disagree with the whole image), measured from the
+    image's own background: (cam - median) / (max - median), so 0 is the median pixel (background
+    while the lesion covers under half the image) and 1 the peak; minus cam_threshold: > 0 is lesion.
     classify() answers the classification logit, for training and AUROC."""
 
     def __init__(self, features: nn.Module, channels: int, cam_threshold: float):
@@ -77,37 +80,43 @@ class CamClassifier(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3))).squeeze(1)
 
     def cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(CAM of the predicted class scaled to [0, 1] at input size, classification logit)."""
+        """(the positive class's CAM at input size, relative to the image's median and peak; the
+        classification logit)."""
         feats = self.features(x)
         logit = self.head(feats.mean(dim=(2, 3))).squeeze(1)
         cam = torch.einsum("nchw,c->nhw", feats, self.head.weight[0]).unsqueeze(1)
-        cam = cam * torch.where(logit >= 0, 1.0, -1.0).view(-1, 1, 1, 1)  # the predicted class's map
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
         flat = cam.flatten(1)
-        lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-        scaled = ((flat - lo) / (hi - lo).clamp_min(1e-8)).view_as(cam)
-        return scaled, logit
+        background, peak = flat.median(1, keepdim=True).values, flat.max(1, keepdim=True).values
+        relative = ((flat - background) / (peak - background).clamp_min(1e-8)).view_as(cam)
+        return relative, logit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cam(x)[0] - self.cam_threshold
 
 
-def _small_cnn_features(width: int) -> nn.Sequential:
-    """Four conv blocks, three poolings: the map keeps 1/8 of the input's resolution."""
+# poolings before the small CNN's last features: 2 keeps a map of 1/4 of the input (a 16 x 16 map at
+# 64 px), measured against 3 (1/8) and 1 (1/2) in BENCHMARKS.md ("the weak localizer")
+CAM_POOLINGS = 2
+
+
+def _small_cnn_features(width: int, poolings: int = CAM_POOLINGS) -> nn.Sequential:
+    """Four conv blocks with a pooling after each of the first `poolings`: the map keeps
+    1/2**poolings of the input's resolution."""
     layers: list[nn.Module] = []
     cin = 3
     for i in range(4):
         cout = width * 2**i
         layers += [_double_conv(cin, cout)]
-        if i < 3:
+        if i < poolings:
             layers.append(nn.MaxPool2d(2))
         cin = cout
     return nn.Sequential(*layers)
 
 
-def build_model(arch: str, width: int = 16, cam_threshold: float = 0.3) -> nn.Module:
+def build_model(arch: str, width: int = 16, cam_threshold: float = 0.5, cam_poolings: int = CAM_POOLINGS) -> nn.Module:
     if arch == "cnn":
-        return CamClassifier(_small_cnn_features(width), width * 8, cam_threshold)
+        return CamClassifier(_small_cnn_features(width, cam_poolings), width * 8, cam_threshold)
     if arch == "resnet18":
         r = resnet18(weights=None)
         features = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)
@@ -129,17 +138,19 @@ class ModelConfig:
 
     arch: str
     width: int = 16
-    cam_threshold: float = 0.3  # CAM classifiers only: the map's share that counts as lesion
+    cam_threshold: float = 0.5  # CAM classifiers only: above the median, the share of the way to the peak that is lesion
+    cam_poolings: int = CAM_POOLINGS  # the small CNN only
 
     def build(self) -> nn.Module:
-        return build_model(self.arch, self.width, cam_threshold=self.cam_threshold)
+        return build_model(self.arch, self.width, cam_threshold=self.cam_threshold, cam_poolings=self.cam_poolings)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
-        return cls(**{k: raw[k] for k in ("arch", "width", "cam_threshold") if k in raw})
+        # a checkpoint written before cam_poolings was recorded was built with 3 (weights alike: only the map differs)
+        return cls(**{k: raw[k] for k in ("arch", "width", "cam_threshold") if k in raw}, cam_poolings=raw.get("cam_poolings", 3))
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

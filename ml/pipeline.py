@@ -23,7 +23,7 @@ from ml import subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
 from ml import focus, label_check
-from ml.evaluation import compare_models, evaluate_split, image_evaluations, model_reports, split_reports
+from ml.evaluation import blank_guesses, compare_models, evaluate_split, image_evaluations, model_reports, split_reports
 from ml.metrics import metric_values, subgroup_labels, usable_attributes
 from ml.models import ModelConfig
 from ml.png import write_mask_png
@@ -62,6 +62,8 @@ class Progress:
 
 ProgressFn = Callable[[Progress], None]
 
+
+BLANK_GUESSES = {"all_foreground": "an all-foreground mask", "centred_disc": "a centred disc of the mean lesion size"}
 
 class RunDirError(ValueError):
     pass
@@ -545,7 +547,10 @@ class Run:
             pairs += [("attended_vs_control", "control", "attended"), ("control_vs_dense", "dense", "control")]
         for key, a, b in pairs:
             report[key] = compare_models(report["models"], a, b, seeds=self.seeds, name=self.name)
-        if not self.targets.weak:
+        if self.targets.weak:
+            report["blank_guesses"] = self._blank_guesses(report, results)
+            report["warnings"] += [line for split, b in report["blank_guesses"].items() for line in b["warnings"]]
+        else:
             endpoint = self._focus_endpoint(report, focus_split, results[focus_split])
             report["focus"], report["worst_decile"], report["verdict"] = endpoint["focus"], endpoint["worst_decile"], endpoint["verdict"]
             for key in ("attended_vs_dense", "attended_vs_control"):
@@ -562,6 +567,24 @@ class Run:
         _write_json(self.out / "state" / "evaluation.json", encode(result))
         _write_json(self._marker("evaluate"), {"models": names})
         return result
+
+    def _blank_guesses(self, report: dict, results: dict) -> dict:
+        """Per held-out split, what guesses that read no pixel score on the images the weak models
+        were scored on, beside each base model's Dice (its mean over seeds); a warning for each model
+        that does not beat them."""
+        out = {}
+        for split, result in results.items():
+            guesses = blank_guesses(self.index.records, result.scored)
+            models = report["models"]
+            dice = {base: (models[base] if split == "validation" else models[base]["test"])["overall"].get("dice")
+                    for base in self.bases()}
+            # (a degenerate pruned model is the pruning report's to name)
+            warnings = [f"{split}: the {base} model's localization Dice {d:.3f} does not beat {BLANK_GUESSES[guess]} "
+                        f"({guesses[guess]:.3f}) on the same {guesses['n']} positive images: its map has not learnt where the "
+                        "lesion is" for base, d in dice.items() if d is not None and not base.startswith("pruned@")
+                        for guess in BLANK_GUESSES if guesses[guess] is not None and d <= guesses[guess]]
+            out[split] = {**guesses, "models": dice, "warnings": warnings}
+        return out
 
     def _disagreement_pairs(self) -> list[tuple[str, str]]:
         """(dense, pruned) of every seed at each sparsity the score is ranked by: their disagreement on

@@ -14,7 +14,8 @@ from torch.nn.utils import prune
 
 from ml.data import DecodedDataset
 from ml.models import prunable_layers
-from ml.train import binary_dice, iterate_batches, model_input, predict_logits
+from ml.metrics import auroc
+from ml.train import binary_dice, iterate_batches, localize_and_classify, model_input, predict_logits
 
 SCOPES = ("global", "layerwise")
 # predicting less than this share of the dense model's foreground counts as predicting nothing
@@ -120,30 +121,43 @@ def recalibrate_batchnorm(model: nn.Module, data: DecodedDataset, indices: list[
 
 @dataclass
 class Prediction:
-    """What a model makes of the validation images: mean Dice against the masks (None without masks)
-    and the mean share of pixels it calls foreground."""
-
+    """What a model makes of the validation images: mean Dice against the masks (None without masks),
+    the mean share of pixels it calls foreground, and for a classifier its AUROC (None without
+    labels of both classes)."""
     dice: float | None
     foreground: float
     per_image_dice: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    auroc: float | None = None
 
 
 @torch.no_grad()
-def validation_prediction(model: nn.Module, data: DecodedDataset, indices: list[int], has_target: np.ndarray, batch_size: int = 64) -> Prediction:
-    """has_target aligns with indices: which images' masks may be compared against."""
-    dice, foreground = [], []
+def validation_prediction(model: nn.Module, data: DecodedDataset, indices: list[int], has_target: np.ndarray, batch_size: int = 64,
+                          labels: np.ndarray | None = None) -> Prediction:
+    """has_target aligns with indices: which images' masks may be compared against; labels (a
+    classifier's image labels, NaN unknown) too."""
+    classifier = labels is not None and hasattr(model, "classify")
+    dice, foreground, probs = [], [], []
     for start, batch in zip(range(0, len(indices), batch_size), iterate_batches(indices, batch_size)):
         images, masks = data.batch(batch)
-        pred = predict_logits(model, images) > 0
+        if classifier:
+            maps, logits = localize_and_classify([model], images)
+            pred = maps[0] > 0
+            probs.append(torch.sigmoid(logits[0]).numpy())
+        else:
+            pred = predict_logits(model, images) > 0
         foreground.append(pred.flatten(1).float().mean(1).cpu().numpy())
         d = binary_dice(pred.cpu(), masks.bool()).numpy()
         dice.append(np.where(has_target[start : start + len(batch)], d, np.nan))
     per_image = np.concatenate(dice) if dice else np.zeros(0)
     known = per_image[np.isfinite(per_image)]
+    auc = None
+    if classifier and probs:
+        labelled = ~np.isnan(labels)
+        auc = auroc(np.concatenate(probs)[labelled], labels[labelled])
     return Prediction(
         dice=float(known.mean()) if known.size else None,
         foreground=float(np.concatenate(foreground).mean()) if foreground else 0.0,
-        per_image_dice=per_image,
+        per_image_dice=per_image, auroc=auc,
     )
 
 
@@ -152,7 +166,8 @@ def health(report: SparsityReport, pruned: Prediction, dense: Prediction, *, deg
     model's, and whether the pruned model is degenerate, on either side: it predicts (nearly) no
     foreground where the dense model does, or (nearly) everything (over FULL_BACKGROUND_SHARE of the
     dense model's background on top of its foreground), or its Dice falls below degenerate_fraction
-    of the dense model's."""
+    of the dense model's; for a classifier, also when its AUROC keeps under degenerate_fraction of
+    the dense model's margin over chance."""
     reasons = []
     if dense.foreground > 0 and pruned.foreground < EMPTY_FOREGROUND_RATIO * dense.foreground:
         reasons.append(
@@ -164,9 +179,15 @@ def health(report: SparsityReport, pruned: Prediction, dense: Prediction, *, deg
                        f"{dense.foreground:.4f} plus {FULL_BACKGROUND_SHARE:g} of the rest): (nearly) everything")
     if pruned.dice is not None and dense.dice is not None and pruned.dice < degenerate_fraction * dense.dice:
         reasons.append(f"validation Dice {pruned.dice:.4f} is under {degenerate_fraction:g} x the dense model's {dense.dice:.4f}")
+    # (a dense classifier no better than chance has no margin to lose: its maps are all there is)
+    if pruned.auroc is not None and dense.auroc is not None and dense.auroc > 0.5 and \
+            pruned.auroc - 0.5 < degenerate_fraction * (dense.auroc - 0.5):
+        reasons.append(f"its classifier's AUROC {pruned.auroc:.4f} kept under {degenerate_fraction:g} of the dense model's "
+                       f"{dense.auroc:.4f} margin over chance (0.5): it no longer tells the classes apart")
     return {
         **report.as_dict(),
         "validation_dice": pruned.dice, "dense_validation_dice": dense.dice,
         "foreground": pruned.foreground, "dense_foreground": dense.foreground,
+        **({"auroc": pruned.auroc, "dense_auroc": dense.auroc} if pruned.auroc is not None else {}),
         "degenerate": bool(reasons), "degenerate_reasons": reasons,
     }

@@ -32,6 +32,15 @@ class Targets:
     def weak(self) -> bool:
         return self.setting == WEAK
 
+    def localizable(self, indices) -> np.ndarray:
+        """Per image of indices: whether its predicted mask is scored against its mask. It needs a
+        mask it may use; in the weakly supervised setting it must also be a positive: the map is the
+        positive class's, and a negative image holds nothing it should find."""
+        known = self.mask_known[indices]
+        if self.weak:
+            known = known & (self.image_labels[indices] == 1)
+        return known
+
     def objective(self):
         """The per-sample loss the setting trains with: the segmentation loss, or for image labels a
         classification loss weighted by the training set's class balance."""

@@ -103,7 +103,7 @@ def train_model(inputs: StageInputs, seed: int, *, loss_weights: np.ndarray | No
     early_error: dict[str, np.ndarray] = {}
 
     def on_epoch_end(epoch: int, current: nn.Module) -> None:
-        curve.append(validation_prediction(current, inputs.data, inputs.val_idx, inputs.targets.mask_known[inputs.val_idx]).dice)
+        curve.append(validation_prediction(current, inputs.data, inputs.val_idx, inputs.targets.localizable(inputs.val_idx)).dice)
         if epoch == hardness.el2n_epoch(spec.train.epochs) and "el2n" in spec.scorers:
             early_error["el2n"] = hardness.error_norm(current, inputs.data, inputs.train_idx, inputs.targets.objective())
 
@@ -126,8 +126,9 @@ def prune_dense(inputs: StageInputs, dense: nn.Module, seed: int, *, progress: F
     """The dense model pruned at each sparsity: fine-tuned if asked, BatchNorm statistics re-estimated
     if asked, and each one's health next to the dense model's."""
     p = inputs.spec.prune
-    has_target = inputs.targets.mask_known[inputs.val_idx]
-    dense_prediction = validation_prediction(inputs.reference(dense), inputs.data, inputs.val_idx, has_target)
+    has_target = inputs.targets.localizable(inputs.val_idx)
+    labels = inputs.targets.image_labels[inputs.val_idx] if inputs.targets.weak else None
+    dense_prediction = validation_prediction(inputs.reference(dense), inputs.data, inputs.val_idx, has_target, labels=labels)
     out = []
     for i, s in enumerate(p.sparsities):
         model = prepare_for_device(apply_pruning_masks(dense, s, p.scope), inputs.device)
@@ -137,7 +138,7 @@ def prune_dense(inputs: StageInputs, dense: nn.Module, seed: int, *, progress: F
         model = prepare_for_device(make_permanent(model), inputs.device).eval()
         if p.bn_recalibration:
             recalibrate_batchnorm(model, inputs.data, inputs.train_idx)
-        prediction = validation_prediction(model, inputs.data, inputs.val_idx, has_target)
+        prediction = validation_prediction(model, inputs.data, inputs.val_idx, has_target, labels=labels)
         out.append(PrunedModel(s, model, health(sparsity_report(model, s), prediction, dense_prediction, degenerate_fraction=p.degenerate_fraction)))
         if progress is not None:
             progress((i + 1) / len(p.sparsities), None)

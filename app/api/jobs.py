@@ -273,7 +273,8 @@ def job_metrics(
         scorer_agreement=summary.get("scorer_agreement", []), pruning=summary.get("pruning", {}),
         degenerate_sparsities=summary.get("degenerate_sparsities", []), validation_curve=summary.get("validation_curve", {}),
         focus=endpoint.get("focus"), worst_decile=endpoint.get("worst_decile"), verdict=endpoint.get("verdict"),
-        label_check=summary.get("label_check", {}), warnings=summary.get("warnings", []),
+        label_check=summary.get("label_check", {}), blank_guesses=(summary.get("blank_guesses") or {}).get(split),
+        warnings=summary.get("warnings", []),
     )
 
 

@@ -282,6 +282,8 @@ def test_semi_and_weak_jobs_through_the_same_endpoints(client, alice, tmp_path, 
     assert unlabeled and all(i.startswith("SYN_0001") for i in unlabeled)
     weak_metrics = client.get(f"/v1/jobs/{weak['id']}/metrics", headers=alice).json()
     assert "pointing" in weak_metrics["models"]["dense"]["overall"] and "auroc" in weak_metrics["models"]["dense"]["overall"]
+    guesses = weak_metrics["blank_guesses"]
+    assert guesses["n"] > 0 and 0 < guesses["all_foreground"] < 1 and set(guesses["models"]) >= {"dense", "attended"}
     r = submit(client, alice, ds["id"], {**TINY, "setting": "weakly_supervised", "weak": {"label_column": "grade", "positive": ["x"]}})
     assert r.status_code == 422 and "spec.weak.label_column" in r.json()["detail"]
 

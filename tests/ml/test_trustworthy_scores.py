@@ -89,6 +89,18 @@ def test_health_flags_a_model_that_predicts_nothing_or_far_worse():
     assert not wide["degenerate"]
 
 
+def test_health_flags_a_classifier_whose_auroc_collapses_towards_chance():
+    report = SparsityReport(requested=0.7, achieved=0.7, layers={"a": 0.7})
+    dense = Prediction(dice=0.6, foreground=0.1, auroc=0.9)
+    collapsed = health(report, Prediction(dice=0.55, foreground=0.1, auroc=0.65), dense, degenerate_fraction=0.5)  # 0.15 < 0.5 x 0.4
+    assert collapsed["degenerate"] and collapsed["degenerate_reasons"] == [collapsed["degenerate_reasons"][0]]
+    assert "AUROC 0.6500" in collapsed["degenerate_reasons"][0] and collapsed["dense_auroc"] == 0.9
+    assert not health(report, Prediction(dice=0.55, foreground=0.1, auroc=0.75), dense, degenerate_fraction=0.5)["degenerate"]
+    # a dense classifier at chance has no margin to lose: its pruned models are judged by their maps alone
+    chance = Prediction(dice=0.6, foreground=0.1, auroc=0.45)
+    assert not health(report, Prediction(dice=0.55, foreground=0.1, auroc=0.3), chance, degenerate_fraction=0.5)["degenerate"]
+
+
 def test_a_collapsed_sparsity_is_reported_and_left_out_of_the_score(controlled):
     out, metrics = controlled
     pruning = metrics["pruning"]
