@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Dense vs attended for the semi- and weakly-supervised settings on HAM10000 (2,000 images, 64 px,
-# 2 seeds), after choosing the CAM threshold on a 1,000-image weakly-supervised run.
+# Dense vs attended vs a random control for the semi- and weakly-supervised settings on HAM10000
+# (2,000 images, 64 px, 2 seeds, a lesion-grouped test split), after reading the CAM threshold curve
+# of a 1,000-image weakly-supervised run.
 #   bench/settings_study.sh [OUT_DIR]
 # IMAGES (2000; the threshold run takes half), WEAK_EPOCHS (8) and SEMI_EPOCHS (6) override the sizes
 # (bench/smoke.sh runs it tiny).
@@ -17,8 +18,9 @@ weak='"setting": "weakly_supervised", "weak": {"label_column": "dx", "positive":
 echo "{$weak, \"image_size\": 64, \"sample\": {\"max_images\": $((images / 2))}, \"split\": {\"group_column\": \"lesion_id\"}, \"train\": {\"epochs\": $weak_epochs}}" > "$out/weak-threshold.json"
 $htl run $data --spec "$out/weak-threshold.json" --out "$out/weak-threshold" > "$out/weak-threshold.log" 2>&1
 .venv/bin/python bench/cam_threshold.py "$out/weak-threshold" $data | tee "$out/cam-threshold.txt"
-echo "{$weak, \"image_size\": 64, \"sample\": {\"max_images\": $images}, \"split\": {\"group_column\": \"lesion_id\"}, \"train\": {\"epochs\": $weak_epochs, \"seeds\": [0, 1]}}" > "$out/weak.json"
+held_out='"split": {"group_column": "lesion_id", "test_fraction": 0.2}, "attention": {"control": "random"}'
+echo "{$weak, $held_out, \"image_size\": 64, \"sample\": {\"max_images\": $images}, \"train\": {\"epochs\": $weak_epochs, \"seeds\": [0, 1]}}" > "$out/weak.json"
 $htl run $data --spec "$out/weak.json" --out "$out/weak" > "$out/weak.log" 2>&1
-echo "{\"setting\": \"semi_supervised\", \"semi\": {\"labeled_fraction\": 0.25}, \"image_size\": 64, \"sample\": {\"max_images\": $images}, \"split\": {\"group_column\": \"lesion_id\"}, \"train\": {\"epochs\": $semi_epochs, \"seeds\": [0, 1]}}" > "$out/semi.json"
+echo "{\"setting\": \"semi_supervised\", \"semi\": {\"labeled_fraction\": 0.25}, $held_out, \"image_size\": 64, \"sample\": {\"max_images\": $images}, \"train\": {\"epochs\": $semi_epochs, \"seeds\": [0, 1]}}" > "$out/semi.json"
 $htl run $data --spec "$out/semi.json" --out "$out/semi" > "$out/semi.log" 2>&1
 echo done

@@ -33,6 +33,7 @@ step attention_study; quiet $py bench/attention_study.py --images 120 --size 32 
 step semi_methods;    IMAGES=100 EPOCHS=1 quiet bench/semi_methods.sh "$out/semi-methods"
 step settings_study;  IMAGES=300 WEAK_EPOCHS=4 SEMI_EPOCHS=1 quiet bench/settings_study.sh "$out/settings-study"
 step cam_threshold;   quiet $py bench/cam_threshold.py "$out/settings-study/weak-threshold" $ham
+step weak_localizer;  quiet $py bench/weak_localizer.py --images 120 --size 32 --epochs 1 --seeds 0 --poolings 2 3 --out "$out/weak-localizer"
 for example in examples/*.json; do
   name=$(basename "$example" .json)
   step "htl run $example (shrunk)"; toy_spec "$example" "$out/$name.json"
@@ -42,7 +43,7 @@ step pruning_defaults; quiet $py bench/pruning_defaults.py --images 120 --size 3
 step control_study;   toy_spec examples/ham10000-controlled.json "$out/controlled.json"
 quiet $py bench/control_study.py --spec "$out/controlled.json" --out "$out/control-study"
 step "triage_study (generated)"; quiet $py bench/triage_study.py --images 120 --size 32 --epochs 1 --seeds 0 --variants pruning \
-  "loss, label issues kept" --modes from_scratch fine_tune --factors 3 6 --folds 2 --out "$out/triage-study"
+  "loss, label issues kept" --modes from_scratch fine_tune --factors 3 6 --folds 2 --prunings global-stale layerwise-bn --out "$out/triage-study"
 step "triage_study (HAM10000)"; quiet $py bench/triage_study.py --data $ham --images 150 --size 32 --epochs 1 --seeds 0 1 \
   --variants pruning loss --modes fine_tune --folds 2 --out "$out/triage-ham" --overlays 2 --overlay-dir "$out/overlays"
 step label_check_folds; quiet $py bench/label_check_folds.py --images 120 --size 32 --epochs 1 --folds 2 3 --out "$out/label-check-folds"
