@@ -79,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {label} dice: {comparison['overall']['dice']:+.4f}{interval}")
         guesses = metrics.get("blank_guesses", {}).get(split)
         if guesses and guesses["n"]:
-            print(f"  on its {guesses['n']} positive images, guesses that read no pixel: all-foreground dice "
+            images = "positive images" if spec.setting == "weakly_supervised" else "images with a mask"
+            print(f"  on its {guesses['n']} {images}, guesses that read no pixel: all-foreground dice "
                   f"{guesses['all_foreground']:.4f}, centred disc of the mean lesion size {guesses['centred_disc']:.4f}")
     check = metrics.get("label_check", {})
     if check.get("enabled"):

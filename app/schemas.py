@@ -190,7 +190,7 @@ class MetricsOut(BaseModel):
     label_check: dict = Field(default_factory=dict, description="how the masks were checked (folds, rule), how many were "
                               "checked and flagged per split, and the flagged images worst first; each model's figures without "
                               "them are its subgroup label_check=ok")
-    blank_guesses: dict | None = Field(None, description="weakly supervised: on the split's positive images with a mask, the "
+    blank_guesses: dict | None = Field(None, description="on the split's images with a mask (weakly supervised: the positive ones), the "
                                        "Dice of an all-foreground mask and of a centred disc of the mean lesion size, beside each "
                                        "model's (models) and a warning for each that does not beat them")
     warnings: list[str] = Field(default_factory=list)

@@ -547,10 +547,9 @@ class Run:
             pairs += [("attended_vs_control", "control", "attended"), ("control_vs_dense", "dense", "control")]
         for key, a, b in pairs:
             report[key] = compare_models(report["models"], a, b, seeds=self.seeds, name=self.name)
-        if self.targets.weak:
-            report["blank_guesses"] = self._blank_guesses(report, results)
-            report["warnings"] += [line for split, b in report["blank_guesses"].items() for line in b["warnings"]]
-        else:
+        report["blank_guesses"] = self._blank_guesses(report, results)
+        report["warnings"] += [line for split, b in report["blank_guesses"].items() for line in b["warnings"]]
+        if not self.targets.weak:
             endpoint = self._focus_endpoint(report, focus_split, results[focus_split])
             report["focus"], report["worst_decile"], report["verdict"] = endpoint["focus"], endpoint["worst_decile"], endpoint["verdict"]
             for key in ("attended_vs_dense", "attended_vs_control"):
@@ -569,9 +568,10 @@ class Run:
         return result
 
     def _blank_guesses(self, report: dict, results: dict) -> dict:
-        """Per held-out split, what guesses that read no pixel score on the images the weak models
-        were scored on, beside each base model's Dice (its mean over seeds); a warning for each model
-        that does not beat them."""
+        """Per held-out split, what guesses that read no pixel score on the images the models were
+        scored on (weakly supervised: the positive ones), beside each base model's Dice (its mean over
+        seeds); a warning for each model that does not beat them."""
+        images = "positive images" if self.targets.weak else "images with a mask"
         out = {}
         for split, result in results.items():
             guesses = blank_guesses(self.index.records, result.scored)
@@ -580,7 +580,7 @@ class Run:
                     for base in self.bases()}
             # (a degenerate pruned model is the pruning report's to name)
             warnings = [f"{split}: the {base} model's localization Dice {d:.3f} does not beat {BLANK_GUESSES[guess]} "
-                        f"({guesses[guess]:.3f}) on the same {guesses['n']} positive images: its map has not learnt where the "
+                        f"({guesses[guess]:.3f}) on the same {guesses['n']} {images}: it has not learnt where the "
                         "lesion is" for base, d in dice.items() if d is not None and not base.startswith("pruned@")
                         for guess in BLANK_GUESSES if guesses[guess] is not None and d <= guesses[guess]]
             out[split] = {**guesses, "models": dice, "warnings": warnings}

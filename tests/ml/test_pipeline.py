@@ -81,6 +81,9 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(planted):
     assert set(dense["subgroups"]["site"]) == {"common", "rare"}
     assert dense["subgroups"]["site"]["rare"]["dice"] < dense["subgroups"]["site"]["common"]["dice"]
     assert metrics["pruning"]["0.9"]["achieved"] == pytest.approx(0.9, abs=1e-3)
+    guesses = metrics["blank_guesses"]["validation"]  # what reading no pixel scores on the same images
+    assert guesses["n"] == dense["n"] and guesses["all_foreground"] < guesses["centred_disc"] < dense["overall"]["dice"]
+    assert guesses["warnings"] == [] and guesses["models"]["dense"] == dense["overall"]["dice"]
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
 

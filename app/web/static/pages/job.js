@@ -296,7 +296,7 @@ async function results(main, job) {
     endpoint.focus ? h("p", { class: "method" }, endpoint.focus.method) : null) : null;
   const guesses = metrics.blank_guesses;
   const metricsBox = h("section", { id: "metrics" }, h("h2", {}, `Metrics (${metrics.split} split)`), metricsTable(metrics),
-    guesses && guesses.n ? h("p", { class: "hint", testid: "blank-guesses" }, `Localization is scored on the ${guesses.n} positive images with a mask. `,
+    guesses && guesses.n ? h("p", { class: "hint", testid: "blank-guesses" }, job.spec.setting === "weakly_supervised" ? `Localization is scored on the ${guesses.n} positive images with a mask. ` : "",
       `Guesses that read no pixel score Dice ${fixed(guesses.all_foreground)} (an all-foreground mask) and ${fixed(guesses.centred_disc)} `,
       "(a centred disc of the mean lesion size) on the same images.", ...guesses.warnings.map((w) => h("span", { class: "warning" }, ` ${w}`))) : null,
     metrics.splits.includes("test") ? h("p", { class: "hint" }, "Test split: ", h("a", { href: `/v1/jobs/${jobId}/metrics?split=test` }, "JSON")) : null,
