@@ -33,6 +33,7 @@ step attention_study; quiet $py bench/attention_study.py --images 120 --size 32 
 step semi_methods;    IMAGES=100 EPOCHS=1 quiet bench/semi_methods.sh "$out/semi-methods"
 step settings_study;  IMAGES=300 WEAK_EPOCHS=4 SEMI_EPOCHS=1 quiet bench/settings_study.sh "$out/settings-study"
 step cam_threshold;   quiet $py bench/cam_threshold.py "$out/settings-study/weak-threshold" $ham
+step active_labelling; quiet $py bench/active_labelling.py --images 150 --size 32 --epochs 1 --seeds 0 1 --out "$out/active-labelling"
 step weak_localizer;  quiet $py bench/weak_localizer.py --images 120 --size 32 --epochs 1 --seeds 0 --poolings 2 3 --out "$out/weak-localizer"
 for example in examples/*.json; do
   name=$(basename "$example" .json)
