@@ -408,10 +408,15 @@ class Run:
         ranking = rank_images(inputs, per_seed, degenerate=degenerate, groups=groups)
         column = self.spec.split.group_column
         clusters = [self.index.records[i].attributes.get(column, "") for i in self.train_idx] if column else None
-        _write_json(self.out / "state" / "enrichment.json",
-                    subgroups.enrichment(groups, ranking.is_htl, clusters=clusters, cluster_name=column))
+        # enrichment among the images that may be HTL (weakly supervised: the positives, or the label would be "enriched")
+        rankable = self.targets.train_rankable
+        kept = np.flatnonzero(rankable)
+        _write_json(self.out / "state" / "enrichment.json", subgroups.enrichment(
+            {a: [labels[j] for j in kept] for a, labels in groups.items()}, ranking.is_htl[kept],
+            clusters=[clusters[j] for j in kept] if clusters else None, cluster_name=column))
         ids = inputs.image_ids(self.train_idx)
         excluded = ({i for i in ids if checked.get(i, {}).get("issue")} if self.spec.attention.exclude_label_issues else set())
+        excluded |= {image_id for image_id, ok in zip(ids, rankable) if not ok}  # the control draws from the same pool
         if self.spec.setting == SEMI and self.spec.attention.unlabeled == "leave_out":
             # the teacher's pseudo-labels are least reliable on exactly these images: boosting them amplifies its errors
             excluded |= {s.image_id for s in ranking.scores if not s.labeled}

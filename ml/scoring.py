@@ -19,10 +19,14 @@ class HtlScores:
     per_sparsity: dict[float, np.ndarray]  # sparsity -> disagreement per image
     htl_score: np.ndarray  # mean over sparsities
     tiebreak: np.ndarray | None = None  # per image, the order among equal scores (default: position)
+    eligible: np.ndarray | None = None  # per image, whether it may be HTL (default: every one); the others rank last
 
     def ranks(self) -> np.ndarray:
-        """1 = hardest; ties broken by tiebreak (else position), so the ranking is deterministic."""
-        order = np.lexsort((_tiebreak(self.tiebreak, len(self.htl_score)), -self.htl_score))
+        """1 = hardest; ties broken by tiebreak (else position), so the ranking is deterministic; images
+        that may not be HTL come after every one that may."""
+        n = len(self.htl_score)
+        last = np.zeros(n, dtype=bool) if self.eligible is None else ~self.eligible
+        order = np.lexsort((_tiebreak(self.tiebreak, n), -self.htl_score, last))
         ranks = np.empty(len(order), dtype=np.int64)
         ranks[order] = np.arange(1, len(order) + 1)
         return ranks
@@ -73,15 +77,16 @@ def seeded_tiebreak(n: int, seed: int) -> np.ndarray:
 
 
 def select_htl(scores: np.ndarray, *, top_fraction: float | None = None, threshold: float | None = None,
-               tiebreak: np.ndarray | None = None) -> np.ndarray:
-    """Boolean HTL membership: the top top_fraction of the ranking (at least one image; ties at the
-    cut go by tiebreak, else position), or score >= threshold."""
+               tiebreak: np.ndarray | None = None, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Boolean HTL membership among the eligible images (default: all): the top top_fraction of them
+    (at least one; ties at the cut go by tiebreak, else position), or score >= threshold."""
     if (top_fraction is None) == (threshold is None):
         raise ValueError("give exactly one of top_fraction and threshold")
+    eligible = np.ones(len(scores), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     if threshold is not None:
-        return scores >= threshold
-    k = max(1, int(round(top_fraction * len(scores))))
-    order = np.lexsort((_tiebreak(tiebreak, len(scores)), -scores))
+        return (scores >= threshold) & eligible
+    k = max(1, int(round(top_fraction * int(eligible.sum()))))
+    order = np.lexsort((_tiebreak(tiebreak, len(scores)), -scores, ~eligible))
     chosen = np.zeros(len(scores), dtype=bool)
-    chosen[order[:k]] = True
+    chosen[order[:k][eligible[order[:k]]]] = True
     return chosen

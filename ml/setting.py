@@ -41,6 +41,15 @@ class Targets:
             known = known & (self.image_labels[indices] == 1)
         return known
 
+    @property
+    def train_rankable(self) -> np.ndarray:
+        """Per training image: whether it may be in the HTL set. In the weakly supervised setting only
+        the positives: the maps are the positive class's, so on a negative image their disagreement
+        measures noise, not how hard the lesion is to localize."""
+        if not self.weak:
+            return np.ones(len(self.train_idx), dtype=bool)
+        return self.image_labels[self.train_idx] == 1
+
     def objective(self):
         """The per-sample loss the setting trains with: the segmentation loss, or for image labels a
         classification loss weighted by the training set's class balance."""

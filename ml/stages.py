@@ -195,8 +195,9 @@ class Ranking:
 
 def rank_images(inputs: StageInputs, per_seed: list[SeedScores], *, degenerate: set[float], groups: dict[str, list[str]]) -> Ranking:
     """Scores averaged over the dense seeds (as PIE averages over model populations), the HTL score
-    averaged over the sparsities that are not degenerate, and the HTL set at its top. groups: per
-    attribute, each training image's subgroup."""
+    averaged over the sparsities that are not degenerate, and the HTL set at its top (weakly
+    supervised: the top of the positives, Targets.train_rankable). groups: per attribute, each
+    training image's subgroup."""
     spec = inputs.spec
     sparsities = spec.prune.sparsities
     per_sparsity = {s: np.mean([p.per_sparsity[s] for p in per_seed], axis=0) for s in sparsities}
@@ -209,8 +210,11 @@ def rank_images(inputs: StageInputs, per_seed: list[SeedScores], *, degenerate: 
     htl_score = np.mean(np.stack([per_sparsity[s] for s in ranked_by]), axis=0)
     others = {name: np.mean([p.others[name] for p in per_seed], axis=0) for name in per_seed[0].others}
     tiebreak = seeded_tiebreak(len(htl_score), spec.split.seed)
-    scores = HtlScores(image_indices=list(inputs.train_idx), per_sparsity=per_sparsity, htl_score=htl_score, tiebreak=tiebreak)
-    is_htl = select_htl(scores.htl_score, top_fraction=spec.htl.top_fraction, threshold=spec.htl.threshold, tiebreak=tiebreak)
+    rankable = inputs.targets.train_rankable
+    scores = HtlScores(image_indices=list(inputs.train_idx), per_sparsity=per_sparsity, htl_score=htl_score, tiebreak=tiebreak,
+                       eligible=rankable)
+    is_htl = select_htl(scores.htl_score, top_fraction=spec.htl.top_fraction, threshold=spec.htl.threshold, tiebreak=tiebreak,
+                        eligible=rankable)
     ranks = scores.ranks()
     items = []
     for j, i in enumerate(inputs.train_idx):

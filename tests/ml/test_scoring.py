@@ -41,6 +41,15 @@ def test_selection_by_top_fraction_and_by_threshold():
     assert select_htl(scores, top_fraction=0.01).sum() == 1
 
 
+def test_only_eligible_images_are_htl_and_the_others_rank_last():
+    scores = np.array([0.1, 0.9, 0.5, 0.5, 0.0, 0.7, 0.2, 0.3, 0.8, 0.4])
+    eligible = np.array([True, False, True, True, True, False, True, True, True, True])  # 8 may be HTL
+    assert np.flatnonzero(select_htl(scores, top_fraction=0.25, eligible=eligible)).tolist() == [2, 8]  # 0.25 x 8
+    assert np.flatnonzero(select_htl(scores, threshold=0.5, eligible=eligible)).tolist() == [2, 3, 8]
+    ranks = HtlScores(image_indices=list(range(10)), per_sparsity={}, htl_score=scores, eligible=eligible).ranks()
+    assert sorted(ranks[~eligible]) == [9, 10] and ranks[8] == 1 and ranks[1] == 9
+
+
 def test_ranks_start_at_one_for_the_hardest_and_break_ties_by_position():
     s = HtlScores(image_indices=[0, 1, 2, 3], per_sparsity={}, htl_score=np.array([0.2, 0.9, 0.2, 0.5]))
     assert s.ranks().tolist() == [3, 1, 4, 2]

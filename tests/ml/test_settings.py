@@ -51,8 +51,12 @@ def test_weakly_supervised_mining_with_class_activation_maps(data, tmp_path):
     assert spec.model.arch == "cnn"
     metrics = run_pipeline(data, spec, tmp_path / "out", device="cpu")
     items = json.loads((tmp_path / "out" / "scores.json").read_text())
-    enrichment, _ = _enrichment(items)
+    enrichment, htl = _enrichment(items)
     assert enrichment >= 2, enrichment
+    # the maps are the positive class's: only positives can be HTL, and attention boosts them alone
+    assert all(i["attributes"]["dx"] == "mel" for i in htl) and all(i["attributes"]["dx"] == "mel" for i in items if i["attended"])
+    negatives = [i["rank"] for i in items if i["attributes"]["dx"] != "mel"]
+    assert min(negatives) == len(items) - len(negatives) + 1
     dense = metrics["models"]["dense"]
     assert dense["classification"]["auroc"] > 0.9 and dense["classification"]["n"] == 48
     # the positive class's map, relative to the image's background, localizes: far above a mask of the
