@@ -25,10 +25,12 @@ ALPHA = 0.05
 
 
 def focus_positions(groups: dict[str, list[str]], enriched: list[tuple[str, str]], disagreement: np.ndarray,
-                    top_fraction: float) -> tuple[np.ndarray, dict]:
+                    top_fraction: float, leave_out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Which held-out images (positions into the split's images with a mask) form the focus set, and
-    why: in an enriched group, or among the top_fraction the pruned models disagree on most."""
+    why: in an enriched group, or among the top_fraction the pruned models disagree on most; less
+    those in leave_out (the label check's issues), which every count then leaves out too."""
     n = len(disagreement)
+    out = np.zeros(n, dtype=bool) if leave_out is None else np.asarray(leave_out, dtype=bool)
     in_group = np.zeros(n, dtype=bool)
     for attribute, value in enriched:
         labels = groups.get(attribute)
@@ -39,8 +41,11 @@ def focus_positions(groups: dict[str, list[str]], enriched: list[tuple[str, str]
     disputed = np.zeros(n, dtype=bool)
     disputed[order[:k]] = True
     chosen = in_group | disputed
+    left_out = int((chosen & out).sum())
+    in_group, disputed, chosen = in_group & ~out, disputed & ~out, chosen & ~out
     return np.flatnonzero(chosen), {"enriched_groups": [f"{a}={v}" for a, v in enriched], "in_enriched_groups": int(in_group.sum()),
-                                     "most_disputed": int(disputed.sum()), "both": int((in_group & disputed).sum())}
+                                     "most_disputed": int(disputed.sum()), "both": int((in_group & disputed).sum()),
+                                     "excluded_label_issues": left_out}
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, *, clusters: list[str] | None, resamples: int = 2000,
@@ -93,7 +98,8 @@ def verdict(focus: dict, versus_control: dict | None, versus_dense: dict) -> str
     images = _count(focus["n"], focus["split"] + " image")
     where = (f"On the focus set ({images}: "
              f"{focus['in_enriched_groups'] or 'none'} in the groups the HTL set over-represents{named}"
-             f" and {'the one image' if disputed == 1 else f'the {disputed}'} the pruned models disagree on most)")
+             f" and {'the one image' if disputed == 1 else f'the {disputed}'} the pruned models disagree on most"
+             + (f", less {_count(focus['excluded_label_issues'], 'flagged mask')}" if focus.get("excluded_label_issues") else "") + ")")
     if focus["n"] == 0:
         return "There was no focus set (no held-out image with a mask), so nothing says whether attention helped."
 
@@ -122,11 +128,8 @@ def focus_report(*, split: str, image_ids: list[str], dice: dict[str, np.ndarray
     model can be right."""
     enriched = [(g["attribute"], g["value"]) for g in enrichment.get("groups", [])
                 if g.get("significant") and (g.get("enrichment") or 0) > 1 and g["attribute"] != "label_check"]
-    positions, why = focus_positions(groups, enriched, disagreement, top_fraction)
-    flagged = np.asarray(label_issue, dtype=bool)
-    kept = positions[~flagged[positions]]
+    kept, why = focus_positions(groups, enriched, disagreement, top_fraction, leave_out=np.asarray(label_issue, dtype=bool))
     focus = {"split": split, "n": int(len(kept)), "images": [image_ids[i] for i in kept], **why,
-             "excluded_label_issues": int(flagged[positions].sum()),
              "method": ("held-out images in the groups enriched among the HTL images (Benjamini-Hochberg adjusted p < 0.05, "
                         f"enrichment > 1) or among the top {top_fraction:g} by the pruned models' disagreement with the dense "
                         "model (no label read), less the label check's issues; chosen before any of their labels is read. "

@@ -38,6 +38,11 @@ def test_the_focus_set_is_the_enriched_groups_and_the_most_disputed_images():
     disagreement = np.array([0.0, 0.9, 0.1, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0])
     chosen, why = focus.focus_positions(groups, [("site", "rare")], disagreement, top_fraction=0.2)
     assert chosen.tolist() == [0, 1, 3, 4] and why["in_enriched_groups"] == 2 and why["most_disputed"] == 2
+    # a flagged mask leaves the set, and every count says so
+    kept, why = focus.focus_positions(groups, [("site", "rare")], disagreement, top_fraction=0.2,
+                                      leave_out=np.arange(10) == 1)
+    assert 1 not in kept.tolist() and why["excluded_label_issues"] == 1
+    assert why["in_enriched_groups"] + why["most_disputed"] - why["both"] == len(kept)
 
 
 def test_the_verdict_says_beat_only_when_the_one_sided_test_says_so():
@@ -55,6 +60,8 @@ def test_the_verdict_counts_in_words_that_agree():
     said = focus.verdict(where, one_seed, one_seed)
     assert "(1 test image: none in the groups the HTL set over-represents and the one image the pruned models" in said
     assert "p = 0.2, 1 seed " in said
+    flagged = focus.verdict({**where, "n": 3, "most_disputed": 3, "excluded_label_issues": 2}, one_seed, one_seed)
+    assert "(3 test images: none in the groups the HTL set over-represents and the 3 the pruned models disagree on most, less 2 flagged masks)" in flagged
 
 
 def test_worst_decile_is_each_seeds_worst_tenth():
