@@ -116,7 +116,7 @@ def test_checkpoints_rebuild_from_the_file_alone(planted):
 def test_spec_json_has_every_default_filled_in(planted):
     _, out, _ = planted
     spec = json.loads((out / "spec.json").read_text())
-    assert spec["attention"] == {"strategy": "oversample", "factor": 3.0, "scorer": "pruning", "control": "none",
+    assert spec["attention"] == {"strategy": "oversample", "factor": 6.0, "scorer": "pruning", "control": "none",
                                  "mode": "from_scratch", "finetune_epochs": 2, "finetune_lr_factor": 0.1, "exclude_label_issues": True,
                                  "unlabeled": "leave_out"}
     assert spec["label_check"] == {"enabled": True, "folds": 3, "epochs": None, "max_quality": 0.3}
