@@ -208,7 +208,7 @@ class WeakSpec(_Strict):
     label_column: str | None = Field(None, max_length=MAX_NAME, description="metadata column holding the image-level label")
     positive: list[str] = Field(default_factory=list, max_length=MAX_LIST, description="values of label_column that mean positive")
     cam_threshold: float = Field(
-        0.5, gt=0.0, lt=1.0, description="a pixel is lesion where the positive class's activation map is above the image's "
+        0.2, gt=0.0, lt=1.0, description="a pixel is lesion where the positive class's activation map is above the image's "
         "median (its background) by more than this share of the way to the map's peak"
     )
 

@@ -105,7 +105,7 @@ def test_predictions_are_written_at_original_size_and_rescore_to_the_reported_me
 def test_checkpoints_rebuild_from_the_file_alone(planted):
     _, out, _ = planted
     model, meta = load_checkpoint(out / "checkpoints" / "pruned@0.5.safetensors")
-    assert meta["architecture"] == {"arch": "unet", "width": 8, "cam_threshold": 0.5, "cam_poolings": 2}
+    assert meta["architecture"] == {"arch": "unet", "width": 8, "cam_threshold": 0.2, "cam_poolings": 2}
     assert meta["spec"]["prune"]["sparsities"] == [0.3, 0.5, 0.7, 0.9]
     assert meta["sparsity"] == 0.5 and abs(meta["achieved_sparsity"] - 0.5) < 1e-3
     assert {p.name for p in (out / "checkpoints").iterdir()} == {

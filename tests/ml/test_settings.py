@@ -64,7 +64,10 @@ def test_weakly_supervised_mining_with_class_activation_maps(data, tmp_path):
     guesses = metrics["blank_guesses"]["validation"]
     assert guesses["mean_lesion_share"] < 1 / 3 and guesses["n"] == len(dense["per_image"]) > 0
     assert dense["overall"]["dice"] >= guesses["all_foreground"] + 0.15, (dense["overall"]["dice"], guesses)
-    assert guesses["models"]["dense"] == dense["overall"]["dice"] and guesses["warnings"] == []
+    assert guesses["models"]["dense"] == dense["overall"]["dice"]
+    # a centred disc of the mean lesion size is the harder guess; whether the map beats it, the job says
+    beats_disc = dense["overall"]["dice"] > guesses["centred_disc"]
+    assert beats_disc == (not any("dense model" in w and "centred disc" in w for w in guesses["warnings"]))
     # the map's peak lands in the lesion far more often than a point drawn at random would (the lesion's
     # share of the image)
     from ml.data import decode_dataset, scan_dataset
