@@ -3,7 +3,7 @@ measured: keep the masks of a seeded share of the training images, rank the rest
 (htl: the HTL ranking; mc_dropout: test-time dropout disagreement; random), reveal the masks of the
 next k images from the full data, retrain, and compare the dense models' test Dice over seeds.
 
-    .venv/bin/python bench/active_labelling.py --images 2000 --size 64 --epochs 6 --keep 0.15 --reveal 0.1 --seeds 0 1 2
+    .venv/bin/python bench/active_labelling.py --images 1500 --size 64 --epochs 6 --keep 0.15 --reveal 0.1 --seeds 0 1 2
 
 HAM10000 by default, split by lesion_id into train / validation / test. The queue is ranked by one
 semi-supervised run on the kept masks (seed 0); every strategy's retraining sees the same kept masks
