@@ -585,8 +585,8 @@ class Run:
                     for base in self.bases()}
             # (a degenerate pruned model is the pruning report's to name)
             warnings = [f"{split}: the {base} model's localization Dice {d:.3f} does not beat {BLANK_GUESSES[guess]} "
-                        f"({guesses[guess]:.3f}) on the same {guesses['n']} {images}: it has not learnt where the "
-                        "lesion is" for base, d in dice.items() if d is not None and not base.startswith("pruned@")
+                        f"({guesses[guess]:.3f}) on the same {guesses['n']} {images}: it localizes no better "
+                        "than a guess that reads no pixel" for base, d in dice.items() if d is not None and not base.startswith("pruned@")
                         for guess in BLANK_GUESSES if guesses[guess] is not None and d <= guesses[guess]]
             out[split] = {**guesses, "models": dice, "warnings": warnings}
         return out
