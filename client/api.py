@@ -183,11 +183,11 @@ class HtlClient:
     def label_issues(self, job_id: str) -> Iterator[dict]:
         return self._pages(f"/v1/jobs/{job_id}/label-issues")
 
-    def annotation_queue(self, job_id: str, *, strategy: str = "htl", seed: int = 0) -> Iterator[dict]:
+    def annotation_queue(self, job_id: str, *, strategy: str = "random", seed: int = 0) -> Iterator[dict]:
         """A semi-supervised job's unlabeled training images, most worth annotating first."""
         return self._pages(f"/v1/jobs/{job_id}/annotation-queue", {"strategy": strategy, "seed": seed})
 
-    def annotation_queue_csv(self, job_id: str, *, strategy: str = "htl", seed: int = 0) -> bytes:
+    def annotation_queue_csv(self, job_id: str, *, strategy: str = "random", seed: int = 0) -> bytes:
         """The whole queue as CSV (position, image_id, strategy, value, rank, htl_score, image_url)."""
         return self._request("GET", f"/v1/jobs/{job_id}/annotation-queue", params={"strategy": strategy, "seed": seed},
                              headers={"Accept": "text/csv"}).content

@@ -48,7 +48,7 @@ def test_the_queue_lists_only_unlabeled_images_for_their_owner_as_json_and_csv(c
     unlabeled = [s for s in scores if not s["labeled"]]
     assert unlabeled and all(s["image_id"].startswith("SYN_0001") for s in unlabeled)
 
-    htl = client.get(url, headers=alice).json()["items"]
+    htl = client.get(url, headers=alice, params={"strategy": "htl"}).json()["items"]
     assert [i["image_id"] for i in htl] == [s["image_id"] for s in sorted(unlabeled, key=lambda s: (-s["htl_score"], s["rank"]))]
     assert [i["position"] for i in htl] == list(range(1, len(unlabeled) + 1)) and htl[0]["links"]["detail"].endswith(htl[0]["image_id"])
     mc = client.get(url, headers=alice, params={"strategy": "mc_dropout"}).json()["items"]
@@ -60,8 +60,10 @@ def test_the_queue_lists_only_unlabeled_images_for_their_owner_as_json_and_csv(c
     assert shuffled == [i["image_id"] for i in client.get(url, headers=alice, params={"strategy": "random", "seed": 3}).json()["items"]]
     assert client.get(f"/v1/jobs/{semi['id']}/images/{htl[0]['image_id']}", headers=alice).status_code == 200
 
-    rows = list(csv.DictReader(io.StringIO(client.get(url, headers={**alice, "Accept": "text/csv"}).text)))
+    rows = list(csv.DictReader(io.StringIO(client.get(url, headers={**alice, "Accept": "text/csv"}, params={"strategy": "htl"}).text)))
     assert [r["image_id"] for r in rows] == [i["image_id"] for i in htl] and rows[0]["position"] == "1" and rows[0]["image_url"]
+    default = [i["image_id"] for i in client.get(url, headers=alice).json()["items"]]
+    assert default == [i["image_id"] for i in client.get(url, headers=alice, params={"strategy": "random"}).json()["items"]]
 
     assert client.get(url, headers=bob).status_code == 404
     supervised = submit(client, alice, dataset_id).json()

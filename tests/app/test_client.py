@@ -104,7 +104,7 @@ def test_the_annotation_queue_command_exports_the_unlabeled_images_as_csv(servic
         job = api.wait(api.submit_job(dataset["id"], {**SPEC, "setting": "semi_supervised"})["id"])
         unlabeled = {s["image_id"] for s in api.scores(job["id"]) if not s["labeled"]}
     out = tmp_path / "queue.csv"
-    done = htl(service, "annotation-queue", job["id"], "--out", str(out))
+    done = htl(service, "annotation-queue", job["id"], "--strategy", "htl", "--out", str(out))
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert f"{len(rows)} images, htl order" in done.stdout and unlabeled and {r["image_id"] for r in rows} == unlabeled
