@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 Strategy = Literal["htl", "mc_dropout", "random"]
-STRATEGIES: tuple[Strategy, ...] = ("htl", "mc_dropout", "random")
+STRATEGIES: tuple[Strategy, ...] = ("random", "htl", "mc_dropout")  # the default first: it beat the others on HAM10000
 
 
 class ScoredImage(Protocol):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from app.annotation_queue import STRATEGIES
 from contract.jobspec import JobSpec, SpecError
 from contract.layout import LayoutError
 
@@ -495,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue = client_command(sub, "annotation-queue", "a semi-supervised job's unlabeled images, most worth annotating first",
                            cmd_annotation_queue)
     queue.add_argument("job", help="the job's id")
-    queue.add_argument("--strategy", choices=["random", "htl", "mc_dropout"], default="random",
+    queue.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0],
                        help="random (a seeded shuffle: on HAM10000 it beat the others, see BENCHMARKS.md), htl (the HTL "
                             "ranking), mc_dropout (needs that scorer in the job)")
     queue.add_argument("--seed", type=int, default=0, help="the random strategy's seed")

@@ -39,7 +39,8 @@ def split_scores(run: Run, model, indices: list[int]) -> tuple[dict[float, float
     """Mean Dice per threshold over the positive images with a mask, at each image's own size; AUROC."""
     model.cam_threshold = 0.0  # the forward then answers the relative map itself
     model.eval()
-    data, scored = run.decoded(), run.targets.localizable(indices)
+    data = run.decoded()
+    scored = dict(zip(indices, run.targets.localizable(indices)))
     dice: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
     probs = []
     for batch in iterate_batches(indices, 64):
@@ -47,7 +48,7 @@ def split_scores(run: Run, model, indices: list[int]) -> tuple[dict[float, float
         maps, logits = localize_and_classify([model], images)
         probs += torch.sigmoid(logits[0]).tolist()
         for j, i in enumerate(batch):
-            if not scored[indices.index(i)]:
+            if not scored[i]:
                 continue
             truth = read_mask(run.index.records[i].mask_path)
             full = F.interpolate(maps[0][j : j + 1].cpu(), size=truth.shape, mode="bilinear", align_corners=False)[0, 0].numpy()

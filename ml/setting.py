@@ -36,19 +36,20 @@ class Targets:
         """Per image of indices: whether its predicted mask is scored against its mask. It needs a
         mask it may use; in the weakly supervised setting it must also be a positive: the map is the
         positive class's, and a negative image holds nothing it should find."""
-        known = self.mask_known[indices]
-        if self.weak:
-            known = known & (self.image_labels[indices] == 1)
-        return known
+        return self.mask_known[indices] & self._may_localize(indices)
 
     @property
     def train_rankable(self) -> np.ndarray:
         """Per training image: whether it may be in the HTL set. In the weakly supervised setting only
         the positives: the maps are the positive class's, so on a negative image their disagreement
         measures noise, not how hard the lesion is to localize."""
+        return self._may_localize(self.train_idx)
+
+    def _may_localize(self, indices) -> np.ndarray:
+        """Weakly supervised: the positives (the maps are the positive class's); else every image."""
         if not self.weak:
-            return np.ones(len(self.train_idx), dtype=bool)
-        return self.image_labels[self.train_idx] == 1
+            return np.ones(len(indices), dtype=bool)
+        return self.image_labels[indices] == 1
 
     def objective(self):
         """The per-sample loss the setting trains with: the segmentation loss, or for image labels a
