@@ -27,11 +27,11 @@ def load_spec(path: str | None) -> JobSpec:
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"htl: cannot read spec {path}: {e}")
+        raise SystemExit(f"htl: cannot read spec {path}: {e}") from e
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as e:
-        raise SystemExit("htl: " + _format_validation_error(e))
+        raise SystemExit("htl: " + _format_validation_error(e)) from e
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -199,11 +199,10 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _worker_command() -> list[str]:
-    import uuid
-
     # a name of its own per process: two workers on one host (one per GPU, or a worker left behind by a
     # killed `htl serve`) must never take each other for the same worker
     import os
+    import uuid
 
     name = os.environ.get("HTL_WORKER_NAME") or f"htl-{uuid.uuid4().hex[:8]}@%h"  # must stay unique per process
     return [
@@ -250,13 +249,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
     import signal
     import subprocess
+    import threading
 
     import uvicorn
 
     from app.db.migrate import upgrade
     from app.main import create_app
-
-    import threading
 
     if not args.no_worker:
         _require_torch("`htl serve` with its local worker")
@@ -314,7 +312,7 @@ def _client(args: argparse.Namespace):
     try:
         return HtlClient(args.server, args.api_key)
     except ValueError as e:
-        raise SystemExit(f"htl: {e}")
+        raise SystemExit(f"htl: {e}") from e
 
 
 def _client_call(args: argparse.Namespace, action) -> int:

@@ -12,18 +12,19 @@ import shutil
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from PIL import Image
 
-from contract.layout import IMAGE_SUFFIXES, METADATA_FILE, LayoutError, mask_image_id, read_mask, read_metadata
 from app.errors import InvalidInput, TooLarge, UnsupportedMediaType
+from contract.layout import IMAGE_SUFFIXES, METADATA_FILE, LayoutError, mask_image_id, read_mask, read_metadata
 
 CHUNK = 1024 * 1024
 MAX_ID_CHARS = 128  # so every file name derived from an id (masks/<id>_segmentation.png, ...) fits the filesystem
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,%d}$" % (MAX_ID_CHARS - 1))
+SAFE_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID_CHARS - 1}}}$")
 MAX_NAME_BYTES = 200  # a member's file name; filesystems stop at 255
 MAX_EMPTY_MASK_WARNINGS = 20
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}

@@ -140,7 +140,7 @@ class UploadSlots:
         self.active = 0
         self._lock = threading.Lock()
 
-    def __enter__(self) -> "UploadSlots":
+    def __enter__(self) -> UploadSlots:
         with self._lock:
             if self.active >= self.limit:
                 raise Unavailable(f"{self.active} uploads are being ingested (HTL_MAX_CONCURRENT_UPLOADS); try again shortly",

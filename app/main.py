@@ -18,11 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from app import web
 from app.api import annotation, datasets, health, images, jobs
@@ -30,10 +30,10 @@ from app.db.session import make_engine, make_sessionmaker
 from app.db.status import make_status_reader
 from app.errors import CODES, ApiError
 from app.headers import SecurityHeaders, check_metrics_access
-from app.schemas import error_responses
 from app.limits import RateLimiter, RequestLimits, UploadSlots
 from app.observability import JobCollector, RequestMetrics
 from app.queue import make_celery
+from app.schemas import error_responses
 from app.settings import Settings, get_settings
 from app.storage import S3Store, make_store
 

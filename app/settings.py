@@ -3,14 +3,13 @@ artifacts and a filesystem broker under one data directory, no external server."
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
 
 HOST_MEMORY_SHARE = 0.75  # of the host's memory, what one job may be estimated to need by default
 
@@ -76,7 +75,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="a worker's torch threads; default: the host's cores / its live workers")
 
     @model_validator(mode="after")
-    def _safe_outside_development(self) -> "Settings":
+    def _safe_outside_development(self) -> Settings:
         if self.environment == "production":
             if self.resolved_database_url.startswith("sqlite"):
                 raise ValueError("HTL_DATABASE_URL must name a server database (PostgreSQL) in production")
@@ -103,7 +102,7 @@ class Settings(BaseSettings):
     @property
     def live_workers_since(self) -> datetime:
         """A worker stamps itself every sweep; one silent for three sweeps counts as gone."""
-        return datetime.now(timezone.utc) - timedelta(seconds=3 * self.sweep_interval_s)
+        return datetime.now(UTC) - timedelta(seconds=3 * self.sweep_interval_s)
 
     @property
     def artifacts(self) -> Path:

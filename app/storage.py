@@ -15,8 +15,8 @@ import hashlib
 import os
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 from urllib.parse import urlparse
 
 from app.scratch import ScratchCache, check_key

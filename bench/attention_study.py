@@ -81,8 +81,8 @@ def main() -> None:
                 "dense_dice": dense["overall"]["dice"], "attended_dice": attended["overall"]["dice"],
                 "dense_thr_jaccard": dense["overall"]["threshold_jaccard"], "attended_thr_jaccard": attended["overall"]["threshold_jaccard"],
                 "worst_groups": [
-                    {"group": f"{a}={l}", "n": n, "dense_dice": d, "attended_dice": attended["subgroups"][a][l]["dice"]}
-                    for a, l, d, n in worst_groups(dense, min_n=10, k=5)
+                    {"group": f"{a}={v}", "n": n, "dense_dice": d, "attended_dice": attended["subgroups"][a][v]["dice"]}
+                    for a, v, d, n in worst_groups(dense, min_n=10, k=5)
                 ],
             }
             print(json.dumps({f"seed{seed}-{strategy}": results[f"seed{seed}-{strategy}"]}), flush=True)

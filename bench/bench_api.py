@@ -108,7 +108,7 @@ def main() -> None:
                     time.sleep(0.2)
             rng = random.Random(1)
             latencies = []
-            for i in range(args.page_requests):
+            for _ in range(args.page_requests):
                 after = rng.randrange(0, args.scores - args.page)
                 params = {"limit": args.page, **({"cursor": encode_cursor({"rank": after})} if after else {})}
                 t = time.perf_counter()

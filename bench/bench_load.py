@@ -151,8 +151,8 @@ def main() -> None:
                 with httpx.Client(base_url=base, headers=headers, timeout=300) as http:
                     while not stop.is_set():
                         body, content_type = multipart(archive)
-                        timed("upload", lambda: http.post("/v1/datasets", content=trickle(body, args.upload_seconds),
-                                                          headers={"Content-Type": content_type}))
+                        timed("upload", lambda body=body, content_type=content_type: http.post(
+                            "/v1/datasets", content=trickle(body, args.upload_seconds), headers={"Content-Type": content_type}))
 
             threads = [threading.Thread(target=poller) for _ in range(args.pollers)]
             if with_load:

@@ -18,7 +18,7 @@ import torch
 from contract.jobspec import JobSpec
 from ml.models import build_model
 from ml.pipeline import Run
-from ml.train import per_sample_loss, predict_logits, prepare_for_device, model_input
+from ml.train import model_input, per_sample_loss, predict_logits, prepare_for_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,8 +119,8 @@ def main() -> None:
         "images": args.images, "size": args.size, "epochs": args.epochs, "arch": args.arch,
         "decode_s": round(decode_s, 2), "decode_images_per_s": round(args.images / decode_s, 1),
         "prune_s": round(seconds["prune"], 2),
-        "stages": {k: {"images_per_s": round(v, 1), "limit_images_per_s": round(l, 1), "ratio": round(v / l, 2), "limit_is": what}
-                   for k, (v, l, what) in rows.items()},
+        "stages": {k: {"images_per_s": round(v, 1), "limit_images_per_s": round(limit, 1), "ratio": round(v / limit, 2), "limit_is": what}
+                   for k, (v, limit, what) in rows.items()},
     }
     print(json.dumps(result, indent=1))
     print("\n| stage | pipeline img/s | bare img/s (limit) | ratio |\n|---|---|---|---|")

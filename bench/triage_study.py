@@ -104,7 +104,7 @@ def reuse_attention(trained: list[Path], run_dir: Path, seeds: list[int]) -> lis
     name = (lambda base, s: f"{base}-s{s}") if len(seeds) > 1 else (lambda base, s: base)
     copied = []
     for seed in seeds:
-        for base, chosen in (("attended", lambda a: sorted(a["attended"])), ("control", lambda a: sorted(a["control"][str(seed)]))):
+        for base, chosen in (("attended", lambda a: sorted(a["attended"])), ("control", lambda a, seed=seed: sorted(a["control"][str(seed)]))):
             for prior in trained:
                 if chosen(json.loads((prior / "state" / "attention.json").read_text())) == chosen(sets):
                     copy_model(prior, run_dir, name(base, seed))

@@ -25,7 +25,6 @@ from contract.jobspec import JobSpec
 from ml.data import read_mask
 from ml.evaluation import blank_guesses
 from ml.metrics import auroc, image_metrics
-from ml.models import ModelConfig
 from ml.pipeline import Run
 from ml.stages import train_model
 from ml.synthetic import make_dataset

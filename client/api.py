@@ -9,8 +9,9 @@ import os
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -77,7 +78,7 @@ class HtlClient:
             raise ValueError("no API key: pass one or set HTL_API_KEY (create one with: htl keys create --owner NAME)")
         self._http = httpx.Client(base_url=self.server, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
 
-    def __enter__(self) -> "HtlClient":
+    def __enter__(self) -> HtlClient:
         return self
 
     def __exit__(self, *_exc) -> None:

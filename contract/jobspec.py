@@ -57,7 +57,7 @@ class SplitSpec(_Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
-    def _room_for_training(self) -> "SplitSpec":
+    def _room_for_training(self) -> SplitSpec:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} leaves under 10% of the images for training"
@@ -136,7 +136,7 @@ class HtlSpec(_Strict):
     threshold: float | None = Field(None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _one_rule(self) -> "HtlSpec":
+    def _one_rule(self) -> HtlSpec:
         if self.top_fraction is not None and self.threshold is not None:
             raise ValueError("give either top_fraction or threshold, not both")
         if self.top_fraction is None and self.threshold is None:
@@ -243,7 +243,7 @@ class JobSpec(_Strict):
         return ["pruning", *[v for v in value if v != "pruning"]]
 
     @model_validator(mode="after")
-    def _setting_fits(self) -> "JobSpec":
+    def _setting_fits(self) -> JobSpec:
         weak = self.setting == "weakly_supervised"
         if self.model.arch is None:
             self.model.arch = "cnn" if weak else "unet"

@@ -7,8 +7,9 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def decode(kind: Any, raw: Any) -> Any:
 PLAIN = (str, int, bool, typing.Any)  # JSON gives them back as they were written
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _decoder(kind: Any) -> Callable[[Any], Any]:
     """A decoding function per type, built once (a run's 100,000 scores decode in about a second)."""
     origin = typing.get_origin(kind)

@@ -1,7 +1,6 @@
 """Alembic environment: the URL comes from the caller's config (htl db upgrade) or from Settings,
 the metadata from the models."""
 from alembic import context
-from sqlalchemy import pool
 
 from app.db.models import Base
 from app.db.session import make_engine

@@ -10,18 +10,25 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from contract.layout import IMAGE_SUFFIXES, MASK_THRESHOLD, METADATA_FILE, LayoutError, find_mask, read_mask, read_metadata
-
+from contract.layout import (
+    IMAGE_SUFFIXES,
+    MASK_THRESHOLD,
+    METADATA_FILE,
+    LayoutError,
+    find_mask,
+    read_mask,
+    read_metadata,
+)
 
 
 @dataclass(frozen=True)

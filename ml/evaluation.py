@@ -4,10 +4,10 @@ comparisons between models over seeds."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def _score_and_write(record, scored: bool, preds: np.ndarray, peaks: list[int] |
 class _AtOnce:
     """An executor that runs each call when it is submitted."""
 
-    def __enter__(self) -> "_AtOnce":
+    def __enter__(self) -> _AtOnce:
         return self
 
     def __exit__(self, *_exc) -> None:

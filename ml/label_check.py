@@ -8,8 +8,8 @@ whose mask the out-of-sample model contradicts with confidence (see flag_label_i
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.segmentation import deeplabv3_resnet50, lraspp_mobilenet_v3_large
 
@@ -149,7 +149,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "ModelConfig":
+    def from_dict(cls, raw: dict) -> ModelConfig:
         # a checkpoint written before cam_poolings was recorded was built with 3 (weights alike: only the map differs)
         return cls(**{k: raw[k] for k in ("arch", "width", "cam_threshold") if k in raw}, cam_poolings=raw.get("cam_poolings", 3))
 

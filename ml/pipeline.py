@@ -9,9 +9,9 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,10 +19,9 @@ import torch
 from contract.jobspec import JobSpec, check_spec_fits_dataset, resolve_group_column
 from contract.results import CheckpointFile, EvaluationResult, ImageScore, JobResults, decode, encode
 from contract.scorers import SCORERS, extra_passes
-from ml import subgroups
+from ml import focus, label_check, subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
-from ml import focus, label_check
 from ml.evaluation import blank_guesses, compare_models, evaluate_split, image_evaluations, model_reports, split_reports
 from ml.metrics import metric_values, subgroup_labels, usable_attributes
 from ml.models import ModelConfig
@@ -295,7 +294,7 @@ class Run:
             trained = train_model(
                 self.inputs(), seed, loss_weights=loss_weights, sampling_weights=sampling_weights, record_dynamics=record_dynamics,
                 start=None if start_from is None else self.load(self.name(start_from, seed)),
-                progress=lambda f, l, k=k: self.report(stage, f if only_seed is not None else (part[0] + self._seed_fraction(k, f)) / part[1], l),
+                progress=lambda f, label, k=k: self.report(stage, f if only_seed is not None else (part[0] + self._seed_fraction(k, f)) / part[1], label),
             )
             self._save(trained.model, base, seed)
             if trained.dynamics is not None:
@@ -371,7 +370,7 @@ class Run:
         reports = {}
         for j, seed in enumerate(self.seeds):
             pruned = prune_dense(self.inputs(), self.load(self.name("dense", seed)), seed,
-                                 progress=lambda f, l, j=j: self.report("prune", self._seed_fraction(j, f), l))
+                                 progress=lambda f, label, j=j: self.report("prune", self._seed_fraction(j, f), label))
             for each in pruned:
                 saved = self._save(each.model, f"pruned@{sparsity_key(each.sparsity)}", seed, sparsity=each.sparsity,
                                    achieved_sparsity=each.health["achieved"], degenerate=each.health["degenerate"])

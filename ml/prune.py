@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ml.data import DecodedDataset
-from ml.models import prunable_layers
 from ml.metrics import auroc
+from ml.models import prunable_layers
 from ml.train import binary_dice, iterate_batches, localize_and_classify, model_input, predict_logits
 
 SCOPES = ("global", "layerwise")

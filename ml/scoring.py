@@ -2,8 +2,8 @@
 model's (1 - Dice), and their mean over sparsities."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

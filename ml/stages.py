@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,7 +18,14 @@ from contract.scorers import SCORERS
 from ml import hardness
 from ml.data import DatasetIndex, DecodedDataset
 from ml.models import ModelConfig
-from ml.prune import apply_pruning_masks, health, make_permanent, recalibrate_batchnorm, sparsity_report, validation_prediction
+from ml.prune import (
+    apply_pruning_masks,
+    health,
+    make_permanent,
+    recalibrate_batchnorm,
+    sparsity_report,
+    validation_prediction,
+)
 from ml.scoring import HtlScores, score_disagreement, seeded_tiebreak, select_htl
 from ml.setting import Targets, fit_in_setting
 from ml.train import FitConfig, TrainingRecord, prepare_for_device

@@ -3,8 +3,8 @@ one-cycle or cosine schedule, channels_last, bfloat16 autocast on CUDA. Seeded a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

@@ -105,7 +105,7 @@ class Heartbeat:
         self.peak_memory = memory.resident_bytes()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}-{unit}", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

@@ -2,7 +2,8 @@
 transaction, the current owner from the bearer key."""
 from __future__ import annotations
 
-from typing import Annotated, Iterator
+from collections.abc import Iterator
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer

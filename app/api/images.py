@@ -36,7 +36,7 @@ def job_image(job_id: uuid.UUID, image_id: str, request: Request, owner: Current
     except GalleryError:
         layers = ["gt"]
     overlay = f"/v1/jobs/{job_id}/images/{image_id}/overlay.png?layers={','.join(layers)}"
-    colours = {layer: "#%02x%02x%02x" % layer_colour(layer, layers) for layer in layers}
+    colours = {layer: "#{:02x}{:02x}{:02x}".format(*layer_colour(layer, layers)) for layer in layers}
     return ImageOut(image_id=image_id, rank=score.rank, htl_score=score.htl_score, is_htl=score.is_htl, labeled=score.labeled,
                     per_sparsity=score.per_sparsity, scores=score.other_scores, attributes=score.attributes,
                     subgroups=score.subgroups, label_quality=score.label_quality, label_issue=score.label_issue,

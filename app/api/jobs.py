@@ -7,7 +7,8 @@ import json
 import math
 import shutil
 import uuid
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse

@@ -77,7 +77,7 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     updated_at: Mapped[datetime | None]
     # what the user should know about how the job ran (resolved split column, degenerate sparsities)
     warnings: Mapped[list] = mapped_column(default=list, server_default=text("'[]'"))
-    units: Mapped[list["JobUnit"]] = relationship(order_by="JobUnit.position", lazy="selectin", viewonly=True)
+    units: Mapped[list[JobUnit]] = relationship(order_by="JobUnit.position", lazy="selectin", viewonly=True)
 
 
 class Worker(Base):

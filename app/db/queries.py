@@ -5,15 +5,30 @@ import hashlib
 import json
 import secrets
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import Text, and_, bindparam, cast, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import units
 from app.db.base import utcnow
-from app.db.models import FINISHED, ApiKey, Checkpoint, Dataset, Evaluation, Image, Job, JobReport, JobUnit, Metric, Owner, Score, Worker
+from app.db.models import (
+    FINISHED,
+    ApiKey,
+    Checkpoint,
+    Dataset,
+    Evaluation,
+    Image,
+    Job,
+    JobReport,
+    JobUnit,
+    Metric,
+    Owner,
+    Score,
+    Worker,
+)
 
 KEY_PREFIX = "htl_"
 

@@ -12,9 +12,12 @@ from sqlalchemy.engine import make_url
 
 from app.db import queries
 from app.db.migrate import upgrade
-from app.db.session import make_engine, make_sessionmaker
 from app.main import create_app
 from app.settings import Settings
+from worker.tasks import execute_job
+
+from .archives import dataset_files, make_zip
+from .helpers import start_worker, stop_worker, submit
 
 PG_URL = os.environ.get("HTL_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("HTL_TEST_REDIS_URL")
@@ -96,3 +99,37 @@ def bob(session_factory) -> dict:
 def count_rows(session_factory, model) -> int:
     with session_factory() as session:
         return session.scalar(select(func.count()).select_from(model))
+
+
+@pytest.fixture
+def dataset_id(client, alice, tmp_path):
+    files = dataset_files(tmp_path, n=40)
+    r = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "d"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+@pytest.fixture
+def finished_job(client, alice, dataset_id, settings):
+    job = submit(client, alice, dataset_id).json()
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="test-worker") == "succeeded"
+    return job["id"]
+
+
+@pytest.fixture
+def worker_settings(db_url, tmp_path):
+    if db_url.startswith("sqlite"):
+        return Settings(data_dir=tmp_path / "data", database_url=db_url, progress_interval_s=0.1)
+    if not REDIS_URL:
+        pytest.skip(NO_REDIS)
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=REDIS_URL, progress_interval_s=0.1)
+
+
+@pytest.fixture
+def worker_process(worker_settings, tmp_path):
+    proc = start_worker(worker_settings, tmp_path / "worker.log")
+    yield proc, tmp_path / "worker.log"
+    stop_worker(proc)

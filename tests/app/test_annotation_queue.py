@@ -10,7 +10,7 @@ from app.annotation_queue import StrategyUnavailable, queue_order
 from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip
-from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 (dataset_id: a fixture)
+from .helpers import TINY, submit
 
 
 @dataclass

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from .archives import dataset_files, make_zip
+from .helpers import wait_for
 from .test_service_under_load import Server
-from .test_worker_process import wait_for
 
 MIN_CASES = 1000
 

@@ -5,7 +5,7 @@ import pytest
 from worker.tasks import execute_job
 
 from .conftest import make_key
-from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
+from .helpers import submit
 
 
 def test_v1_routes_need_a_bearer_key(client):

@@ -17,7 +17,7 @@ from app.db import queries, units
 from app.db.models import Job, JobUnit
 from worker import tasks
 
-from .test_jobs_api import dataset_id, submit  # noqa: F401 - fixture
+from .helpers import submit
 from .test_worker_lifecycle import CHAIN, _age, _claim
 
 

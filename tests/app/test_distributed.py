@@ -19,8 +19,8 @@ from app.db.migrate import upgrade
 
 from .archives import dataset_files, make_zip
 from .conftest import PG_URL, _fresh_postgres_database
+from .helpers import wait_for
 from .test_service_under_load import Server
-from .test_worker_process import wait_for
 
 REDIS_URL = os.environ.get("HTL_TEST_REDIS_URL")
 SPEC = {"image_size": 32, "model": {"width": 8}, "split": {"group_column": "lesion_id"},

@@ -9,27 +9,7 @@ from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip
 from .conftest import count_rows
-
-TINY = {"image_size": 32, "model": {"width": 4}, "split": {"group_column": "lesion_id"}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5, 0.9]}}
-
-
-@pytest.fixture
-def dataset_id(client, alice, tmp_path):
-    files = dataset_files(tmp_path, n=40)
-    r = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "d"})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
-
-
-def submit(client, headers, dataset_id, spec=TINY):
-    return client.post("/v1/jobs", headers=headers, json={"dataset_id": dataset_id, "spec": spec})
-
-
-@pytest.fixture
-def finished_job(client, alice, dataset_id, settings):
-    job = submit(client, alice, dataset_id).json()
-    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="test-worker") == "succeeded"
-    return job["id"]
+from .helpers import TINY, submit
 
 
 def test_submit_answers_202_with_a_queued_job(client, alice, dataset_id):
@@ -417,12 +397,12 @@ def test_submits_racing_the_deletion_of_their_dataset_answer_202_or_404_and_ever
         ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", archive)}).json()["id"]
         barrier = threading.Barrier(3)
 
-        def submit_one():
+        def submit_one(barrier=barrier, ds=ds):
             barrier.wait()
             r = submit(client, alice, ds)
             answers.append(("submit", r.status_code, r.json().get("id") if r.status_code == 202 else None))
 
-        def delete():
+        def delete(barrier=barrier, ds=ds):
             barrier.wait()
             answers.append(("delete", client.delete(f"/v1/datasets/{ds}", headers=alice).status_code, None))
 
@@ -432,6 +412,6 @@ def test_submits_racing_the_deletion_of_their_dataset_answer_202_or_404_and_ever
         for t in threads:
             t.join(timeout=60)
     assert {(kind, status) for kind, status, _ in answers} <= {("submit", 202), ("submit", 404), ("delete", 204), ("delete", 409)}, answers
-    for _, status, job_id in answers:
+    for _, _, job_id in answers:
         if job_id is not None:
             assert client.get(f"/v1/jobs/{job_id}", headers=alice).status_code == 200

@@ -15,7 +15,7 @@ from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip
 from .conftest import count_rows, make_key
-from .test_jobs_api import TINY, dataset_id, finished_job, submit  # noqa: F401 - fixtures
+from .helpers import TINY, submit
 
 
 def _error(r, status: int, code: str) -> dict:
@@ -48,7 +48,7 @@ def test_a_json_body_over_the_limit_is_413_before_it_is_parsed(tmp_path, db_url)
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_numbers_in_a_spec_are_422(client, alice, dataset_id, number):
-    raw = '{"dataset_id": "%s", "spec": {"train": {"lr": %s}}}' % (dataset_id, number)
+    raw = '{"dataset_id": "' + dataset_id + '", "spec": {"train": {"lr": ' + number + "}}}"
     body = _error(client.post("/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=raw), 422, "INVALID_INPUT")
     assert any(e["loc"][-2:] == ["train", "lr"] for e in body["detail"])
     assert count_rows(client.app.state.sessionmaker, Job) == 0
@@ -294,7 +294,7 @@ def test_a_nul_in_an_upload_name_or_a_metadata_cell_is_422_and_leaves_nothing(cl
 @pytest.mark.torch
 @pytest.mark.parametrize("path, key", [("evaluations", "image_id"), ("checkpoints", "name")])
 def test_a_cursor_holding_a_nul_is_422(client, alice, finished_job, path, key):
-    body = _error(client.get(f"/v1/jobs/{finished_job}/{path}", headers=alice, params={"cursor": _cursor({key: "a\x00"})}),
+    _error(client.get(f"/v1/jobs/{finished_job}/{path}", headers=alice, params={"cursor": _cursor({key: "a\x00"})}),
                   422, "INVALID_CURSOR")
 
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from .archives import dataset_files, make_zip
+from .helpers import wait_for
 from .test_service_under_load import Server, free_port
-from .test_worker_process import wait_for
 
 PG_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), None)
 REDIS_SERVER = shutil.which("redis-server")

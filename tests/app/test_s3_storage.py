@@ -16,7 +16,7 @@ from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip
 from .conftest import make_key
-from .test_jobs_api import TINY
+from .helpers import TINY
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from .archives import dataset_files, make_zip
-from .test_worker_process import wait_for
+from .helpers import wait_for
 
 SLOW_UPLOADS = 16
 POLLERS = 4
@@ -45,7 +45,7 @@ class Server:
         self.no_worker = no_worker
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         log = self.log_path.open("a")
         args = [*self.cli, "serve", "--port", str(self.port), "--data-dir", str(self.data), *(["--no-worker"] if self.no_worker else [])]
         self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)

@@ -25,8 +25,7 @@ from worker import tasks
 
 from .archives import dataset_files, make_zip
 from .conftest import count_rows, make_key
-from .test_jobs_api import TINY, dataset_id, submit  # noqa: F401 - fixture
-from .test_worker_process import start_worker, stop_worker, wait_for, worker_process, worker_settings  # noqa: F401 - fixtures
+from .helpers import TINY, start_worker, stop_worker, submit, wait_for
 
 LONG = {**TINY, "train": {"epochs": 60, "batch_size": 8}}
 # the claim and sweep tests follow one chain of units: dense[0] -> score -> attend[0] -> evaluate

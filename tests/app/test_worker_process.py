@@ -2,11 +2,7 @@
 the filesystem broker (the embedded default)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,66 +10,10 @@ from fastapi.testclient import TestClient
 from app.db.models import Checkpoint, Metric, Score
 from app.main import create_app
 from app.queue import RUN_JOB
-from app.settings import Settings
 
 from .archives import dataset_files, make_zip
-from .conftest import REDIS_URL, NO_REDIS, count_rows, make_key
-from .test_jobs_api import TINY
-
-
-@pytest.fixture
-def worker_settings(db_url, tmp_path):
-    if db_url.startswith("sqlite"):
-        return Settings(data_dir=tmp_path / "data", database_url=db_url, progress_interval_s=0.1)
-    if not REDIS_URL:
-        pytest.skip(NO_REDIS)
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=REDIS_URL, progress_interval_s=0.1)
-
-
-def start_worker(worker_settings: Settings, log_path, **env_extra: str) -> subprocess.Popen:
-    """A Celery worker process as `htl worker` starts one, on worker_settings' database and broker."""
-    env = dict(
-        os.environ, HTL_DATA_DIR=str(worker_settings.data_dir), HTL_DATABASE_URL=worker_settings.resolved_database_url,
-        HTL_PROGRESS_INTERVAL_S="0.1", HTL_DEVICE="cpu", **env_extra,
-    )
-    if worker_settings.broker_url:
-        env["HTL_BROKER_URL"] = worker_settings.broker_url
-    else:
-        env.pop("HTL_BROKER_URL", None)
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "-c", "1", "-Q", "htl",
-             "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture
-def worker_process(worker_settings, tmp_path):
-    proc = start_worker(worker_settings, tmp_path / "worker.log")
-    yield proc, tmp_path / "worker.log"
-    stop_worker(proc)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from .conftest import count_rows, make_key
+from .helpers import TINY, wait_for
 
 
 @pytest.mark.torch

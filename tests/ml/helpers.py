@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from ml.data import DecodedDataset, decode_dataset, scan_dataset
+from ml.data import decode_dataset, scan_dataset
 from ml.synthetic import make_dataset
 
 

@@ -6,8 +6,8 @@ import torch
 
 from ml.models import build_model
 from ml.prune import prune_model
-from ml.train import FitConfig, fit
 from ml.scoring import HtlScores, binary_dice, score_disagreement, select_htl
+from ml.train import FitConfig, fit
 
 from .helpers import synthetic_decoded
 
