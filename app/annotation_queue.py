@@ -2,6 +2,7 @@
 order of a strategy. htl: the HTL ranking (the pruned models disagree with the dense model most);
 mc_dropout: the dense model's disagreement with itself under test-time dropout (needs the
 mc_dropout scorer); random: a seeded shuffle, the baseline any strategy has to beat."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,10 @@ def queue_order(images: list[ScoredImage], strategy: Strategy, *, seed: int = 0)
     elif strategy == "mc_dropout":
         missing = [image.image_id for image in images if image.other_scores.get("mc_dropout") is None]
         if missing:
-            raise StrategyUnavailable(f"no mc_dropout score for {len(missing)} of {len(images)} unlabeled images "
-                                      f"(e.g. {missing[0]!r}): submit the job with \"scorers\" including \"mc_dropout\"")
+            raise StrategyUnavailable(
+                f"no mc_dropout score for {len(missing)} of {len(images)} unlabeled images "
+                f'(e.g. {missing[0]!r}): submit the job with "scorers" including "mc_dropout"'
+            )
         keyed = [(float(image.other_scores["mc_dropout"]), image) for image in images]
     elif strategy == "random":
         keyed = [(_draw(seed, image.image_id), image) for image in images]

@@ -1,4 +1,5 @@
 """The `htl` command. Heavy modules (torch, ml) are imported inside the commands that need them."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ml.pipeline import DegenerateError, Progress, Run, RunDirError
 
     # in a log file (not a terminal) a redraw every half second would flood it
-    bar = tqdm(total=1000, mininterval=0.5 if sys.stderr.isatty() else 30, bar_format="{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+    bar = tqdm(
+        total=1000,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+        bar_format="{desc:<10} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}",
+    )
 
     def on_progress(p: Progress) -> None:
         bar.set_description_str(p.stage, refresh=False)
@@ -63,8 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in metrics["warnings"]:
         if warning not in run.split_warnings:
             print(f"warning: {warning}")
-    print(f"split by {metrics['group_column'] or 'image (no group column)'}; validation images: {metrics['scored_images']}"
-          + (f", test images: {metrics['test_images']}" if metrics["test_images"] else ""))
+    print(
+        f"split by {metrics['group_column'] or 'image (no group column)'}; validation images: {metrics['scored_images']}"
+        + (f", test images: {metrics['test_images']}" if metrics["test_images"] else "")
+    )
     for split in metrics["splits"]:
         print(f"{split}:")
         print(f"  {'model':<14}{'dice':>8}{'jaccard':>9}{'thr.jac':>9}{'box_iou':>9}")
@@ -81,13 +88,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         guesses = metrics.get("blank_guesses", {}).get(split)
         if guesses and guesses["n"]:
             images = "positive images" if spec.setting == "weakly_supervised" else "images with a mask"
-            print(f"  on its {guesses['n']} {images}, guesses that read no pixel: all-foreground dice "
-                  f"{guesses['all_foreground']:.4f}, centred disc of the mean lesion size {guesses['centred_disc']:.4f}")
+            print(
+                f"  on its {guesses['n']} {images}, guesses that read no pixel: all-foreground dice "
+                f"{guesses['all_foreground']:.4f}, centred disc of the mean lesion size {guesses['centred_disc']:.4f}"
+            )
     check = metrics.get("label_check", {})
     if check.get("enabled"):
         flagged = ", ".join(f"{n} of {check['checked'][split]} {split}" for split, n in check["n_issues"].items())
-        print(f"label check ({check['folds']}-fold out-of-sample): masks flagged as probably wrong: {flagged}"
-              + ("; figures without them: subgroup label_check=ok" if any(check["n_issues"].values()) else ""))
+        print(
+            f"label check ({check['folds']}-fold out-of-sample): masks flagged as probably wrong: {flagged}"
+            + ("; figures without them: subgroup label_check=ok" if any(check["n_issues"].values()) else "")
+        )
     if metrics.get("verdict"):
         print(metrics["verdict"])
     if metrics["attended_vs_dense"]["single_seed"]:
@@ -176,11 +187,18 @@ def _with_session(args: argparse.Namespace, action):
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from app.db import queries
 
-    rows = _with_session(args, lambda s: [(k.prefix, name, k.created_at, k.revoked_at) for k, name in
-                                          queries.list_api_keys(session=s, owner_name=args.owner)])
+    rows = _with_session(
+        args,
+        lambda s: [
+            (k.prefix, name, k.created_at, k.revoked_at)
+            for k, name in queries.list_api_keys(session=s, owner_name=args.owner)
+        ],
+    )
     print(f"{'prefix':<14}{'owner':<20}{'created':<27}revoked")
     for prefix, name, created, revoked in rows:
-        print(f"{prefix:<14}{name:<20}{created.isoformat(timespec='seconds'):<27}{revoked.isoformat(timespec='seconds') if revoked else '-'}")
+        print(
+            f"{prefix:<14}{name:<20}{created.isoformat(timespec='seconds'):<27}{revoked.isoformat(timespec='seconds') if revoked else '-'}"
+        )
     return 0
 
 
@@ -188,7 +206,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from app.db import queries
 
     if len(args.prefix) < 12:
-        print("htl: give the key's 12-character prefix, as `htl keys list` shows it (or the whole key)", file=sys.stderr)
+        print(
+            "htl: give the key's 12-character prefix, as `htl keys list` shows it (or the whole key)", file=sys.stderr
+        )
         return 2
     n = _with_session(args, lambda s: queries.revoke_api_keys(session=s, prefix=args.prefix[:12]))
     if n == 0:
@@ -206,8 +226,19 @@ def _worker_command() -> list[str]:
 
     name = os.environ.get("HTL_WORKER_NAME") or f"htl-{uuid.uuid4().hex[:8]}@%h"  # must stay unique per process
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
-        "-Q", "htl", "-n", name, "--loglevel=INFO",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "-Q",
+        "htl",
+        "-n",
+        name,
+        "--loglevel=INFO",
     ]
 
 
@@ -229,9 +260,11 @@ def _require_torch(what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
-        raise SystemExit(f"htl: {what} needs torch, which this install lacks (the API-only install, "
-                         "requirements/api.txt): install requirements/runtime.txt for a worker, "
-                         "or run `htl serve --no-worker` with workers on another host")
+        raise SystemExit(
+            f"htl: {what} needs torch, which this install lacks (the API-only install, "
+            "requirements/api.txt): install requirements/runtime.txt for a worker, "
+            "or run `htl serve --no-worker` with workers on another host"
+        )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -274,8 +307,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         while not stopping.wait(2.0):
             worker = current["worker"]
             if worker is not None and worker.poll() is not None and not stopping.is_set():
-                print(f"htl serve: the worker (pid {worker.pid}) exited with {worker.returncode}; starting another",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"htl serve: the worker (pid {worker.pid}) exited with {worker.returncode}; starting another",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 stopping.wait(pause)
                 pause = min(pause * 2, 60.0)
                 if not stopping.is_set():
@@ -284,9 +320,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_worker:
         current["worker"] = start_worker()
         threading.Thread(target=keep_worker_alive, name="keep-worker-alive", daemon=True).start()
-    print(f"htl serve: API on http://{args.host}:{args.port}, data in {settings.data_dir.resolve()}, "
-          f"database {_redacted(settings.resolved_database_url)}, broker {settings.resolved_broker_url}"
-          + ("" if current["worker"] is None else f", worker pid {current['worker'].pid}"), file=sys.stderr, flush=True)
+    print(
+        f"htl serve: API on http://{args.host}:{args.port}, data in {settings.data_dir.resolve()}, "
+        f"database {_redacted(settings.resolved_database_url)}, broker {settings.resolved_broker_url}"
+        + ("" if current["worker"] is None else f", worker pid {current['worker'].pid}"),
+        file=sys.stderr,
+        flush=True,
+    )
     # uvicorn re-raises SIGTERM after its graceful shutdown; turned into SystemExit, it reaches the
     # finally below, so the worker is stopped with the API instead of being left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -343,14 +383,19 @@ def cmd_datasets_upload(args: argparse.Namespace) -> int:
 
     def upload(api):
         with tqdm(total=0, unit="B", unit_scale=True, desc="upload", disable=None) as bar:
+
             def on_progress(sent: int, total: int) -> None:
                 bar.total = total
                 bar.update(sent - bar.n)
+
             dataset = api.upload_dataset(Path(args.source), name=args.name, on_progress=on_progress)
-        print(f"dataset {dataset['id']}: {dataset['n_images']} images, {dataset['n_masks']} masks, "
-              f"attributes {', '.join(dataset['attributes']) or '-'}")
+        print(
+            f"dataset {dataset['id']}: {dataset['n_images']} images, {dataset['n_masks']} masks, "
+            f"attributes {', '.join(dataset['attributes']) or '-'}"
+        )
         for warning in dataset["warnings"]:
             print(f"warning: {warning}")
+
     return _client_call(args, upload)
 
 
@@ -358,6 +403,7 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
     def listing(api):
         for d in api.datasets():
             print(f"{d['id']}  {d['name']:<24}{d['n_images']:>8} images{d['n_masks']:>8} masks  {d['created_at']}")
+
     return _client_call(args, listing)
 
 
@@ -368,10 +414,14 @@ def _progress_line(state: dict) -> str:
 def _wait_with_bar(api, job_id: str) -> dict:
     from tqdm import tqdm
 
-    with tqdm(total=100, desc="queued", bar_format="{desc:<18}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}", disable=None) as bar:
+    with tqdm(
+        total=100, desc="queued", bar_format="{desc:<18}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}", disable=None
+    ) as bar:
+
         def on_update(state: dict) -> None:
             bar.set_description_str(f"{state['status']} {state['stage'] or ''}".strip(), refresh=False)
             bar.update(round(100 * state["progress"]) - bar.n)
+
         return api.wait(job_id, on_update=on_update)
 
 
@@ -394,6 +444,7 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
             if warning not in job.get("warnings", []):
                 print(f"warning: {warning}")
         return 0 if done["status"] == "succeeded" else 1
+
     return _client_call(args, submit)
 
 
@@ -401,6 +452,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     def listing(api):
         for j in api.jobs(status=args.status):
             print(f"{j['id']}  {_progress_line(j)}  {j['created_at']}" + (f"  {j['error']}" if j["error"] else ""))
+
     return _client_call(args, listing)
 
 
@@ -409,7 +461,9 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
-    return _client_call(args, lambda api: print(f"job {args.job}: {api.cancel_job(args.job)['status']} (cancel requested)"))
+    return _client_call(
+        args, lambda api: print(f"job {args.job}: {api.cancel_job(args.job)['status']} (cancel requested)")
+    )
 
 
 def cmd_scores(args: argparse.Namespace) -> int:
@@ -420,6 +474,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         else:
             _print_json(list(api.scores(args.job, htl_only=args.htl_only)))
+
     return _client_call(args, scores)
 
 
@@ -436,6 +491,7 @@ def cmd_annotation_queue(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
         else:
             _print_json(list(api.annotation_queue(args.job, strategy=args.strategy, seed=args.seed)))
+
     return _client_call(args, queue)
 
 
@@ -443,6 +499,7 @@ def cmd_checkpoints_download(args: argparse.Namespace) -> int:
     def download(api):
         path = api.download_checkpoint(args.job, args.name, Path(args.out))
         print(f"{path} (sha256 checked)")
+
     return _client_call(args, download)
 
 
@@ -468,9 +525,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    datasets = sub.add_parser("datasets", help="datasets on a running service").add_subparsers(dest="datasets_command", required=True)
-    upload = client_command(datasets, "upload", "pack a dataset folder (or take an archive) and upload it, with a progress bar",
-                            cmd_datasets_upload)
+    datasets = sub.add_parser("datasets", help="datasets on a running service").add_subparsers(
+        dest="datasets_command", required=True
+    )
+    upload = client_command(
+        datasets,
+        "upload",
+        "pack a dataset folder (or take an archive) and upload it, with a progress bar",
+        cmd_datasets_upload,
+    )
     upload.add_argument("source", help="a folder with images/, masks/ and metadata.csv, or a zip / tar.gz of one")
     upload.add_argument("--name", help="the dataset's name (default: the folder's)")
     client_command(datasets, "list", "your datasets, newest first", cmd_datasets_list)
@@ -479,32 +542,53 @@ def build_parser() -> argparse.ArgumentParser:
     submit = client_command(jobs, "submit", "submit a job on a dataset", cmd_jobs_submit)
     submit.add_argument("dataset", help="the dataset's id")
     submit.add_argument("--spec", help="job spec JSON file (every field optional)")
-    submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar (stage, ETA) until it ends")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job with a progress bar (stage, ETA) until it ends"
+    )
     jlist = client_command(jobs, "list", "your jobs, newest first", cmd_jobs_list)
-    jlist.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"], help="only jobs in this status")
-    client_command(jobs, "show", "a job's status, stage, progress, warnings and spec, as JSON", cmd_jobs_show).add_argument(
-        "job", help="the job's id")
-    client_command(jobs, "cancel", "cancel a queued or running job", cmd_jobs_cancel).add_argument("job", help="the job's id")
+    jlist.add_argument(
+        "--status", choices=["queued", "running", "succeeded", "failed", "cancelled"], help="only jobs in this status"
+    )
+    client_command(
+        jobs, "show", "a job's status, stage, progress, warnings and spec, as JSON", cmd_jobs_show
+    ).add_argument("job", help="the job's id")
+    client_command(jobs, "cancel", "cancel a queued or running job", cmd_jobs_cancel).add_argument(
+        "job", help="the job's id"
+    )
 
     scores = client_command(sub, "scores", "a finished job's per-image HTL scores, hardest first", cmd_scores)
     scores.add_argument("job", help="the job's id")
     scores.add_argument("--htl-only", action="store_true", help="only the HTL images")
     scores.add_argument("--format", choices=["json", "csv"], default="json", help="json (a list) or csv (streamed)")
 
-    queue = client_command(sub, "annotation-queue", "a semi-supervised job's unlabeled images, most worth annotating first",
-                           cmd_annotation_queue)
+    queue = client_command(
+        sub,
+        "annotation-queue",
+        "a semi-supervised job's unlabeled images, most worth annotating first",
+        cmd_annotation_queue,
+    )
     queue.add_argument("job", help="the job's id")
-    queue.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0],
-                       help="random (a seeded shuffle: on HAM10000 it beat the others, see BENCHMARKS.md), htl (the HTL "
-                            "ranking), mc_dropout (needs that scorer in the job)")
+    queue.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=STRATEGIES[0],
+        help="random (a seeded shuffle: on HAM10000 it beat the others, see BENCHMARKS.md), htl (the HTL "
+        "ranking), mc_dropout (needs that scorer in the job)",
+    )
     queue.add_argument("--seed", type=int, default=0, help="the random strategy's seed")
     queue.add_argument("--format", choices=["csv", "json"], default="csv", help="csv (for an annotation tool) or json")
     queue.add_argument("--out", help="write the CSV to this file (default: standard output)")
 
-    checkpoints = sub.add_parser("checkpoints", help="a finished job's models").add_subparsers(dest="checkpoints_command", required=True)
-    download = client_command(checkpoints, "download", "download a checkpoint (safetensors), checking its sha256", cmd_checkpoints_download)
+    checkpoints = sub.add_parser("checkpoints", help="a finished job's models").add_subparsers(
+        dest="checkpoints_command", required=True
+    )
+    download = client_command(
+        checkpoints, "download", "download a checkpoint (safetensors), checking its sha256", cmd_checkpoints_download
+    )
     download.add_argument("job", help="the job's id")
-    download.add_argument("name", help="dense, attended, control, pruned@0.5, ... (suffixed -s<seed> with several seeds)")
+    download.add_argument(
+        "name", help="dense, attended, control, pruned@0.5, ... (suffixed -s<seed> with several seeds)"
+    )
     download.add_argument("--out", default=".", help="a folder or a file name (default: the current folder)")
     run = sub.add_parser("run", help="run the whole pipeline locally on a dataset folder")
     run.add_argument("data_dir", help="folder with images/, masks/ and optionally metadata.csv")
@@ -516,16 +600,30 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out", help="folder to write images/, masks/ and metadata.csv into")
     synth.add_argument("--n", type=int, default=300, help="number of images (default 300)")
     synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    synth.add_argument("--hard-fraction", type=float, default=0.15, help="share of images in the hard minority, site=rare (default 0.15)")
+    synth.add_argument(
+        "--hard-fraction",
+        type=float,
+        default=0.15,
+        help="share of images in the hard minority, site=rare (default 0.15)",
+    )
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.set_defaults(func=cmd_synth)
 
     def data_dir_option(p):
-        p.add_argument("--data-dir", dest="data_dir_opt", help="service data folder (default: $HTL_DATA_DIR or ./htl-data)")
+        p.add_argument(
+            "--data-dir", dest="data_dir_opt", help="service data folder (default: $HTL_DATA_DIR or ./htl-data)"
+        )
 
     serve = sub.add_parser("serve", help="run the API and a local worker (embedded: SQLite, local files, local broker)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000); the web app is at /, the API under /v1")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port to listen on (default 8000); the web app is at /, the API under /v1",
+    )
     serve.add_argument("--no-worker", action="store_true", help="API only (run workers with `htl worker`)")
     data_dir_option(serve)
     serve.set_defaults(func=cmd_serve)
@@ -538,7 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir_option(up)
     up.set_defaults(func=cmd_db_upgrade)
     down = db.add_parser("downgrade", help="migrate the database down (default: to an empty schema)")
-    down.add_argument("revision", nargs="?", default="base", help="the revision to go down to (default base: an empty database)")
+    down.add_argument(
+        "revision", nargs="?", default="base", help="the revision to go down to (default base: an empty database)"
+    )
     data_dir_option(down)
     down.set_defaults(func=cmd_db_downgrade)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
@@ -546,7 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--owner", required=True, help="the owner's name; created if new")
     data_dir_option(create)
     create.set_defaults(func=cmd_keys_create)
-    listing = keys.add_parser("list", help="list keys by prefix, owner, creation and revocation (never the keys themselves)")
+    listing = keys.add_parser(
+        "list", help="list keys by prefix, owner, creation and revocation (never the keys themselves)"
+    )
     listing.add_argument("--owner", help="only this owner's keys")
     data_dir_option(listing)
     listing.set_defaults(func=cmd_keys_list)

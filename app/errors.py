@@ -1,4 +1,5 @@
 """Typed errors with a code; the API turns each into its HTTP status and {"detail": ..., "code": ...}."""
+
 from __future__ import annotations
 
 
@@ -60,6 +61,17 @@ class TooManyRequests(ApiError):
 
 
 # the code of an error raised as a plain HTTP status (unknown route, wrong method, ...)
-CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
-         409: "CONFLICT", 413: "TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 422: "INVALID_INPUT", 429: "RATE_LIMITED",
-         500: "INTERNAL", 503: "UNAVAILABLE"}
+CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "INVALID_INPUT",
+    429: "RATE_LIMITED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}

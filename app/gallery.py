@@ -1,5 +1,6 @@
 """Server-side overlays for the HTL gallery (PIL and numpy, no torch): an image with the ground-truth
 contour and the dense and pruned models' predicted masks drawn on it, cached as PNG per layer set."""
+
 from __future__ import annotations
 
 import hashlib
@@ -81,8 +82,9 @@ def _contour(mask: np.ndarray, width: int) -> np.ndarray:
     return (np.asarray(shape) > 127) & ~(np.asarray(inner) > 127)
 
 
-def render_overlay(store: Store, dataset_key: str, run_prefix: str, image_id: str, layers: list[str], size: int,
-                   cache_dir: Path) -> bytes:
+def render_overlay(
+    store: Store, dataset_key: str, run_prefix: str, image_id: str, layers: list[str], size: int, cache_dir: Path
+) -> bytes:
     """The image at most `size` pixels on its long side; gt as a contour, dense as a tinted fill with
     a contour, each pruned model as a contour. Unknown layers raise GalleryError naming them. Files are
     read through the store (in place, or from its scratch cache); the PNG is cached in cache_dir."""
@@ -92,10 +94,14 @@ def render_overlay(store: Store, dataset_key: str, run_prefix: str, image_id: st
     if unknown:
         raise GalleryError(f"unknown layers {unknown}; this job has {known}")
     if any(layer != "gt" for layer in layers) and image_id not in index["images"]:
-        raise GalleryError(f"the job kept predicted masks only for its HTL images, its label issues and {index['sample']} others; "
-                           f"not for {image_id!r}")
+        raise GalleryError(
+            f"the job kept predicted masks only for its HTL images, its label issues and {index['sample']} others; "
+            f"not for {image_id!r}"
+        )
     if "oos" in layers and "oos" not in image_layers(index, image_id):
-        raise GalleryError(f"the label check made no out-of-sample prediction of {image_id!r} (it checks only images with a mask)")
+        raise GalleryError(
+            f"the label check made no out-of-sample prediction of {image_id!r} (it checks only images with a mask)"
+        )
     layers = [layer for layer in known if layer in layers]  # one order, each once: "gt,gt,gt" is "gt"
     # a dataset's files and a finished job's masks never change: the request alone names the picture
     key = hashlib.sha256(json.dumps([dataset_key, run_prefix, image_id, layers, size]).encode()).hexdigest()[:24]

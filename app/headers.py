@@ -2,6 +2,7 @@
 sniffing, no framing: the web app and /docs are never meant to sit inside another site's page; no
 caching of anything under /v1: scores, overlays and checkpoints are one owner's data, a shared
 cache must not keep them), and the operator-only /metrics."""
+
 from __future__ import annotations
 
 import hmac
@@ -23,8 +24,12 @@ def check_metrics_access(request, token: str | None) -> None:
     if host not in LOOPBACK:
         raise Forbidden("/metrics answers this host only; set HTL_METRICS_TOKEN to scrape it from elsewhere")
 
-ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-          (b"content-security-policy", b"frame-ancestors 'none'")]
+
+ALWAYS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+]
 NO_STORE = (b"cache-control", b"no-store")
 
 

@@ -4,6 +4,7 @@ Nothing in an archive is trusted: member paths (absolute, '..', backslashes), me
 devices), declared sizes (bytes are counted while extracting), compression ratios, file counts and
 image dimensions (read from the header and checked before any pixel is decoded). A rejected archive
 raises an ApiError (422, 413 or 415) naming the problem, and its staging folder is removed."""
+
 from __future__ import annotations
 
 import gzip
@@ -121,10 +122,15 @@ def _zip_members(archive: Path, limits: Limits) -> Iterator[_Member]:
             if info.flag_bits & 0x1:
                 raise InvalidInput(f"archive member {info.filename!r} is encrypted")
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise InvalidInput(f"archive member {info.filename!r} uses compression method {info.compress_type} (deflate64, "
-                                   "bzip2, lzma, ...), which this service does not read: use plain deflate (zip) or tar.gz")
+                raise InvalidInput(
+                    f"archive member {info.filename!r} uses compression method {info.compress_type} (deflate64, "
+                    "bzip2, lzma, ...), which this service does not read: use plain deflate (zip) or tar.gz"
+                )
             declared += info.file_size
-            if info.file_size > RATIO_GRACE_BYTES and info.file_size / max(info.compress_size, 1) > limits.max_compression_ratio:
+            if (
+                info.file_size > RATIO_GRACE_BYTES
+                and info.file_size / max(info.compress_size, 1) > limits.max_compression_ratio
+            ):
                 raise TooLarge(
                     f"archive member {info.filename!r} has a compression ratio over {limits.max_compression_ratio:g}: "
                     "refused as a possible decompression bomb"
@@ -134,8 +140,10 @@ def _zip_members(archive: Path, limits: Limits) -> Iterator[_Member]:
         # the whole archive's ratio too (many members each under the grace size add up); a member
         # never writes more than it declares (_copy_counted), so the declared total bounds the disk
         if declared > RATIO_GRACE_BYTES and declared / max(archive.stat().st_size, 1) > limits.max_compression_ratio:
-            raise TooLarge(f"the archive unpacks to {declared} bytes from {archive.stat().st_size}: a compression ratio over "
-                           f"{limits.max_compression_ratio:g}, refused as a possible decompression bomb")
+            raise TooLarge(
+                f"the archive unpacks to {declared} bytes from {archive.stat().st_size}: a compression ratio over "
+                f"{limits.max_compression_ratio:g}, refused as a possible decompression bomb"
+            )
         for info in infos:
             if info.is_dir():
                 continue
@@ -242,13 +250,17 @@ def unpack(archive: Path, dest: Path, limits: Limits) -> list[str]:
             with member.open() as src:
                 _copy_counted(src, out, member.size, budget, str(member.path))
         except NotImplementedError as e:  # zipfile: deflate64, bzip2 variants, ... it cannot read
-            raise InvalidInput(f"archive member {str(member.path)!r} uses a compression method this service does not read ({e}); "
-                               "use plain deflate (zip) or tar.gz") from e
+            raise InvalidInput(
+                f"archive member {str(member.path)!r} uses a compression method this service does not read ({e}); "
+                "use plain deflate (zip) or tar.gz"
+            ) from e
         except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as e:
             raise InvalidInput(f"archive member {str(member.path)!r} is corrupt: {e}") from e
     warnings = []
     if ignored:
-        warnings.append(f"{len(ignored)} archive members are not part of the layout and were ignored (e.g. {ignored[0]})")
+        warnings.append(
+            f"{len(ignored)} archive members are not part of the layout and were ignored (e.g. {ignored[0]})"
+        )
     return warnings
 
 
@@ -262,7 +274,9 @@ def _image_header(path: Path, limits: Limits, what: str) -> tuple[int, int, str]
         with Image.open(path) as img:
             width, height, fmt = img.width, img.height, img.format
     except Image.DecompressionBombError as e:
-        raise InvalidInput(f"{what} is over the limit of {limits.max_image_pixels} pixels ({_reason(e, path, what)})") from e
+        raise InvalidInput(
+            f"{what} is over the limit of {limits.max_image_pixels} pixels ({_reason(e, path, what)})"
+        ) from e
     except Exception as e:  # noqa: BLE001 - any decoder failure is the upload's fault
         raise InvalidInput(f"{what} is not a readable image: {_reason(e, path, what)}") from e
     if width * height > limits.max_image_pixels:
@@ -292,7 +306,9 @@ def validate_layout(root: Path, limits: Limits) -> IngestResult:
     for path in files:
         image_id = path.stem
         if not SAFE_ID.match(image_id):
-            raise InvalidInput(f"images/{path.name[:80]}: an image id is 1 to {MAX_ID_CHARS} letters, digits, '.', '_' and '-'")
+            raise InvalidInput(
+                f"images/{path.name[:80]}: an image id is 1 to {MAX_ID_CHARS} letters, digits, '.', '_' and '-'"
+            )
         if image_id in by_id:
             raise InvalidInput(f"duplicate image id {image_id!r}: images/{by_id[image_id].name} and images/{path.name}")
         by_id[image_id] = path
@@ -331,9 +347,13 @@ def validate_layout(root: Path, limits: Limits) -> IngestResult:
             _decode_fully(mask, f"masks/{mask.name}")
             if not read_mask(mask).any():
                 empty_masks.append(mask.name)
-        images.append(ImageInfo(image_id, path.name, mask.name if mask else None, width, height, metadata.get(image_id, {})))
+        images.append(
+            ImageInfo(image_id, path.name, mask.name if mask else None, width, height, metadata.get(image_id, {}))
+        )
     for name in empty_masks[:MAX_EMPTY_MASK_WARNINGS]:
-        warnings.append(f"masks/{name} holds no lesion pixel (grey level > 127, a 0/1 label, or opaque alpha): its image trains as lesion-free")
+        warnings.append(
+            f"masks/{name} holds no lesion pixel (grey level > 127, a 0/1 label, or opaque alpha): its image trains as lesion-free"
+        )
     if len(empty_masks) > MAX_EMPTY_MASK_WARNINGS:
         warnings.append(f"... and {len(empty_masks) - MAX_EMPTY_MASK_WARNINGS} more masks hold no lesion pixel")
     n_without = sum(i.mask_filename is None for i in images)

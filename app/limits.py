@@ -1,6 +1,7 @@
 """Request limits that protect the service: a cap on every body but an upload's (read whole, so
 bounded), no NUL where PostgreSQL cannot store it, a per-key token bucket, and a bound on uploads
 ingesting at once."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,13 @@ from app.errors import TooManyRequests, Unavailable
 def _error_message(status: int, detail: str, code: str, headers: dict[str, str] | None = None) -> tuple[dict, dict]:
     body = json.dumps({"detail": detail, "code": code}).encode()
     start = {
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())],
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+        ],
     }
     return start, {"type": "http.response.body", "body": body}
 
@@ -57,7 +62,11 @@ class RequestLimits:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"").lower()
-        if content_type.startswith(b"multipart/form-data") and scope["method"] == "POST" and scope["path"].rstrip("/") in self.upload_paths:
+        if (
+            content_type.startswith(b"multipart/form-data")
+            and scope["method"] == "POST"
+            and scope["path"].rstrip("/") in self.upload_paths
+        ):
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -94,7 +103,9 @@ class RequestLimits:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send):
-        await _answer(send, 413, f"the request body is over the limit of {self.max_bytes} bytes (HTL_MAX_JSON_BYTES)", "TOO_LARGE")
+        await _answer(
+            send, 413, f"the request body is over the limit of {self.max_bytes} bytes (HTL_MAX_JSON_BYTES)", "TOO_LARGE"
+        )
 
 
 async def _answer(send, status: int, detail: str, code: str) -> None:
@@ -124,8 +135,9 @@ class RateLimiter:
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
                 wait = math.ceil((1.0 - tokens) / self.rate)
-                raise TooManyRequests(f"over the rate limit of {self.rate * 60:g} {self.what}",
-                                      headers={"Retry-After": str(wait)})
+                raise TooManyRequests(
+                    f"over the rate limit of {self.rate * 60:g} {self.what}", headers={"Retry-After": str(wait)}
+                )
             self._buckets[key] = (tokens - 1.0, now)
             if len(self._buckets) > 100_000:  # forget idle keys rather than grow without bound
                 self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
@@ -143,8 +155,11 @@ class UploadSlots:
     def __enter__(self) -> UploadSlots:
         with self._lock:
             if self.active >= self.limit:
-                raise Unavailable(f"{self.active} uploads are being ingested (HTL_MAX_CONCURRENT_UPLOADS); try again shortly",
-                                  code="BUSY", headers={"Retry-After": str(self.retry_after_s)})
+                raise Unavailable(
+                    f"{self.active} uploads are being ingested (HTL_MAX_CONCURRENT_UPLOADS); try again shortly",
+                    code="BUSY",
+                    headers={"Retry-After": str(self.retry_after_s)},
+                )
             self.active += 1
         return self
 

@@ -1,5 +1,6 @@
 """create_app(): settings, database, queue and artifact store on app.state; routers; limits; error
 handlers that answer {"detail": ..., "code": ...} on every status, 500 and 503 included."""
+
 from __future__ import annotations
 
 import logging
@@ -49,6 +50,8 @@ def _json_safe(value):
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
 DATABASE_RETRY_AFTER_S = 5
 
 
@@ -90,27 +93,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.status_reader.close()
 
     # /docs serves Swagger UI from files in the package: nothing from a CDN, which many hosts cannot reach
-    app = FastAPI(title="htl-miner", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Find the images a localization model finds hard to learn, by pruning.")
+    app = FastAPI(
+        title="htl-miner",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Find the images a localization model finds hard to learn, by pruning.",
+    )
     app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
     app.mount("/static", web.Assets(directory=str(web.ASSETS)), name="static")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="htl-miner API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="htl-miner API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
     app.state.settings = settings
-    app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
-                                   max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s)
+    app.state.engine = make_engine(
+        settings.resolved_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout_s=settings.db_pool_timeout_s,
+    )
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
-    app.state.status_reader = make_status_reader(settings.resolved_database_url, pool_size=settings.db_pool_size,
-                                                 max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s)
+    app.state.status_reader = make_status_reader(
+        settings.resolved_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout_s=settings.db_pool_timeout_s,
+    )
     app.state.celery = make_celery(settings)
     app.state.store = make_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
-    app.state.failed_auth = RateLimiter(settings.failed_auth_limit, "requests a minute with a missing or invalid key from this "
-                                        "address (HTL_FAILED_AUTH_LIMIT)")
+    app.state.failed_auth = RateLimiter(
+        settings.failed_auth_limit,
+        "requests a minute with a missing or invalid key from this address (HTL_FAILED_AUTH_LIMIT)",
+    )
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.add_middleware(RequestLimits, max_bytes=settings.max_json_bytes, upload_paths=("/v1/datasets",))
     app.add_middleware(SecurityHeaders)
@@ -118,9 +142,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.register(JobCollector(app.state.sessionmaker, settings))
     app.add_middleware(RequestMetrics, registry=registry)
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, responses={
-        **error_responses(401, 403),
-        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={
+            **error_responses(401, 403),
+            200: {
+                "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                "description": "Prometheus text format",
+            },
+        },
+    )
     def metrics(request: Request) -> Response:
         """Prometheus metrics: requests by route and status with latencies, jobs by status, queue depth,
         live workers, durations of succeeded jobs. They are every tenant's, so only for the operator:
@@ -150,8 +183,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the database is down, restarting, or every pooled connection is taken: come back shortly
     async def database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", type(exc).__name__)
-        return error(503, "the database is unavailable or busy; try again shortly", "DATABASE_UNAVAILABLE",
-                     {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+        return error(
+            503,
+            "the database is unavailable or busy; try again shortly",
+            "DATABASE_UNAVAILABLE",
+            {"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
 
     # (psycopg's own errors come from the status poll's connection pool, app.db.status)
     for exc_type in (OperationalError, PoolTimeout, psycopg.OperationalError, psycopg_pool.PoolTimeout):
@@ -169,6 +206,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error(500, "internal error", "INTERNAL")
 
-    for router in (health.router, datasets.router, jobs.spec_router, jobs.router, images.router, annotation.router, web.router):
+    for router in (
+        health.router,
+        datasets.router,
+        jobs.spec_router,
+        jobs.router,
+        images.router,
+        annotation.router,
+        web.router,
+    ):
         app.include_router(router)
     return app

@@ -1,6 +1,7 @@
 """Prometheus metrics for operators, served at GET /metrics in the text format: request counts and
 latencies by route (an ASGI middleware), and, read from the database at each scrape, jobs by
 status, the queue's depth, live workers and how long finished jobs took."""
+
 from __future__ import annotations
 
 import time
@@ -22,9 +23,16 @@ class RequestMetrics:
 
     def __init__(self, app, registry: CollectorRegistry):
         self.app = app
-        self.requests = Counter("htl_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=registry)
-        self.latency = Histogram("htl_http_request_duration_seconds", "time to answer an HTTP request", ["method", "route"],
-                                 registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.requests = Counter(
+            "htl_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "htl_http_request_duration_seconds",
+            "time to answer an HTTP request",
+            ["method", "route"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -62,8 +70,11 @@ class JobCollector:
             live = len(queries.live_workers(session=session, since=self.settings.live_workers_since))
             durations = [
                 (finished - started).total_seconds()
-                for started, finished in session.execute(select(Job.started_at, Job.finished_at).where(
-                    Job.status == "succeeded", Job.started_at.is_not(None), Job.finished_at.is_not(None)))
+                for started, finished in session.execute(
+                    select(Job.started_at, Job.finished_at).where(
+                        Job.status == "succeeded", Job.started_at.is_not(None), Job.finished_at.is_not(None)
+                    )
+                )
             ]
             stages = units.unit_durations(session=session)
         jobs = GaugeMetricFamily("htl_jobs", "jobs by status", labels=["status"])
@@ -72,10 +83,18 @@ class JobCollector:
         yield jobs
         yield GaugeMetricFamily("htl_queue_depth", "jobs waiting for a worker", value=counts.get("queued", 0))
         yield GaugeMetricFamily("htl_live_workers", "workers that stamped themselves alive lately", value=live)
-        yield HistogramMetricFamily("htl_job_duration_seconds", "start to end of succeeded jobs",
-                                    buckets=_buckets(durations, DURATION_BUCKETS), sum_value=sum(durations))
-        by_stage = HistogramMetricFamily("htl_stage_duration_seconds", "time each unit of a succeeded job took, by its stage "
-                                         "(dense, score, attend, control, evaluate; a unit per seed where there is one)", labels=["stage"])
+        yield HistogramMetricFamily(
+            "htl_job_duration_seconds",
+            "start to end of succeeded jobs",
+            buckets=_buckets(durations, DURATION_BUCKETS),
+            sum_value=sum(durations),
+        )
+        by_stage = HistogramMetricFamily(
+            "htl_stage_duration_seconds",
+            "time each unit of a succeeded job took, by its stage "
+            "(dense, score, attend, control, evaluate; a unit per seed where there is one)",
+            labels=["stage"],
+        )
         for stage in sorted({name for name, _ in stages}):
             seconds = [d for name, d in stages if name == stage]
             by_stage.add_metric([stage], _buckets(seconds, STAGE_BUCKETS), sum(seconds))

@@ -1,5 +1,6 @@
 """Opaque cursors for keyset pagination. A cursor is checked field by field before it reaches a
 query: a forged or foreign one is a 422 naming the problem, never a 500."""
+
 from __future__ import annotations
 
 import base64

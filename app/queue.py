@@ -1,5 +1,6 @@
 """The Celery application as the API and the workers both configure it. The API only sends tasks
 by name; it never imports the worker's task code (nor torch)."""
+
 from __future__ import annotations
 
 import uuid
@@ -19,8 +20,11 @@ def make_celery(settings: Settings) -> Celery:
     if broker.startswith("filesystem"):
         folder = settings.broker_folder
         transport = {
-            "data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"), "store_processed": False, "polling_interval": 0.2,
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.2,
             # without it kombu writes its control (broadcast) folder to ./control, wherever the process runs
             "control_folder": str(folder / "control"),
         }

@@ -1,5 +1,6 @@
 """Request and response models of the v1 API (kept apart from the tables). JobSpec is the public
 contract shared with `htl run`."""
+
 from __future__ import annotations
 
 import uuid
@@ -16,16 +17,30 @@ T = TypeVar("T")
 class ErrorOut(BaseModel):
     """Every error, on every status."""
 
-    detail: str | list[dict] = Field(description="what is wrong; for a request that fails validation, one entry per problem with its loc")
-    code: str = Field(description="a stable code: INVALID_INPUT, INVALID_CURSOR, UNAUTHORIZED, NOT_FOUND, CONFLICT, TOO_LARGE, "
-                      "UNSUPPORTED_MEDIA_TYPE, RATE_LIMITED, BUSY, DATABASE_UNAVAILABLE, UNAVAILABLE, INTERNAL, ...")
+    detail: str | list[dict] = Field(
+        description="what is wrong; for a request that fails validation, one entry per problem with its loc"
+    )
+    code: str = Field(
+        description="a stable code: INVALID_INPUT, INVALID_CURSOR, UNAUTHORIZED, NOT_FOUND, CONFLICT, TOO_LARGE, "
+        "UNSUPPORTED_MEDIA_TYPE, RATE_LIMITED, BUSY, DATABASE_UNAVAILABLE, UNAVAILABLE, INTERNAL, ..."
+    )
 
 
 def error_responses(*statuses: int) -> dict:
     """OpenAPI entries for the error statuses a route can answer, all in the ErrorOut shape."""
-    why = {400: "a body that cannot be read (not UTF-8, not JSON)", 401: "missing or invalid API key", 403: "not for this client (/metrics: the operator's token, or this host)", 404: "not found (or another owner's)", 409: "conflicts with the resource's state",
-           413: "body over its limit", 415: "not multipart/form-data", 422: "invalid input", 429: "over the key's rate limit",
-           500: "internal error", 503: "database, broker or capacity unavailable: retry after Retry-After"}
+    why = {
+        400: "a body that cannot be read (not UTF-8, not JSON)",
+        401: "missing or invalid API key",
+        403: "not for this client (/metrics: the operator's token, or this host)",
+        404: "not found (or another owner's)",
+        409: "conflicts with the resource's state",
+        413: "body over its limit",
+        415: "not multipart/form-data",
+        422: "invalid input",
+        429: "over the key's rate limit",
+        500: "internal error",
+        503: "database, broker or capacity unavailable: retry after Retry-After",
+    }
     return {s: {"model": ErrorOut, "description": why[s]} for s in statuses}
 
 
@@ -71,17 +86,27 @@ class JobOut(BaseModel):
     stage: str | None
     progress: float
     error: str | None
-    attempt: int = Field(description="how many times a worker has taken the job up (a job given back by a stopping worker does not count)")
+    attempt: int = Field(
+        description="how many times a worker has taken the job up (a job given back by a stopping worker does not count)"
+    )
     worker: str | None = Field(None, description="the worker running it, or that ran it last")
-    spec: dict = Field(description="the spec as run: split.group_column 'auto' is replaced by the column chosen (or null)")
-    warnings: list[str] = Field(default_factory=list, description="how the job ran that its user should know: a split without a "
-                                "group column, pruned models left out of htl_score as degenerate")
+    spec: dict = Field(
+        description="the spec as run: split.group_column 'auto' is replaced by the column chosen (or null)"
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="how the job ran that its user should know: a split without a "
+        "group column, pruned models left out of htl_score as degenerate",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime | None
-    units: list[UnitOut] = Field(default_factory=list, description="the job's graph: dense[seed] -> score -> attend[seed] "
-                                 "(and control[seed]) -> evaluate, each run by one worker; progress is their weighted sum")
+    units: list[UnitOut] = Field(
+        default_factory=list,
+        description="the job's graph: dense[seed] -> score -> attend[seed] "
+        "(and control[seed]) -> evaluate, each run by one worker; progress is their weighted sum",
+    )
 
 
 class ScoreOut(BaseModel):
@@ -92,15 +117,26 @@ class ScoreOut(BaseModel):
     labeled: bool = Field(description="whether the image had the target its setting trains on (mask, or image label)")
     per_sparsity: dict[str, float]
     scores: dict[str, float | None] = Field(
-        default_factory=dict, description="other hardness scorers the spec asked for; null where one needs a target the image lacks"
+        default_factory=dict,
+        description="other hardness scorers the spec asked for; null where one needs a target the image lacks",
     )
     attributes: dict[str, str]
-    subgroups: dict[str, str] = Field(default_factory=dict, description="the subgroup label the enrichment analysis gave the image per "
-                                      "attribute (age bands, image-property quartiles, 'unknown' for missing values)")
-    label_quality: float | None = Field(None, description="the label check: 1 when the out-of-sample model confirms the whole mask, "
-                                        "0 when it contradicts it with confidence; null: not checked (no mask, or the check was off)")
-    label_issue: bool | None = Field(None, description="label_quality under label_check.max_quality: the mask is probably wrong")
-    attended: bool = Field(False, description="in the set attention boosted (the HTL set less label issues, refilled by rank)")
+    subgroups: dict[str, str] = Field(
+        default_factory=dict,
+        description="the subgroup label the enrichment analysis gave the image per "
+        "attribute (age bands, image-property quartiles, 'unknown' for missing values)",
+    )
+    label_quality: float | None = Field(
+        None,
+        description="the label check: 1 when the out-of-sample model confirms the whole mask, "
+        "0 when it contradicts it with confidence; null: not checked (no mask, or the check was off)",
+    )
+    label_issue: bool | None = Field(
+        None, description="label_quality under label_check.max_quality: the mask is probably wrong"
+    )
+    attended: bool = Field(
+        False, description="in the set attention boosted (the HTL set less label issues, refilled by rank)"
+    )
 
 
 class ImageOut(BaseModel):
@@ -116,43 +152,61 @@ class ImageOut(BaseModel):
     label_quality: float | None = None
     label_issue: bool | None = None
     attended: bool = False
-    layers: list[str] = Field(description="mask layers the overlay can draw for this image: gt, dense, pruned@<sparsity>, oos "
-                              "(the label check's out-of-sample prediction)")
-    layer_colours: dict[str, str] = Field(default_factory=dict, description="the colour each layer is drawn in, as #rrggbb")
+    layers: list[str] = Field(
+        description="mask layers the overlay can draw for this image: gt, dense, pruned@<sparsity>, oos "
+        "(the label check's out-of-sample prediction)"
+    )
+    layer_colours: dict[str, str] = Field(
+        default_factory=dict, description="the colour each layer is drawn in, as #rrggbb"
+    )
     links: dict[str, str] = Field(description="overlay: the image with every layer; image: the image alone")
 
 
 class LabelIssueOut(BaseModel):
     image_id: str
-    split: str = Field(description="train (checked by the fold model that never saw it), validation or test (by the dense models)")
+    split: str = Field(
+        description="train (checked by the fold model that never saw it), validation or test (by the dense models)"
+    )
     label_quality: float
-    contradicted: float = Field(description="the share of the mask-or-prediction region the out-of-sample model contradicts with confidence")
+    contradicted: float = Field(
+        description="the share of the mask-or-prediction region the out-of-sample model contradicts with confidence"
+    )
     oos_dice: float = Field(description="Dice of the out-of-sample prediction (thresholded at 0.5) against the mask")
     rank: int | None = Field(None, description="training images: HTL rank")
     is_htl: bool | None = None
     attended: bool | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
-    links: dict[str, str] = Field(default_factory=dict, description="overlay: the image with its mask (gt) and the out-of-sample "
-                                  "prediction (oos) drawn on it; training images only")
+    links: dict[str, str] = Field(
+        default_factory=dict,
+        description="overlay: the image with its mask (gt) and the out-of-sample "
+        "prediction (oos) drawn on it; training images only",
+    )
 
 
 class AnnotationQueueItemOut(BaseModel):
     position: int = Field(description="1: annotate first")
     image_id: str
     strategy: str
-    value: float = Field(description="the strategy's score: htl_score (htl), the mc_dropout score, or the seeded draw (random)")
+    value: float = Field(
+        description="the strategy's score: htl_score (htl), the mc_dropout score, or the seeded draw (random)"
+    )
     rank: int = Field(description="HTL rank among all training images")
     htl_score: float
     attributes: dict[str, str] = Field(default_factory=dict)
-    links: dict[str, str] = Field(default_factory=dict, description="detail: the image's scores and layers; image: the image "
-                                  "alone; overlay: the dense model's mask on it (images the gallery kept)")
+    links: dict[str, str] = Field(
+        default_factory=dict,
+        description="detail: the image's scores and layers; image: the image "
+        "alone; overlay: the dense model's mask on it (images the gallery kept)",
+    )
 
 
 class EvaluationOut(BaseModel):
     image_id: str
     model: str
     split: str
-    metrics: dict[str, float] = Field(description="dice, jaccard, threshold_jaccard, box_iou, sensitivity, specificity (weak: pointing)")
+    metrics: dict[str, float] = Field(
+        description="dice, jaccard, threshold_jaccard, box_iou, sensitivity, specificity (weak: pointing)"
+    )
 
 
 class CheckpointOut(BaseModel):
@@ -172,27 +226,49 @@ class MetricsOut(BaseModel):
     group_column: str | None = None
     seeds: list[int]
     models: dict[str, dict]
-    attended_vs_dense: dict = Field(description="attended minus dense on this split: per seed, mean, 95% t-interval over seeds")
-    attended_vs_control: dict | None = Field(None, description="attended minus the random control (attention.control 'random')")
+    attended_vs_dense: dict = Field(
+        description="attended minus dense on this split: per seed, mean, 95% t-interval over seeds"
+    )
+    attended_vs_control: dict | None = Field(
+        None, description="attended minus the random control (attention.control 'random')"
+    )
     control_vs_dense: dict | None = None
     scorer_agreement: list[dict]
-    pruning: dict = Field(description="per pruned model: achieved and per-layer sparsity, zeroed layers, validation Dice, degenerate")
+    pruning: dict = Field(
+        description="per pruned model: achieved and per-layer sparsity, zeroed layers, validation Dice, degenerate"
+    )
     degenerate_sparsities: list[float] = Field(default_factory=list, description="left out of htl_score")
-    validation_curve: dict[str, list[float | None]] = Field(default_factory=dict, description="dense models' validation Dice per epoch")
-    focus: dict | None = Field(None, description="the focus set (the pre-registered endpoint): held-out images in the subgroups "
-                               "enriched among the HTL images or most disputed by the pruned models, chosen before their labels "
-                               "are read; the comparisons on it are attended_vs_control.focus and attended_vs_dense.focus. The job's "
-                               "pre-registered endpoint is on test when there is a test split; on validation beside it the same "
-                               "endpoint is measured there, for choosing between variants without reading test")
-    worst_decile: dict | None = Field(None, description="per model, the mean Dice over its worst tenth of the focus split's images "
-                                      "(all) and of the focus set (focus)")
-    verdict: str | None = Field(None, description="one sentence: did attention beat the random control on the focus set?")
-    label_check: dict = Field(default_factory=dict, description="how the masks were checked (folds, rule), how many were "
-                              "checked and flagged per split, and the flagged images worst first; each model's figures without "
-                              "them are its subgroup label_check=ok")
-    blank_guesses: dict | None = Field(None, description="on the split's images with a mask (weakly supervised: the positive ones), the "
-                                       "Dice of an all-foreground mask and of a centred disc of the mean lesion size, beside each "
-                                       "model's (models) and a warning for each that does not beat them")
+    validation_curve: dict[str, list[float | None]] = Field(
+        default_factory=dict, description="dense models' validation Dice per epoch"
+    )
+    focus: dict | None = Field(
+        None,
+        description="the focus set (the pre-registered endpoint): held-out images in the subgroups "
+        "enriched among the HTL images or most disputed by the pruned models, chosen before their labels "
+        "are read; the comparisons on it are attended_vs_control.focus and attended_vs_dense.focus. The job's "
+        "pre-registered endpoint is on test when there is a test split; on validation beside it the same "
+        "endpoint is measured there, for choosing between variants without reading test",
+    )
+    worst_decile: dict | None = Field(
+        None,
+        description="per model, the mean Dice over its worst tenth of the focus split's images "
+        "(all) and of the focus set (focus)",
+    )
+    verdict: str | None = Field(
+        None, description="one sentence: did attention beat the random control on the focus set?"
+    )
+    label_check: dict = Field(
+        default_factory=dict,
+        description="how the masks were checked (folds, rule), how many were "
+        "checked and flagged per split, and the flagged images worst first; each model's figures without "
+        "them are its subgroup label_check=ok",
+    )
+    blank_guesses: dict | None = Field(
+        None,
+        description="on the split's images with a mask (weakly supervised: the positive ones), the "
+        "Dice of an all-foreground mask and of a centred disc of the mean lesion size, beside each "
+        "model's (models) and a warning for each that does not beat them",
+    )
     warnings: list[str] = Field(default_factory=list)
 
 

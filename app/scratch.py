@@ -1,6 +1,7 @@
 """A bounded local cache of store files for one process (or several on a host: writes are atomic
 renames). Entries are top-level keys' folders (a dataset, a job's run) or files; when the cache
 outgrows its bound, the least recently used entries not used in the last `keep_s` seconds go first."""
+
 from __future__ import annotations
 
 import shutil
@@ -40,7 +41,7 @@ class ScratchCache:
     def entries(self) -> list[tuple[float, int, Path]]:
         """(last use, bytes, folder) of every entry."""
         out = []
-        for group in (self.root.iterdir() if self.root.is_dir() else []):
+        for group in self.root.iterdir() if self.root.is_dir() else []:
             if not group.is_dir():
                 continue
             for entry in group.iterdir():
@@ -48,7 +49,11 @@ class ScratchCache:
                     continue
                 stamp = group / f".{entry.name}.used"
                 used = stamp.stat().st_mtime if stamp.exists() else entry.stat().st_mtime
-                size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else entry.stat().st_size
+                size = (
+                    sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+                    if entry.is_dir()
+                    else entry.stat().st_size
+                )
                 out.append((used, size, entry))
         return sorted(out)
 

@@ -1,5 +1,6 @@
 """One Settings object, environment prefix HTL_. The defaults are the embedded deployment: SQLite,
 artifacts and a filesystem broker under one data directory, no external server."""
+
 from __future__ import annotations
 
 import os
@@ -30,11 +31,18 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="default: SQLite in data_dir")
     broker_url: str | None = Field(None, description="default: a filesystem broker in data_dir")
     artifact_dir: Path | None = Field(None, description="default: data_dir/artifacts")
-    storage_url: str | None = Field(None, description="s3://bucket/prefix: artifacts in S3-compatible object storage; "
-                                    "default: the local folder artifact_dir")
+    storage_url: str | None = Field(
+        None,
+        description="s3://bucket/prefix: artifacts in S3-compatible object storage; "
+        "default: the local folder artifact_dir",
+    )
     s3_endpoint_url: str | None = Field(None, description="the S3 server (SeaweedFS, MinIO, ...); default: AWS")
-    scratch_dir: Path | None = Field(None, description="local cache of stored files (object storage only); default: data_dir/scratch")
-    scratch_max_bytes: int = Field(50 * 1024**3, ge=0, description="the scratch cache evicts least recently used datasets and jobs past this")
+    scratch_dir: Path | None = Field(
+        None, description="local cache of stored files (object storage only); default: data_dir/scratch"
+    )
+    scratch_max_bytes: int = Field(
+        50 * 1024**3, ge=0, description="the scratch cache evicts least recently used datasets and jobs past this"
+    )
 
     # ingest limits: an archive is refused before anything is written past these
     max_upload_bytes: int = 4 * 1024**3
@@ -46,33 +54,58 @@ class Settings(BaseSettings):
     # database pool of each API process
     db_pool_size: int = Field(5, ge=1)
     db_max_overflow: int = Field(10, ge=0)
-    db_pool_timeout_s: float = Field(10.0, gt=0, description="a request waits this long for a pooled connection, then answers 503")
+    db_pool_timeout_s: float = Field(
+        10.0, gt=0, description="a request waits this long for a pooled connection, then answers 503"
+    )
 
     # request limits
     max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON (non-upload) request body")
     rate_limit: int = Field(1200, ge=0, description="requests a minute per API key and API process; 0: no limit")
-    failed_auth_limit: int = Field(60, ge=0, description="requests a minute with a missing or invalid key per client address "
-                                   "and API process, past which they answer 429; 0: no limit")
-    metrics_token: str | None = Field(None, description="/metrics asks for 'Authorization: Bearer <token>'; unset, it answers "
-                                      "only clients on this host (a Prometheus beside the API)")
+    failed_auth_limit: int = Field(
+        60,
+        ge=0,
+        description="requests a minute with a missing or invalid key per client address "
+        "and API process, past which they answer 429; 0: no limit",
+    )
+    metrics_token: str | None = Field(
+        None,
+        description="/metrics asks for 'Authorization: Bearer <token>'; unset, it answers "
+        "only clients on this host (a Prometheus beside the API)",
+    )
     max_concurrent_uploads: int = Field(4, ge=1, description="uploads streaming or ingesting at once; more answer 503")
-    max_job_memory_bytes: int | None = Field(None, ge=1, description="a job estimated to need more memory is refused at submission, "
-                                             f"and by a worker before it trains; default: {HOST_MEMORY_SHARE:.0%} of this host's memory")
-    worker_memory_bytes: int | None = Field(None, ge=1, description="what a worker may use before the out-of-memory killer "
-                                            "strikes (a unit whose worker went silent above 80% of it is not retried); default: "
-                                            "its cgroup's memory limit or the host's physical memory, whichever is less")
-    max_job_disk_bytes: int = Field(100 * 1024**3, description="a job estimated to need more disk is refused at submission")
-    abandoned_upload_after_s: float = Field(600, gt=0, description="at start, staging folders unchanged this long are removed")
+    max_job_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="a job estimated to need more memory is refused at submission, "
+        f"and by a worker before it trains; default: {HOST_MEMORY_SHARE:.0%} of this host's memory",
+    )
+    worker_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="what a worker may use before the out-of-memory killer "
+        "strikes (a unit whose worker went silent above 80% of it is not retried); default: "
+        "its cgroup's memory limit or the host's physical memory, whichever is less",
+    )
+    max_job_disk_bytes: int = Field(
+        100 * 1024**3, description="a job estimated to need more disk is refused at submission"
+    )
+    abandoned_upload_after_s: float = Field(
+        600, gt=0, description="at start, staging folders unchanged this long are removed"
+    )
 
     # jobs
     job_visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job, or Redis redelivers a running one
     job_stale_after_s: int = 300  # a running job silent this long belongs to a dead worker and may be reclaimed
-    heartbeat_interval_s: float = Field(15.0, gt=0, description="a running job's worker stamps it this often, whatever the stage")
+    heartbeat_interval_s: float = Field(
+        15.0, gt=0, description="a running job's worker stamps it this often, whatever the stage"
+    )
     sweep_interval_s: float = Field(30.0, gt=0, description="each worker re-sends lost and orphaned jobs this often")
     max_attempts: int = Field(3, ge=1, description="a job whose worker is lost this many times fails")
     progress_interval_s: float = 0.5
     device: str | None = Field(None, description="cpu or cuda for workers; default: cuda when available")
-    torch_threads: int | None = Field(None, ge=1, description="a worker's torch threads; default: the host's cores / its live workers")
+    torch_threads: int | None = Field(
+        None, ge=1, description="a worker's torch threads; default: the host's cores / its live workers"
+    )
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:

@@ -9,6 +9,7 @@ reached). Two implementations behind one interface:
 
 Nothing assumes the API and the workers share a filesystem: with S3 each process keeps its own
 scratch folder."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,9 @@ def sha256_of(path: Path) -> str:
 
 def files_under(folder: Path) -> dict[str, Path]:
     """Every regular file under folder by its relative POSIX path."""
-    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()
+    }
 
 
 class Store(ABC):
@@ -168,8 +171,11 @@ class S3Store(Store):
             import boto3
             from botocore.config import Config
 
-            client = boto3.client("s3", endpoint_url=endpoint_url or None,
-                                  config=Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60))
+            client = boto3.client(
+                "s3",
+                endpoint_url=endpoint_url or None,
+                config=Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+            )
         self.client = client
 
     def _key(self, key: str) -> str:
@@ -219,7 +225,9 @@ class S3Store(Store):
             raise
 
     def _objects(self, prefix: str) -> Iterator[dict]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix) + "/")
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix) + "/"
+        )
         for page in pages:
             yield from page.get("Contents", [])
 
@@ -230,7 +238,9 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         keys = [o["Key"] for o in self._objects(key)] + [self._key(key)]
         for i in range(0, len(keys), 1000):
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+            )
 
     def _download(self, key: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +274,10 @@ class S3Store(Store):
 
 def make_store(settings) -> Store:
     if settings.storage_url:
-        store = S3Store(settings.storage_url, endpoint_url=settings.s3_endpoint_url,
-                        scratch=ScratchCache(settings.scratch, settings.scratch_max_bytes))
+        store = S3Store(
+            settings.storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            scratch=ScratchCache(settings.scratch, settings.scratch_max_bytes),
+        )
         return store
     return LocalStore(settings.artifacts)

@@ -1,5 +1,6 @@
 """Streams a multipart upload straight to disk, counting bytes, so an upload over the limit is
 refused while it arrives and is never held whole in memory."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,8 +75,12 @@ async def receive_upload(request: Request, dest: Path, *, file_field: str, max_b
     parser = MultipartParser(
         params[b"boundary"],
         {
-            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-            "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
         },
     )
     try:

@@ -10,6 +10,7 @@ semi-supervised run on the kept masks (seed 0); every strategy's retraining sees
 plus its own k revealed ones, with the same seeds. Nothing is chosen here: every strategy is reported
 on test (Dice at the training size), with "none" (no new masks) as the floor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def spec_for(args, *, keep: float | None, seeds: list[int], scorers: list[str]) -> JobSpec:
-    return JobSpec.model_validate({
-        "setting": "semi_supervised", "semi": {"labeled_fraction": keep}, "image_size": args.size,
-        "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
-        "train": {"epochs": args.epochs, "seeds": seeds}, "scorers": scorers, "label_check": {"enabled": False},
-    })
+    return JobSpec.model_validate(
+        {
+            "setting": "semi_supervised",
+            "semi": {"labeled_fraction": keep},
+            "image_size": args.size,
+            "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+            "train": {"epochs": args.epochs, "seeds": seeds},
+            "scorers": scorers,
+            "label_check": {"enabled": False},
+        }
+    )
 
 
 def dataset_with_masks(base: Run, with_mask: set[int], folder: Path) -> Path:
@@ -57,10 +64,18 @@ def dataset_with_masks(base: Run, with_mask: set[int], folder: Path) -> Path:
 def test_dice(args, data: Path, out: Path, base_test_ids: list[str]) -> list[float]:
     """Train the dense models (one per seed) on `data` and answer each one's mean test Dice."""
     run = Run(data, spec_for(args, keep=None, seeds=args.seeds, scorers=["pruning"]), out, device="cpu")
-    assert [run.index.records[i].image_id for i in run.test_idx] == base_test_ids, "the derived dataset split differently"
+    assert [run.index.records[i].image_id for i in run.test_idx] == base_test_ids, (
+        "the derived dataset split differently"
+    )
     run._run_stages(("dense",))
-    return [float(validation_prediction(run.load(run.name("dense", s)), run.decoded(), run.test_idx,
-                                        np.ones(len(run.test_idx), dtype=bool)).dice) for s in args.seeds]
+    return [
+        float(
+            validation_prediction(
+                run.load(run.name("dense", s)), run.decoded(), run.test_idx, np.ones(len(run.test_idx), dtype=bool)
+            ).dice
+        )
+        for s in args.seeds
+    ]
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
@@ -76,7 +91,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--keep", type=float, default=0.15, help="the share of training masks kept at the start")
-    parser.add_argument("--reveal", type=float, default=0.1, help="k: this share of the training images is annotated next")
+    parser.add_argument(
+        "--reveal", type=float, default=0.1, help="k: this share of the training images is annotated next"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=["htl", "mc_dropout", "random"])
     parser.add_argument("--out", type=Path, default=Path("runs/active-labelling"))
@@ -84,10 +101,19 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sampled = args.out / "sampled"
     if not sampled.is_dir():  # the sample as a dataset of its own: every derived dataset holds exactly these images
-        source = Run(args.data, JobSpec.model_validate({"sample": {"max_images": args.images, "seed": 0}, "image_size": args.size}),
-                     args.out / "sample-run", device="cpu")
+        source = Run(
+            args.data,
+            JobSpec.model_validate({"sample": {"max_images": args.images, "seed": 0}, "image_size": args.size}),
+            args.out / "sample-run",
+            device="cpu",
+        )
         dataset_with_masks(source, set(range(len(source.index.records))), sampled)
-    base = Run(sampled, spec_for(args, keep=args.keep, seeds=[0], scorers=["pruning", "mc_dropout"]), args.out / "queue", device="cpu")
+    base = Run(
+        sampled,
+        spec_for(args, keep=args.keep, seeds=[0], scorers=["pruning", "mc_dropout"]),
+        args.out / "queue",
+        device="cpu",
+    )
     base._run_stages(STAGES[: STAGES.index("attend")])
     known = base.targets.mask_known
     kept = {i for i in base.train_idx if known[i]}
@@ -102,7 +128,14 @@ def main() -> None:
 
     k = int(round(args.reveal * len(base.train_idx)))
     position = {r.image_id: i for i, r in enumerate(base.index.records)}
-    results = {"none": test_dice(args, dataset_with_masks(base, kept | held_out, args.out / "data-none"), args.out / "run-none", base_test_ids)}
+    results = {
+        "none": test_dice(
+            args,
+            dataset_with_masks(base, kept | held_out, args.out / "data-none"),
+            args.out / "run-none",
+            base_test_ids,
+        )
+    }
     print(f"none: {results['none']}", flush=True)
     for strategy in args.strategies:
         chosen = {position[q.image.image_id] for q in queue_order([Scored(s) for s in scores], strategy, seed=0)[:k]}
@@ -111,9 +144,13 @@ def main() -> None:
         print(f"{strategy}: {results[strategy]}", flush=True)
     (args.out / "report.json").write_text(json.dumps(results, indent=1))
     n_train = len(base.train_idx)
-    print(f"\n{args.images} images at {args.size} px, {args.epochs} epochs, seeds {args.seeds}: {n_train} training images, "
-          f"{len(kept)} masks kept ({args.keep:.0%}), k = {k} revealed by each strategy; {len(base.test_idx)} test images\n")
-    print("| strategy | masks | test Dice per seed | mean [95% over seeds] | minus random, per seed | minus random [95%] |")
+    print(
+        f"\n{args.images} images at {args.size} px, {args.epochs} epochs, seeds {args.seeds}: {n_train} training images, "
+        f"{len(kept)} masks kept ({args.keep:.0%}), k = {k} revealed by each strategy; {len(base.test_idx)} test images\n"
+    )
+    print(
+        "| strategy | masks | test Dice per seed | mean [95% over seeds] | minus random, per seed | minus random [95%] |"
+    )
     print("|---|---|---|---|---|---|")
     for strategy, dice in results.items():
         m, lo, hi = interval(dice)
@@ -124,7 +161,11 @@ def main() -> None:
             versus = ", ".join(f"{d:+.4f}" for d in diff) + f" | {dm:+.4f} [{dlo:+.4f}, {dhi:+.4f}]"
         else:
             versus = "– | –"
-        print(f"| {strategy} | {masks} | " + ", ".join(f"{d:.4f}" for d in dice) + f" | {m:.4f} [{lo:.4f}, {hi:.4f}] | {versus} |")
+        print(
+            f"| {strategy} | {masks} | "
+            + ", ".join(f"{d:.4f}" for d in dice)
+            + f" | {m:.4f} [{lo:.4f}, {hi:.4f}] | {versus} |"
+        )
 
 
 if __name__ == "__main__":

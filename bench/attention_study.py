@@ -4,6 +4,7 @@ strategies differ only in the attend stage.
 
     .venv/bin/python bench/attention_study.py --images 2000 --size 64 --epochs 6 --seeds 0 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,13 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def spec_for(args, seed: int, strategy: str) -> JobSpec:
-    return JobSpec.model_validate({
-        "image_size": args.size, "sample": {"max_images": args.images, "seed": 0},
-        "split": {"group_column": "lesion_id", "seed": 0, "val_fraction": 0.2},
-        "train": {"epochs": args.epochs, "seed": seed},
-        "htl": {"top_fraction": args.top_fraction},
-        "attention": {"strategy": strategy, "factor": args.factor},
-    })
+    return JobSpec.model_validate(
+        {
+            "image_size": args.size,
+            "sample": {"max_images": args.images, "seed": 0},
+            "split": {"group_column": "lesion_id", "seed": 0, "val_fraction": 0.2},
+            "train": {"epochs": args.epochs, "seed": seed},
+            "htl": {"top_fraction": args.top_fraction},
+            "attention": {"strategy": strategy, "factor": args.factor},
+        }
+    )
 
 
 def reuse_shared_stages(src: Path, dst: Path) -> None:
@@ -78,8 +82,10 @@ def main() -> None:
             first = first or run_dir
             dense, attended = metrics["models"]["dense"], metrics["models"]["attended"]
             results[f"seed{seed}-{strategy}"] = {
-                "dense_dice": dense["overall"]["dice"], "attended_dice": attended["overall"]["dice"],
-                "dense_thr_jaccard": dense["overall"]["threshold_jaccard"], "attended_thr_jaccard": attended["overall"]["threshold_jaccard"],
+                "dense_dice": dense["overall"]["dice"],
+                "attended_dice": attended["overall"]["dice"],
+                "dense_thr_jaccard": dense["overall"]["threshold_jaccard"],
+                "attended_thr_jaccard": attended["overall"]["threshold_jaccard"],
                 "worst_groups": [
                     {"group": f"{a}={v}", "n": n, "dense_dice": d, "attended_dice": attended["subgroups"][a][v]["dice"]}
                     for a, v, d, n in worst_groups(dense, min_n=10, k=5)

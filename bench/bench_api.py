@@ -4,6 +4,7 @@ on loopback. Also times writing the 100,000 scores (what a worker does at the en
 
     HTL_BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test .venv/bin/python bench/bench_api.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,21 +61,49 @@ def main() -> None:
         factory = make_sessionmaker(engine)
         with factory() as s:
             owner, key = queries.create_api_key(session=s, owner_name="bench")
-            ds = queries.create_dataset(session=s, dataset_id=uuid.uuid4(), owner_id=owner.id, name="b", storage_key="datasets/b",
-                                        size_bytes=0, columns=["sex"], warnings=[], images=[])
+            ds = queries.create_dataset(
+                session=s,
+                dataset_id=uuid.uuid4(),
+                owner_id=owner.id,
+                name="b",
+                storage_key="datasets/b",
+                size_bytes=0,
+                columns=["sex"],
+                warnings=[],
+                images=[],
+            )
             # a polled job looks like a real one: the spec as run, and its units (a 2-seed job with a control: 8, made with the job)
-            spec = JobSpec.model_validate({"train": {"seeds": [0, 1]}, "attention": {"control": "random"}}).model_dump(mode="json")
+            spec = JobSpec.model_validate({"train": {"seeds": [0, 1]}, "attention": {"control": "random"}}).model_dump(
+                mode="json"
+            )
             job = queries.create_job(session=s, owner_id=owner.id, dataset_id=ds.id, spec=spec)
             s.commit()
             rng = random.Random(0)
-            scores = [ImageScore(rank=r, image_id=f"IMG_{r:07d}", htl_score=1 - r / args.scores, is_htl=r <= args.scores // 10, labeled=True,
-                                 per_sparsity={"0.3": rng.random(), "0.5": rng.random(), "0.7": rng.random(), "0.9": rng.random()},
-                                 scores={}, subgroups={},
-                                 attributes={"sex": rng.choice(["male", "female"]), "age": str(rng.randint(5, 85)), "localization": "back"})
-                      for r in range(1, args.scores + 1)]
+            scores = [
+                ImageScore(
+                    rank=r,
+                    image_id=f"IMG_{r:07d}",
+                    htl_score=1 - r / args.scores,
+                    is_htl=r <= args.scores // 10,
+                    labeled=True,
+                    per_sparsity={"0.3": rng.random(), "0.5": rng.random(), "0.7": rng.random(), "0.9": rng.random()},
+                    scores={},
+                    subgroups={},
+                    attributes={
+                        "sex": rng.choice(["male", "female"]),
+                        "age": str(rng.randint(5, 85)),
+                        "localization": "back",
+                    },
+                )
+                for r in range(1, args.scores + 1)
+            ]
             start = time.perf_counter()
-            persist_results(session=s, job_id=job.id, run_prefix=f"jobs/{job.id}/run",
-                            results=JobResults(scores=scores, evaluation=EvaluationResult([], [], {}, {}), checkpoints=[]))
+            persist_results(
+                session=s,
+                job_id=job.id,
+                run_prefix=f"jobs/{job.id}/run",
+                results=JobResults(scores=scores, evaluation=EvaluationResult([], [], {}, {}), checkpoints=[]),
+            )
             s.execute(text("UPDATE jobs SET status='succeeded' WHERE id=:id"), {"id": job.id})
             s.commit()
             write_s = time.perf_counter() - start
@@ -92,9 +121,21 @@ def main() -> None:
         engine.dispose()
 
         # the per-key rate limit would cap the pollers: this measures the API, not the limit
-        env = dict(os.environ, HTL_DATABASE_URL=url, HTL_DATA_DIR=str(Path("runs/bench-api").resolve()), HTL_RATE_LIMIT="0")
+        env = dict(
+            os.environ, HTL_DATABASE_URL=url, HTL_DATA_DIR=str(Path("runs/bench-api").resolve()), HTL_RATE_LIMIT="0"
+        )
         server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(args.port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--port",
+                str(args.port),
+                "--log-level",
+                "warning",
+            ],
             env=env,
         )
         api = f"http://127.0.0.1:{args.port}"
@@ -132,21 +173,29 @@ def main() -> None:
         status_rps = throughput(f"/v1/jobs/{job.id}")
         healthz_rps = throughput("/healthz")
         slowest = sorted(range(len(latencies)), key=latencies.__getitem__)[-10:]
-        print("slowest page requests (index: ms):", {i: round(1000 * latencies[i], 1) for i in slowest}, file=sys.stderr)
+        print(
+            "slowest page requests (index: ms):", {i: round(1000 * latencies[i], 1) for i in slowest}, file=sys.stderr
+        )
         result = {
             "scores_in_job": args.scores,
             "write_scores_s": round(write_s, 2),
-            "page_of_scores": {"limit": args.page, "requests": args.page_requests,
-                               "p50_ms": round(1000 * statistics.median(latencies), 1),
-                               "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
-                               "bytes": len(r.content),
-                               # the page's query alone (queries.score_rows), from this process
-                               "sql_only_p50_ms": round(1000 * statistics.median(sql_latencies), 1),
-                               "sql_only_p95_ms": round(1000 * percentile(sql_latencies, 0.95), 1)},
-            "job_status_polling": {"threads": args.poll_threads, "seconds": args.poll_seconds,
-                                   "requests_per_s": round(status_rps, 1),
-                                   "healthz_requests_per_s (no auth, no database)": round(healthz_rps, 1),
-                                   "ratio": round(status_rps / healthz_rps, 2)},
+            "page_of_scores": {
+                "limit": args.page,
+                "requests": args.page_requests,
+                "p50_ms": round(1000 * statistics.median(latencies), 1),
+                "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
+                "bytes": len(r.content),
+                # the page's query alone (queries.score_rows), from this process
+                "sql_only_p50_ms": round(1000 * statistics.median(sql_latencies), 1),
+                "sql_only_p95_ms": round(1000 * percentile(sql_latencies, 0.95), 1),
+            },
+            "job_status_polling": {
+                "threads": args.poll_threads,
+                "seconds": args.poll_seconds,
+                "requests_per_s": round(status_rps, 1),
+                "healthz_requests_per_s (no auth, no database)": round(healthz_rps, 1),
+                "ratio": round(status_rps / healthz_rps, 2),
+            },
             "server": "uvicorn, 1 process",
         }
         print(json.dumps(result, indent=1))

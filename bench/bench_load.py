@@ -6,6 +6,7 @@ with no uploads running (the ratio is what to compare across machines).
     .venv/bin/python bench/bench_load.py --uploads 16 --pollers 8 --submitters 2 --seconds 20
     HTL_BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test .venv/bin/python bench/bench_load.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,12 @@ sys.path.insert(0, str(REPO))
 
 from ml.synthetic import make_dataset  # noqa: E402
 
-SPEC = {"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5]}}
+SPEC = {
+    "image_size": 32,
+    "model": {"width": 4},
+    "train": {"epochs": 1, "batch_size": 8},
+    "prune": {"sparsities": [0.5]},
+}
 
 
 def free_port() -> int:
@@ -68,26 +74,32 @@ def archive_bytes(root: Path) -> bytes:
 
 def multipart(archive: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.zip\"\r\n"
-            "Content-Type: application/zip\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
     return head + archive + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def trickle(body: bytes, seconds: float, chunks: int = 40):
     step = max(1, len(body) // chunks)
     for start in range(0, len(body), step):
-        yield body[start:start + step]
+        yield body[start : start + step]
         time.sleep(seconds / chunks)
 
 
 def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) >= 2 else (values[0] if values else float("nan"))
+    return (
+        statistics.quantiles(values, n=100)[int(q) - 1] if len(values) >= 2 else (values[0] if values else float("nan"))
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--uploads", type=int, default=16, help="slow uploads running at once")
-    parser.add_argument("--upload-seconds", type=float, default=10.0, help="how long each upload's bytes take to arrive")
+    parser.add_argument(
+        "--upload-seconds", type=float, default=10.0, help="how long each upload's bytes take to arrive"
+    )
     parser.add_argument("--pollers", type=int, default=8)
     parser.add_argument("--submitters", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
@@ -102,11 +114,22 @@ def main() -> None:
     cli = [sys.executable, "-m", "app.cli"]
     data = work / "svc"
     subprocess.run([*cli, "db", "upgrade", "--data-dir", str(data)], env=env, cwd=REPO, check=True, capture_output=True)
-    key = subprocess.run([*cli, "keys", "create", "--owner", "load", "--data-dir", str(data)], env=env, cwd=REPO,
-                         check=True, capture_output=True, text=True).stdout.strip()
+    key = subprocess.run(
+        [*cli, "keys", "create", "--owner", "load", "--data-dir", str(data)],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     port = free_port()
-    server = subprocess.Popen([*cli, "serve", "--no-worker", "--port", str(port), "--data-dir", str(data)], env=env, cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*cli, "serve", "--no-worker", "--port", str(port), "--data-dir", str(data)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     try:
         deadline = time.monotonic() + 60
@@ -151,8 +174,14 @@ def main() -> None:
                 with httpx.Client(base_url=base, headers=headers, timeout=300) as http:
                     while not stop.is_set():
                         body, content_type = multipart(archive)
-                        timed("upload", lambda body=body, content_type=content_type: http.post(
-                            "/v1/datasets", content=trickle(body, args.upload_seconds), headers={"Content-Type": content_type}))
+                        timed(
+                            "upload",
+                            lambda body=body, content_type=content_type: http.post(
+                                "/v1/datasets",
+                                content=trickle(body, args.upload_seconds),
+                                headers={"Content-Type": content_type},
+                            ),
+                        )
 
             threads = [threading.Thread(target=poller) for _ in range(args.pollers)]
             if with_load:
@@ -173,15 +202,19 @@ def main() -> None:
         server.wait(timeout=60)
         drop()
 
-    print(f"database: {'PostgreSQL' if database_url else 'SQLite'}; {args.uploads} slow uploads ({args.upload_seconds:g} s each), "
-          f"{args.pollers} pollers, {args.submitters} submitters, {args.seconds:g} s per phase")
+    print(
+        f"database: {'PostgreSQL' if database_url else 'SQLite'}; {args.uploads} slow uploads ({args.upload_seconds:g} s each), "
+        f"{args.pollers} pollers, {args.submitters} submitters, {args.seconds:g} s per phase"
+    )
     print(f"{'phase':<8}{'kind':<8}{'count':>7}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  statuses")
     for name, results in (("quiet", quiet), ("loaded", loaded)):
         for kind, rows in sorted(results.items()):
             ms = [1000 * d for _, d in rows]
             statuses = dict(sorted(Counter(s for s, _ in rows).items()))
-            print(f"{name:<8}{kind:<8}{len(rows):>7}{len(rows) / args.seconds:>8.1f}{pct(ms, 50):>9.1f}{pct(ms, 95):>9.1f}"
-                  f"{pct(ms, 99):>9.1f}  {statuses}")
+            print(
+                f"{name:<8}{kind:<8}{len(rows):>7}{len(rows) / args.seconds:>8.1f}{pct(ms, 50):>9.1f}{pct(ms, 95):>9.1f}"
+                f"{pct(ms, 99):>9.1f}  {statuses}"
+            )
     ratio = len(loaded["poll"]) / max(1, len(quiet["poll"]))
     errors = sum(1 for rows in loaded.values() for s, _ in rows if s == 0 or s >= 500)
     print(f"poll rate under load / quiet: {ratio:.2f}; 5xx or connection errors under load: {errors}")

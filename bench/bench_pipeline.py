@@ -3,6 +3,7 @@ the same tensors (the limit: forward+backward+step for training, forward for inf
 
     .venv/bin/python bench/bench_pipeline.py --images 1000 --size 64 --epochs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,14 +69,19 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    spec = JobSpec.model_validate({
-        "image_size": args.size, "sample": {"max_images": args.images},
-        "model": {"arch": args.arch}, "split": {"group_column": "lesion_id"},
-        "train": {"epochs": args.epochs}, "prune": {"sparsities": [0.3, 0.5, 0.7, 0.9]},
-        # the label check is K more trainings, costed in bench/attention_cost.py; the stages timed
-        # here are the ones the figures in BENCHMARKS.md were measured on
-        "label_check": {"enabled": False},
-    })
+    spec = JobSpec.model_validate(
+        {
+            "image_size": args.size,
+            "sample": {"max_images": args.images},
+            "model": {"arch": args.arch},
+            "split": {"group_column": "lesion_id"},
+            "train": {"epochs": args.epochs},
+            "prune": {"sparsities": [0.3, 0.5, 0.7, 0.9]},
+            # the label check is K more trainings, costed in bench/attention_cost.py; the stages timed
+            # here are the ones the figures in BENCHMARKS.md were measured on
+            "label_check": {"enabled": False},
+        }
+    )
     out = Path(tempfile.mkdtemp(prefix="htl-bench-"))
     try:
         t0 = time.perf_counter()
@@ -86,7 +92,11 @@ def main() -> None:
         # measured right before and right after it, and averaged
         seconds, limits = {}, {}
         for stage in ("dense", "prune", "score", "attend", "evaluate"):
-            around = [bare_speed(decoded, run.train_idx, spec, args.device, seconds=args.limit_seconds)] if stage != "prune" else []
+            around = (
+                [bare_speed(decoded, run.train_idx, spec, args.device, seconds=args.limit_seconds)]
+                if stage != "prune"
+                else []
+            )
             run._stage = stage
             start = time.perf_counter()
             getattr(run, f"stage_{stage}")()
@@ -107,7 +117,10 @@ def main() -> None:
 
     bare_s = {
         # dense training also predicts the validation images after each epoch (its validation curve)
-        "dense": (n_train * args.epochs / train("dense") + n_val * args.epochs / infer("dense"), "train steps + a validation pass per epoch"),
+        "dense": (
+            n_train * args.epochs / train("dense") + n_val * args.epochs / infer("dense"),
+            "train steps + a validation pass per epoch",
+        ),
         "attend": (n_train * args.epochs / train("attend"), "train steps"),
         "score": (n_train * (1 + n_sp) / infer("score"), f"1 dense + {n_sp} pruned forwards"),
         "evaluate": (n_val * (2 + n_sp) / infer("evaluate"), f"{2 + n_sp} forwards"),
@@ -116,11 +129,22 @@ def main() -> None:
     rows = {k: (images[k] / seconds[k], images[k] / b, what) for k, (b, what) in bare_s.items()}
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
-        "images": args.images, "size": args.size, "epochs": args.epochs, "arch": args.arch,
-        "decode_s": round(decode_s, 2), "decode_images_per_s": round(args.images / decode_s, 1),
+        "images": args.images,
+        "size": args.size,
+        "epochs": args.epochs,
+        "arch": args.arch,
+        "decode_s": round(decode_s, 2),
+        "decode_images_per_s": round(args.images / decode_s, 1),
         "prune_s": round(seconds["prune"], 2),
-        "stages": {k: {"images_per_s": round(v, 1), "limit_images_per_s": round(limit, 1), "ratio": round(v / limit, 2), "limit_is": what}
-                   for k, (v, limit, what) in rows.items()},
+        "stages": {
+            k: {
+                "images_per_s": round(v, 1),
+                "limit_images_per_s": round(limit, 1),
+                "ratio": round(v / limit, 2),
+                "limit_is": what,
+            }
+            for k, (v, limit, what) in rows.items()
+        },
     }
     print(json.dumps(result, indent=1))
     print("\n| stage | pipeline img/s | bare img/s (limit) | ratio |\n|---|---|---|---|")

@@ -8,6 +8,7 @@ original image size). bench/weak_localizer.py chooses the map's resolution and t
 (the run folder, and the dataset folder it was run on: a run folder keeps the dataset's identity by
 content, not its path)
 """
+
 from __future__ import annotations
 
 import json
@@ -50,13 +51,19 @@ def main() -> None:
                 if not scored[i]:
                     continue
                 truth = read_mask(record.mask_path)
-                full = F.interpolate(maps[j : j + 1], size=truth.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+                full = F.interpolate(maps[j : j + 1], size=truth.shape, mode="bilinear", align_corners=False)[
+                    0, 0
+                ].numpy()
                 for t in THRESHOLDS:
                     dice[t].append(image_metrics(truth, full > t)["dice"])
         results[path.stem] = {str(t): round(float(np.mean(v)), 4) for t, v in dice.items()}
     print(json.dumps(results, indent=1))
     means = {t: np.mean([r[str(t)] for r in results.values()]) for t in THRESHOLDS}
-    print("best threshold by mean validation Dice:", max(means, key=means.get), {t: round(float(m), 4) for t, m in means.items()})
+    print(
+        "best threshold by mean validation Dice:",
+        max(means, key=means.get),
+        {t: round(float(m), 4) for t, m in means.items()},
+    )
 
 
 if __name__ == "__main__":

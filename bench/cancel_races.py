@@ -8,6 +8,7 @@ the surviving worker sweeps.
     HTL_BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test \\
     HTL_BENCH_REDIS_URL=redis://127.0.0.1:6379/14 .venv/bin/python bench/cancel_races.py --rounds 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_workers import free_port, fresh_database  # noqa: E402
 from ml.synthetic import make_dataset  # noqa: E402
 
-TINY = {"image_size": 32, "model": {"width": 4}, "split": {"group_column": "lesion_id"}, "train": {"epochs": 1, "batch_size": 8},
-        "prune": {"sparsities": [0.5, 0.9]}}
+TINY = {
+    "image_size": 32,
+    "model": {"width": 4},
+    "split": {"group_column": "lesion_id"},
+    "train": {"epochs": 1, "batch_size": 8},
+    "prune": {"sparsities": [0.5, 0.9]},
+}
 LONG = {**TINY, "train": {"epochs": 200, "batch_size": 8}}
 SWEEP_S, STALE_S, HEARTBEAT_S = 5, 10, 2
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -46,16 +52,41 @@ def main() -> None:
     db = fresh_database(os.environ["HTL_BENCH_DATABASE_URL"])
     work = Path(tempfile.mkdtemp())
     env = {k: v for k, v in os.environ.items() if not k.startswith("HTL_")}
-    env.update({"HTL_DATABASE_URL": db, "HTL_BROKER_URL": redis, "HTL_DATA_DIR": str(work / "svc"), "HTL_DEVICE": "cpu",
-                "HTL_RATE_LIMIT": "0", "HTL_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "HTL_SWEEP_INTERVAL_S": str(SWEEP_S),
-                "HTL_JOB_STALE_AFTER_S": str(STALE_S), "HTL_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S)})
+    env.update(
+        {
+            "HTL_DATABASE_URL": db,
+            "HTL_BROKER_URL": redis,
+            "HTL_DATA_DIR": str(work / "svc"),
+            "HTL_DEVICE": "cpu",
+            "HTL_RATE_LIMIT": "0",
+            "HTL_TORCH_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "HTL_SWEEP_INTERVAL_S": str(SWEEP_S),
+            "HTL_JOB_STALE_AFTER_S": str(STALE_S),
+            "HTL_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
+        }
+    )
     cli = [sys.executable, "-m", "app.cli"]
     subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True)
-    key = subprocess.run([*cli, "keys", "create", "--owner", "bench"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    key = subprocess.run(
+        [*cli, "keys", "create", "--owner", "bench"], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
     port = free_port()
-    api = subprocess.Popen([*cli, "serve", "--no-worker", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    workers = [subprocess.Popen([*cli, "worker"], env={**env, "HTL_WORKER_NAME": f"w{i}@%h"}, stdout=(work / f"w{i}.log").open("w"),
-                                stderr=subprocess.STDOUT) for i in range(2)]
+    api = subprocess.Popen(
+        [*cli, "serve", "--no-worker", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers = [
+        subprocess.Popen(
+            [*cli, "worker"],
+            env={**env, "HTL_WORKER_NAME": f"w{i}@%h"},
+            stdout=(work / f"w{i}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
     base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     http = httpx.Client(base_url=base, headers=headers, timeout=60)
     try:
@@ -83,29 +114,50 @@ def main() -> None:
         last_cancel = time.perf_counter()
         statuses = [s for _, submit, cancel in results for s in (submit, cancel) if s]
         jobs = {job: cancel for job, _, cancel in results if job}
-        ends = _wait(lambda: (e := {j: _get(http, f"/v1/jobs/{j}").json()["status"] for j in jobs}) and
-                     all(s in FINISHED for s in e.values()) and e, SWEEP_S * 2 + 30, "every job to end")
+        ends = _wait(
+            lambda: (
+                (e := {j: _get(http, f"/v1/jobs/{j}").json()["status"] for j in jobs})
+                and all(s in FINISHED for s in e.values())
+                and e
+            ),
+            SWEEP_S * 2 + 30,
+            "every job to end",
+        )
         settled = time.perf_counter() - last_cancel
-        wrong = {j: (ends[j], c) for j, c in jobs.items() if not (ends[j] == "cancelled" and c == 202 or ends[j] == "succeeded" and c == 409)}
-        print(f"{args.rounds} submit-then-cancel races (delays 0-2 s, {args.concurrency} at once, 2 workers) in {last_cancel - started:.0f} s: "
-              f"{sum(e == 'cancelled' for e in ends.values())} cancelled, {sum(e == 'succeeded' for e in ends.values())} succeeded "
-              f"(cancel answered 409), {len(wrong)} otherwise {dict(list(wrong.items())[:5])}; every job ended {settled:.1f} s after "
-              f"the last cancel (sweep interval {SWEEP_S} s); answers {sorted(set(statuses))}, 5xx: {sum(s >= 500 for s in statuses)}")
+        wrong = {
+            j: (ends[j], c)
+            for j, c in jobs.items()
+            if not (ends[j] == "cancelled" and c == 202 or ends[j] == "succeeded" and c == 409)
+        }
+        print(
+            f"{args.rounds} submit-then-cancel races (delays 0-2 s, {args.concurrency} at once, 2 workers) in {last_cancel - started:.0f} s: "
+            f"{sum(e == 'cancelled' for e in ends.values())} cancelled, {sum(e == 'succeeded' for e in ends.values())} succeeded "
+            f"(cancel answered 409), {len(wrong)} otherwise {dict(list(wrong.items())[:5])}; every job ended {settled:.1f} s after "
+            f"the last cancel (sweep interval {SWEEP_S} s); answers {sorted(set(statuses))}, 5xx: {sum(s >= 500 for s in statuses)}"
+        )
 
         # a cancel while the job's worker is dead
         job = http.post("/v1/jobs", json={"dataset_id": dataset, "spec": LONG}).json()["id"]
-        unit = _wait(lambda: next((u for u in _get(http, f"/v1/jobs/{job}").json()["units"] if u["status"] == "running"), None), 120,
-                     "the long job to run")
+        unit = _wait(
+            lambda: next((u for u in _get(http, f"/v1/jobs/{job}").json()["units"] if u["status"] == "running"), None),
+            120,
+            "the long job to run",
+        )
         victim = next(w for i, w in enumerate(workers) if unit["worker"].startswith(f"w{i}@"))
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         killed = time.perf_counter()
         cancel = http.post(f"/v1/jobs/{job}/cancel")
-        end = _wait(lambda: (s := _get(http, f"/v1/jobs/{job}").json())["status"] in FINISHED and s, STALE_S + SWEEP_S * 3 + 60,
-                    "the dead worker's cancelled job to end")
-        print(f"cancelled while its worker ({unit['worker']}) was dead: cancel answered {cancel.status_code}, the job ended "
-              f"{end['status']} {time.perf_counter() - killed:.1f} s after the kill (heartbeat stale after {STALE_S} s, "
-              f"sweep every {SWEEP_S} s)")
+        end = _wait(
+            lambda: (s := _get(http, f"/v1/jobs/{job}").json())["status"] in FINISHED and s,
+            STALE_S + SWEEP_S * 3 + 60,
+            "the dead worker's cancelled job to end",
+        )
+        print(
+            f"cancelled while its worker ({unit['worker']}) was dead: cancel answered {cancel.status_code}, the job ended "
+            f"{end['status']} {time.perf_counter() - killed:.1f} s after the kill (heartbeat stale after {STALE_S} s, "
+            f"sweep every {SWEEP_S} s)"
+        )
     finally:
         http.close()
         for p in [api, *workers]:

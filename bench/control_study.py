@@ -6,6 +6,7 @@ Benjamini-Hochberg across subgroups), and the dense models' validation curves.
 
     .venv/bin/python bench/control_study.py --spec examples/ham10000-controlled.json --out runs/control-study
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,16 @@ def fmt_ci(ci) -> str:
 def report(out: Path, top_groups: int) -> str:
     metrics = json.loads((out / "metrics.json").read_text())
     groups = json.loads((out / "subgroups.json").read_text())
-    lines = [f"seeds {metrics['seeds']}; split by {metrics['group_column']}; validation {metrics['validation_images']} "
-             f"and test {metrics['test_images']} images; attention: top {metrics['attention']['size']} by {metrics['attention']['scorer']}"]
+    lines = [
+        f"seeds {metrics['seeds']}; split by {metrics['group_column']}; validation {metrics['validation_images']} "
+        f"and test {metrics['test_images']} images; attention: top {metrics['attention']['size']} by {metrics['attention']['scorer']}"
+    ]
     lines.append("dense validation Dice per epoch:")
     for name, curve in metrics["validation_curve"].items():
         lines.append(f"  {name}: " + " ".join(f"{d:.3f}" for d in curve))
-    lines.append(f"pruning: ranked by sparsities {metrics['ranked_by_sparsities']}, degenerate {metrics['degenerate_sparsities']}")
+    lines.append(
+        f"pruning: ranked by sparsities {metrics['ranked_by_sparsities']}, degenerate {metrics['degenerate_sparsities']}"
+    )
     for split in metrics["splits"]:
         lines.append(f"{split}: Dice, mean over seeds (95% t-interval)")
         for base in ("dense", "attended", "control"):
@@ -40,10 +45,16 @@ def report(out: Path, top_groups: int) -> str:
         for key in ("attended_vs_dense", "attended_vs_control", "control_vs_dense"):
             cmp = metrics[key] if split == "validation" else metrics[key]["test"]
             per_seed = " ".join(f"{p['dice']:+.4f}" for p in cmp["per_seed"])
-            lines.append(f"  {key:<20}{cmp['overall']['dice']:+.4f} {fmt_ci(cmp['overall_ci95']['dice'])}  per seed: {per_seed}")
-    enriched = sorted((g for g in groups["enrichment"]["groups"] if g["significant"] and (g["enrichment"] or 0) > 1),
-                      key=lambda g: -g["enrichment"])[:top_groups]
-    lines.append(f"most enriched HTL groups (Fisher, BH) and their gap on test ({groups['gap_closing']['test']['method']}):")
+            lines.append(
+                f"  {key:<20}{cmp['overall']['dice']:+.4f} {fmt_ci(cmp['overall_ci95']['dice'])}  per seed: {per_seed}"
+            )
+    enriched = sorted(
+        (g for g in groups["enrichment"]["groups"] if g["significant"] and (g["enrichment"] or 0) > 1),
+        key=lambda g: -g["enrichment"],
+    )[:top_groups]
+    lines.append(
+        f"most enriched HTL groups (Fisher, BH) and their gap on test ({groups['gap_closing']['test']['method']}):"
+    )
     test_rows = {(r["attribute"], r["value"]): r for r in groups["gap_closing"]["test"]["subgroups"]}
     for g in enriched:
         r = test_rows.get((g["attribute"], g["value"]))
@@ -58,8 +69,10 @@ def report(out: Path, top_groups: int) -> str:
             f"attended-control {avc['difference']:+.4f} {fmt_ci(avc['difference_ci95'])} p_adj {avc['p_adjusted']:.2f}"
         )
     overall = groups["gap_closing"]["test"]["overall"]
-    lines.append(f"  overall (bootstrap): attended-dense {overall['difference']:+.4f} {fmt_ci(overall['difference_ci95'])}; "
-                 f"attended-control {overall['attended_vs_control']['difference']:+.4f} {fmt_ci(overall['attended_vs_control']['difference_ci95'])}")
+    lines.append(
+        f"  overall (bootstrap): attended-dense {overall['difference']:+.4f} {fmt_ci(overall['difference_ci95'])}; "
+        f"attended-control {overall['attended_vs_control']['difference']:+.4f} {fmt_ci(overall['attended_vs_control']['difference_ci95'])}"
+    )
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ Choose K (and the cut-off) on one generated set (--choose-seed) and report the c
 
     .venv/bin/python bench/label_check_folds.py --folds 3 5 --out runs/label-check-folds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +28,16 @@ CUTOFFS = (0.3, 0.4, 0.5, 0.6)
 
 
 def spec_for(args, folds: int) -> JobSpec:
-    return JobSpec.model_validate({
-        "image_size": args.size, "model": {"arch": "unet", "width": 16},
-        "sample": {"max_images": args.images, "seed": 0},
-        "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
-        "train": {"epochs": args.epochs, "seeds": [0]},
-        "label_check": {"folds": folds},
-    })
+    return JobSpec.model_validate(
+        {
+            "image_size": args.size,
+            "model": {"arch": "unet", "width": 16},
+            "sample": {"max_images": args.images, "seed": 0},
+            "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+            "train": {"epochs": args.epochs, "seeds": [0]},
+            "label_check": {"folds": folds},
+        }
+    )
 
 
 def fold_qualities(data: Path, spec: JobSpec, out: Path) -> tuple[list[str], np.ndarray]:
@@ -52,9 +56,15 @@ def scores(ids: list[str], quality: np.ndarray, truth: dict[str, dict], cutoff: 
     flagged = quality < cutoff
     wrong = np.array([bool(truth[i]["wrong_mask"]) for i in ids])
     pale = np.array([truth[i]["look"] == "pale" for i in ids])
-    return {"flagged": int(flagged.sum()), "right": int((flagged & wrong).sum()), "wrong_masks": int(wrong.sum()),
-            "precision": float((flagged & wrong).sum() / max(1, flagged.sum())), "recall": float((flagged & wrong).sum() / max(1, wrong.sum())),
-            "pale_flagged": int((flagged & pale).sum()), "pale": int(pale.sum())}
+    return {
+        "flagged": int(flagged.sum()),
+        "right": int((flagged & wrong).sum()),
+        "wrong_masks": int(wrong.sum()),
+        "precision": float((flagged & wrong).sum() / max(1, flagged.sum())),
+        "recall": float((flagged & wrong).sum() / max(1, wrong.sum())),
+        "pale_flagged": int((flagged & pale).sum()),
+        "pale": int(pale.sum()),
+    }
 
 
 def main() -> None:
@@ -64,7 +74,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--choose-seed", type=int, default=11, help="the generated set the choice is made on")
-    parser.add_argument("--report-seed", type=int, default=7, help="the generated set it is reported on (the triage study's)")
+    parser.add_argument(
+        "--report-seed", type=int, default=7, help="the generated set it is reported on (the triage study's)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/label-check-folds"))
     args = parser.parse_args()
     print("| data | K | cut-off | flagged | wrong masks found | precision | recall | pale lesions flagged | seconds |")
@@ -72,8 +84,15 @@ def main() -> None:
     for role, data_seed in (("choose", args.choose_seed), ("report", args.report_seed)):
         data = args.out / f"data-{data_seed}"
         if not (data / "truth.csv").is_file():
-            make_dataset(data, n=args.images, size=args.size, seed=data_seed, hard_fraction=0.15, rare_look_fraction=0.06,
-                         wrong_mask_fraction=0.06)
+            make_dataset(
+                data,
+                n=args.images,
+                size=args.size,
+                seed=data_seed,
+                hard_fraction=0.15,
+                rare_look_fraction=0.06,
+                wrong_mask_fraction=0.06,
+            )
         truth = {r["image_id"]: r for r in csv.DictReader(open(data / "truth.csv"))}
         for k in args.folds:
             started = time.perf_counter()
@@ -81,8 +100,11 @@ def main() -> None:
             seconds = time.perf_counter() - started
             for cutoff in CUTOFFS:
                 s = scores(ids, quality, truth, cutoff)
-                print(f"| {role} (seed {data_seed}) | {k} | {cutoff:g} | {s['flagged']} | {s['right']} of {s['wrong_masks']} | "
-                      f"{s['precision']:.2f} | {s['recall']:.2f} | {s['pale_flagged']} of {s['pale']} | {seconds:.0f} |", flush=True)
+                print(
+                    f"| {role} (seed {data_seed}) | {k} | {cutoff:g} | {s['flagged']} | {s['right']} of {s['wrong_masks']} | "
+                    f"{s['precision']:.2f} | {s['recall']:.2f} | {s['pale_flagged']} of {s['pale']} | {seconds:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ HAM10000 (dx bcc/akiec, face, scalp, the lowest lesion-contrast quartile).
 
     .venv/bin/python bench/pruning_defaults.py --images 2000 --size 64 --epochs 6 --seeds 0 1 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,17 @@ COMBOS = [(scope, bn) for scope in ("global", "layerwise") for bn in (False, Tru
 
 
 def spec_for(args, seed: int, scope: str, bn: bool) -> JobSpec:
-    return JobSpec.model_validate({
-        "image_size": args.size, "sample": {"max_images": args.images, "seed": 0},
-        "split": {"group_column": "lesion_id", "seed": 0, "val_fraction": 0.2},
-        "train": {"epochs": args.epochs, "seed": seed},
-        "prune": {"sparsities": args.sparsities, "scope": scope, "bn_recalibration": bn},
-        "htl": {"top_fraction": args.top_fraction},
-        "label_check": {"enabled": False},  # the ranking is compared here, not the masks; as when it was measured
-    })
+    return JobSpec.model_validate(
+        {
+            "image_size": args.size,
+            "sample": {"max_images": args.images, "seed": 0},
+            "split": {"group_column": "lesion_id", "seed": 0, "val_fraction": 0.2},
+            "train": {"epochs": args.epochs, "seed": seed},
+            "prune": {"sparsities": args.sparsities, "scope": scope, "bn_recalibration": bn},
+            "htl": {"top_fraction": args.top_fraction},
+            "label_check": {"enabled": False},  # the ranking is compared here, not the masks; as when it was measured
+        }
+    )
 
 
 def share_dense(src: Path, dst: Path) -> None:
@@ -90,7 +94,8 @@ def main() -> None:
             is_htl = {i["image_id"] for i in items if i["is_htl"]}
             htl_flags = np.array([x in is_htl for x in ids])
             per[(scope, bn, seed)] = {
-                "scores": {i["image_id"]: i["htl_score"] for i in items}, "htl": is_htl,
+                "scores": {i["image_id"]: i["htl_score"] for i in items},
+                "htl": is_htl,
                 "pruning": json.loads(run._marker("prune").read_text())["reports"],
                 "lift": float(hard[htl_flags].mean() / hard.mean()),
                 "lift_faint": float(faint[htl_flags].mean() / faint.mean()),
@@ -105,23 +110,36 @@ def main() -> None:
             overlaps.append(len(a["htl"] & b["htl"]) / len(a["htl"]))
             ids = sorted(a["scores"])
             rhos.append(float(spearmanr([a["scores"][i] for i in ids], [b["scores"][i] for i in ids]).statistic))
-        dice = {f"{s:g}": float(np.mean([r["pruning"][f"{s:g}"]["validation_dice"] for r in runs])) for s in args.sparsities}
+        dice = {
+            f"{s:g}": float(np.mean([r["pruning"][f"{s:g}"]["validation_dice"] for r in runs])) for s in args.sparsities
+        }
         degenerate = {f"{s:g}": sum(r["pruning"][f"{s:g}"]["degenerate"] for r in runs) for s in args.sparsities}
-        rows.append({
-            "scope": scope, "bn_recalibration": bn, "pruned_val_dice": dice, "degenerate_seeds": degenerate,
-            "dense_val_dice": float(np.mean([r["dense_dice"] for r in runs])),
-            "top_overlap": float(np.mean(overlaps)), "spearman": float(np.mean(rhos)),
-            "lift": float(np.mean([r["lift"] for r in runs])), "lift_per_seed": [r["lift"] for r in runs],
-            "lift_faint": float(np.mean([r["lift_faint"] for r in runs])),
-        })
+        rows.append(
+            {
+                "scope": scope,
+                "bn_recalibration": bn,
+                "pruned_val_dice": dice,
+                "degenerate_seeds": degenerate,
+                "dense_val_dice": float(np.mean([r["dense_dice"] for r in runs])),
+                "top_overlap": float(np.mean(overlaps)),
+                "spearman": float(np.mean(rhos)),
+                "lift": float(np.mean([r["lift"] for r in runs])),
+                "lift_per_seed": [r["lift"] for r in runs],
+                "lift_faint": float(np.mean([r["lift_faint"] for r in runs])),
+            }
+        )
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
-    print(f"\n{'scope':<10}{'BN':<8}{'pruned val Dice ' + '/'.join(f'{s:g}' for s in args.sparsities):<34}{'degenerate':<12}"
-          f"{'overlap':>8}{'spearman':>9}{'lift':>6}{'faint':>7}")
+    print(
+        f"\n{'scope':<10}{'BN':<8}{'pruned val Dice ' + '/'.join(f'{s:g}' for s in args.sparsities):<34}{'degenerate':<12}"
+        f"{'overlap':>8}{'spearman':>9}{'lift':>6}{'faint':>7}"
+    )
     for r in rows:
         dice = " / ".join(f"{v:.3f}" for v in r["pruned_val_dice"].values())
         degenerate = "/".join(str(v) for v in r["degenerate_seeds"].values())
-        print(f"{r['scope']:<10}{'re-est.' if r['bn_recalibration'] else 'stale':<8}{dice:<34}{degenerate:<12}"
-              f"{r['top_overlap']:8.2f}{r['spearman']:9.2f}{r['lift']:6.2f}{r['lift_faint']:7.2f}")
+        print(
+            f"{r['scope']:<10}{'re-est.' if r['bn_recalibration'] else 'stale':<8}{dice:<34}{degenerate:<12}"
+            f"{r['top_overlap']:8.2f}{r['spearman']:9.2f}{r['lift']:6.2f}{r['lift_faint']:7.2f}"
+        )
 
 
 if __name__ == "__main__":

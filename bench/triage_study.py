@@ -19,6 +19,7 @@ verdict.
         --seeds 0 1 2 3 4 --variants pruning "pruning, label issues kept" loss --modes from_scratch fine_tune \\
         --out runs/triage-ham10000 --overlays 12 --overlay-dir docs/label-issues
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,17 +55,20 @@ PRUNINGS = {
 
 
 def spec_for(args, attention: dict, mode: str, factor: float, top_fraction: float, pruning: str) -> JobSpec:
-    return JobSpec.model_validate({
-        "prune": PRUNINGS[pruning],
-        "image_size": args.size, "model": {"arch": "unet", "width": 16},
-        "sample": {"max_images": args.images, "seed": 0},
-        "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
-        "train": {"epochs": args.epochs, "seeds": args.seeds},
-        "htl": {"top_fraction": top_fraction},
-        "label_check": {"folds": args.folds},
-        "scorers": ["pruning", "loss"],
-        "attention": {"strategy": "oversample", "factor": factor, "control": "random", "mode": mode, **attention},
-    })
+    return JobSpec.model_validate(
+        {
+            "prune": PRUNINGS[pruning],
+            "image_size": args.size,
+            "model": {"arch": "unet", "width": 16},
+            "sample": {"max_images": args.images, "seed": 0},
+            "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+            "train": {"epochs": args.epochs, "seeds": args.seeds},
+            "htl": {"top_fraction": top_fraction},
+            "label_check": {"folds": args.folds},
+            "scorers": ["pruning", "loss"],
+            "attention": {"strategy": "oversample", "factor": factor, "control": "random", "mode": mode, **attention},
+        }
+    )
 
 
 def pruning_of(run_dir: Path) -> str:
@@ -104,7 +108,10 @@ def reuse_attention(trained: list[Path], run_dir: Path, seeds: list[int]) -> lis
     name = (lambda base, s: f"{base}-s{s}") if len(seeds) > 1 else (lambda base, s: base)
     copied = []
     for seed in seeds:
-        for base, chosen in (("attended", lambda a: sorted(a["attended"])), ("control", lambda a, seed=seed: sorted(a["control"][str(seed)]))):
+        for base, chosen in (
+            ("attended", lambda a: sorted(a["attended"])),
+            ("control", lambda a, seed=seed: sorted(a["control"][str(seed)])),
+        ):
             for prior in trained:
                 if chosen(json.loads((prior / "state" / "attention.json").read_text())) == chosen(sets):
                     copy_model(prior, run_dir, name(base, seed))
@@ -120,10 +127,16 @@ def share(a: np.ndarray, b: np.ndarray) -> float:
 def endpoint(metrics: dict) -> dict:
     versus = metrics["attended_vs_control"]
     validation = metrics["validation_endpoint"]
-    return {"focus_n": metrics["focus"]["n"], "focus": versus["focus"], "versus_dense_focus": metrics["attended_vs_dense"]["focus"],
-            "test_overall": {"mean": versus["test"]["overall"]["dice"], "ci95": versus["test"]["overall_ci95"]["dice"]},
-            "worst_decile": metrics["worst_decile"], "verdict": metrics["verdict"],
-            "validation_focus_n": validation["focus"]["n"], "validation_focus": validation["attended_vs_control"]}
+    return {
+        "focus_n": metrics["focus"]["n"],
+        "focus": versus["focus"],
+        "versus_dense_focus": metrics["attended_vs_dense"]["focus"],
+        "test_overall": {"mean": versus["test"]["overall"]["dice"], "ci95": versus["test"]["overall_ci95"]["dice"]},
+        "worst_decile": metrics["worst_decile"],
+        "verdict": metrics["verdict"],
+        "validation_focus_n": validation["focus"]["n"],
+        "validation_focus": validation["attended_vs_control"],
+    }
 
 
 def planted_report(run_dir: Path, metrics: dict, truth: dict[str, dict], seeds: list[int]) -> dict:
@@ -135,19 +148,46 @@ def planted_report(run_dir: Path, metrics: dict, truth: dict[str, dict], seeds: 
     train = np.array([check[i]["split"] == "train" for i in ids])
     attended = [s for s in scores if s["attended"]]
     name = (lambda base, s: f"{base}-s{s}") if len(seeds) > 1 else (lambda base, s: base)
-    pale = {base: [float(np.mean([r["dice"] for r in metrics["models"][name(base, s)]["test"]["per_image"]
-                                  if truth[r["image_id"]]["look"] == "pale"])) for s in seeds]
-            for base in ("dense", "attended", "control")}
-    n_pale = sum(truth[r["image_id"]]["look"] == "pale" for r in metrics["models"][name("dense", seeds[0])]["test"]["per_image"])
+    pale = {
+        base: [
+            float(
+                np.mean(
+                    [
+                        r["dice"]
+                        for r in metrics["models"][name(base, s)]["test"]["per_image"]
+                        if truth[r["image_id"]]["look"] == "pale"
+                    ]
+                )
+            )
+            for s in seeds
+        ]
+        for base in ("dense", "attended", "control")
+    }
+    n_pale = sum(
+        truth[r["image_id"]]["look"] == "pale" for r in metrics["models"][name("dense", seeds[0])]["test"]["per_image"]
+    )
     return {
-        "label_check": {part: {"flagged": int((flagged & side).sum()), "wrong": int((wrong & side).sum()),
-                               "precision": share(flagged & side, wrong), "recall": share(wrong & side, flagged)}
-                        for part, side in (("train", train), ("held-out", ~train))},
-        "attended": {"size": len(attended),
-                     "wrong_mask_share": float(np.mean([bool(truth[s["image_id"]]["wrong_mask"]) for s in attended])) if attended else 0.0,
-                     "pale_share": float(np.mean([truth[s["image_id"]]["look"] == "pale" for s in attended])) if attended else 0.0,
-                     "pale_share_of_training": float(np.mean([truth[s["image_id"]]["look"] == "pale" for s in scores]))},
-        "pale_test_dice": pale, "pale_test_images": n_pale,
+        "label_check": {
+            part: {
+                "flagged": int((flagged & side).sum()),
+                "wrong": int((wrong & side).sum()),
+                "precision": share(flagged & side, wrong),
+                "recall": share(wrong & side, flagged),
+            }
+            for part, side in (("train", train), ("held-out", ~train))
+        },
+        "attended": {
+            "size": len(attended),
+            "wrong_mask_share": float(np.mean([bool(truth[s["image_id"]]["wrong_mask"]) for s in attended]))
+            if attended
+            else 0.0,
+            "pale_share": float(np.mean([truth[s["image_id"]]["look"] == "pale" for s in attended]))
+            if attended
+            else 0.0,
+            "pale_share_of_training": float(np.mean([truth[s["image_id"]]["look"] == "pale" for s in scores])),
+        },
+        "pale_test_dice": pale,
+        "pale_test_images": n_pale,
         "pale_attended_minus_control": [a - c for a, c in zip(pale["attended"], pale["control"])],
     }
 
@@ -173,8 +213,10 @@ def draw_overlays(run_dir: Path, data: Path, count: int, folder: Path) -> list[s
             rgb = np.asarray(img.convert("RGB")).copy()
         plain = rgb.copy()
         h, w = rgb.shape[:2]
-        for mask, colour in ((read_mask(mask_path), (40, 220, 60)),
-                             (np.asarray(Image.open(gallery / f"{image_id}.png").convert("L").resize((w, h))) > 127, (255, 40, 255))):
+        for mask, colour in (
+            (read_mask(mask_path), (40, 220, 60)),
+            (np.asarray(Image.open(gallery / f"{image_id}.png").convert("L").resize((w, h))) > 127, (255, 40, 255)),
+        ):
             rgb[_edge(mask)] = colour
         Image.fromarray(np.concatenate([plain, rgb], axis=1)).save(folder / f"{image_id}.png")
         drawn.append(f"{image_id} (label quality {issue['quality']:.2f}, out-of-sample Dice {issue['oos_dice']:.2f})")
@@ -182,56 +224,86 @@ def draw_overlays(run_dir: Path, data: Path, count: int, folder: Path) -> list[s
 
 
 def markdown(results: dict, planted: bool, args) -> str:
-    lines = [f"{args.images} images at {args.size} px, {args.epochs} epochs, seeds {args.seeds}, label check {args.folds} folds, "
-             "random control per seed", ""]
+    lines = [
+        f"{args.images} images at {args.size} px, {args.epochs} epochs, seeds {args.seeds}, label check {args.folds} folds, "
+        "random control per seed",
+        "",
+    ]
     first = next(iter(results.values()))
-    lines += ["| label check | flagged | " + ("wrong masks | precision | recall |" if planted else ""),
-              "|---|---|" + ("---|---|---|" if planted else "")]
+    lines += [
+        "| label check | flagged | " + ("wrong masks | precision | recall |" if planted else ""),
+        "|---|---|" + ("---|---|---|" if planted else ""),
+    ]
     for part, c in first["label_check"].items():
-        lines.append(f"| {part} | {c['flagged']} | " + (f"{c['wrong']} | {c['precision']:.2f} | {c['recall']:.2f} |" if planted else ""))
+        lines.append(
+            f"| {part} | {c['flagged']} | "
+            + (f"{c['wrong']} | {c['precision']:.2f} | {c['recall']:.2f} |" if planted else "")
+        )
     chosen = max(results, key=lambda key: results[key]["endpoint"]["validation_focus"]["difference"])
-    lines += ["", "| variant | mode | factor | top | pruning | pruned val Dice by sparsity (degenerate seeds) | "
-              "VALIDATION focus: attended - control (per seed) | test focus images | "
-              "TEST focus: attended - control [95%], one-sided p | per seed | attended - dense on focus | "
-              "worst-decile Dice dense / attended / control | all test attended - control [95% over seeds] |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| variant | mode | factor | top | pruning | pruned val Dice by sparsity (degenerate seeds) | "
+        "VALIDATION focus: attended - control (per seed) | test focus images | "
+        "TEST focus: attended - control [95%], one-sided p | per seed | attended - dense on focus | "
+        "worst-decile Dice dense / attended / control | all test attended - control [95% over seeds] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, r in results.items():
         variant, mode, factor, top, pruning = key
         by_sparsity: dict[float, list[dict]] = {}
         for rep in r["pruning"].values():
             by_sparsity.setdefault(rep["sparsity"], []).append(rep)
-        pruned = " / ".join(f"{np.mean([x['validation_dice'] for x in reps]):.3f} ({sum(x['degenerate'] for x in reps)})"
-                            for _, reps in sorted(by_sparsity.items()))
+        pruned = " / ".join(
+            f"{np.mean([x['validation_dice'] for x in reps]):.3f} ({sum(x['degenerate'] for x in reps)})"
+            for _, reps in sorted(by_sparsity.items())
+        )
         e = r["endpoint"]
         f, d, w, t, v = e["focus"], e["versus_dense_focus"], e["worst_decile"], e["test_overall"], e["validation_focus"]
         ci = f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]" if t["ci95"] else ""
         mark = "**" if key == chosen else ""
-        lines.append(f"| {mark}{variant}{mark} | {mode} | {factor:g} | {top:g} | {pruning} | {pruned} | {mark}{v['difference']:+.4f}{mark} ("
-                     + ", ".join(f"{x:+.3f}" for x in v["per_seed"]) + f") | {e['focus_n']} | "
-                     f"{f['difference']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}], p {f['p_one_sided']:.3f} | "
-                     + ", ".join(f"{x:+.3f}" for x in f["per_seed"]) + f" | {d['difference']:+.4f} | "
-                     f"{w['dense']['all']:.3f} / {w['attended']['all']:.3f} / {w['control']['all']:.3f} | {t['mean']:+.4f} {ci} |")
-    lines.append(f"\nChosen on validation (the largest mean attended - control on the validation focus set): {chosen[0]}, "
-                 f"{chosen[1]}, factor {chosen[2]:g}, top {chosen[3]:g}, pruning {chosen[4]} (pruned val Dice: the mean over seeds, and in brackets how many seeds' models are degenerate)")
+        lines.append(
+            f"| {mark}{variant}{mark} | {mode} | {factor:g} | {top:g} | {pruning} | {pruned} | {mark}{v['difference']:+.4f}{mark} ("
+            + ", ".join(f"{x:+.3f}" for x in v["per_seed"])
+            + f") | {e['focus_n']} | "
+            f"{f['difference']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}], p {f['p_one_sided']:.3f} | "
+            + ", ".join(f"{x:+.3f}" for x in f["per_seed"])
+            + f" | {d['difference']:+.4f} | "
+            f"{w['dense']['all']:.3f} / {w['attended']['all']:.3f} / {w['control']['all']:.3f} | {t['mean']:+.4f} {ci} |"
+        )
+    lines.append(
+        f"\nChosen on validation (the largest mean attended - control on the validation focus set): {chosen[0]}, "
+        f"{chosen[1]}, factor {chosen[2]:g}, top {chosen[3]:g}, pruning {chosen[4]} (pruned val Dice: the mean over seeds, and in brackets how many seeds' models are degenerate)"
+    )
     if planted:
-        lines += ["", "| variant | mode | factor | top | pruning | attended | wrong masks in it | pale lesions in it (share of training) | "
-                  "pale test Dice dense / attended / control, per seed | pale attended - control, per seed |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| variant | mode | factor | top | pruning | attended | wrong masks in it | pale lesions in it (share of training) | "
+            "pale test Dice dense / attended / control, per seed | pale attended - control, per seed |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for (variant, mode, factor, top, pruning), r in results.items():
             p, a = r["pale_test_dice"], r["attended"]
-            per_seed = "; ".join(f"{x:.3f} / {y:.3f} / {z:.3f}" for x, y, z in zip(p["dense"], p["attended"], p["control"]))
-            lines.append(f"| {variant} | {mode} | {factor:g} | {top:g} | {pruning} | {a['size']} | {a['wrong_mask_share']:.1%} | {a['pale_share']:.1%} ({a['pale_share_of_training']:.1%}) | "
-                         f"{per_seed} | " + ", ".join(f"{x:+.3f}" for x in r["pale_attended_minus_control"]) + " |")
+            per_seed = "; ".join(
+                f"{x:.3f} / {y:.3f} / {z:.3f}" for x, y, z in zip(p["dense"], p["attended"], p["control"])
+            )
+            lines.append(
+                f"| {variant} | {mode} | {factor:g} | {top:g} | {pruning} | {a['size']} | {a['wrong_mask_share']:.1%} | {a['pale_share']:.1%} ({a['pale_share_of_training']:.1%}) | "
+                f"{per_seed} | " + ", ".join(f"{x:+.3f}" for x in r["pale_attended_minus_control"]) + " |"
+            )
         lines.append(f"\n(pale lesions on the test split: {first['pale_test_images']})")
     lines.append("")
-    lines += [f"- {variant}, {mode}, factor {factor:g}, top {top:g}, pruning {pruning}: {r['endpoint']['verdict']}"
-              for (variant, mode, factor, top, pruning), r in results.items()]
+    lines += [
+        f"- {variant}, {mode}, factor {factor:g}, top {top:g}, pruning {pruning}: {r['endpoint']['verdict']}"
+        for (variant, mode, factor, top, pruning), r in results.items()
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=None, help="a dataset folder; default: generate one with planted truth")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="a dataset folder; default: generate one with planted truth"
+    )
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
@@ -241,8 +313,13 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=JobSpec().label_check.folds, help="the label check's K")
     parser.add_argument("--modes", nargs="+", default=["from_scratch"], choices=["from_scratch", "fine_tune"])
     parser.add_argument("--variants", nargs="+", default=list(SCORERS), choices=list(SCORERS))
-    parser.add_argument("--prunings", nargs="+", default=[next(iter(PRUNINGS))], choices=list(PRUNINGS),
-                        help="pruning scope and BatchNorm choices (the first listed default is the service's)")
+    parser.add_argument(
+        "--prunings",
+        nargs="+",
+        default=[next(iter(PRUNINGS))],
+        choices=list(PRUNINGS),
+        help="pruning scope and BatchNorm choices (the first listed default is the service's)",
+    )
     parser.add_argument("--data-seed", type=int, default=7)
     parser.add_argument("--overlays", type=int, default=0, help="draw this many flagged masks (real data)")
     parser.add_argument("--overlay-dir", type=Path, default=Path("docs/label-issues"))
@@ -250,15 +327,28 @@ def main() -> None:
     args = parser.parse_args()
     data = args.data or args.out / "data"
     if args.data is None and not (data / "truth.csv").is_file():
-        make_dataset(data, n=args.images, size=args.size, seed=args.data_seed, hard_fraction=0.15, rare_look_fraction=0.06,
-                     wrong_mask_fraction=0.06)
+        make_dataset(
+            data,
+            n=args.images,
+            size=args.size,
+            seed=args.data_seed,
+            hard_fraction=0.15,
+            rare_look_fraction=0.06,
+            wrong_mask_fraction=0.06,
+        )
     planted = (data / "truth.csv").is_file()
     truth = {r["image_id"]: r for r in csv.DictReader(open(data / "truth.csv"))} if planted else {}
     results = {}
     # an earlier invocation's runs (other variants or modes, same --out) lend their dense models
     first_dir = next((d for d in sorted(args.out.glob("*-*")) if (d / "metrics.json").is_file()), None)
-    grid = [(variant, mode, factor, top, pruning) for pruning in args.prunings for mode in args.modes for factor in args.factors
-            for top in args.top_fractions for variant in args.variants]
+    grid = [
+        (variant, mode, factor, top, pruning)
+        for pruning in args.prunings
+        for mode in args.modes
+        for factor in args.factors
+        for top in args.top_fractions
+        for variant in args.variants
+    ]
     trained_by: dict[tuple[str, float], list[Path]] = {}
     for variant, mode, factor, top, pruning in grid:
         trained = trained_by.setdefault((mode, factor), [])  # a model is re-used only where mode and factor match too
@@ -269,13 +359,15 @@ def main() -> None:
             reuse(first_dir, run_dir, pruned=pruning_of(first_dir) == pruning)
         started = time.perf_counter()
         run = Run(data, spec_for(args, SCORERS[variant], mode, factor, top, pruning), run_dir, device="cpu")
-        run._run_stages(STAGES[:STAGES.index("attend")])
+        run._run_stages(STAGES[: STAGES.index("attend")])
         if not run.finished("attend"):
             for line in reuse_attention(trained, run_dir, args.seeds):
                 print(f"  {variant}, {mode}: same set, copied {line}", flush=True)
         run.run()
         trained.append(run_dir)
-        print(f"{variant}, {mode}, x{factor:g}, top {top:g}, {pruning}: {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"{variant}, {mode}, x{factor:g}, top {top:g}, {pruning}: {time.perf_counter() - started:.0f} s", flush=True
+        )
         first_dir = first_dir or run_dir
         metrics = json.loads((run_dir / "metrics.json").read_text())
         entry = {"endpoint": endpoint(metrics)}
@@ -283,11 +375,14 @@ def main() -> None:
             entry.update(planted_report(run_dir, metrics, truth, args.seeds))
         else:
             check = metrics["label_check"]
-            entry["label_check"] = {split: {"flagged": n, "checked": check["checked"][split]} for split, n in check["n_issues"].items()}
+            entry["label_check"] = {
+                split: {"flagged": n, "checked": check["checked"][split]} for split, n in check["n_issues"].items()
+            }
         entry["pruning"] = json.loads(run._marker("prune").read_text())["reports"]
         results[(variant, mode, factor, top, pruning)] = entry
-    (args.out / "report.json").write_text(json.dumps({f"{v} / {m} / x{f:g} / top {t:g} / {p}": r
-                                                      for (v, m, f, t, p), r in results.items()}, indent=1))
+    (args.out / "report.json").write_text(
+        json.dumps({f"{v} / {m} / x{f:g} / top {t:g} / {p}": r for (v, m, f, t, p), r in results.items()}, indent=1)
+    )
     print(markdown(results, planted, args))
     if args.overlays and first_dir is not None:
         for line in draw_overlays(first_dir, data, args.overlays, args.overlay_dir):

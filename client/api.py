@@ -1,6 +1,7 @@
 """A typed client for the htl-miner API (v1). Server and key come from arguments or from the
 HTL_SERVER and HTL_API_KEY environment variables. Every error answer becomes an HtlError carrying
 the API's status, code and detail."""
+
 from __future__ import annotations
 
 import hashlib
@@ -101,15 +102,18 @@ class HtlClient:
     def _pages(self, path: str, params: dict | None = None, limit: int = 1000) -> Iterator[dict]:
         cursor = None
         while True:
-            page = self._request("GET", path, params={**(params or {}), "limit": limit, **({"cursor": cursor} if cursor else {})}).json()
+            page = self._request(
+                "GET", path, params={**(params or {}), "limit": limit, **({"cursor": cursor} if cursor else {})}
+            ).json()
             yield from page["items"]
             cursor = page["next_cursor"]
             if not cursor:
                 return
 
     # --- datasets -------------------------------------------------------------------------------
-    def upload_dataset(self, source: Path, *, name: str | None = None,
-                       on_progress: Callable[[int, int], None] | None = None) -> dict:
+    def upload_dataset(
+        self, source: Path, *, name: str | None = None, on_progress: Callable[[int, int], None] | None = None
+    ) -> dict:
         """Upload a dataset folder (packed here as tar.gz) or an archive (zip or tar.gz)."""
         source = Path(source)
         with tempfile.TemporaryDirectory() as tmp:
@@ -117,8 +121,13 @@ class HtlClient:
             reader = _ProgressReader(archive, on_progress)
             try:
                 files = {"file": (archive.name, reader, "application/octet-stream")}
-                return self._request("POST", "/v1/datasets", files=files, data={"name": name or source.name},
-                                     timeout=httpx.Timeout(60.0, read=None, write=None)).json()
+                return self._request(
+                    "POST",
+                    "/v1/datasets",
+                    files=files,
+                    data={"name": name or source.name},
+                    timeout=httpx.Timeout(60.0, read=None, write=None),
+                ).json()
             finally:
                 reader.close()
 
@@ -148,8 +157,14 @@ class HtlClient:
     def delete_job(self, job_id: str) -> None:
         self._request("DELETE", f"/v1/jobs/{job_id}")
 
-    def wait(self, job_id: str, *, interval: float = 1.0, timeout: float | None = None,
-             on_update: Callable[[dict], None] | None = None) -> dict:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        interval: float = 1.0,
+        timeout: float | None = None,
+        on_update: Callable[[dict], None] | None = None,
+    ) -> dict:
         """Poll until the job has finished; answers its last state. A 503 or 429 on the way is waited out."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -174,8 +189,12 @@ class HtlClient:
 
     def scores_csv(self, job_id: str, *, htl_only: bool = False) -> Iterator[bytes]:
         """Every score as CSV (a header, then one row per image, hardest first), streamed."""
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/scores", params={"htl_only": str(htl_only).lower()},
-                               headers={"Accept": "text/csv"}) as r:
+        with self._http.stream(
+            "GET",
+            f"/v1/jobs/{job_id}/scores",
+            params={"htl_only": str(htl_only).lower()},
+            headers={"Accept": "text/csv"},
+        ) as r:
             if r.status_code >= 400:
                 r.read()
                 self._request("GET", f"/v1/jobs/{job_id}/scores")  # raises the same error with its body
@@ -190,8 +209,12 @@ class HtlClient:
 
     def annotation_queue_csv(self, job_id: str, *, strategy: str = "random", seed: int = 0) -> bytes:
         """The whole queue as CSV (position, image_id, strategy, value, rank, htl_score, image_url)."""
-        return self._request("GET", f"/v1/jobs/{job_id}/annotation-queue", params={"strategy": strategy, "seed": seed},
-                             headers={"Accept": "text/csv"}).content
+        return self._request(
+            "GET",
+            f"/v1/jobs/{job_id}/annotation-queue",
+            params={"strategy": strategy, "seed": seed},
+            headers={"Accept": "text/csv"},
+        ).content
 
     def metrics(self, job_id: str, *, split: str = "validation") -> dict:
         return self._request("GET", f"/v1/jobs/{job_id}/metrics", params={"split": split}).json()
@@ -219,6 +242,8 @@ class HtlClient:
                     out.write(chunk)
         if expected and digest.hexdigest() != expected:
             partial.unlink(missing_ok=True)
-            raise HtlError(502, "CHECKSUM_MISMATCH", f"downloaded {name}: sha256 {digest.hexdigest()} is not the stated {expected}")
+            raise HtlError(
+                502, "CHECKSUM_MISMATCH", f"downloaded {name}: sha256 {digest.hexdigest()} is not the stated {expected}"
+            )
         partial.replace(target)
         return target

@@ -3,6 +3,7 @@
 Pure pydantic (no torch), so the API can validate specs without importing the ML stack.
 Every field is optional; unknown fields are rejected.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -32,27 +33,42 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     arch: Arch | None = Field(
-        None, description="default: unet, or cnn (a classifier) for weakly_supervised; segmentation settings "
-        "take unet|lraspp_mobilenet_v3|deeplabv3_resnet50, weakly_supervised cnn|resnet18"
+        None,
+        description="default: unet, or cnn (a classifier) for weakly_supervised; segmentation settings "
+        "take unet|lraspp_mobilenet_v3|deeplabv3_resnet50, weakly_supervised cnn|resnet18",
     )
     width: int = Field(16, ge=4, le=128, description="base width (channels of the first level) of unet and cnn")
 
 
 GROUP_KEY_NAMES = (
-    "patient_id", "patient", "subject_id", "subject", "participant_id", "lesion_id", "case_id", "study_id",
-    "person_id", "individual_id", "mrn",
+    "patient_id",
+    "patient",
+    "subject_id",
+    "subject",
+    "participant_id",
+    "lesion_id",
+    "case_id",
+    "study_id",
+    "person_id",
+    "individual_id",
+    "mrn",
 )
 
 
 class SplitSpec(_Strict):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="when > 0, a held-out test split made like the validation split; every model is evaluated on it too"
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="when > 0, a held-out test split made like the validation split; every model is evaluated on it too",
     )
     group_column: str | None = Field(
-        "auto", max_length=MAX_NAME, description="metadata column whose groups never straddle the splits (HAM10000: lesion_id); 'auto': the "
+        "auto",
+        max_length=MAX_NAME,
+        description="metadata column whose groups never straddle the splits (HAM10000: lesion_id); 'auto': the "
         f"first column named like a grouping key ({', '.join(GROUP_KEY_NAMES)}; case-insensitive), else none with a warning; "
-        "null: split images independently"
+        "null: split images independently",
     )
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
@@ -100,18 +116,23 @@ class PruneSpec(_Strict):
     sparsities: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
     finetune_epochs: int = Field(0, ge=0, le=100)
     scope: Literal["global", "layerwise"] = Field(
-        "global", description="global: one magnitude threshold over every conv weight; layerwise: each layer pruned to the "
+        "global",
+        description="global: one magnitude threshold over every conv weight; layerwise: each layer pruned to the "
         "sparsity by its own threshold (Hooker et al.'s pruning code), except the first convolution and the output head, "
-        "which stay dense"
+        "which stay dense",
     )
     bn_recalibration: bool = Field(
-        False, description="re-estimate the BatchNorm running statistics of each pruned model, and of the dense model it is "
+        False,
+        description="re-estimate the BatchNorm running statistics of each pruned model, and of the dense model it is "
         "compared with, on the (unaugmented) training images before scoring and evaluating (off by default: on HAM10000 it "
-        "made the HTL set less stable across seeds and less enriched for hard groups; see BENCHMARKS.md)"
+        "made the HTL set less stable across seeds and less enriched for hard groups; see BENCHMARKS.md)",
     )
     degenerate_fraction: float = Field(
-        0.5, ge=0.0, le=1.0, description="a pruned model whose validation Dice falls below this fraction of the dense "
-        "model's, or that predicts (nearly) no foreground, is degenerate: left out of htl_score"
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="a pruned model whose validation Dice falls below this fraction of the dense "
+        "model's, or that predicts (nearly) no foreground, is degenerate: left out of htl_score",
     )
 
     @field_validator("sparsities")
@@ -146,51 +167,72 @@ class HtlSpec(_Strict):
 
 class LabelCheckSpec(_Strict):
     enabled: bool = Field(
-        True, description="check every mask against out-of-sample predictions (K-fold cross-fitting on the training "
+        True,
+        description="check every mask against out-of-sample predictions (K-fold cross-fitting on the training "
         "images with a mask; held-out images against the dense models); not in the weakly_supervised setting, which "
-        "trains on no mask"
+        "trains on no mask",
     )
-    folds: int = Field(3, ge=2, le=10, description="K: K models, each trained without one fold of the training images, predict that fold")
+    folds: int = Field(
+        3,
+        ge=2,
+        le=10,
+        description="K: K models, each trained without one fold of the training images, predict that fold",
+    )
     epochs: int | None = Field(None, ge=1, le=1000, description="each fold model's epochs; default train.epochs")
     max_quality: float = Field(
-        0.3, gt=0.0, lt=1.0, description="a mask is a label issue when its label_quality (1 - the share of the mask-or-"
+        0.3,
+        gt=0.0,
+        lt=1.0,
+        description="a mask is a label issue when its label_quality (1 - the share of the mask-or-"
         "prediction region that the out-of-sample model contradicts with probability over 0.9) is below this; 0.3 and "
-        "3 folds were chosen on generated data with planted wrong masks (bench/label_check_folds.py, BENCHMARKS.md)"
+        "3 folds were chosen on generated data with planted wrong masks (bench/label_check_folds.py, BENCHMARKS.md)",
     )
 
 
 class AttentionSpec(_Strict):
     strategy: Literal["oversample", "reweight", "both"] = "oversample"
     factor: float = Field(
-        6.0, ge=1.0, le=100.0, description="how much more an attended image counts (draws or loss weight); 6 was chosen over 3 "
-        "by attended - control on the validation focus set of generated data (BENCHMARKS.md)"
+        6.0,
+        ge=1.0,
+        le=100.0,
+        description="how much more an attended image counts (draws or loss weight); 6 was chosen over 3 "
+        "by attended - control on the validation focus set of generated data (BENCHMARKS.md)",
     )
     scorer: Scorer = Field(
-        "pruning", description="the hardness score whose top set is attended (as large as the HTL set); any scorer in scorers"
+        "pruning",
+        description="the hardness score whose top set is attended (as large as the HTL set); any scorer in scorers",
     )
     control: Literal["none", "random"] = Field(
-        "none", description="random: also train, per seed, a control model attending the same way to a seeded random "
-        "subset of the training images as large as the HTL set"
+        "none",
+        description="random: also train, per seed, a control model attending the same way to a seeded random "
+        "subset of the training images as large as the HTL set",
     )
     mode: Literal["from_scratch", "fine_tune"] = Field(
-        "from_scratch", description="from_scratch: the attended (and control) model trains anew for train.epochs; fine_tune: it "
-        "starts from the dense model of its seed and trains finetune_epochs more at train.lr x finetune_lr_factor"
+        "from_scratch",
+        description="from_scratch: the attended (and control) model trains anew for train.epochs; fine_tune: it "
+        "starts from the dense model of its seed and trains finetune_epochs more at train.lr x finetune_lr_factor",
     )
     finetune_epochs: int = Field(2, ge=1, le=1000, description="fine_tune: epochs on top of the dense model")
-    finetune_lr_factor: float = Field(0.1, gt=0.0, le=1.0, description="fine_tune: the learning rate as a fraction of train.lr")
+    finetune_lr_factor: float = Field(
+        0.1, gt=0.0, le=1.0, description="fine_tune: the learning rate as a fraction of train.lr"
+    )
     exclude_label_issues: bool = Field(
-        True, description="leave images whose mask the label check flags out of the attended set (the next-ranked "
-        "images take their places) and out of the pool the random control is drawn from"
+        True,
+        description="leave images whose mask the label check flags out of the attended set (the next-ranked "
+        "images take their places) and out of the pool the random control is drawn from",
     )
     unlabeled: Literal["leave_out", "attend"] = Field(
-        "leave_out", description="semi_supervised: leave_out attends only training images with a mask (the next-ranked "
+        "leave_out",
+        description="semi_supervised: leave_out attends only training images with a mask (the next-ranked "
         "labeled images take the places of HTL images without one, which keep weight 1; the random control is drawn "
-        "from the labeled images too); attend boosts HTL images without a mask as well, i.e. their pseudo-labels"
+        "from the labeled images too); attend boosts HTL images without a mask as well, i.e. their pseudo-labels",
     )
 
 
 class SampleSpec(_Strict):
-    max_images: int | None = Field(None, ge=4, le=10_000_000, description="run on a seeded random sample of this many images")
+    max_images: int | None = Field(
+        None, ge=4, le=10_000_000, description="run on a seeded random sample of this many images"
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
@@ -201,21 +243,36 @@ class SemiSpec(_Strict):
     method: Literal["mean_teacher", "pseudo_label"] = "pseudo_label"  # measured on HAM10000: see BENCHMARKS.md
     unlabeled_weight: float = Field(1.0, ge=0.0, le=100.0, description="weight of the unlabeled loss after ramp-up")
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
-    confidence: float = Field(0.9, gt=0.5, lt=1.0, description="pseudo_label: teacher probability that makes a pixel a target")
+    confidence: float = Field(
+        0.9, gt=0.5, lt=1.0, description="pseudo_label: teacher probability that makes a pixel a target"
+    )
 
 
 class WeakSpec(_Strict):
-    label_column: str | None = Field(None, max_length=MAX_NAME, description="metadata column holding the image-level label")
-    positive: list[str] = Field(default_factory=list, max_length=MAX_LIST, description="values of label_column that mean positive")
+    label_column: str | None = Field(
+        None, max_length=MAX_NAME, description="metadata column holding the image-level label"
+    )
+    positive: list[str] = Field(
+        default_factory=list, max_length=MAX_LIST, description="values of label_column that mean positive"
+    )
     cam_threshold: float = Field(
-        0.2, gt=0.0, lt=1.0, description="a pixel is lesion where the positive class's activation map is above the image's "
-        "median (its background) by more than this share of the way to the map's peak"
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="a pixel is lesion where the positive class's activation map is above the image's "
+        "median (its background) by more than this share of the way to the map's peak",
     )
 
 
 class JobSpec(_Strict):
     setting: Setting = "supervised"
-    image_size: int = Field(128, ge=32, le=1024, multiple_of=32, description="images are resized to image_size x image_size (a multiple of 32)")
+    image_size: int = Field(
+        128,
+        ge=32,
+        le=1024,
+        multiple_of=32,
+        description="images are resized to image_size x image_size (a multiple of 32)",
+    )
     model: ModelSpec = Field(default_factory=ModelSpec)
     sample: SampleSpec = Field(default_factory=SampleSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
@@ -248,11 +305,17 @@ class JobSpec(_Strict):
         if self.model.arch is None:
             self.model.arch = "cnn" if weak else "unet"
         if weak and self.model.arch not in CLASSIFIERS:
-            raise ValueError(f"model.arch {self.model.arch!r} is a segmentation model; weakly_supervised takes {'|'.join(CLASSIFIERS)}")
+            raise ValueError(
+                f"model.arch {self.model.arch!r} is a segmentation model; weakly_supervised takes {'|'.join(CLASSIFIERS)}"
+            )
         if not weak and self.model.arch not in SEGMENTERS:
-            raise ValueError(f"model.arch {self.model.arch!r} is a classifier; {self.setting} takes {'|'.join(SEGMENTERS)}")
+            raise ValueError(
+                f"model.arch {self.model.arch!r} is a classifier; {self.setting} takes {'|'.join(SEGMENTERS)}"
+            )
         if weak and (not self.weak.label_column or not self.weak.positive):
-            raise ValueError("weakly_supervised needs weak.label_column and weak.positive (the values that mean positive)")
+            raise ValueError(
+                "weakly_supervised needs weak.label_column and weak.positive (the values that mean positive)"
+            )
         if weak and self.label_check.enabled:
             self.label_check.enabled = False  # a classifier trains on no mask: there is nothing to check
         if self.attention.scorer not in self.scorers:
@@ -296,10 +359,21 @@ def resolve_group_column(spec: JobSpec, columns: list[str]) -> tuple[JobSpec, li
 
 
 # parameters of each architecture at width 16 (U-Net and the small CNN grow with width squared)
-PARAMS_AT_WIDTH_16 = {"unet": 1_930_000, "cnn": 390_000, "lraspp_mobilenet_v3": 3_220_000,
-                      "deeplabv3_resnet50": 39_640_000, "resnet18": 11_180_000}
+PARAMS_AT_WIDTH_16 = {
+    "unet": 1_930_000,
+    "cnn": 390_000,
+    "lraspp_mobilenet_v3": 3_220_000,
+    "deeplabv3_resnet50": 39_640_000,
+    "resnet18": 11_180_000,
+}
 # bytes of activations kept for the backward pass, per pixel of a training batch, at width 16
-ACTIVATION_BYTES_PER_PIXEL = {"unet": 1_400, "cnn": 500, "lraspp_mobilenet_v3": 900, "deeplabv3_resnet50": 6_000, "resnet18": 600}
+ACTIVATION_BYTES_PER_PIXEL = {
+    "unet": 1_400,
+    "cnn": 500,
+    "lraspp_mobilenet_v3": 900,
+    "deeplabv3_resnet50": 6_000,
+    "resnet18": 600,
+}
 
 
 def estimate_resources(spec: JobSpec, n_images: int) -> dict[str, int]:
@@ -310,7 +384,7 @@ def estimate_resources(spec: JobSpec, n_images: int) -> dict[str, int]:
     arch = spec.model.arch or "unet"
     scale = (spec.model.width / 16) ** 2 if arch in ("unet", "cnn") else 1.0
     params = int(PARAMS_AT_WIDTH_16[arch] * scale)
-    pixels = spec.image_size ** 2
+    pixels = spec.image_size**2
     decoded = n * 4 * pixels  # uint8 image (3 channels) and mask
     n_seeds = len(spec.train.seed_list())
     models_per_seed = 2 + len(spec.prune.sparsities) + (spec.attention.control == "random")
@@ -325,13 +399,19 @@ def check_admission(spec: JobSpec, *, n_images: int, max_memory_bytes: int, max_
     need = estimate_resources(spec, n_images)
     gib = 1024**3
     if need["memory_bytes"] > max_memory_bytes:
-        raise SpecError("spec", f"the job needs about {need['memory_bytes'] / gib:.1f} GiB of memory (decoded images, models, a "
-                        f"training batch), over the limit of {max_memory_bytes / gib:.1f} GiB (HTL_MAX_JOB_MEMORY_BYTES): lower "
-                        "image_size, sample.max_images, train.batch_size or model.width")
+        raise SpecError(
+            "spec",
+            f"the job needs about {need['memory_bytes'] / gib:.1f} GiB of memory (decoded images, models, a "
+            f"training batch), over the limit of {max_memory_bytes / gib:.1f} GiB (HTL_MAX_JOB_MEMORY_BYTES): lower "
+            "image_size, sample.max_images, train.batch_size or model.width",
+        )
     if need["disk_bytes"] > max_disk_bytes:
-        raise SpecError("spec", f"the job needs about {need['disk_bytes'] / gib:.1f} GiB of disk (decoded cache, checkpoints), "
-                        f"over the limit of {max_disk_bytes / gib:.1f} GiB (HTL_MAX_JOB_DISK_BYTES): lower image_size, "
-                        "sample.max_images, the number of seeds or of sparsities")
+        raise SpecError(
+            "spec",
+            f"the job needs about {need['disk_bytes'] / gib:.1f} GiB of disk (decoded cache, checkpoints), "
+            f"over the limit of {max_disk_bytes / gib:.1f} GiB (HTL_MAX_JOB_DISK_BYTES): lower image_size, "
+            "sample.max_images, the number of seeds or of sparsities",
+        )
 
 
 def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int, n_masks: int) -> None:
@@ -349,8 +429,11 @@ def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int,
     n = min(n_images, spec.sample.max_images or n_images)
     held_out = max(1, round(spec.split.val_fraction * n)) + round(spec.split.test_fraction * n)
     if n - held_out < 2:
-        raise SpecError("split", f"of {n} images, {held_out} are held out for validation and test: fewer than 2 are left to "
-                        "train on; lower split.val_fraction / split.test_fraction or use more images")
+        raise SpecError(
+            "split",
+            f"of {n} images, {held_out} are held out for validation and test: fewer than 2 are left to "
+            "train on; lower split.val_fraction / split.test_fraction or use more images",
+        )
     if spec.setting == "supervised" and n_masks < n_images:
         raise SpecError(
             "setting",
@@ -366,5 +449,6 @@ def check_spec_fits_dataset(spec: JobSpec, *, columns: list[str], n_images: int,
         )
     if spec.setting == "weakly_supervised" and spec.weak.label_column not in columns:
         raise SpecError(
-            "weak.label_column", f"column {spec.weak.label_column!r} is not in the metadata (columns: {sorted(columns)})"
+            "weak.label_column",
+            f"column {spec.weak.label_column!r} is not in the metadata (columns: {sorted(columns)})",
         )

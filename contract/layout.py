@@ -1,6 +1,7 @@
 """The dataset folder layout, torch-free: images/<id>.(jpg|jpeg|png), masks/<id>_segmentation.png or
 masks/<id>.png, optional metadata.csv with an image_id column. Masks are read by displayed grey
 level (Pillow's convert("L"), so palette PNGs are not inverted) and binarized at > 127."""
+
 from __future__ import annotations
 
 import csv
@@ -51,8 +52,10 @@ def _bounded_lines(f, path: Path):
     while line := f.readline(MAX_LINE_CHARS + 1):
         number += 1
         if len(line) > MAX_LINE_CHARS:
-            raise LayoutError(f"{path.name} line {number} is over {MAX_LINE_CHARS} characters "
-                              f"(at most {MAX_COLUMNS} columns of {MAX_VALUE_CHARS} characters)")
+            raise LayoutError(
+                f"{path.name} line {number} is over {MAX_LINE_CHARS} characters "
+                f"(at most {MAX_COLUMNS} columns of {MAX_VALUE_CHARS} characters)"
+            )
         yield line
 
 

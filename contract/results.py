@@ -1,6 +1,7 @@
 """What a job produces, as typed values. ml/ builds them (ml.pipeline.Run.results), the worker persists
 them through one mapping (app.db.results), and one unit hands them to the next, possibly on another
 worker, through its run folder as JSON (encode / decode here). Torch- and numpy-free."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -131,6 +132,7 @@ def _decoder(kind: Any) -> Callable[[Any], Any]:
             if not isinstance(raw, list):
                 raise ResultError(f"expected a list for {kind}, found {type(raw).__name__}")
             return list(raw) if inner in PLAIN else [inner_decode(v) for v in raw]
+
         return decode_list
     if origin is dict:
         _, inner = typing.get_args(kind)
@@ -140,6 +142,7 @@ def _decoder(kind: Any) -> Callable[[Any], Any]:
             if not isinstance(raw, dict):
                 raise ResultError(f"expected an object for {kind}, found {type(raw).__name__}")
             return dict(raw) if inner in PLAIN else {k: inner_decode(v) for k, v in raw.items()}
+
         return decode_dict
     if dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
@@ -154,6 +157,7 @@ def _decoder(kind: Any) -> Callable[[Any], Any]:
                 raise ResultError(f"{kind.__name__} has no field {e.args[0]!r}") from None
             except TypeError as e:  # a required field missing
                 raise ResultError(f"{kind.__name__}: {e}") from e
+
         return decode_dataclass
     if kind is float:  # JSON writes a whole float as a float, but a hand-made file may hold 1
         return lambda raw: float(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw

@@ -1,5 +1,6 @@
 """The hardness scorers a job can compute: one registry read by the spec (which names exist), the
 unit planner and the pipeline (what each costs, which need a target). Torch-free."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,14 +21,33 @@ class ScorerInfo:
     description: str
 
 
-SCORERS: dict[str, ScorerInfo] = {s.name: s for s in (
-    ScorerInfo("pruning", False, "pruning", 0, "1 - Dice between the dense and each pruned model's mask, averaged over sparsities"),
-    ScorerInfo("loss", True, "model", 1, "the dense model's BCE + soft-Dice loss on the unaugmented image after training"),
-    ScorerInfo("el2n", True, "dynamics", 0, "error L2 norm (Paul et al., 2021) early in training, per pixel"),
-    ScorerInfo("forgetting", True, "dynamics", 0, "forgetting events (Toneva et al., 2019) over the training steps"),
-    ScorerInfo("dynamic_dice", True, "dynamics", 0, "1 - the training Dice averaged over the epochs"),
-    ScorerInfo("mc_dropout", False, "model", MC_DROPOUT_SAMPLES, "1 - Dice between the dense mask and masks with test-time dropout"),
-)}
+SCORERS: dict[str, ScorerInfo] = {
+    s.name: s
+    for s in (
+        ScorerInfo(
+            "pruning",
+            False,
+            "pruning",
+            0,
+            "1 - Dice between the dense and each pruned model's mask, averaged over sparsities",
+        ),
+        ScorerInfo(
+            "loss", True, "model", 1, "the dense model's BCE + soft-Dice loss on the unaugmented image after training"
+        ),
+        ScorerInfo("el2n", True, "dynamics", 0, "error L2 norm (Paul et al., 2021) early in training, per pixel"),
+        ScorerInfo(
+            "forgetting", True, "dynamics", 0, "forgetting events (Toneva et al., 2019) over the training steps"
+        ),
+        ScorerInfo("dynamic_dice", True, "dynamics", 0, "1 - the training Dice averaged over the epochs"),
+        ScorerInfo(
+            "mc_dropout",
+            False,
+            "model",
+            MC_DROPOUT_SAMPLES,
+            "1 - Dice between the dense mask and masks with test-time dropout",
+        ),
+    )
+}
 SCORER_NAMES = tuple(SCORERS)
 
 

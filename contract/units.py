@@ -6,6 +6,7 @@
 
 Torch-free: the API plans the units when a job is submitted, workers run them (ml.pipeline.Run.run_unit).
 A unit's weight is its expected share of the job's work, from the spec alone (for progress)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ def plan_units(spec: JobSpec) -> list[UnitPlan]:
     extra = 1 + extra_passes(spec.scorers)  # the dense model's pass, and what the other scorers add
     control = spec.attention.control == "random"
     bases = 2 + n_sp + control
-    score = len(seeds) * (n_sp * (spec.prune.finetune_epochs * train + 1 / INFERENCE_SPEEDUP) + train * (n_sp + extra) / INFERENCE_SPEEDUP)
+    score = len(seeds) * (
+        n_sp * (spec.prune.finetune_epochs * train + 1 / INFERENCE_SPEEDUP) + train * (n_sp + extra) / INFERENCE_SPEEDUP
+    )
     raw: list[tuple[str, int | None, tuple[str, ...], float]] = []
     dense = [unit_name("dense", s) for s in seeds]
     raw += [("dense", s, (), epochs * train) for s in seeds]
@@ -57,12 +60,16 @@ def plan_units(spec: JobSpec) -> list[UnitPlan]:
         fold_epochs = spec.label_check.epochs or spec.train.epochs
         checks = [unit_name("label_check", f) for f in range(k)]
         # each fold model trains on (k - 1) / k of the training images and predicts the rest
-        raw += [("label_check", f, (), fold_epochs * train * (k - 1) / k + train / k / INFERENCE_SPEEDUP) for f in range(k)]
+        raw += [
+            ("label_check", f, (), fold_epochs * train * (k - 1) / k + train / k / INFERENCE_SPEEDUP) for f in range(k)
+        ]
         score += len(seeds) * held_out / INFERENCE_SPEEDUP  # the dense models check the held-out masks
     raw.append(("score", None, (*dense, *checks), score))
     trained = []
     attention = spec.attention
-    attend_epochs = epochs if attention.mode == "from_scratch" else attention.finetune_epochs * epochs / spec.train.epochs
+    attend_epochs = (
+        epochs if attention.mode == "from_scratch" else attention.finetune_epochs * epochs / spec.train.epochs
+    )
     for s in seeds:
         raw.append(("attend", s, ("score",), attend_epochs * train))
         trained.append(unit_name("attend", s))
@@ -71,4 +78,6 @@ def plan_units(spec: JobSpec) -> list[UnitPlan]:
             trained.append(unit_name("control", s))
     raw.append(("evaluate", None, tuple(trained), len(seeds) * bases * held_out / INFERENCE_SPEEDUP))
     total = sum(w for *_, w in raw)
-    return [UnitPlan(unit_name(kind, seed), kind, seed, deps, w / total, i) for i, (kind, seed, deps, w) in enumerate(raw)]
+    return [
+        UnitPlan(unit_name(kind, seed), kind, seed, deps, w / total, i) for i, (kind, seed, deps, w) in enumerate(raw)
+    ]

@@ -1,5 +1,6 @@
 """Alembic environment: the URL comes from the caller's config (htl db upgrade) or from Settings,
 the metadata from the models."""
+
 from alembic import context
 
 from app.db.models import Base
@@ -11,7 +12,9 @@ url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_databa
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True, compare_type=True, render_as_batch=True)
+    context.configure(
+        url=url, target_metadata=Base.metadata, literal_binds=True, compare_type=True, render_as_batch=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

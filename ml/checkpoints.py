@@ -1,5 +1,6 @@
 """Checkpoints as safetensors whose metadata holds the model config and the spec, so a model is
 rebuilt from the file alone."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,9 @@ FORMAT = "htl-miner/1"
 METADATA_KEY = "htl-miner"
 
 
-def save_checkpoint(model: nn.Module, path: Path, *, config: ModelConfig, spec: dict, extra: dict | None = None) -> tuple[str, int]:
+def save_checkpoint(
+    model: nn.Module, path: Path, *, config: ModelConfig, spec: dict, extra: dict | None = None
+) -> tuple[str, int]:
     """Writes the file (atomically); answers its sha256 and size, taken from the bytes written."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {**(extra or {}), "format": FORMAT, "architecture": config.as_dict(), "spec": spec}

@@ -4,6 +4,7 @@ Layout: images/<id>.(jpg|jpeg|png), masks/<id>_segmentation.png or masks/<id>.pn
 metadata.csv (optional) with an image_id column. Masks are read by displayed grey level
 (Pillow's convert("L")), never by palette index, and binarized at > 127.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,6 @@ class DatasetIndex:
 
     def ids(self) -> list[str]:
         return [r.image_id for r in self.records]
-
-
 
 
 def scan_dataset(root: str | os.PathLike) -> DatasetIndex:
@@ -162,7 +161,10 @@ DECODE_CHUNK = 64
 
 
 def decode_dataset(
-    index: DatasetIndex, size: int, cache_dir: Path | None = None, workers: int | None = None,
+    index: DatasetIndex,
+    size: int,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> DecodedDataset:
     """Decode every image once. With cache_dir, the arrays are kept there as .npy files and reused
@@ -213,7 +215,12 @@ def decode_dataset(
 
 
 def split_indices(
-    index: DatasetIndex, *, val_fraction: float, group_column: str | None, seed: int, test_fraction: float = 0.0,
+    index: DatasetIndex,
+    *,
+    val_fraction: float,
+    group_column: str | None,
+    seed: int,
+    test_fraction: float = 0.0,
 ) -> tuple[list[int], list[int], list[int]]:
     """Seeded train/validation/test split. With group_column, all images of one group land on one
     side; an image with an empty group value is a group of its own. Groups are shuffled and dealt to
@@ -295,7 +302,7 @@ class PairedAugment:
         defines them (contrast blends with the mean grey level, saturation with the grey image)."""
         factors = self._uniform(3 * n, 1 - self.jitter, 1 + self.jitter).view(3, n, 1, 1, 1).to(x.device)
         x = (x * factors[0]).clamp_(0, 255)
-        grey = lambda t: (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])  # noqa: E731
+        grey = lambda t: 0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]  # noqa: E731
         mean = grey(x).mean(dim=(1, 2, 3), keepdim=True)
         x = (factors[1] * x + (1 - factors[1]) * mean).clamp_(0, 255)
         return (factors[2] * x + (1 - factors[2]) * grey(x)).clamp_(0, 255)

@@ -1,6 +1,7 @@
 """The evaluate stage as plain functions: every model on the held-out images (evaluate_split), and
 what the reports make of that: each model's report per split, the means over seeds, and the
 comparisons between models over seeds."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,9 @@ def _mask_disagreement(a: np.ndarray, b: np.ndarray) -> float:
     return 0.0 if both == 0 else 1.0 - 2.0 * np.count_nonzero(a & b) / both
 
 
-def _score_and_write(record, scored: bool, preds: np.ndarray, peaks: list[int] | None, paths: list[Path],
-                     pairs: list[tuple[int, int]]) -> tuple[list[dict] | None, list[float]]:
+def _score_and_write(
+    record, scored: bool, preds: np.ndarray, peaks: list[int] | None, paths: list[Path], pairs: list[tuple[int, int]]
+) -> tuple[list[dict] | None, list[float]]:
     """One held-out image's predictions by every model (M, H, W) at its own size: written as 0/255
     PNGs, scored against its mask if `scored` (Targets.localizable; peaks: pointing, for weak
     supervision), and the disagreement of each pair of models (by position) asked for."""
@@ -84,9 +86,15 @@ def _helper(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: list[int], *,
-                   prediction_path: Callable[[str, str], Path], progress: Callable[[int], None] | None = None,
-                   pairs: list[tuple[str, str]] = ()) -> SplitEvaluation:
+def evaluate_split(
+    inputs: StageInputs,
+    models: dict[str, nn.Module],
+    indices: list[int],
+    *,
+    prediction_path: Callable[[str, str], Path],
+    progress: Callable[[int], None] | None = None,
+    pairs: list[tuple[str, str]] = (),
+) -> SplitEvaluation:
     """Every model on every image of a held-out split, at the image's own size: its predicted mask
     written to prediction_path(model, image_id), its metrics where the image has a mask; for
     classifiers the positive probability; for each pair of model names in pairs, how much their masks
@@ -114,11 +122,27 @@ def evaluate_split(inputs: StageInputs, models: dict[str, nn.Module], indices: l
             for j, i in enumerate(batch):
                 record = inputs.index.records[i]
                 # every model's map of this image, upsampled together to the image's own size
-                full = F.interpolate(torch.cat([logits[name][j : j + 1] for name in names]), size=data.original_sizes[i],
-                                     mode="bilinear", align_corners=False)[:, 0]
+                full = F.interpolate(
+                    torch.cat([logits[name][j : j + 1] for name in names]),
+                    size=data.original_sizes[i],
+                    mode="bilinear",
+                    align_corners=False,
+                )[:, 0]
                 peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
-                pending.append((i, helper.submit(_score_and_write, record, bool(scorable[i]), (full > 0).numpy(), peaks,
-                                                 [prediction_path(name, record.image_id) for name in names], positions)))
+                pending.append(
+                    (
+                        i,
+                        helper.submit(
+                            _score_and_write,
+                            record,
+                            bool(scorable[i]),
+                            (full > 0).numpy(),
+                            peaks,
+                            [prediction_path(name, record.image_id) for name in names],
+                            positions,
+                        ),
+                    )
+                )
             if progress is not None:
                 progress(len(batch))
         for i, done in pending:
@@ -149,16 +173,30 @@ def blank_guesses(records: list, scored: list[int]) -> dict:
         guess = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= radius2
         everything.append(stack_metrics(truth, np.ones((1, h, w), dtype=bool))[0]["dice"])
         disc.append(stack_metrics(truth, guess[None])[0]["dice"])
-    return {"n": len(scored), "all_foreground": float(np.mean(everything)), "centred_disc": float(np.mean(disc)),
-            "mean_lesion_share": share}
+    return {
+        "n": len(scored),
+        "all_foreground": float(np.mean(everything)),
+        "centred_disc": float(np.mean(disc)),
+        "mean_lesion_share": share,
+    }
 
 
 def image_evaluations(split: str, result: SplitEvaluation) -> list[ImageEvaluation]:
-    return [ImageEvaluation(model=name, split=split, image_id=entry["image_id"], metrics={k: v for k, v in entry.items() if k != "image_id"})
-            for name, entries in result.per_image.items() for entry in entries]
+    return [
+        ImageEvaluation(
+            model=name,
+            split=split,
+            image_id=entry["image_id"],
+            metrics={k: v for k, v in entry.items() if k != "image_id"},
+        )
+        for name, entries in result.per_image.items()
+        for entry in entries
+    ]
 
 
-def split_reports(result: SplitEvaluation, indices: list[int], groups: dict[str, list[str]], targets: Targets) -> dict[str, dict]:
+def split_reports(
+    result: SplitEvaluation, indices: list[int], groups: dict[str, list[str]], targets: Targets
+) -> dict[str, dict]:
     """Per model, its report on one split: overall and per-subgroup means, the per-image values, and
     for classifiers the AUROC. groups: per attribute, every dataset image's subgroup."""
     scored_groups = {a: [labels[i] for i in result.scored] for a, labels in groups.items()}
@@ -170,7 +208,8 @@ def split_reports(result: SplitEvaluation, indices: list[int], groups: dict[str,
             known = ~np.isnan(truth)
             report["classification"] = {
                 "auroc": auroc(np.asarray(result.probabilities[name])[known], truth[known]),
-                "n": int(known.sum()), "positives": int(np.nansum(truth)),
+                "n": int(known.sum()),
+                "positives": int(np.nansum(truth)),
             }
         out[name] = report
     return out
@@ -179,7 +218,9 @@ def split_reports(result: SplitEvaluation, indices: list[int], groups: dict[str,
 ModelName = Callable[[str, int], str]  # (base, seed) -> the model's name
 
 
-def model_reports(by_split: dict[str, dict[str, dict]], *, bases: list[str], seeds: list[int], name: ModelName) -> dict[str, dict]:
+def model_reports(
+    by_split: dict[str, dict[str, dict]], *, bases: list[str], seeds: list[int], name: ModelName
+) -> dict[str, dict]:
     """metrics.json 'models': each model's validation report with its test report under 'test'; with
     several seeds, each base name also as the means over its seeds."""
     has_test = "test" in by_split
@@ -191,7 +232,10 @@ def model_reports(by_split: dict[str, dict[str, dict]], *, bases: list[str], see
     if len(seeds) > 1:
         for base in bases:
             entries = [models[name(base, s)] for s in seeds]
-            models[base] = {**over_seeds(entries), **({"test": over_seeds([e["test"] for e in entries])} if has_test else {})}
+            models[base] = {
+                **over_seeds(entries),
+                **({"test": over_seeds([e["test"] for e in entries])} if has_test else {}),
+            }
     return models
 
 

@@ -18,6 +18,7 @@
   without dropout, so this is dropout used as a perturbation, as pruning is.
 
 And agreement between scorers: Spearman correlation of the rankings and overlap of the top sets."""
+
 from __future__ import annotations
 
 import math
@@ -74,13 +75,17 @@ def from_dynamics(dice: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def error_norm(model: nn.Module, data: DecodedDataset, indices: list[int], objective=segmentation_objective, batch_size: int = 64) -> np.ndarray:
+def error_norm(
+    model: nn.Module, data: DecodedDataset, indices: list[int], objective=segmentation_objective, batch_size: int = 64
+) -> np.ndarray:
     """EL2N as of now: the objective's per-sample error norm on unaugmented images, in eval mode."""
     return _per_sample(model, data, indices, objective, batch_size, lambda out: out.error)
 
 
 @torch.no_grad()
-def final_loss(model: nn.Module, data: DecodedDataset, indices: list[int], objective=segmentation_objective, batch_size: int = 64) -> np.ndarray:
+def final_loss(
+    model: nn.Module, data: DecodedDataset, indices: list[int], objective=segmentation_objective, batch_size: int = 64
+) -> np.ndarray:
     """The training objective's per-sample loss, in eval mode on unaugmented images."""
     return _per_sample(model, data, indices, objective, batch_size, lambda out: out.loss)
 
@@ -98,8 +103,14 @@ def _per_sample(model, data, indices, objective, batch_size, read) -> np.ndarray
 
 @torch.no_grad()
 def mc_dropout_disagreement(
-    model: nn.Module, data: DecodedDataset, indices: list[int], *, p: float = MC_DROPOUT_P,
-    samples: int = MC_DROPOUT_SAMPLES, seed: int = 0, batch_size: int = 64,
+    model: nn.Module,
+    data: DecodedDataset,
+    indices: list[int],
+    *,
+    p: float = MC_DROPOUT_P,
+    samples: int = MC_DROPOUT_SAMPLES,
+    seed: int = 0,
+    batch_size: int = 64,
 ) -> np.ndarray:
     heads = {id(m) for _, m in prunable_layers(model)[-1:]}  # leave the output layer alone
     active = {"on": False}
@@ -141,9 +152,13 @@ def agreement(scores: dict[str, np.ndarray], top_fraction: float) -> list[dict]:
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             rho = spearmanr(scores[a], scores[b]).statistic if n > 2 else float("nan")
-            rows.append({
-                "a": a, "b": b,
-                "spearman": None if not np.isfinite(rho) else float(rho),
-                "top_overlap": len(tops[a] & tops[b]) / k, "top_k": k,
-            })
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "spearman": None if not np.isfinite(rho) else float(rho),
+                    "top_overlap": len(tops[a] & tops[b]) / k,
+                    "top_k": k,
+                }
+            )
     return rows

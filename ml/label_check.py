@@ -5,6 +5,7 @@ Out-of-sample predictions by K-fold cross-fitting (Northcutt et al., "Confident 
 split's group column so that no lesion is on both sides. Each image's label quality is computed from
 its mask and its out-of-sample lesion probabilities (see label_quality); a label issue is an image
 whose mask the out-of-sample model contradicts with confidence (see flag_label_issues)."""
+
 from __future__ import annotations
 
 import random
@@ -41,7 +42,9 @@ def cross_fitting_folds(train_idx: list[int], groups: list[str], k: int, seed: i
 
 
 @torch.no_grad()
-def lesion_probabilities(models: list[nn.Module], data: DecodedDataset, indices: list[int], *, batch_size: int = 64) -> np.ndarray:
+def lesion_probabilities(
+    models: list[nn.Module], data: DecodedDataset, indices: list[int], *, batch_size: int = 64
+) -> np.ndarray:
     """(len(indices), S, S) float16: the models' mean lesion probability per pixel."""
     size = data.images.shape[-1]
     out = np.zeros((len(indices), size, size), dtype=np.float16)
@@ -121,7 +124,9 @@ def fold_seed(spec: JobSpec, fold: int) -> int:
     return spec.train.seed_list()[0] + 1 + fold
 
 
-def check_fold(inputs: StageInputs, fold: int, *, progress: Callable[[float, float | None], None] | None = None) -> FoldCheck:
+def check_fold(
+    inputs: StageInputs, fold: int, *, progress: Callable[[float, float | None], None] | None = None
+) -> FoldCheck:
     """Trains a model (supervised, on the masks training may use) without this fold's images and
     checks their masks against its predictions."""
     spec = inputs.spec

@@ -1,5 +1,6 @@
 """Per-image localization metrics (the ISIC challenge's conventions: empty vs empty scores 1) and
 their aggregation overall and per subgroup of metadata attributes."""
+
 from __future__ import annotations
 
 import math
@@ -62,14 +63,16 @@ def stack_metrics(truth: np.ndarray, preds: np.ndarray) -> list[dict[str, float]
     out = []
     for m in range(preds.shape[0]):
         jaccard = _ratio(tp[m], tp[m] + fp[m] + fn[m])
-        out.append({
-            "dice": _ratio(2 * tp[m], 2 * tp[m] + fp[m] + fn[m]),
-            "jaccard": jaccard,
-            "threshold_jaccard": jaccard if jaccard >= ISIC_JACCARD_THRESHOLD else 0.0,
-            "box_iou": float(boxes[m]),
-            "sensitivity": _ratio(tp[m], tp[m] + fn[m]),
-            "specificity": _ratio(tn[m], tn[m] + fp[m]),
-        })
+        out.append(
+            {
+                "dice": _ratio(2 * tp[m], 2 * tp[m] + fp[m] + fn[m]),
+                "jaccard": jaccard,
+                "threshold_jaccard": jaccard if jaccard >= ISIC_JACCARD_THRESHOLD else 0.0,
+                "box_iou": float(boxes[m]),
+                "sensitivity": _ratio(tp[m], tp[m] + fn[m]),
+                "specificity": _ratio(tn[m], tn[m] + fp[m]),
+            }
+        )
     return out
 
 
@@ -172,11 +175,20 @@ def metric_values(models: dict[str, dict]) -> list[MetricValue]:
         for split, report in (("validation", entry), ("test", entry.get("test"))):
             if report is None:
                 continue
-            values += [MetricValue(model, split, None, None, name, value, report["n"]) for name, value in report["overall"].items()]
+            values += [
+                MetricValue(model, split, None, None, name, value, report["n"])
+                for name, value in report["overall"].items()
+            ]
             classification = report.get("classification")
             if classification and classification["auroc"] is not None:
-                values.append(MetricValue(model, split, None, None, "auroc", classification["auroc"], classification["n"]))
+                values.append(
+                    MetricValue(model, split, None, None, "auroc", classification["auroc"], classification["n"])
+                )
             for attribute, groups in report["subgroups"].items():
                 for label, stats in groups.items():
-                    values += [MetricValue(model, split, attribute, label, name, value, stats["n"]) for name, value in stats.items() if name != "n"]
+                    values += [
+                        MetricValue(model, split, attribute, label, name, value, stats["n"])
+                        for name, value in stats.items()
+                        if name != "n"
+                    ]
     return values

@@ -1,5 +1,6 @@
 """Segmentation models with one output channel (lesion logit): a small U-Net and two torchvision
 models built with weights=None, so nothing is downloaded."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -35,7 +36,9 @@ class UNet(nn.Module):
         self.down = nn.ModuleList([_double_conv(in_channels, widths[0])])
         self.down.extend(_double_conv(widths[i], widths[i + 1]) for i in range(levels))
         self.pool = nn.MaxPool2d(2)
-        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(levels)))
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(levels))
+        )
         self.merge = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in reversed(range(levels)))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
@@ -139,7 +142,9 @@ class ModelConfig:
 
     arch: str
     width: int = 16
-    cam_threshold: float = 0.2  # CAM classifiers only: above the median, the share of the way to the peak that is lesion
+    cam_threshold: float = (
+        0.2  # CAM classifiers only: above the median, the share of the way to the peak that is lesion
+    )
     cam_poolings: int = CAM_POOLINGS  # the small CNN only
 
     def build(self) -> nn.Module:
@@ -151,7 +156,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> ModelConfig:
         # a checkpoint written before cam_poolings was recorded was built with 3 (weights alike: only the map differs)
-        return cls(**{k: raw[k] for k in ("arch", "width", "cam_threshold") if k in raw}, cam_poolings=raw.get("cam_poolings", 3))
+        return cls(
+            **{k: raw[k] for k in ("arch", "width", "cam_threshold") if k in raw},
+            cam_poolings=raw.get("cam_poolings", 3),
+        )
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -3,6 +3,7 @@ folder. Each stage's result is saved there, then a marker under OUT/state/, so a
 after the last finished stage; later stages read models back from their checkpoint files, so a
 resumed run computes exactly what an unbroken one does. The same folder serves a job split into
 units (contract.units), each on whichever worker claims it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,6 +65,7 @@ ProgressFn = Callable[[Progress], None]
 
 BLANK_GUESSES = {"all_foreground": "an all-foreground mask", "centred_disc": "a centred disc of the mean lesion size"}
 
+
 class RunDirError(ValueError):
     pass
 
@@ -90,7 +92,15 @@ def default_device() -> str:
 class Run:
     """One pipeline run into one output folder."""
 
-    def __init__(self, data_dir: str | os.PathLike, spec: JobSpec, out_dir: str | os.PathLike, *, device: str | None = None, progress: ProgressFn | None = None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        spec: JobSpec,
+        out_dir: str | os.PathLike,
+        *,
+        device: str | None = None,
+        progress: ProgressFn | None = None,
+    ):
         self.out = Path(out_dir)
         self.device = torch.device(device or default_device())
         self.progress_fn = progress
@@ -105,13 +115,20 @@ class Run:
         self.model_config = ModelConfig(spec.model.arch, spec.model.width, spec.weak.cam_threshold)
         self._claim_out_dir()
         self.train_idx, self.val_idx, self.test_idx = split_indices(
-            self.index, val_fraction=spec.split.val_fraction, test_fraction=spec.split.test_fraction,
-            group_column=spec.split.group_column, seed=spec.split.seed,
+            self.index,
+            val_fraction=spec.split.val_fraction,
+            test_fraction=spec.split.test_fraction,
+            group_column=spec.split.group_column,
+            seed=spec.split.seed,
         )
         self.eval_splits = {"validation": self.val_idx, **({"test": self.test_idx} if self.test_idx else {})}
         rows = [r.attributes for r in self.index.records]
         exclude = {spec.split.group_column} if spec.split.group_column else set()
-        self.attributes = spec.attributes if spec.attributes is not None else usable_attributes(self.index.columns, rows, exclude=exclude)
+        self.attributes = (
+            spec.attributes
+            if spec.attributes is not None
+            else usable_attributes(self.index.columns, rows, exclude=exclude)
+        )
         self.labels = {a: subgroup_labels(a, [r.get(a, "") for r in rows]) for a in self.attributes}
         self.seeds = spec.train.seed_list()
         self.targets = make_targets(self.index, spec, self.train_idx)
@@ -125,15 +142,15 @@ class Run:
     # --- bookkeeping -------------------------------------------------------------------------
     def _claim_out_dir(self) -> None:
         # the dataset by content, not by path: each worker reads its own copy (a scratch cache)
-        fingerprint = hashlib.sha256(json.dumps([(r.image_id, r.mask_path is not None) for r in self.index.records]).encode()).hexdigest()
+        fingerprint = hashlib.sha256(
+            json.dumps([(r.image_id, r.mask_path is not None) for r in self.index.records]).encode()
+        ).hexdigest()
         run_file = self.out / "state" / "run.json"
         identity = {"spec": self.spec_dict, "dataset": fingerprint}
         if run_file.is_file():
             previous = _read_json(run_file)
             if previous.get("spec") != identity["spec"] or previous.get("dataset", fingerprint) != fingerprint:
-                raise RunDirError(
-                    f"{self.out} holds a run of another spec or dataset; choose a new output folder"
-                )
+                raise RunDirError(f"{self.out} holds a run of another spec or dataset; choose a new output folder")
         else:
             _write_json(run_file, identity)
         _write_json(self.out / "spec.json", self.spec_dict)
@@ -154,11 +171,17 @@ class Run:
         k = lc.folds
         w = {
             "dense": n_seeds * epochs * n_train,
-            "label_check": (k - 1) * (lc.epochs or self.spec.train.epochs) * n_train + n_train / INFERENCE_SPEEDUP if lc.enabled else 0.0,
-            "prune": n_seeds * n_sp * (self.spec.prune.finetune_epochs * n_train + (n_train + n_val) / INFERENCE_SPEEDUP),
+            "label_check": (k - 1) * (lc.epochs or self.spec.train.epochs) * n_train + n_train / INFERENCE_SPEEDUP
+            if lc.enabled
+            else 0.0,
+            "prune": n_seeds
+            * n_sp
+            * (self.spec.prune.finetune_epochs * n_train + (n_train + n_val) / INFERENCE_SPEEDUP),
             "score": n_seeds * n_train * (n_sp + extra) / INFERENCE_SPEEDUP,
-            "attend": n_seeds * (epochs if self.spec.attention.mode == "from_scratch" else self.spec.attention.finetune_epochs) * n_train
-                      * (2 if self.spec.attention.control == "random" else 1),
+            "attend": n_seeds
+            * (epochs if self.spec.attention.mode == "from_scratch" else self.spec.attention.finetune_epochs)
+            * n_train
+            * (2 if self.spec.attention.control == "random" else 1),
             "evaluate": (n_val + len(self.test_idx)) * n_seeds * len(self.bases()) / INFERENCE_SPEEDUP,
         }
         total = sum(w.values())
@@ -175,13 +198,24 @@ class Run:
         if self.data is None:
             # decoding comes first in whichever stage needs the images: its reports carry no progress
             # of their own, but give the caller a chance to stop (cancel) between chunks
-            self.data = decode_dataset(self.index, self.spec.image_size, cache_dir=self.out / "cache",
-                                       progress=lambda _f: self.report(self._stage, 0.0))
+            self.data = decode_dataset(
+                self.index,
+                self.spec.image_size,
+                cache_dir=self.out / "cache",
+                progress=lambda _f: self.report(self._stage, 0.0),
+            )
         return self.data
 
     def inputs(self) -> StageInputs:
-        return StageInputs(spec=self.spec, index=self.index, data=self.decoded(), val_idx=self.val_idx,
-                           targets=self.targets, model_config=self.model_config, device=self.device)
+        return StageInputs(
+            spec=self.spec,
+            index=self.index,
+            data=self.decoded(),
+            val_idx=self.val_idx,
+            targets=self.targets,
+            model_config=self.model_config,
+            device=self.device,
+        )
 
     def name(self, base: str, seed: int) -> str:
         """Model names: plain for a single-seed run (dense, pruned@0.5, attended), else suffixed -s<seed>."""
@@ -190,14 +224,19 @@ class Run:
     def _seed_fraction(self, k: int, fraction: float) -> float:
         return (k + fraction) / len(self.seeds)
 
-    def _save(self, model: torch.nn.Module, base: str, seed: int, *, sparsity: float | None = None, **extra) -> CheckpointFile:
+    def _save(
+        self, model: torch.nn.Module, base: str, seed: int, *, sparsity: float | None = None, **extra
+    ) -> CheckpointFile:
         """Writes the model's checkpoint, and beside the run's state what it is (for the units after this one)."""
         name = self.name(base, seed)
         relative = f"checkpoints/{checkpoint_name(name)}"
         details = {"seed": seed, **({"sparsity": sparsity} if sparsity is not None else {}), **extra}
-        digest, size = save_checkpoint(model, self.out / relative, config=self.model_config, spec=self.spec_dict,
-                                       extra={"model": name, **details})
-        saved = CheckpointFile(name=name, base=base, seed=seed, sparsity=sparsity, path=relative, sha256=digest, size_bytes=size)
+        digest, size = save_checkpoint(
+            model, self.out / relative, config=self.model_config, spec=self.spec_dict, extra={"model": name, **details}
+        )
+        saved = CheckpointFile(
+            name=name, base=base, seed=seed, sparsity=sparsity, path=relative, sha256=digest, size_bytes=size
+        )
         _write_json(self.out / "state" / "checkpoints" / f"{name}.json", encode(saved))
         return saved
 
@@ -207,7 +246,9 @@ class Run:
         for name in self.model_names():
             record = self.out / "state" / "checkpoints" / f"{name}.json"
             if not record.is_file():
-                raise RunDirError(f"{self.out} has no record of checkpoint {name} (its unit has not finished, or the folder predates checkpoint records)")
+                raise RunDirError(
+                    f"{self.out} has no record of checkpoint {name} (its unit has not finished, or the folder predates checkpoint records)"
+                )
             files.append(decode(CheckpointFile, _read_json(record)))
         return files
 
@@ -225,7 +266,9 @@ class Run:
     def property_labels(self) -> dict[str, list[str]]:
         """Image-derived properties of every image, banded over the whole dataset."""
         if self._property_labels is None:
-            values = subgroups.image_properties(self.decoded(), list(range(len(self.index.records))), self.targets.mask_known)
+            values = subgroups.image_properties(
+                self.decoded(), list(range(len(self.index.records))), self.targets.mask_known
+            )
             self._property_labels = subgroups.band_properties(values)
         return self._property_labels
 
@@ -241,8 +284,12 @@ class Run:
         if results is None:
             return {}
         by_id = results["images"]
-        return {LABEL_CHECK_ATTRIBUTE: [("issue" if by_id[r.image_id]["issue"] else "ok") if r.image_id in by_id else "unchecked"
-                                        for r in self.index.records]}
+        return {
+            LABEL_CHECK_ATTRIBUTE: [
+                ("issue" if by_id[r.image_id]["issue"] else "ok") if r.image_id in by_id else "unchecked"
+                for r in self.index.records
+            ]
+        }
 
     def label_check_results(self) -> dict | None:
         """state/label_check-results.json, once the score stage has written it (None when the check is off)."""
@@ -264,8 +311,10 @@ class Run:
     def warnings(self) -> list[str]:
         out = list(self.split_warnings)
         if self.finished("score") and _read_json(self._marker("score"))["n_htl"] == 0:
-            out.append(f"the HTL set is empty (no image has htl_score >= htl.threshold {self.spec.htl.threshold:g}): nothing was "
-                       "attended, and the attended and control models are the dense ones; lower htl.threshold or use htl.top_fraction")
+            out.append(
+                f"the HTL set is empty (no image has htl_score >= htl.threshold {self.spec.htl.threshold:g}): nothing was "
+                "attended, and the attended and control models are the dense ones; lower htl.threshold or use htl.top_fraction"
+            )
         if self.finished("prune") and (bad := self.degenerate_sparsities()):
             out.append(
                 f"pruned models at sparsity {', '.join(sparsity_key(s) for s in bad)} are degenerate (they predict "
@@ -275,8 +324,17 @@ class Run:
         return out
 
     # --- stages: each loads its inputs, calls ml.stages, saves what it returns ----------------------
-    def _train_each_seed(self, stage: str, base: str, weights_for, *, part: tuple[int, int] = (0, 1),
-                         record_dynamics: bool = False, only_seed: int | None = None, start_from: str | None = None) -> dict[str, dict]:
+    def _train_each_seed(
+        self,
+        stage: str,
+        base: str,
+        weights_for,
+        *,
+        part: tuple[int, int] = (0, 1),
+        record_dynamics: bool = False,
+        only_seed: int | None = None,
+        start_from: str | None = None,
+    ) -> dict[str, dict]:
         """Train a fresh model per seed and save it as base (suffixed per seed); weights_for(seed)
         answers its (loss_weights, sampling_weights). A seed that finished before an interruption is
         not trained again. start_from: fine-tune that base's model of the same seed instead. part=(i, n): this is the i-th of n trainings that make up the stage.
@@ -292,15 +350,23 @@ class Run:
                 continue
             loss_weights, sampling_weights = weights_for(seed)
             trained = train_model(
-                self.inputs(), seed, loss_weights=loss_weights, sampling_weights=sampling_weights, record_dynamics=record_dynamics,
+                self.inputs(),
+                seed,
+                loss_weights=loss_weights,
+                sampling_weights=sampling_weights,
+                record_dynamics=record_dynamics,
                 start=None if start_from is None else self.load(self.name(start_from, seed)),
-                progress=lambda f, label, k=k: self.report(stage, f if only_seed is not None else (part[0] + self._seed_fraction(k, f)) / part[1], label),
+                progress=lambda f, label, k=k: self.report(
+                    stage, f if only_seed is not None else (part[0] + self._seed_fraction(k, f)) / part[1], label
+                ),
             )
             self._save(trained.model, base, seed)
             if trained.dynamics is not None:
                 np.savez(self.out / "state" / f"dynamics-{name}.npz", **trained.dynamics)
-            results[name] = {"epoch_losses": trained.epoch_losses,
-                             **({"validation_dice": trained.validation_dice} if trained.validation_dice is not None else {})}
+            results[name] = {
+                "epoch_losses": trained.epoch_losses,
+                **({"validation_dice": trained.validation_dice} if trained.validation_dice is not None else {}),
+            }
             _write_json(done, results[name])
         return results
 
@@ -318,11 +384,20 @@ class Run:
             return
         k = self.spec.label_check.folds
         checked = label_check.check_fold(
-            self.inputs(), fold, progress=lambda f, loss: self.report("label_check", f if only else (fold + f) / k, loss))
+            self.inputs(),
+            fold,
+            progress=lambda f, loss: self.report("label_check", f if only else (fold + f) / k, loss),
+        )
         q = checked.quality
         tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, indices=np.asarray(checked.indices, dtype=np.int64), quality=q.quality, contradicted=q.contradicted,
-                 oos_dice=q.oos_dice, predicted=checked.predicted)
+        np.savez(
+            tmp,
+            indices=np.asarray(checked.indices, dtype=np.int64),
+            quality=q.quality,
+            contradicted=q.contradicted,
+            oos_dice=q.oos_dice,
+            predicted=checked.predicted,
+        )
         os.replace(tmp, path)
 
     def stage_label_check(self) -> None:
@@ -343,13 +418,21 @@ class Run:
             issues = label_check.flag_label_issues(quality.quality, max_quality=lc.max_quality)
             for j, i in enumerate(indices):
                 images[self.index.records[int(i)].image_id] = {
-                    "split": split, "quality": float(quality.quality[j]), "contradicted": float(quality.contradicted[j]),
-                    "oos_dice": float(quality.oos_dice[j]), "issue": bool(issues[j])}
+                    "split": split,
+                    "quality": float(quality.quality[j]),
+                    "contradicted": float(quality.contradicted[j]),
+                    "oos_dice": float(quality.oos_dice[j]),
+                    "issue": bool(issues[j]),
+                }
 
         predicted = {}
         for fold in range(lc.folds):
             saved = np.load(self._fold_file(fold))
-            add("train", saved["indices"], label_check.LabelQuality(saved["quality"], saved["contradicted"], saved["oos_dice"]))
+            add(
+                "train",
+                saved["indices"],
+                label_check.LabelQuality(saved["quality"], saved["contradicted"], saved["oos_dice"]),
+            )
             predicted.update(zip(saved["indices"].tolist(), saved["predicted"]))
         dense = [self.load(self.name("dense", seed)) for seed in self.seeds]
         for split, indices in self.eval_splits.items():
@@ -357,9 +440,17 @@ class Run:
             if with_mask:
                 add(split, with_mask, label_check.check_with(dense, self.decoded(), with_mask).quality)
         order = sorted(images, key=lambda i: (images[i]["quality"], i))
-        body = {"enabled": True, "folds": lc.folds, "max_quality": lc.max_quality, "confident": label_check.CONFIDENT,
-                "checked": {split: sum(v["split"] == split for v in images.values()) for split in ("train", *self.eval_splits)},
-                "issues": [{"image_id": i, **images[i]} for i in order if images[i]["issue"]], "images": images}
+        body = {
+            "enabled": True,
+            "folds": lc.folds,
+            "max_quality": lc.max_quality,
+            "confident": label_check.CONFIDENT,
+            "checked": {
+                split: sum(v["split"] == split for v in images.values()) for split in ("train", *self.eval_splits)
+            },
+            "issues": [{"image_id": i, **images[i]} for i in order if images[i]["issue"]],
+            "images": images,
+        }
         _write_json(self.out / "state" / "label_check-results.json", body)
         self._label_check_cache = body
         self._oos_predicted = predicted
@@ -369,13 +460,28 @@ class Run:
         p = self.spec.prune
         reports = {}
         for j, seed in enumerate(self.seeds):
-            pruned = prune_dense(self.inputs(), self.load(self.name("dense", seed)), seed,
-                                 progress=lambda f, label, j=j: self.report("prune", self._seed_fraction(j, f), label))
+            pruned = prune_dense(
+                self.inputs(),
+                self.load(self.name("dense", seed)),
+                seed,
+                progress=lambda f, label, j=j: self.report("prune", self._seed_fraction(j, f), label),
+            )
             for each in pruned:
-                saved = self._save(each.model, f"pruned@{sparsity_key(each.sparsity)}", seed, sparsity=each.sparsity,
-                                   achieved_sparsity=each.health["achieved"], degenerate=each.health["degenerate"])
-                reports[saved.name.removeprefix("pruned@")] = {"sparsity": each.sparsity, "seed": seed, "scope": p.scope,
-                                                               "bn_recalibrated": p.bn_recalibration, **each.health}
+                saved = self._save(
+                    each.model,
+                    f"pruned@{sparsity_key(each.sparsity)}",
+                    seed,
+                    sparsity=each.sparsity,
+                    achieved_sparsity=each.health["achieved"],
+                    degenerate=each.health["degenerate"],
+                )
+                reports[saved.name.removeprefix("pruned@")] = {
+                    "sparsity": each.sparsity,
+                    "seed": seed,
+                    "scope": p.scope,
+                    "bn_recalibrated": p.bn_recalibration,
+                    **each.health,
+                }
         _write_json(self._marker("prune"), {"reports": reports})
 
     def _gallery_masks(self) -> np.ndarray:
@@ -383,7 +489,7 @@ class Run:
         models, bit-packed in a memory map (images x models x pixels / 8): what the gallery shows."""
         path = self.out / "cache" / "gallery-masks.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
-        shape = (len(self.train_idx), 1 + len(self.spec.prune.sparsities), -(-self.spec.image_size**2 // 8))
+        shape = (len(self.train_idx), 1 + len(self.spec.prune.sparsities), -(-(self.spec.image_size**2) // 8))
         return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
 
     def _scores_of_seed(self, k: int, seed: int, masks_out: np.ndarray | None = None) -> SeedScores:
@@ -392,15 +498,21 @@ class Run:
         if any(SCORERS[name].source == "dynamics" for name in self.spec.scorers):
             dynamics = dict(np.load(self.out / "state" / f"dynamics-{dense_name}.npz"))
         return score_seed(
-            self.inputs(), self.load(dense_name),
-            {s: self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities}, seed,
-            dynamics=dynamics, masks_out=masks_out, progress=lambda f: self.report("score", self._seed_fraction(k, f)),
+            self.inputs(),
+            self.load(dense_name),
+            {s: self.load(self.name(f"pruned@{sparsity_key(s)}", seed)) for s in self.spec.prune.sparsities},
+            seed,
+            dynamics=dynamics,
+            masks_out=masks_out,
+            progress=lambda f: self.report("score", self._seed_fraction(k, f)),
         )
 
     def stage_score(self) -> list[ImageScore]:
         checked = self._combine_label_check()["images"] if self.spec.label_check.enabled else {}
         gallery_masks = self._gallery_masks()
-        per_seed = [self._scores_of_seed(k, seed, gallery_masks if k == 0 else None) for k, seed in enumerate(self.seeds)]
+        per_seed = [
+            self._scores_of_seed(k, seed, gallery_masks if k == 0 else None) for k, seed in enumerate(self.seeds)
+        ]
         degenerate = set(self.degenerate_sparsities())
         groups = self.groups_of(self.train_idx)
         inputs = self.inputs()
@@ -410,11 +522,19 @@ class Run:
         # enrichment among the images that may be HTL (weakly supervised: the positives, or the label would be "enriched")
         rankable = self.targets.train_rankable
         kept = np.flatnonzero(rankable)
-        _write_json(self.out / "state" / "enrichment.json", subgroups.enrichment(
-            {a: [labels[j] for j in kept] for a, labels in groups.items()}, ranking.is_htl[kept],
-            clusters=[clusters[j] for j in kept] if clusters else None, cluster_name=column))
+        _write_json(
+            self.out / "state" / "enrichment.json",
+            subgroups.enrichment(
+                {a: [labels[j] for j in kept] for a, labels in groups.items()},
+                ranking.is_htl[kept],
+                clusters=[clusters[j] for j in kept] if clusters else None,
+                cluster_name=column,
+            ),
+        )
         ids = inputs.image_ids(self.train_idx)
-        excluded = ({i for i in ids if checked.get(i, {}).get("issue")} if self.spec.attention.exclude_label_issues else set())
+        excluded = (
+            {i for i in ids if checked.get(i, {}).get("issue")} if self.spec.attention.exclude_label_issues else set()
+        )
         excluded |= {image_id for image_id, ok in zip(ids, rankable) if not ok}  # the control draws from the same pool
         if self.spec.setting == SEMI and self.spec.attention.unlabeled == "leave_out":
             # the teacher's pseudo-labels are least reliable on exactly these images: boosting them amplifies its errors
@@ -422,16 +542,28 @@ class Run:
         sets = attention_sets(inputs, ranking, self.seeds, excluded=excluded)
         _write_json(self.out / "state" / "attention.json", encode(sets))
         attended = set(sets.attended)
-        scores = [dataclasses.replace(s, label_quality=checked[s.image_id]["quality"] if s.image_id in checked else None,
-                                      label_issue=checked[s.image_id]["issue"] if s.image_id in checked else None,
-                                      attended=s.image_id in attended) for s in ranking.scores]
+        scores = [
+            dataclasses.replace(
+                s,
+                label_quality=checked[s.image_id]["quality"] if s.image_id in checked else None,
+                label_issue=checked[s.image_id]["issue"] if s.image_id in checked else None,
+                attended=s.image_id in attended,
+            )
+            for s in ranking.scores
+        ]
         ranking = dataclasses.replace(ranking, scores=scores)
         self._write_gallery(ranking.is_htl, gallery_masks, flagged={i for i in ids if checked.get(i, {}).get("issue")})
         _write_json(self.out / "scores.json", encode(ranking.scores))
-        _write_json(self._marker("score"), {
-            "n_scored": len(ranking.scores), "n_htl": int(ranking.is_htl.sum()), "scorer_agreement": ranking.agreement,
-            "ranked_by_sparsities": ranking.ranked_by, "degenerate_sparsities": sorted(degenerate),
-        })
+        _write_json(
+            self._marker("score"),
+            {
+                "n_scored": len(ranking.scores),
+                "n_htl": int(ranking.is_htl.sum()),
+                "scorer_agreement": ranking.agreement,
+                "ranked_by_sparsities": ranking.ranked_by,
+                "degenerate_sparsities": sorted(degenerate),
+            },
+        )
         return ranking.scores
 
     def _write_gallery(self, is_htl: np.ndarray, masks: np.ndarray, flagged: set[str]) -> None:
@@ -440,7 +572,9 @@ class Run:
         GALLERY_SAMPLE others (kept from scoring, in masks): what the HTL gallery overlays on each
         image. gallery.json lists them."""
         others = np.flatnonzero(~is_htl)
-        sample = np.random.default_rng(self.spec.split.seed).choice(others, min(GALLERY_SAMPLE, len(others)), replace=False)
+        sample = np.random.default_rng(self.spec.split.seed).choice(
+            others, min(GALLERY_SAMPLE, len(others)), replace=False
+        )
         flagged_positions = [j for j, i in enumerate(self.train_idx) if self.index.records[i].image_id in flagged]
         positions = sorted({*np.flatnonzero(is_htl).tolist(), *map(int, sample), *flagged_positions})
         layers = ["dense", *(f"pruned@{sparsity_key(s)}" for s in self.spec.prune.sparsities)]
@@ -456,17 +590,30 @@ class Run:
             for layer, mask in zip(layers, unpacked):
                 write_mask_png(self.out / "gallery" / layer / f"{image_id}.png", mask)
             if i in oos:  # the label check's out-of-sample prediction, for images with a mask
-                write_mask_png(self.out / "gallery" / "oos" / f"{image_id}.png",
-                               np.unpackbits(oos[i], count=size * size).reshape(size, size))
+                write_mask_png(
+                    self.out / "gallery" / "oos" / f"{image_id}.png",
+                    np.unpackbits(oos[i], count=size * size).reshape(size, size),
+                )
                 oos_ids.append(image_id)
             ids.append(image_id)
-        _write_json(self.out / "gallery.json", {"seed": self.seeds[0], "image_size": size,
-                                                "layers": [*layers, *(["oos"] if oos else [])], "images": ids,
-                                                "oos_images": oos_ids, "htl": int(is_htl.sum()), "sample": len(sample),
-                                                "label_issues": len(flagged_positions)})
+        _write_json(
+            self.out / "gallery.json",
+            {
+                "seed": self.seeds[0],
+                "image_size": size,
+                "layers": [*layers, *(["oos"] if oos else [])],
+                "images": ids,
+                "oos_images": oos_ids,
+                "htl": int(is_htl.sum()),
+                "sample": len(sample),
+                "label_issues": len(flagged_positions),
+            },
+        )
         Path(masks.filename).unlink(missing_ok=True)  # the scoring pass's masks are not kept
 
-    def _attend_base(self, base: str, sets: AttentionSets, *, part: tuple[int, int] = (0, 1), only_seed: int | None = None) -> dict[str, dict]:
+    def _attend_base(
+        self, base: str, sets: AttentionSets, *, part: tuple[int, int] = (0, 1), only_seed: int | None = None
+    ) -> dict[str, dict]:
         """Train the attended models (base 'attended') or their random controls ('control')."""
         if base == "control" and sets.control is None:
             raise RunDirError("a control unit, but the spec asked for no control (attention.control)")
@@ -474,8 +621,14 @@ class Run:
             return self._dense_as(base, only_seed)
         chosen = (lambda seed: sets.attended) if base == "attended" else (lambda seed: sets.control[str(seed)])
         start_from = "dense" if self.spec.attention.mode == "fine_tune" else None
-        return self._train_each_seed("attend", base, lambda seed: boost(self.inputs(), chosen(seed)), part=part, only_seed=only_seed,
-                                     start_from=start_from)
+        return self._train_each_seed(
+            "attend",
+            base,
+            lambda seed: boost(self.inputs(), chosen(seed)),
+            part=part,
+            only_seed=only_seed,
+            start_from=start_from,
+        )
 
     def _dense_as(self, base: str, only_seed: int | None) -> dict[str, dict]:
         """With nothing to attend (an empty HTL set) there is no attention to train: the attended
@@ -516,12 +669,21 @@ class Run:
         focus_split = "test" if "test" in self.eval_splits else "validation"
         dense_vs_pruned = self._disagreement_pairs()  # on every held-out split: each has its focus endpoint
         results = {
-            split: evaluate_split(inputs, models, indices, progress=advance, pairs=dense_vs_pruned,
-                                  prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png")
+            split: evaluate_split(
+                inputs,
+                models,
+                indices,
+                progress=advance,
+                pairs=dense_vs_pruned,
+                prediction_path=lambda model, image_id: self.out / "predictions" / model / f"{image_id}.png",
+            )
             for split, indices in self.eval_splits.items()
         }
         labels = {**self.labels, **self.label_check_labels()}
-        by_split = {split: split_reports(results[split], indices, labels, self.targets) for split, indices in self.eval_splits.items()}
+        by_split = {
+            split: split_reports(results[split], indices, labels, self.targets)
+            for split, indices in self.eval_splits.items()
+        }
         training = {}
         for stage in ("dense", "attend"):
             training.update(_read_json(self._marker(stage))["training"])
@@ -555,7 +717,11 @@ class Run:
         report["warnings"] += [line for split, b in report["blank_guesses"].items() for line in b["warnings"]]
         if not self.targets.weak:
             endpoint = self._focus_endpoint(report, focus_split, results[focus_split])
-            report["focus"], report["worst_decile"], report["verdict"] = endpoint["focus"], endpoint["worst_decile"], endpoint["verdict"]
+            report["focus"], report["worst_decile"], report["verdict"] = (
+                endpoint["focus"],
+                endpoint["worst_decile"],
+                endpoint["verdict"],
+            )
             for key in ("attended_vs_dense", "attended_vs_control"):
                 if key in report:
                     report[key]["focus"] = endpoint[key]
@@ -564,7 +730,8 @@ class Run:
         _write_json(self.out / "metrics.json", report)
         result = EvaluationResult(
             evaluations=[e for split, r in results.items() for e in image_evaluations(split, r)],
-            metrics=metric_values(report["models"]), summary={k: v for k, v in report.items() if k != "models"},
+            metrics=metric_values(report["models"]),
+            summary={k: v for k, v in report.items() if k != "models"},
             subgroups=self._write_subgroups(report, {split: r.scored for split, r in results.items()}),
         )
         _write_json(self.out / "state" / "evaluation.json", encode(result))
@@ -580,13 +747,20 @@ class Run:
         for split, result in results.items():
             guesses = blank_guesses(self.index.records, result.scored)
             models = report["models"]
-            dice = {base: (models[base] if split == "validation" else models[base]["test"])["overall"].get("dice")
-                    for base in self.bases()}
+            dice = {
+                base: (models[base] if split == "validation" else models[base]["test"])["overall"].get("dice")
+                for base in self.bases()
+            }
             # (a degenerate pruned model is the pruning report's to name)
-            warnings = [f"{split}: the {base} model's localization Dice {d:.3f} does not beat {BLANK_GUESSES[guess]} "
-                        f"({guesses[guess]:.3f}) on the same {guesses['n']} {images}: it localizes no better "
-                        "than a guess that reads no pixel" for base, d in dice.items() if d is not None and not base.startswith("pruned@")
-                        for guess in BLANK_GUESSES if guesses[guess] is not None and d <= guesses[guess]]
+            warnings = [
+                f"{split}: the {base} model's localization Dice {d:.3f} does not beat {BLANK_GUESSES[guess]} "
+                f"({guesses[guess]:.3f}) on the same {guesses['n']} {images}: it localizes no better "
+                "than a guess that reads no pixel"
+                for base, d in dice.items()
+                if d is not None and not base.startswith("pruned@")
+                for guess in BLANK_GUESSES
+                if guesses[guess] is not None and d <= guesses[guess]
+            ]
             out[split] = {**guesses, "models": dice, "warnings": warnings}
         return out
 
@@ -594,7 +768,11 @@ class Run:
         """(dense, pruned) of every seed at each sparsity the score is ranked by: their disagreement on
         held-out images picks the focus set's disputed images."""
         ranked = _read_json(self._marker("score"))["ranked_by_sparsities"]
-        return [(self.name("dense", seed), self.name(f"pruned@{sparsity_key(s)}", seed)) for seed in self.seeds for s in ranked]
+        return [
+            (self.name("dense", seed), self.name(f"pruned@{sparsity_key(s)}", seed))
+            for seed in self.seeds
+            for s in ranked
+        ]
 
     def _focus_endpoint(self, report: dict, split: str, evaluation) -> dict:
         """ml.focus on the focus split: the focus set, attended vs control and vs dense on it, the
@@ -607,18 +785,28 @@ class Run:
         bases = ["dense", "attended", *(["control"] if "control" in self.bases() else [])]
 
         def dice(base: str) -> np.ndarray:
-            block = lambda s: report["models"][self.name(base, s)] if split == "validation" else report["models"][self.name(base, s)]["test"]  # noqa: E731
+            def block(s: int) -> dict:
+                model = report["models"][self.name(base, s)]
+                return model if split == "validation" else model["test"]
+
             return np.array([[p["dice"] for p in block(s)["per_image"]] for s in self.seeds])
 
         checked = (self.label_check_results() or {}).get("images", {})
         ids = [self.index.records[i].image_id for i in scored]
         column = self.spec.split.group_column
         return focus.focus_report(
-            split=split, image_ids=ids, dice={b: dice(b) for b in bases}, disagreement=apart[[at[i] for i in scored]],
-            groups=self.groups_of(scored), enrichment=_read_json(self.out / "state" / "enrichment.json"),
+            split=split,
+            image_ids=ids,
+            dice={b: dice(b) for b in bases},
+            disagreement=apart[[at[i] for i in scored]],
+            groups=self.groups_of(scored),
+            enrichment=_read_json(self.out / "state" / "enrichment.json"),
             label_issue=np.array([checked.get(i, {}).get("issue", False) for i in ids]),
             clusters=[self.index.records[i].attributes.get(column, "") for i in scored] if column else None,
-            top_fraction=self.spec.htl.top_fraction or 0.1, seed=self.spec.split.seed, cluster_name=column)
+            top_fraction=self.spec.htl.top_fraction or 0.1,
+            seed=self.spec.split.seed,
+            cluster_name=column,
+        )
 
     def _label_check_summary(self) -> dict:
         """metrics.json 'label_check': what was checked, how, and the images flagged, worst first."""
@@ -629,9 +817,9 @@ class Run:
         return {k: v for k, v in results.items() if k != "images"} | {
             "n_issues": {split: sum(e["split"] == split for e in results["issues"]) for split in results["checked"]},
             "rule": f"label_quality < {results['max_quality']:g}, where label_quality = 1 - the share of the mask-or-prediction "
-                    f"region whose out-of-sample probability contradicts the mask beyond {results['confident']:g}",
+            f"region whose out-of-sample probability contradicts the mask beyond {results['confident']:g}",
             "metrics_without_issues": f"every model's figures on the images the check did not flag are its subgroup "
-                                      f"{LABEL_CHECK_ATTRIBUTE}=ok",
+            f"{LABEL_CHECK_ATTRIBUTE}=ok",
         }
 
     def _write_subgroups(self, report: dict, scored_by_split: dict[str, list[int]]) -> dict:
@@ -645,6 +833,7 @@ class Run:
             def block(s):
                 entry = report["models"][self.name(base, s)]
                 return entry if split == "validation" else entry["test"]
+
             return np.array([[p["dice"] for p in block(s)["per_image"]] for s in self.seeds])
 
         gap = {}
@@ -652,10 +841,14 @@ class Run:
             if not scored:
                 continue
             gap[split] = subgroups.gap_closing(
-                dice("dense", split), dice("attended", split), self.groups_of(scored),
+                dice("dense", split),
+                dice("attended", split),
+                self.groups_of(scored),
                 control=dice("control", split) if control else None,
                 clusters=[self.index.records[i].attributes.get(column, "") for i in scored] if column else None,
-                cluster_name=column, resamples=BOOTSTRAP_RESAMPLES, seed=self.spec.split.seed,
+                cluster_name=column,
+                resamples=BOOTSTRAP_RESAMPLES,
+                seed=self.spec.split.seed,
             )
         body = {
             "seeds": self.seeds,
@@ -672,7 +865,9 @@ class Run:
         score runs prune and score over every dense seed; evaluate evaluates every model and answers
         the job's results. A unit whose inputs are missing raises instead of recomputing them."""
         if kind == "dense":
-            self._train_each_seed("dense", "dense", lambda s: (None, None), record_dynamics=True, only_seed=self._seed(seed))
+            self._train_each_seed(
+                "dense", "dense", lambda s: (None, None), record_dynamics=True, only_seed=self._seed(seed)
+            )
         elif kind == "label_check":
             if not self.spec.label_check.enabled or seed not in range(self.spec.label_check.folds):
                 raise ValueError(f"fold {seed} is not one of this spec's label-check folds")
@@ -680,15 +875,25 @@ class Run:
             self._check_fold(seed, only=True)
         elif kind in ("attend", "control"):
             self._require("score")
-            self._attend_base("attended" if kind == "attend" else "control", self.attention(), only_seed=self._seed(seed))
+            self._attend_base(
+                "attended" if kind == "attend" else "control", self.attention(), only_seed=self._seed(seed)
+            )
         elif kind == "score":
             self._require_models("dense", ["dense"])
-            missing = [f for f in range(self.spec.label_check.folds) if self.spec.label_check.enabled and not self._fold_file(f).is_file()]
+            missing = [
+                f
+                for f in range(self.spec.label_check.folds)
+                if self.spec.label_check.enabled and not self._fold_file(f).is_file()
+            ]
             if missing:
-                raise RunDirError(f"label-check folds not checked yet in {self.out}: {missing} (their units must succeed first)")
+                raise RunDirError(
+                    f"label-check folds not checked yet in {self.out}: {missing} (their units must succeed first)"
+                )
             self._run_stages(("dense", "label_check", "prune", "score"))
         elif kind == "evaluate":
-            self._require_models("attend", ["attended", *(["control"] if self.spec.attention.control == "random" else [])])
+            self._require_models(
+                "attend", ["attended", *(["control"] if self.spec.attention.control == "random" else [])]
+            )
             self._run_stages(("attend", "evaluate"))
             return self.results()
         else:
@@ -702,7 +907,8 @@ class Run:
         evaluation = decode(EvaluationResult, _read_json(self.out / "state" / "evaluation.json"))
         return JobResults(
             scores=decode(list[ImageScore], _read_json(self.out / "scores.json")),
-            evaluation=evaluation, checkpoints=self.checkpoint_files(),
+            evaluation=evaluation,
+            checkpoints=self.checkpoint_files(),
         )
 
     def _seed(self, seed: int | None) -> int:
@@ -715,9 +921,16 @@ class Run:
             raise RunDirError(f"stage {stage} has not finished in {self.out}: its unit must succeed first")
 
     def _require_models(self, stage: str, bases: list[str]) -> None:
-        missing = [self.name(b, s) for b in bases for s in self.seeds if not (self.out / "state" / f"{stage}-{self.name(b, s)}.json").is_file()]
+        missing = [
+            self.name(b, s)
+            for b in bases
+            for s in self.seeds
+            if not (self.out / "state" / f"{stage}-{self.name(b, s)}.json").is_file()
+        ]
         if missing:
-            raise RunDirError(f"models not trained yet in {self.out}: {', '.join(missing)} (their units must succeed first)")
+            raise RunDirError(
+                f"models not trained yet in {self.out}: {', '.join(missing)} (their units must succeed first)"
+            )
 
     def _run_stages(self, stages: tuple[str, ...]) -> None:
         for stage in stages:
@@ -732,5 +945,7 @@ class Run:
         return _read_json(self.out / "metrics.json")
 
 
-def run_pipeline(data_dir, spec: JobSpec, out_dir, *, device: str | None = None, progress: ProgressFn | None = None) -> dict:
+def run_pipeline(
+    data_dir, spec: JobSpec, out_dir, *, device: str | None = None, progress: ProgressFn | None = None
+) -> dict:
     return Run(data_dir, spec, out_dir, device=device, progress=progress).run()

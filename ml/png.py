@@ -1,5 +1,6 @@
 """A minimal PNG writer for binary masks: 8-bit greyscale, 0 and 255. Pillow's save costs about
 0.4 ms per small file in its own bookkeeping; evaluation writes one file per model and image."""
+
 from __future__ import annotations
 
 import struct
@@ -23,7 +24,12 @@ def mask_png(mask: np.ndarray, level: int = 1) -> bytes:
     rows = np.zeros((height, width + 1), dtype=np.uint8)  # each scanline starts with filter type 0 (none)
     rows[:, 1:] = mask.astype(bool) * np.uint8(255)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
-    return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _chunk(b"IEND", b"")
+    return (
+        SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:

@@ -2,6 +2,7 @@
 dense model: one threshold over all layers (global) or one per layer (layerwise, as in Hooker et
 al.'s pruning code). Optional fine-tuning with the masks kept on, BatchNorm statistics re-estimated
 for the pruned weights, and a health report that says whether a pruned model still predicts."""
+
 from __future__ import annotations
 
 import copy
@@ -37,7 +38,12 @@ class SparsityReport:
         return sum(1 for v in self.layers.values() if v >= 1.0)
 
     def as_dict(self) -> dict:
-        return {"requested": self.requested, "achieved": self.achieved, "layers": self.layers, "zeroed_layers": self.zeroed_layers}
+        return {
+            "requested": self.requested,
+            "achieved": self.achieved,
+            "layers": self.layers,
+            "zeroed_layers": self.zeroed_layers,
+        }
 
 
 def kept_dense(model: nn.Module) -> set[str]:
@@ -92,7 +98,9 @@ def prune_model(dense: nn.Module, sparsity: float, scope: str = "global") -> tup
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, data: DecodedDataset, indices: list[int], batch_size: int = 32) -> nn.Module:
+def recalibrate_batchnorm(
+    model: nn.Module, data: DecodedDataset, indices: list[int], batch_size: int = 32
+) -> nn.Module:
     """Re-estimate every BatchNorm layer's running mean and variance for the model's present weights:
     forward passes over the unaugmented images in train mode, with a cumulative average (momentum
     None), no gradient. Pruning changes what each layer sees; statistics left from the dense model are
@@ -124,6 +132,7 @@ class Prediction:
     """What a model makes of the validation images: mean Dice against the masks (None without masks),
     the mean share of pixels it calls foreground, and for a classifier its AUROC (None without
     labels of both classes)."""
+
     dice: float | None
     foreground: float
     per_image_dice: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
@@ -131,8 +140,14 @@ class Prediction:
 
 
 @torch.no_grad()
-def validation_prediction(model: nn.Module, data: DecodedDataset, indices: list[int], has_target: np.ndarray, batch_size: int = 64,
-                          labels: np.ndarray | None = None) -> Prediction:
+def validation_prediction(
+    model: nn.Module,
+    data: DecodedDataset,
+    indices: list[int],
+    has_target: np.ndarray,
+    batch_size: int = 64,
+    labels: np.ndarray | None = None,
+) -> Prediction:
     """has_target aligns with indices: which images' masks may be compared against; labels (a
     classifier's image labels, NaN unknown) too."""
     classifier = labels is not None and hasattr(model, "classify")
@@ -157,7 +172,8 @@ def validation_prediction(model: nn.Module, data: DecodedDataset, indices: list[
     return Prediction(
         dice=float(known.mean()) if known.size else None,
         foreground=float(np.concatenate(foreground).mean()) if foreground else 0.0,
-        per_image_dice=per_image, auroc=auc,
+        per_image_dice=per_image,
+        auroc=auc,
     )
 
 
@@ -175,19 +191,32 @@ def health(report: SparsityReport, pruned: Prediction, dense: Prediction, *, deg
         )
     ceiling = dense.foreground + FULL_BACKGROUND_SHARE * (1 - dense.foreground)
     if dense.foreground < 1 and pruned.foreground > ceiling:
-        reasons.append(f"predicts {pruned.foreground:.4f} of pixels as foreground, over {ceiling:.4f} (the dense model's "
-                       f"{dense.foreground:.4f} plus {FULL_BACKGROUND_SHARE:g} of the rest): (nearly) everything")
+        reasons.append(
+            f"predicts {pruned.foreground:.4f} of pixels as foreground, over {ceiling:.4f} (the dense model's "
+            f"{dense.foreground:.4f} plus {FULL_BACKGROUND_SHARE:g} of the rest): (nearly) everything"
+        )
     if pruned.dice is not None and dense.dice is not None and pruned.dice < degenerate_fraction * dense.dice:
-        reasons.append(f"validation Dice {pruned.dice:.4f} is under {degenerate_fraction:g} x the dense model's {dense.dice:.4f}")
+        reasons.append(
+            f"validation Dice {pruned.dice:.4f} is under {degenerate_fraction:g} x the dense model's {dense.dice:.4f}"
+        )
     # (a dense classifier no better than chance has no margin to lose: its maps are all there is)
-    if pruned.auroc is not None and dense.auroc is not None and dense.auroc > 0.5 and \
-            pruned.auroc - 0.5 < degenerate_fraction * (dense.auroc - 0.5):
-        reasons.append(f"its classifier's AUROC {pruned.auroc:.4f} kept under {degenerate_fraction:g} of the dense model's "
-                       f"{dense.auroc:.4f} margin over chance (0.5): it no longer tells the classes apart")
+    if (
+        pruned.auroc is not None
+        and dense.auroc is not None
+        and dense.auroc > 0.5
+        and pruned.auroc - 0.5 < degenerate_fraction * (dense.auroc - 0.5)
+    ):
+        reasons.append(
+            f"its classifier's AUROC {pruned.auroc:.4f} kept under {degenerate_fraction:g} of the dense model's "
+            f"{dense.auroc:.4f} margin over chance (0.5): it no longer tells the classes apart"
+        )
     return {
         **report.as_dict(),
-        "validation_dice": pruned.dice, "dense_validation_dice": dense.dice,
-        "foreground": pruned.foreground, "dense_foreground": dense.foreground,
+        "validation_dice": pruned.dice,
+        "dense_validation_dice": dense.dice,
+        "foreground": pruned.foreground,
+        "dense_foreground": dense.foreground,
         **({"auroc": pruned.auroc, "dense_auroc": dense.auroc} if pruned.auroc is not None else {}),
-        "degenerate": bool(reasons), "degenerate_reasons": reasons,
+        "degenerate": bool(reasons),
+        "degenerate_reasons": reasons,
     }

@@ -1,5 +1,6 @@
 """Per-image HTL scores: how much each pruned model's binarized prediction disagrees with the dense
 model's (1 - Dice), and their mean over sparsities."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -76,8 +77,14 @@ def seeded_tiebreak(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 7919]).permutation(n)
 
 
-def select_htl(scores: np.ndarray, *, top_fraction: float | None = None, threshold: float | None = None,
-               tiebreak: np.ndarray | None = None, eligible: np.ndarray | None = None) -> np.ndarray:
+def select_htl(
+    scores: np.ndarray,
+    *,
+    top_fraction: float | None = None,
+    threshold: float | None = None,
+    tiebreak: np.ndarray | None = None,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
     """Boolean HTL membership among the eligible images (default: all): the top top_fraction of them
     (at least one; ties at the cut go by tiebreak, else position), or score >= threshold."""
     if (top_fraction is None) == (threshold is None):

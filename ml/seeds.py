@@ -1,4 +1,5 @@
 """Results over several training seeds: means with 95% t-intervals, and attended minus dense."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,10 @@ def over_seeds(entries: list[dict]) -> dict:
         "overall_ci95": {m: t_interval([e["overall"][m] for e in entries]) for m in first["overall"]},
         "subgroups": {
             attr: {
-                label: {"n": stats["n"], **{m: float(np.mean([e["subgroups"][attr][label][m] for e in entries])) for m in stats if m != "n"}}
+                label: {
+                    "n": stats["n"],
+                    **{m: float(np.mean([e["subgroups"][attr][label][m] for e in entries])) for m in stats if m != "n"},
+                }
                 for label, stats in groups.items()
             }
             for attr, groups in first["subgroups"].items()
@@ -36,6 +40,7 @@ def over_seeds(entries: list[dict]) -> dict:
 def compare_over_seeds(dense: list[dict], attended: list[dict]) -> dict:
     """Attended minus dense, overall (per seed, mean, 95% interval over seeds) and per subgroup (mean
     over seeds). With one seed there is no interval, and the output says so."""
+
     def delta(a: dict, b: dict) -> dict:
         return {m: b[m] - a[m] for m in a if m != "n"}
 
@@ -47,8 +52,21 @@ def compare_over_seeds(dense: list[dict], attended: list[dict]) -> dict:
         "single_seed": len(per_seed) == 1,
         "subgroups": {
             attr: {
-                label: {"n": stats["n"], **{m: float(np.mean([delta(d["subgroups"][attr][label], a["subgroups"][attr][label])[m]
-                                                             for d, a in zip(dense, attended)])) for m in stats if m != "n"}}
+                label: {
+                    "n": stats["n"],
+                    **{
+                        m: float(
+                            np.mean(
+                                [
+                                    delta(d["subgroups"][attr][label], a["subgroups"][attr][label])[m]
+                                    for d, a in zip(dense, attended)
+                                ]
+                            )
+                        )
+                        for m in stats
+                        if m != "n"
+                    },
+                }
                 for label, stats in groups.items()
             }
             for attr, groups in dense[0]["subgroups"].items()

@@ -3,6 +3,7 @@ exponential-moving-average teacher (Tarvainen & Valpola, 2017), either by consis
 difference of the student's and the teacher's probabilities on differently perturbed views) or by
 the teacher's confident pixels as pseudo-labels. Each step draws half its batch from each pool, so a
 step costs what a supervised one does. The teacher's weights are the result."""
+
 from __future__ import annotations
 
 import copy
@@ -61,7 +62,9 @@ def _update_teacher(teacher: nn.Module, student: nn.Module, decay: float) -> Non
         t.copy_(s)
 
 
-def _unlabeled_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, method: str, confidence: float) -> torch.Tensor:
+def _unlabeled_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, method: str, confidence: float
+) -> torch.Tensor:
     s = torch.sigmoid(student_logits.float()).flatten(1)
     t = torch.sigmoid(teacher_logits.float()).flatten(1)
     if method == "mean_teacher":
@@ -115,8 +118,11 @@ def fit_semi(
                 yield pool[pick.numpy()]
 
     lab_draws, unl_draws = endless(labeled_arr, sampling_weights), endless(unlabeled_arr, sampling_weights)
-    lw = (lambda idx: torch.tensor([loss_weights[int(i)] for i in idx], device=device)) if loss_weights else (
-        lambda idx: torch.ones(len(idx), device=device))
+    lw = (
+        (lambda idx: torch.tensor([loss_weights[int(i)] for i in idx], device=device))
+        if loss_weights
+        else (lambda idx: torch.ones(len(idx), device=device))
+    )
 
     model.train()
     epoch_losses, done = [], 0
@@ -140,7 +146,9 @@ def fit_semi(
             with autocast(device):
                 student_logits = model(_perturb(x, g))
             w_u = lw(unl)
-            unsup = (_unlabeled_loss(student_logits, teacher_logits, method, confidence) * w_u).sum() / w_u.sum().clamp_min(1e-8)
+            unsup = (
+                _unlabeled_loss(student_logits, teacher_logits, method, confidence) * w_u
+            ).sum() / w_u.sum().clamp_min(1e-8)
             loss = sup + unlabeled_weight * ramp_up(done, total) * unsup
 
             opt.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
 """The three settings in one place: what each image is trained on (its mask; in the semi-supervised
 setting only for the images whose mask is kept; in the weakly supervised setting its image label)
 and how a model is fitted to that."""
+
 from __future__ import annotations
 
 import random
@@ -57,7 +58,9 @@ class Targets:
         if not self.weak:
             return segmentation_objective
         train = self.image_labels[self.train_idx]
-        return ClassificationObjective(self.image_labels, pos_weight=float(np.sum(train == 0)) / max(1.0, float(np.nansum(train))))
+        return ClassificationObjective(
+            self.image_labels, pos_weight=float(np.sum(train == 0)) / max(1.0, float(np.nansum(train)))
+        )
 
 
 def make_targets(index: DatasetIndex, spec: JobSpec, train_idx: list[int]) -> Targets:
@@ -105,21 +108,53 @@ def _masks_known(index: DatasetIndex, spec: JobSpec, train_idx: list[int]) -> np
     return known
 
 
-def fit_in_setting(model, data: DecodedDataset, targets: Targets, spec: JobSpec, cfg: FitConfig, *, loss_weights=None,
-                   sampling_weights=None, progress=None, record=None, on_epoch_end=None) -> list[float]:
+def fit_in_setting(
+    model,
+    data: DecodedDataset,
+    targets: Targets,
+    spec: JobSpec,
+    cfg: FitConfig,
+    *,
+    loss_weights=None,
+    sampling_weights=None,
+    progress=None,
+    record=None,
+    on_epoch_end=None,
+) -> list[float]:
     """Trains on the training images as the setting says (semi-supervised: the images without a mask
     through fit_semi's unlabeled loss); weights align with targets.train_idx. Answers the epoch losses."""
     train_idx = targets.train_idx
     if targets.setting != SEMI:
-        return fit(model, data, train_idx, cfg, loss_weights=loss_weights, sampling_weights=sampling_weights,
-                   progress=progress, record=record, objective=targets.objective(), on_epoch_end=on_epoch_end)
+        return fit(
+            model,
+            data,
+            train_idx,
+            cfg,
+            loss_weights=loss_weights,
+            sampling_weights=sampling_weights,
+            progress=progress,
+            record=record,
+            objective=targets.objective(),
+            on_epoch_end=on_epoch_end,
+        )
     labeled = [i for i, known in zip(train_idx, targets.train_labeled) if known]
     unlabeled = [i for i, known in zip(train_idx, targets.train_labeled) if not known]
     by_index = lambda w: None if w is None else dict(zip(train_idx, map(float, w)))  # noqa: E731
     semi = spec.semi
     return fit_semi(
-        model, data, labeled, unlabeled, cfg, method=semi.method, unlabeled_weight=semi.unlabeled_weight,
-        ema_decay=semi.ema_decay, confidence=semi.confidence, loss_weights=by_index(loss_weights),
-        sampling_weights=by_index(sampling_weights), progress=progress, record=record,
-        record_positions={i: row for row, i in enumerate(train_idx)}, on_epoch_end=on_epoch_end,
+        model,
+        data,
+        labeled,
+        unlabeled,
+        cfg,
+        method=semi.method,
+        unlabeled_weight=semi.unlabeled_weight,
+        ema_decay=semi.ema_decay,
+        confidence=semi.confidence,
+        loss_weights=by_index(loss_weights),
+        sampling_weights=by_index(sampling_weights),
+        progress=progress,
+        record=record,
+        record_positions={i: row for row, i in enumerate(train_idx)},
+        on_epoch_end=on_epoch_end,
     )

@@ -1,6 +1,7 @@
 """The stages as plain functions: each takes the run's inputs (StageInputs), models and what the
 stage before it produced, and returns a typed result. They know nothing of run folders, names on
 disk or units: ml.pipeline.Run loads their inputs, saves what they return and resumes between them."""
+
 from __future__ import annotations
 
 import copy
@@ -63,8 +64,15 @@ class StageInputs:
 
     def fit_config(self, seed: int, *, epochs: int | None = None, lr: float | None = None) -> FitConfig:
         t = self.spec.train
-        return FitConfig(epochs=epochs or t.epochs, batch_size=t.batch_size, lr=lr or t.lr, weight_decay=t.weight_decay,
-                         schedule=t.schedule, augment=t.augment, seed=seed)
+        return FitConfig(
+            epochs=epochs or t.epochs,
+            batch_size=t.batch_size,
+            lr=lr or t.lr,
+            weight_decay=t.weight_decay,
+            schedule=t.schedule,
+            augment=t.augment,
+            seed=seed,
+        )
 
     def fit(self, model: nn.Module, cfg: FitConfig, **kwargs) -> list[float]:
         return fit_in_setting(model, self.data, self.targets, self.spec, cfg, **kwargs)
@@ -92,8 +100,16 @@ class TrainedModel:
     dynamics: dict[str, np.ndarray] | None = None  # 'dice' per training image and epoch; 'el2n' when asked
 
 
-def train_model(inputs: StageInputs, seed: int, *, loss_weights: np.ndarray | None = None, sampling_weights: np.ndarray | None = None,
-                record_dynamics: bool = False, progress: FractionAndLoss | None = None, start: nn.Module | None = None) -> TrainedModel:
+def train_model(
+    inputs: StageInputs,
+    seed: int,
+    *,
+    loss_weights: np.ndarray | None = None,
+    sampling_weights: np.ndarray | None = None,
+    record_dynamics: bool = False,
+    progress: FractionAndLoss | None = None,
+    start: nn.Module | None = None,
+) -> TrainedModel:
     """A fresh model trained from seed; weights align with inputs.train_idx. record_dynamics (the
     dense models): the validation curve, and what the dynamics scorers read off the training.
     start: fine-tune a copy of this model instead (attention.mode fine_tune: attention's
@@ -104,18 +120,32 @@ def train_model(inputs: StageInputs, seed: int, *, loss_weights: np.ndarray | No
     if start is not None:
         a = spec.attention
         cfg = inputs.fit_config(seed, epochs=a.finetune_epochs, lr=spec.train.lr * a.finetune_lr_factor)
-        return TrainedModel(model, inputs.fit(model, cfg, loss_weights=loss_weights, sampling_weights=sampling_weights, progress=progress))
+        return TrainedModel(
+            model,
+            inputs.fit(model, cfg, loss_weights=loss_weights, sampling_weights=sampling_weights, progress=progress),
+        )
     record = TrainingRecord(len(inputs.train_idx), spec.train.epochs) if record_dynamics else None
     curve: list[float | None] = []
     early_error: dict[str, np.ndarray] = {}
 
     def on_epoch_end(epoch: int, current: nn.Module) -> None:
-        curve.append(validation_prediction(current, inputs.data, inputs.val_idx, inputs.targets.localizable(inputs.val_idx)).dice)
+        curve.append(
+            validation_prediction(current, inputs.data, inputs.val_idx, inputs.targets.localizable(inputs.val_idx)).dice
+        )
         if epoch == hardness.el2n_epoch(spec.train.epochs) and "el2n" in spec.scorers:
-            early_error["el2n"] = hardness.error_norm(current, inputs.data, inputs.train_idx, inputs.targets.objective())
+            early_error["el2n"] = hardness.error_norm(
+                current, inputs.data, inputs.train_idx, inputs.targets.objective()
+            )
 
-    losses = inputs.fit(model, inputs.fit_config(seed), record=record, loss_weights=loss_weights, sampling_weights=sampling_weights,
-                        on_epoch_end=on_epoch_end if record_dynamics else None, progress=progress)
+    losses = inputs.fit(
+        model,
+        inputs.fit_config(seed),
+        record=record,
+        loss_weights=loss_weights,
+        sampling_weights=sampling_weights,
+        on_epoch_end=on_epoch_end if record_dynamics else None,
+        progress=progress,
+    )
     if not record_dynamics:
         return TrainedModel(model, losses)
     return TrainedModel(model, losses, curve, {"dice": record.dice, **early_error})
@@ -129,24 +159,40 @@ class PrunedModel:
     health: dict  # achieved and per-layer sparsity, validation Dice next to the dense model's, degenerate
 
 
-def prune_dense(inputs: StageInputs, dense: nn.Module, seed: int, *, progress: FractionAndLoss | None = None) -> list[PrunedModel]:
+def prune_dense(
+    inputs: StageInputs, dense: nn.Module, seed: int, *, progress: FractionAndLoss | None = None
+) -> list[PrunedModel]:
     """The dense model pruned at each sparsity: fine-tuned if asked, BatchNorm statistics re-estimated
     if asked, and each one's health next to the dense model's."""
     p = inputs.spec.prune
     has_target = inputs.targets.localizable(inputs.val_idx)
     labels = inputs.targets.image_labels[inputs.val_idx] if inputs.targets.weak else None
-    dense_prediction = validation_prediction(inputs.reference(dense), inputs.data, inputs.val_idx, has_target, labels=labels)
+    dense_prediction = validation_prediction(
+        inputs.reference(dense), inputs.data, inputs.val_idx, has_target, labels=labels
+    )
     out = []
     for i, s in enumerate(p.sparsities):
         model = prepare_for_device(apply_pruning_masks(dense, s, p.scope), inputs.device)
         if p.finetune_epochs:
             cfg = inputs.fit_config(seed, epochs=p.finetune_epochs, lr=inputs.spec.train.lr / FINETUNE_LR_DIVISOR)
-            inputs.fit(model, cfg, progress=None if progress is None else lambda f, loss, i=i: progress((i + f) / len(p.sparsities), loss))
+            inputs.fit(
+                model,
+                cfg,
+                progress=None if progress is None else lambda f, loss, i=i: progress((i + f) / len(p.sparsities), loss),
+            )
         model = prepare_for_device(make_permanent(model), inputs.device).eval()
         if p.bn_recalibration:
             recalibrate_batchnorm(model, inputs.data, inputs.train_idx)
         prediction = validation_prediction(model, inputs.data, inputs.val_idx, has_target, labels=labels)
-        out.append(PrunedModel(s, model, health(sparsity_report(model, s), prediction, dense_prediction, degenerate_fraction=p.degenerate_fraction)))
+        out.append(
+            PrunedModel(
+                s,
+                model,
+                health(
+                    sparsity_report(model, s), prediction, dense_prediction, degenerate_fraction=p.degenerate_fraction
+                ),
+            )
+        )
         if progress is not None:
             progress((i + 1) / len(p.sparsities), None)
     return out
@@ -162,22 +208,37 @@ class SeedScores:
     others: dict[str, np.ndarray]
 
 
-def score_seed(inputs: StageInputs, dense: nn.Module, pruned: dict[float, nn.Module], seed: int, *,
-               dynamics: dict[str, np.ndarray] | None = None, masks_out: np.ndarray | None = None,
-               progress: Fraction | None = None) -> SeedScores:
+def score_seed(
+    inputs: StageInputs,
+    dense: nn.Module,
+    pruned: dict[float, nn.Module],
+    seed: int,
+    *,
+    dynamics: dict[str, np.ndarray] | None = None,
+    masks_out: np.ndarray | None = None,
+    progress: Fraction | None = None,
+) -> SeedScores:
     """dynamics: what train_model recorded for this dense model (needed by the dynamics scorers).
     masks_out: receives every binarized prediction (see score_disagreement)."""
     spec, data, train_idx = inputs.spec, inputs.data, inputs.train_idx
     result = score_disagreement(
-        inputs.reference(dense), pruned, data, train_idx, batch_size=max(spec.train.batch_size, 32),
-        progress=None if progress is None else lambda f: progress(0.8 * f), masks_out=masks_out,
+        inputs.reference(dense),
+        pruned,
+        data,
+        train_idx,
+        batch_size=max(spec.train.batch_size, 32),
+        progress=None if progress is None else lambda f: progress(0.8 * f),
+        masks_out=masks_out,
     )
     others: dict[str, np.ndarray] = {}
     wanted = set(spec.scorers)
     if any(SCORERS[name].source == "dynamics" for name in wanted):
         if dynamics is None:
             raise ValueError("the dynamics scorers need the dense model's training record")
-        read_off = {**hardness.from_dynamics(dynamics["dice"]), **({"el2n": dynamics["el2n"]} if "el2n" in dynamics else {})}
+        read_off = {
+            **hardness.from_dynamics(dynamics["dice"]),
+            **({"el2n": dynamics["el2n"]} if "el2n" in dynamics else {}),
+        }
         others.update({name: values for name, values in read_off.items() if name in wanted})
     if "loss" in wanted:
         others["loss"] = hardness.final_loss(dense, data, train_idx, inputs.targets.objective())
@@ -200,7 +261,9 @@ class Ranking:
     agreement: list[dict]  # how the scorers' top sets agree
 
 
-def rank_images(inputs: StageInputs, per_seed: list[SeedScores], *, degenerate: set[float], groups: dict[str, list[str]]) -> Ranking:
+def rank_images(
+    inputs: StageInputs, per_seed: list[SeedScores], *, degenerate: set[float], groups: dict[str, list[str]]
+) -> Ranking:
     """Scores averaged over the dense seeds (as PIE averages over model populations), the HTL score
     averaged over the sparsities that are not degenerate, and the HTL set at its top (weakly
     supervised: the top of the positives, Targets.train_rankable). groups: per attribute, each
@@ -218,25 +281,39 @@ def rank_images(inputs: StageInputs, per_seed: list[SeedScores], *, degenerate: 
     others = {name: np.mean([p.others[name] for p in per_seed], axis=0) for name in per_seed[0].others}
     tiebreak = seeded_tiebreak(len(htl_score), spec.split.seed)
     rankable = inputs.targets.train_rankable
-    scores = HtlScores(image_indices=list(inputs.train_idx), per_sparsity=per_sparsity, htl_score=htl_score, tiebreak=tiebreak,
-                       eligible=rankable)
-    is_htl = select_htl(scores.htl_score, top_fraction=spec.htl.top_fraction, threshold=spec.htl.threshold, tiebreak=tiebreak,
-                        eligible=rankable)
+    scores = HtlScores(
+        image_indices=list(inputs.train_idx),
+        per_sparsity=per_sparsity,
+        htl_score=htl_score,
+        tiebreak=tiebreak,
+        eligible=rankable,
+    )
+    is_htl = select_htl(
+        scores.htl_score,
+        top_fraction=spec.htl.top_fraction,
+        threshold=spec.htl.threshold,
+        tiebreak=tiebreak,
+        eligible=rankable,
+    )
     ranks = scores.ranks()
     items = []
     for j, i in enumerate(inputs.train_idx):
         record = inputs.index.records[i]
-        items.append(ImageScore(
-            image_id=record.image_id,
-            htl_score=float(scores.htl_score[j]),
-            is_htl=bool(is_htl[j]),
-            rank=int(ranks[j]),
-            labeled=bool(inputs.targets.train_labeled[j]),
-            per_sparsity={sparsity_key(s): float(v[j]) for s, v in sorted(scores.per_sparsity.items())},
-            scores={name: (float(values[j]) if np.isfinite(values[j]) else None) for name, values in others.items()},
-            attributes=dict(record.attributes),
-            subgroups={attribute: labels[j] for attribute, labels in groups.items()},
-        ))
+        items.append(
+            ImageScore(
+                image_id=record.image_id,
+                htl_score=float(scores.htl_score[j]),
+                is_htl=bool(is_htl[j]),
+                rank=int(ranks[j]),
+                labeled=bool(inputs.targets.train_labeled[j]),
+                per_sparsity={sparsity_key(s): float(v[j]) for s, v in sorted(scores.per_sparsity.items())},
+                scores={
+                    name: (float(values[j]) if np.isfinite(values[j]) else None) for name, values in others.items()
+                },
+                attributes=dict(record.attributes),
+                subgroups={attribute: labels[j] for attribute, labels in groups.items()},
+            )
+        )
     items.sort(key=lambda item: item.rank)
     top_fraction = spec.htl.top_fraction or max(float(is_htl.mean()), 1 / len(is_htl))
     agreement = hardness.agreement({"pruning": scores.htl_score, **others}, top_fraction) if others else []
@@ -253,10 +330,14 @@ class AttentionSets:
     size: int
     attended: list[str]
     control: dict[str, list[str]] | None = None
-    excluded: list[str] = dataclasses.field(default_factory=list)  # left out of both: label issues, semi's images without a mask
+    excluded: list[str] = dataclasses.field(
+        default_factory=list
+    )  # left out of both: label issues, semi's images without a mask
 
 
-def attention_sets(inputs: StageInputs, ranking: Ranking, seeds: list[int], *, excluded: set[str] = frozenset()) -> AttentionSets:
+def attention_sets(
+    inputs: StageInputs, ranking: Ranking, seeds: list[int], *, excluded: set[str] = frozenset()
+) -> AttentionSets:
     """The attended set: as many images as the HTL set, the top of the attention scorer's ranking
     among the training images not excluded (label issues, with attention.exclude_label_issues; in the
     semi-supervised setting the images without a mask, with attention.unlabeled leave_out); the
@@ -278,8 +359,13 @@ def attention_sets(inputs: StageInputs, ranking: Ranking, seeds: list[int], *, e
     if spec.attention.control == "random":
         pool = np.flatnonzero(eligible)
         size = min(k, len(pool))
-        control = {str(seed): [ids[j] for j in np.sort(np.random.default_rng([spec.split.seed, seed]).choice(pool, size, replace=False))]
-                   for seed in seeds}
+        control = {
+            str(seed): [
+                ids[j]
+                for j in np.sort(np.random.default_rng([spec.split.seed, seed]).choice(pool, size, replace=False))
+            ]
+            for seed in seeds
+        }
     return AttentionSets(scorer, len(attended), [ids[j] for j in attended], control, excluded=sorted(excluded))
 
 

@@ -3,6 +3,7 @@ corrected p-value), image-derived properties to group by, and whether attention 
 subgroup's gap (paired attended - dense, and random-control, Dice differences with a bootstrap
 interval and p-value that resample training seeds and clusters of images, e.g. lesions, and
 Benjamini-Hochberg across subgroups)."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,9 @@ ALPHA = 0.05
 IMAGE_PROPERTIES = ("image:lesion_area", "image:lesion_contrast", "image:brightness")
 
 
-def image_properties(data: DecodedDataset, indices: list[int], mask_known: np.ndarray | None = None) -> dict[str, list[str]]:
+def image_properties(
+    data: DecodedDataset, indices: list[int], mask_known: np.ndarray | None = None
+) -> dict[str, list[str]]:
     """Per image, as strings for banding: lesion area fraction, lesion/skin contrast (absolute
     difference of mean grey level inside and outside the mask, 0..1) and mean brightness (0..1).
     Computed on the decoded image and its mask; empty where there is no (usable) mask or no lesion."""
@@ -67,8 +70,11 @@ def benjamini_hochberg(p_values: list[float]) -> list[float]:
 
 
 def enrichment(
-    groups: dict[str, list[str]], is_htl: np.ndarray, *,
-    clusters: list[str] | None = None, cluster_name: str | None = None,
+    groups: dict[str, list[str]],
+    is_htl: np.ndarray,
+    *,
+    clusters: list[str] | None = None,
+    cluster_name: str | None = None,
 ) -> dict:
     """For each attribute and value: count, HTL count and rate, enrichment = rate / overall rate with
     a 95% interval (Wilson interval of the group's rate over the overall rate, which the HTL rule
@@ -89,22 +95,32 @@ def enrichment(
             table = [[k, n - k], [rest_k, rest_n - rest_k]]
             p = float(fisher_exact(table, alternative="two-sided").pvalue) if rest_n > 0 else 1.0
             lo, hi = wilson_interval(k, n)
-            rows.append({
-                "attribute": attribute, "value": value, "n": n, "htl": k, "htl_rate": k / n if n else 0.0,
-                "enrichment": (k / n) / overall if n and overall else None,
-                "enrichment_ci95": [lo / overall, hi / overall] if overall else None,
-                "p_value": p,
-            })
+            rows.append(
+                {
+                    "attribute": attribute,
+                    "value": value,
+                    "n": n,
+                    "htl": k,
+                    "htl_rate": k / n if n else 0.0,
+                    "enrichment": (k / n) / overall if n and overall else None,
+                    "enrichment_ci95": [lo / overall, hi / overall] if overall else None,
+                    "p_value": p,
+                }
+            )
     for row, adjusted in zip(rows, benjamini_hochberg([r["p_value"] for r in rows]) if rows else []):
         row["p_adjusted"] = adjusted
         row["significant"] = adjusted < ALPHA
-    method = ("Fisher's exact test (group vs rest, two-sided); Benjamini-Hochberg across all groups; "
-              "enrichment interval: Wilson 95% interval of the group's HTL rate / overall rate")
+    method = (
+        "Fisher's exact test (group vs rest, two-sided); Benjamini-Hochberg across all groups; "
+        "enrichment interval: Wilson 95% interval of the group's HTL rate / overall rate"
+    )
     out = {"n": n_all, "htl": k_all, "htl_rate": overall, "method": method, "groups": rows}
     if clusters is not None:
         m = int(_cluster_codes(clusters, n_all).max()) + 1 if n_all else 0
-        out["method"] = (f"{method}; images are counted as independent though {n_all} images fall in {m} "
-                         f"clusters ({cluster_name or 'clusters'}), so p-values may be optimistic")
+        out["method"] = (
+            f"{method}; images are counted as independent though {n_all} images fall in {m} "
+            f"clusters ({cluster_name or 'clusters'}), so p-values may be optimistic"
+        )
         out["clusters"] = m
     return out
 
@@ -146,9 +162,15 @@ def _bootstrap_p(boot: np.ndarray) -> float:
 
 
 def gap_closing(
-    dense: np.ndarray, attended: np.ndarray, groups: dict[str, list[str]], *,
-    clusters: list[str] | None = None, control: np.ndarray | None = None,
-    resamples: int = 2000, seed: int = 0, cluster_name: str | None = None,
+    dense: np.ndarray,
+    attended: np.ndarray,
+    groups: dict[str, list[str]],
+    *,
+    clusters: list[str] | None = None,
+    control: np.ndarray | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    cluster_name: str | None = None,
 ) -> dict:
     """Per subgroup of validation images: mean dense and attended Dice (and random-control Dice when
     given), their paired per-image differences with a bootstrap 95% interval and two-sided p-value,
@@ -181,7 +203,7 @@ def gap_closing(
         for start in range(0, resamples, chunk):
             r = min(chunk, resamples - start)
             draws = rng.integers(0, k, size=(r, k)) + (np.arange(r) * k)[:, None]
-            w[start:start + r] = np.bincount(draws.ravel(), minlength=r * k).reshape(r, k)
+            w[start : start + r] = np.bincount(draws.ravel(), minlength=r * k).reshape(r, k)
         if n_seeds >= 2:
             draws = rng.integers(0, n_seeds, size=(resamples, n_seeds)) + (np.arange(resamples) * n_seeds)[:, None]
             v = np.bincount(draws.ravel(), minlength=resamples * n_seeds).reshape(resamples, n_seeds).astype(np.float64)
@@ -195,23 +217,30 @@ def gap_closing(
         k = int(local.max()) + 1
         sizes = np.bincount(local, minlength=k).astype(np.float64)
         w, v = replicate_weights(k)
-        drawn_images = w @ sizes                                  # (resamples,)
-        out = {"n": len(index), "clusters": k,
-               "dense_dice": float(dense[:, index].mean()), "attended_dice": float(attended[:, index].mean())}
+        drawn_images = w @ sizes  # (resamples,)
+        out = {
+            "n": len(index),
+            "clusters": k,
+            "dense_dice": float(dense[:, index].mean()),
+            "attended_dice": float(attended[:, index].mean()),
+        }
         if control is not None:
             out["control_dice"] = float(control[:, index].mean())
         for key, diff in diffs.items():
             d = diff[:, index]
-            sums = np.stack([np.bincount(local, weights=row, minlength=k) for row in d])   # (seeds, k)
-            per_seed = (w @ sums.T) / drawn_images[:, None]        # (resamples, seeds)
+            sums = np.stack([np.bincount(local, weights=row, minlength=k) for row in d])  # (seeds, k)
+            per_seed = (w @ sums.T) / drawn_images[:, None]  # (resamples, seeds)
             boot = (per_seed * v).sum(axis=1) / n_seeds
             if k < 2 and n_seeds < 2:
                 # one cluster, one seed: nothing to resample, so no interval and no evidence either way
                 stats = {"difference": float(d.mean(axis=1).mean()), "difference_ci95": [None, None], "p_value": 1.0}
             else:
                 lo, hi = np.quantile(boot, [0.025, 0.975])
-                stats = {"difference": float(d.mean(axis=1).mean()),
-                         "difference_ci95": [float(lo), float(hi)], "p_value": _bootstrap_p(boot)}
+                stats = {
+                    "difference": float(d.mean(axis=1).mean()),
+                    "difference_ci95": [float(lo), float(hi)],
+                    "p_value": _bootstrap_p(boot),
+                }
             if key is None:
                 out.update(stats)
             else:
@@ -232,8 +261,11 @@ def gap_closing(
             target["p_adjusted"] = adjusted
             target["significant"] = adjusted < ALPHA
     comparisons = "attended - dense" + (", attended - control, control - dense" if control is not None else "")
-    seeds_part = (f"resampling the {n_seeds} training seeds and, independently, " if n_seeds >= 2
-                  else "a single training seed (seed variance not captured), ")
+    seeds_part = (
+        f"resampling the {n_seeds} training seeds and, independently, "
+        if n_seeds >= 2
+        else "a single training seed (seed variance not captured), "
+    )
     result["seeds"] = n_seeds
     result["method"] = (
         f"Paired per-image differences ({comparisons}); bootstrap {seeds_part}resampling clusters of "

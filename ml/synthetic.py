@@ -13,6 +13,7 @@ without them is the same as before they existed):
 - `wrong_mask_fraction`: of the plain common images, masks that are wrong: the lesion's outline moved
   beside it (`beside`), or an outline far too loose (`loose`). The truth is in truth.csv beside
   metadata.csv (image_id, look, wrong_mask), which the pipeline never reads."""
+
 from __future__ import annotations
 
 import csv
@@ -89,12 +90,22 @@ def wrong_mask(rng: np.random.Generator, mask: np.ndarray, kind: str) -> np.ndar
     shift = (direction * extent * rng.uniform(0.9, 1.1, 2)).astype(int)
     shifted = np.zeros_like(mask)
     src = mask[max(0, -shift[0]) : size - max(0, shift[0]), max(0, -shift[1]) : size - max(0, shift[1])]
-    shifted[max(0, shift[0]) : max(0, shift[0]) + src.shape[0], max(0, shift[1]) : max(0, shift[1]) + src.shape[1]] = src
+    shifted[max(0, shift[0]) : max(0, shift[0]) + src.shape[0], max(0, shift[1]) : max(0, shift[1]) + src.shape[1]] = (
+        src
+    )
     return shifted if shifted.any() else _dilate(mask, 3) & ~mask
 
 
-def make_dataset(root: str | Path, *, n: int = 200, size: int = 64, hard_fraction: float = 0.15, seed: int = 0,
-                 rare_look_fraction: float = 0.0, wrong_mask_fraction: float = 0.0) -> Path:
+def make_dataset(
+    root: str | Path,
+    *,
+    n: int = 200,
+    size: int = 64,
+    hard_fraction: float = 0.15,
+    seed: int = 0,
+    rare_look_fraction: float = 0.0,
+    wrong_mask_fraction: float = 0.0,
+) -> Path:
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
@@ -105,7 +116,11 @@ def make_dataset(root: str | Path, *, n: int = 200, size: int = 64, hard_fractio
     diagnoses = np.random.default_rng(seed + 1000).choice(["mel", "nv"], n, p=[0.4, 0.6])
     planted = np.random.default_rng(seed + 2000)
     common = np.flatnonzero(~hard_flags)
-    pale = set(planted.choice(common, int(round(rare_look_fraction * n)), replace=False).tolist()) if rare_look_fraction else set()
+    pale = (
+        set(planted.choice(common, int(round(rare_look_fraction * n)), replace=False).tolist())
+        if rare_look_fraction
+        else set()
+    )
     plain = np.array([i for i in common if i not in pale])
     wrong_ids = planted.choice(plain, int(round(wrong_mask_fraction * n)), replace=False) if wrong_mask_fraction else []
     wrong = {int(i): ("beside" if k % 2 == 0 else "loose") for k, i in enumerate(wrong_ids)}
@@ -121,15 +136,17 @@ def make_dataset(root: str | Path, *, n: int = 200, size: int = 64, hard_fractio
         Image.fromarray(image).save(root / "images" / f"{image_id}.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{image_id}_segmentation.png")
         truth.append({"image_id": image_id, "look": "pale" if i in pale else "plain", "wrong_mask": wrong.get(i, "")})
-        rows.append({
-            "image_id": image_id,
-            "lesion_id": f"LES_{i // 2:05d}",
-            "site": "rare" if hard_flags[i] else "common",
-            "sex": str(rng.choice(["female", "male"])),
-            "age": str(int(rng.integers(5, 90))),
-            "dx": str(diagnoses[i]),
-            **({"look": "pale" if i in pale else "plain"} if rare_look_fraction else {}),
-        })
+        rows.append(
+            {
+                "image_id": image_id,
+                "lesion_id": f"LES_{i // 2:05d}",
+                "site": "rare" if hard_flags[i] else "common",
+                "sex": str(rng.choice(["female", "male"])),
+                "age": str(int(rng.integers(5, 90))),
+                "dx": str(diagnoses[i]),
+                **({"look": "pale" if i in pale else "plain"} if rare_look_fraction else {}),
+            }
+        )
     with (root / "metadata.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

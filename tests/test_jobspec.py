@@ -62,8 +62,12 @@ def test_semi_supervised_needs_images_without_masks_or_a_labeled_fraction():
         check_spec_fits_dataset(semi, columns=[], n_images=10, n_masks=10)
     assert e.value.field == "semi.labeled_fraction"
     check_spec_fits_dataset(semi, columns=[], n_images=10, n_masks=4)
-    check_spec_fits_dataset(JobSpec.model_validate({"setting": "semi_supervised", "semi": {"labeled_fraction": 0.2}}),
-                            columns=[], n_images=10, n_masks=10)
+    check_spec_fits_dataset(
+        JobSpec.model_validate({"setting": "semi_supervised", "semi": {"labeled_fraction": 0.2}}),
+        columns=[],
+        n_images=10,
+        n_masks=10,
+    )
 
 
 def test_group_column_auto_picks_the_first_grouping_key_and_warns_without_one():
@@ -105,9 +109,16 @@ def test_the_scorer_registry_is_what_the_spec_accepts_and_what_units_charge():
     assert SCORERS["mc_dropout"].passes == MC_DROPOUT_SAMPLES and not SCORERS["pruning"].needs_target
 
 
-@pytest.mark.parametrize("spec, field", [({"train": {"epochs": "1"}}, "epochs"), ({"train": {"augment": "yes"}}, "augment"),
-                                         ({"train": {"lr": "0.1"}}, "lr"), ({"image_size": 64.5}, "image_size"),
-                                         ({"image_size": "64"}, "image_size")])
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"train": {"epochs": "1"}}, "epochs"),
+        ({"train": {"augment": "yes"}}, "augment"),
+        ({"train": {"lr": "0.1"}}, "lr"),
+        ({"image_size": 64.5}, "image_size"),
+        ({"image_size": "64"}, "image_size"),
+    ],
+)
 def test_the_spec_coerces_no_strings_to_numbers_or_booleans(spec, field):
     with pytest.raises(ValidationError, match=field):
         JobSpec.model_validate_json(json.dumps(spec))

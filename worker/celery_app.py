@@ -1,6 +1,7 @@
 """The Celery worker's application: the shared configuration (app.queue) plus the task modules, and
 the worker's life: a background sweep and liveness stamp from start-up, and a running job given back
 when the worker is asked to stop. Start with `htl worker`."""
+
 from __future__ import annotations
 
 import threading

@@ -1,6 +1,7 @@
 """What memory a worker's unit holds, and how much its worker may use before the out-of-memory
 killer strikes: read by the heartbeat, so that a worker that went silent near its limit (most likely
 OOM-killed, which no process survives to report) is not retried into the same death."""
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,10 @@ def _cgroup_limits(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/sel
             if controllers == "":  # v2
                 places += [root / path.lstrip("/") / "memory.max", root / "memory.max"]
             elif "memory" in controllers.split(","):
-                places += [root / "memory" / path.lstrip("/") / "memory.limit_in_bytes", root / "memory" / "memory.limit_in_bytes"]
+                places += [
+                    root / "memory" / path.lstrip("/") / "memory.limit_in_bytes",
+                    root / "memory" / "memory.limit_in_bytes",
+                ]
     except (OSError, ValueError):
         pass
     limits = []

@@ -1,6 +1,7 @@
 """run_job(job_id): claim the job, run the pipeline's stages, report progress on the job row, then
 persist scores, metrics and checkpoints in one transaction. A second delivery of a claimed or
 finished job does nothing; a rerun replaces an earlier attempt's rows, never adds to them."""
+
 from __future__ import annotations
 
 import logging
@@ -40,7 +41,13 @@ _RESOURCES: dict[tuple, tuple] = {}
 
 def _resources(settings: Settings):
     """One engine and one store per configuration, for the process's life."""
-    key = (settings.resolved_database_url, settings.storage_url, settings.s3_endpoint_url, str(settings.artifacts), str(settings.scratch))
+    key = (
+        settings.resolved_database_url,
+        settings.storage_url,
+        settings.s3_endpoint_url,
+        str(settings.artifacts),
+        str(settings.scratch),
+    )
     if key not in _RESOURCES:
         _RESOURCES[key] = (make_sessionmaker(make_engine(settings.resolved_database_url)), make_store(settings))
     return _RESOURCES[key]
@@ -96,7 +103,15 @@ class Heartbeat:
 
     POLL_S = 1.0
 
-    def __init__(self, sessionmaker, job_id: uuid.UUID, unit: str, worker: str, interval_s: float, memory_limit: int | None = None):
+    def __init__(
+        self,
+        sessionmaker,
+        job_id: uuid.UUID,
+        unit: str,
+        worker: str,
+        interval_s: float,
+        memory_limit: int | None = None,
+    ):
         self.lost = threading.Event()
         self.cancelled = threading.Event()
         self._stop = threading.Event()
@@ -122,13 +137,21 @@ class Heartbeat:
                 self.peak_memory = max(self.peak_memory or 0, now)
             # the memory reading is what tells an OOM kill from a lost worker afterwards: it goes out at
             # once, and again whenever it has grown by 1/16 of the limit (an OOM kill gives no warning)
-            grown = self.peak_memory is not None and (reported is None or (
-                self.memory_limit is not None and self.peak_memory - reported >= self.memory_limit / 16))
+            grown = self.peak_memory is not None and (
+                reported is None
+                or (self.memory_limit is not None and self.peak_memory - reported >= self.memory_limit / 16)
+            )
             try:
                 with sessionmaker() as session:
                     if time.monotonic() - last_beat >= interval_s or grown:
-                        mine, stop = units.unit_heartbeat(session=session, job_id=job_id, name=unit, worker=worker,
-                                                          memory_bytes=self.peak_memory, memory_limit_bytes=self.memory_limit)
+                        mine, stop = units.unit_heartbeat(
+                            session=session,
+                            job_id=job_id,
+                            name=unit,
+                            worker=worker,
+                            memory_bytes=self.peak_memory,
+                            memory_limit_bytes=self.memory_limit,
+                        )
                         session.commit()
                         last_beat, reported = time.monotonic(), self.peak_memory
                         if not mine:
@@ -155,8 +178,11 @@ def _set_torch_threads(settings: Settings, sessionmaker) -> None:
 
     try:
         with sessionmaker() as session:
-            here = [w for w in queries.live_workers(session=session, since=settings.live_workers_since)
-                    if w.hostname == socket.gethostname()]
+            here = [
+                w
+                for w in queries.live_workers(session=session, since=settings.live_workers_since)
+                if w.hostname == socket.gethostname()
+            ]
     except DBAPIError:
         here = []
     threads = torch_threads_for(settings, len(here))
@@ -180,8 +206,10 @@ def _with_retries(action, *, what: str, attempts: int = 8, first_wait_s: float =
 
 
 # within a unit, each stage's share of the unit's work (the rest of the unit's stages report 0..1)
-UNIT_STAGES = {"score": {"dense": (0.0, 0.0), "label_check": (0.0, 0.0), "prune": (0.0, 0.5), "score": (0.5, 1.0)},
-               "evaluate": {"attend": (0.0, 0.0), "evaluate": (0.0, 1.0)}}
+UNIT_STAGES = {
+    "score": {"dense": (0.0, 0.0), "label_check": (0.0, 0.0), "prune": (0.0, 0.5), "score": (0.5, 1.0)},
+    "evaluate": {"attend": (0.0, 0.0), "evaluate": (0.0, 1.0)},
+}
 
 
 def _unit_fraction(kind: str, stage: str, fraction: float) -> float:
@@ -210,16 +238,25 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     stale_before = utcnow() - timedelta(seconds=settings.job_stale_after_s)
     with sessionmaker() as session:
         units.ensure_units(session=session, job_id=job_id)
-        claimed = units.claim_unit(session=session, job_id=job_id, worker=worker, stale_before=stale_before,
-                                   max_attempts=settings.max_attempts)
+        claimed = units.claim_unit(
+            session=session, job_id=job_id, worker=worker, stale_before=stale_before, max_attempts=settings.max_attempts
+        )
         session.commit()
         if claimed is None:
-            log.info("job %s: no unit to claim (finished, cancelled, running elsewhere or out of attempts); delivery ignored", job_id)
+            log.info(
+                "job %s: no unit to claim (finished, cancelled, running elsewhere or out of attempts); delivery ignored",
+                job_id,
+            )
             return "skipped"
         unit, kind, seed, attempt = claimed.name, claimed.kind, claimed.seed, claimed.attempt
         job = session.get(Job, job_id)
         dataset = session.get(Dataset, job.dataset_id)
-        spec_raw, dataset_key, submit_warnings, n_images = job.spec, dataset.storage_key, list(job.warnings), dataset.n_images
+        spec_raw, dataset_key, submit_warnings, n_images = (
+            job.spec,
+            dataset.storage_key,
+            list(job.warnings),
+            dataset.n_images,
+        )
     log.info("job %s: unit %s claimed by %s (attempt %d)", job_id, unit, worker, attempt)
 
     from contract.jobspec import JobSpec, SpecError, check_admission
@@ -232,8 +269,12 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
 
     try:  # this host's memory, which the API's host (where the job was admitted) may not share; before torch loads
-        check_admission(JobSpec.model_validate(spec_raw), n_images=n_images, max_memory_bytes=settings.job_memory_limit,
-                        max_disk_bytes=settings.max_job_disk_bytes)
+        check_admission(
+            JobSpec.model_validate(spec_raw),
+            n_images=n_images,
+            max_memory_bytes=settings.job_memory_limit,
+            max_disk_bytes=settings.max_job_disk_bytes,
+        )
     except SpecError as e:
         error = f"{unit}: this worker cannot run it: {e.message}"
         log.error("job %s: %s", job_id, error)
@@ -244,8 +285,14 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
 
     _set_torch_threads(settings, sessionmaker)
     last = {"t": 0.0, "stage": None}
-    heartbeat = Heartbeat(sessionmaker, job_id, unit, worker, settings.heartbeat_interval_s,
-                          memory_limit=memory.usable_bytes(settings.worker_memory_bytes))
+    heartbeat = Heartbeat(
+        sessionmaker,
+        job_id,
+        unit,
+        worker,
+        settings.heartbeat_interval_s,
+        memory_limit=memory.usable_bytes(settings.worker_memory_bytes),
+    )
 
     def on_progress(p: Progress) -> None:
         if SHUTTING_DOWN.is_set():
@@ -261,8 +308,14 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
             return
         try:
             with sessionmaker() as s:
-                mine, stop = units.report_unit_progress(session=s, job_id=job_id, name=unit, worker=worker, stage=p.stage,
-                                                        progress=round(_unit_fraction(kind, p.stage, p.stage_fraction), 4))
+                mine, stop = units.report_unit_progress(
+                    session=s,
+                    job_id=job_id,
+                    name=unit,
+                    worker=worker,
+                    stage=p.stage,
+                    progress=round(_unit_fraction(kind, p.stage, p.stage_fraction), 4),
+                )
                 s.commit()
         except DBAPIError as e:  # the heartbeat thread keeps the unit alive; report again next time
             log.warning("job %s: progress report failed (%s)", job_id, type(e).__name__)
@@ -278,18 +331,28 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         run_prefix = f"jobs/{job_id}/run"
         sync = RunSync(store, run_prefix)
         with heartbeat:
-            run = Run(data_dir, JobSpec.model_validate(spec_raw), sync.folder, device=settings.device, progress=on_progress)
+            run = Run(
+                data_dir, JobSpec.model_validate(spec_raw), sync.folder, device=settings.device, progress=on_progress
+            )
             results = run.run_unit(kind, seed)
         sync.push()  # what this unit made, for the units after it (on whatever worker)
         if heartbeat.cancelled.is_set():
             raise JobCancelled()
         if kind == "evaluate":
-            return _finish_job(job_id, unit, results, run_prefix, submit_warnings, worker=worker, sessionmaker=sessionmaker)
-        ready = write(lambda s: units.complete_unit(session=s, job_id=job_id, name=unit, worker=worker), f"completing {unit}")
+            return _finish_job(
+                job_id, unit, results, run_prefix, submit_warnings, worker=worker, sessionmaker=sessionmaker
+            )
+        ready = write(
+            lambda s: units.complete_unit(session=s, job_id=job_id, name=unit, worker=worker), f"completing {unit}"
+        )
         if ready is None:
-            log.warning("job %s: unit %s was taken over before it completed here; this run's result is dropped", job_id, unit)
+            log.warning(
+                "job %s: unit %s was taken over before it completed here; this run's result is dropped", job_id, unit
+            )
             return "lost"
-        if not ready and write(lambda s: queries.cancel_requested(session=s, job_id=job_id), "reading the cancel request"):
+        if not ready and write(
+            lambda s: queries.cancel_requested(session=s, job_id=job_id), "reading the cancel request"
+        ):
             log.info("job %s: unit %s succeeded, but the job was cancelled: nothing more of it runs", job_id, unit)
             return "cancelled"
         log.info("job %s: unit %s succeeded on %s; ready now: %s", job_id, unit, worker, ", ".join(ready) or "nothing")
@@ -303,8 +366,15 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         log.warning("job %s: unit %s taken over by another worker; stopping this run", job_id, unit)
         return "lost"
     except JobReleased:
-        if write(lambda s: units.release_unit(session=s, job_id=job_id, name=unit, worker=worker), f"giving {unit} back"):
-            log.warning("job %s: worker %s is stopping; unit %s is queued again and starts over on another worker", job_id, worker, unit)
+        if write(
+            lambda s: units.release_unit(session=s, job_id=job_id, name=unit, worker=worker), f"giving {unit} back"
+        ):
+            log.warning(
+                "job %s: worker %s is stopping; unit %s is queued again and starts over on another worker",
+                job_id,
+                worker,
+                unit,
+            )
             _send(job_id)
         return "released"
     except Exception as e:  # noqa: BLE001 - any failure is stored on the job, readable
@@ -324,8 +394,16 @@ def _in_transaction(sessionmaker, action):
         return result
 
 
-def _finish_job(job_id: uuid.UUID, unit: str, results: JobResults, run_prefix: str, submit_warnings: list[str], *, worker: str,
-                sessionmaker) -> str:
+def _finish_job(
+    job_id: uuid.UUID,
+    unit: str,
+    results: JobResults,
+    run_prefix: str,
+    submit_warnings: list[str],
+    *,
+    worker: str,
+    sessionmaker,
+) -> str:
     """The last unit: the job's results go to the database with the job's success, in one transaction."""
     warnings = submit_warnings + [w for w in results.warnings if w not in submit_warnings]
 
@@ -346,7 +424,9 @@ def _finish_job(job_id: uuid.UUID, unit: str, results: JobResults, run_prefix: s
 
     outcome = _with_retries(persist, what=f"job {job_id}: writing results")
     if outcome == "lost":
-        log.warning("job %s: taken over by another worker before its results were written; this run's are dropped", job_id)
+        log.warning(
+            "job %s: taken over by another worker before its results were written; this run's are dropped", job_id
+        )
     elif outcome == "cancelled":
         log.info("job %s: cancelled before its results were written; they are dropped", job_id)
     return outcome
@@ -388,13 +468,16 @@ def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
             if queries.finish_job(session=session, job_id=job_id, status="failed", error=error):
                 units.end_units(session=session, job_id=job_id, failed_unit=unit, error=error)
         ids = units.resend_candidates(
-            session=session, stale_before=stale_before,
+            session=session,
+            stale_before=stale_before,
             queued_before=now - timedelta(seconds=max(settings.sweep_interval_s, settings.job_stale_after_s)),
             max_attempts=settings.max_attempts,
         )
         session.commit()
     for job_id in cancelled:
-        log.info("job %s: cancelled by the sweep (a cancel request, and nothing of it running on a live worker)", job_id)
+        log.info(
+            "job %s: cancelled by the sweep (a cancel request, and nothing of it running on a live worker)", job_id
+        )
     for job_id, _, error in lost:
         log.warning("job %s: failed, %s", job_id, error)
     for job_id in ids:

@@ -1,4 +1,5 @@
 """POST /v1/datasets (archive upload), GET /v1/datasets[/{id}]."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,23 +23,41 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_res
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {
-                "file": {"type": "string", "format": "binary", "description": "zip or tar.gz of images/, masks/ and metadata.csv"},
-                "name": {"type": "string", "maxLength": 200, "description": "default: the archive's file name"},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "zip or tar.gz of images/, masks/ and metadata.csv",
+                        },
+                        "name": {"type": "string", "maxLength": 200, "description": "default: the archive's file name"},
+                    },
+                }
+            }
+        },
     }
 }
 MAX_NAME = 200
 
 
-DATASET_LINKS = {op: {"operationId": op, "parameters": {"dataset_id": "$response.body#/id"}} for op in ("get_dataset", "delete_dataset")}
+DATASET_LINKS = {
+    op: {"operationId": op, "parameters": {"dataset_id": "$response.body#/id"}}
+    for op in ("get_dataset", "delete_dataset")
+}
 
 
-@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_BODY, operation_id="upload_dataset",
-             responses={**error_responses(413, 415), 201: {"description": "the dataset", "links": DATASET_LINKS}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    openapi_extra=UPLOAD_BODY,
+    operation_id="upload_dataset",
+    responses={**error_responses(413, 415), 201: {"description": "the dataset", "links": DATASET_LINKS}},
+)
 async def upload_dataset(request: Request, owner: UploadOwner, settings: SettingsDep) -> DatasetOut:
     """multipart/form-data: `file` = a zip or tar.gz of images/, masks/ and metadata.csv; optional `name`.
     No database connection is held while the archive streams in and is checked: the rows are written
@@ -56,7 +75,9 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
     adopted = False
     try:
         try:
-            received = await receive_upload(request, work / "archive", file_field="file", max_bytes=settings.max_upload_bytes)
+            received = await receive_upload(
+                request, work / "archive", file_field="file", max_bytes=settings.max_upload_bytes
+            )
         except MultipartParseError as e:
             raise InvalidInput(f"the multipart body is malformed: {e}") from e
         name = (received.fields.get("name") or received.filename or "dataset").strip()
@@ -65,13 +86,17 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
         if "\x00" in name:
             raise InvalidInput("name holds a NUL character (U+0000)")
         limits = Limits(
-            max_files=settings.max_archive_files, max_uncompressed_bytes=settings.max_uncompressed_bytes,
-            max_compression_ratio=settings.max_compression_ratio, max_image_pixels=settings.max_image_pixels,
+            max_files=settings.max_archive_files,
+            max_uncompressed_bytes=settings.max_uncompressed_bytes,
+            max_compression_ratio=settings.max_compression_ratio,
+            max_image_pixels=settings.max_image_pixels,
         )
         result = await run_in_threadpool(ingest_archive, work / "archive", work / "unpacked", limits)
         adopted = True  # from here a failure removes whatever reached the store
         await run_in_threadpool(store.put_tree, storage_key, work / "unpacked", move=True)
-        dataset = await run_in_threadpool(_record_dataset, request.app.state.sessionmaker, dataset_id, owner.id, name, storage_key, result)
+        dataset = await run_in_threadpool(
+            _record_dataset, request.app.state.sessionmaker, dataset_id, owner.id, name, storage_key, result
+        )
         adopted = False  # the rows now own the files
         return dataset
     finally:
@@ -79,15 +104,28 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
         await run_in_threadpool(_clean_up, store if adopted else None, storage_key, work)
 
 
-def _record_dataset(sessionmaker, dataset_id: uuid.UUID, owner_id: uuid.UUID, name: str, storage_key: str, result) -> DatasetOut:
+def _record_dataset(
+    sessionmaker, dataset_id: uuid.UUID, owner_id: uuid.UUID, name: str, storage_key: str, result
+) -> DatasetOut:
     """The dataset's rows, in one short transaction (nothing is written if it fails)."""
     with sessionmaker() as session:
         dataset = queries.create_dataset(
-            session=session, dataset_id=dataset_id, owner_id=owner_id, name=name, storage_key=storage_key,
-            size_bytes=result.size_bytes, columns=result.columns, warnings=result.warnings,
+            session=session,
+            dataset_id=dataset_id,
+            owner_id=owner_id,
+            name=name,
+            storage_key=storage_key,
+            size_bytes=result.size_bytes,
+            columns=result.columns,
+            warnings=result.warnings,
             images=(
-                {"image_id": i.image_id, "has_mask": i.mask_filename is not None, "width": i.width,
-                 "height": i.height, "attributes": i.attributes}
+                {
+                    "image_id": i.image_id,
+                    "has_mask": i.mask_filename is not None,
+                    "width": i.width,
+                    "height": i.height,
+                    "attributes": i.attributes,
+                }
                 for i in result.images
             ),
         )
@@ -102,7 +140,9 @@ def _clean_up(store, storage_key: str, work: Path) -> None:
 
 
 @router.get("", response_model=Page[DatasetOut], operation_id="list_datasets")
-def list_datasets(owner: CurrentOwner, session: SessionDep, limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None):
+def list_datasets(
+    owner: CurrentOwner, session: SessionDep, limit: int = Query(100, ge=1, le=MAX_LIMIT), cursor: str | None = None
+):
     rows, after = queries.list_datasets(
         session=session, owner_id=owner.id, limit=limit, after=decode_cursor(cursor, keys=("created_at", "id"))
     )
@@ -117,8 +157,16 @@ def get_dataset(dataset_id: uuid.UUID, owner: CurrentOwner, session: SessionDep)
     return DatasetOut.model_validate(dataset)
 
 
-@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=error_responses(404, 409), operation_id="delete_dataset")
-def delete_dataset(dataset_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep) -> Response:
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(404, 409),
+    operation_id="delete_dataset",
+)
+def delete_dataset(
+    dataset_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
+) -> Response:
     """The dataset, its images' rows and files, and its finished jobs with their results and files.
     409 while one of its jobs is queued or running (cancel it first)."""
     dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=dataset_id, lock=True)
@@ -126,8 +174,10 @@ def delete_dataset(dataset_id: uuid.UUID, request: Request, owner: CurrentOwner,
         raise NotFound(f"dataset {dataset_id} not found")
     busy = queries.jobs_using_dataset(session=session, dataset_id=dataset_id)
     if busy:
-        raise Conflict(f"dataset {dataset_id} is used by {len(busy)} unfinished job(s) ({', '.join(map(str, busy[:5]))}); "
-                       "cancel them or wait for them to finish")
+        raise Conflict(
+            f"dataset {dataset_id} is used by {len(busy)} unfinished job(s) ({', '.join(map(str, busy[:5]))}); "
+            "cancel them or wait for them to finish"
+        )
     storage_key = dataset.storage_key
     job_ids = queries.delete_dataset(session=session, dataset=dataset)
     session.commit()

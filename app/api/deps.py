@@ -1,5 +1,6 @@
 """Request dependencies as Annotated aliases: the settings, a session that owns the request's
 transaction, the current owner from the bearer key."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -52,7 +53,9 @@ def bearer_key(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise failed_authentication(request, "send an API key as 'Authorization: Bearer <key>' (create one with: htl keys create --owner NAME)")
+        raise failed_authentication(
+            request, "send an API key as 'Authorization: Bearer <key>' (create one with: htl keys create --owner NAME)"
+        )
     return key.strip()
 
 

@@ -1,5 +1,6 @@
 """A training image of a finished job, for the HTL gallery: its scores and metadata, and overlays of
 its ground truth and the dense and pruned models' masks, rendered here and cached."""
+
 from __future__ import annotations
 
 import uuid
@@ -15,7 +16,9 @@ from app.errors import InvalidInput, NotFound
 from app.gallery import MAX_SIZE, GalleryError, gallery_index, image_layers, layer_colour, overlay_cache, render_overlay
 from app.schemas import ImageOut, error_responses
 
-router = APIRouter(prefix="/v1/jobs/{job_id}/images", tags=["jobs"], responses=error_responses(400, 401, 404, 409, 422, 429, 500, 503))
+router = APIRouter(
+    prefix="/v1/jobs/{job_id}/images", tags=["jobs"], responses=error_responses(400, 401, 404, 409, 422, 429, 500, 503)
+)
 
 
 def _image(session, owner, job_id: uuid.UUID, image_id: str):
@@ -37,18 +40,47 @@ def job_image(job_id: uuid.UUID, image_id: str, request: Request, owner: Current
         layers = ["gt"]
     overlay = f"/v1/jobs/{job_id}/images/{image_id}/overlay.png?layers={','.join(layers)}"
     colours = {layer: "#{:02x}{:02x}{:02x}".format(*layer_colour(layer, layers)) for layer in layers}
-    return ImageOut(image_id=image_id, rank=score.rank, htl_score=score.htl_score, is_htl=score.is_htl, labeled=score.labeled,
-                    per_sparsity=score.per_sparsity, scores=score.other_scores, attributes=score.attributes,
-                    subgroups=score.subgroups, label_quality=score.label_quality, label_issue=score.label_issue,
-                    attended=score.attended, layers=layers, layer_colours=colours,
-                    links={"overlay": overlay, "image": f"/v1/jobs/{job_id}/images/{image_id}/overlay.png?layers="})
+    return ImageOut(
+        image_id=image_id,
+        rank=score.rank,
+        htl_score=score.htl_score,
+        is_htl=score.is_htl,
+        labeled=score.labeled,
+        per_sparsity=score.per_sparsity,
+        scores=score.other_scores,
+        attributes=score.attributes,
+        subgroups=score.subgroups,
+        label_quality=score.label_quality,
+        label_issue=score.label_issue,
+        attended=score.attended,
+        layers=layers,
+        layer_colours=colours,
+        links={"overlay": overlay, "image": f"/v1/jobs/{job_id}/images/{image_id}/overlay.png?layers="},
+    )
 
 
-@router.get("/{image_id}/overlay.png", operation_id="job_image_overlay", response_class=Response, responses={
-    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "the overlay"}})
+@router.get(
+    "/{image_id}/overlay.png",
+    operation_id="job_image_overlay",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the overlay",
+        }
+    },
+)
 def job_image_overlay(
-    job_id: uuid.UUID, image_id: str, request: Request, owner: CurrentOwner, session: SessionDep,
-    layers: str = Query("gt,dense", max_length=500, description="comma-separated: gt, dense, pruned@<sparsity>, oos; empty: the image alone"),
+    job_id: uuid.UUID,
+    image_id: str,
+    request: Request,
+    owner: CurrentOwner,
+    session: SessionDep,
+    layers: str = Query(
+        "gt,dense",
+        max_length=500,
+        description="comma-separated: gt, dense, pruned@<sparsity>, oos; empty: the image alone",
+    ),
     size: int = Query(512, ge=32, le=MAX_SIZE, description="the long side, in pixels"),
 ) -> Response:
     """The image with the chosen layers drawn on it: gt as a green contour, dense as a blue tint with
@@ -60,8 +92,15 @@ def job_image_overlay(
     store = request.app.state.store
     chosen = [layer for layer in (part.strip() for part in layers.split(",")) if layer]
     try:
-        png = render_overlay(store, dataset.storage_key, f"jobs/{job_id}/run", image_id, chosen, size,
-                             overlay_cache(request.app.state.settings, job_id))
+        png = render_overlay(
+            store,
+            dataset.storage_key,
+            f"jobs/{job_id}/run",
+            image_id,
+            chosen,
+            size,
+            overlay_cache(request.app.state.settings, job_id),
+        )
     except GalleryError as e:
         raise InvalidInput(str(e)) if "layers" in str(e) else NotFound(str(e)) from e
     return Response(png, media_type="image/png")  # (rendered once and kept on the server: app.gallery)

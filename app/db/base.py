@@ -1,5 +1,6 @@
 """Declarative base with a naming convention (predictable constraint names for Alembic), UUID keys
 and timezone-aware timestamps that read back as UTC on SQLite too."""
+
 from __future__ import annotations
 
 import uuid

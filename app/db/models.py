@@ -1,5 +1,6 @@
 """Tables: owners and their API keys, datasets and their images, jobs and what a job produced
 (per-image scores, metrics, checkpoints)."""
+
 from __future__ import annotations
 
 import uuid

@@ -1,4 +1,5 @@
 """Query functions. Keyword-only arguments; the caller owns the transaction (nothing here commits)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,14 +63,18 @@ def list_api_keys(*, session: Session, owner_name: str | None = None) -> list[tu
 def revoke_api_keys(*, session: Session, prefix: str) -> int:
     """Revokes the live keys whose shown prefix starts with prefix; answers how many."""
     result = session.execute(
-        update(ApiKey).where(ApiKey.prefix.startswith(prefix, autoescape=True), ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+        update(ApiKey)
+        .where(ApiKey.prefix.startswith(prefix, autoescape=True), ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
     )
     return result.rowcount
 
 
 def owner_for_key(*, session: Session, key: str) -> Owner | None:
     return session.scalar(
-        select(Owner).join(ApiKey, ApiKey.owner_id == Owner.id).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        select(Owner)
+        .join(ApiKey, ApiKey.owner_id == Owner.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
 
 
@@ -92,13 +97,28 @@ def page_cursor(rows: list, limit: int) -> tuple[list, dict | None]:
 
 # --- datasets ----------------------------------------------------------------------------------
 def create_dataset(
-    *, session: Session, dataset_id: uuid.UUID, owner_id: uuid.UUID, name: str, storage_key: str,
-    size_bytes: int, columns: list[str], warnings: list[str], images: Iterable[dict[str, Any]],
+    *,
+    session: Session,
+    dataset_id: uuid.UUID,
+    owner_id: uuid.UUID,
+    name: str,
+    storage_key: str,
+    size_bytes: int,
+    columns: list[str],
+    warnings: list[str],
+    images: Iterable[dict[str, Any]],
 ) -> Dataset:
     rows = [dict(image, dataset_id=dataset_id) for image in images]
     dataset = Dataset(
-        id=dataset_id, owner_id=owner_id, name=name, storage_key=storage_key, size_bytes=size_bytes,
-        n_images=len(rows), n_masks=sum(r["has_mask"] for r in rows), attributes=columns, warnings=warnings,
+        id=dataset_id,
+        owner_id=owner_id,
+        name=name,
+        storage_key=storage_key,
+        size_bytes=size_bytes,
+        n_images=len(rows),
+        n_masks=sum(r["has_mask"] for r in rows),
+        attributes=columns,
+        warnings=warnings,
     )
     session.add(dataset)
     session.flush()
@@ -116,15 +136,26 @@ def get_dataset(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID,
     return session.scalar(stmt)
 
 
-def list_datasets(*, session: Session, owner_id: uuid.UUID, limit: int, after: dict | None) -> tuple[list[Dataset], dict | None]:
+def list_datasets(
+    *, session: Session, owner_id: uuid.UUID, limit: int, after: dict | None
+) -> tuple[list[Dataset], dict | None]:
     stmt = _newest_first(select(Dataset).where(Dataset.owner_id == owner_id), Dataset, after, limit)
     return page_cursor(list(session.scalars(stmt)), limit)
 
 
 # --- jobs ----------------------------------------------------------------------------------------
-def create_job(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, spec: dict, warnings: list[str] | None = None) -> Job:
-    job = Job(owner_id=owner_id, dataset_id=dataset_id, spec=spec, status="queued", progress=0.0, updated_at=utcnow(),
-              warnings=list(warnings or []))
+def create_job(
+    *, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, spec: dict, warnings: list[str] | None = None
+) -> Job:
+    job = Job(
+        owner_id=owner_id,
+        dataset_id=dataset_id,
+        spec=spec,
+        status="queued",
+        progress=0.0,
+        updated_at=utcnow(),
+        warnings=list(warnings or []),
+    )
     session.add(job)
     session.flush()
     units.create_units(session=session, job_id=job.id, spec=spec)
@@ -135,15 +166,40 @@ def get_job(*, session: Session, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job 
     return session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
 
 
-STATUS_COLUMNS = (Job.id, Job.dataset_id, Job.status, Job.stage, Job.progress, Job.error, Job.attempt, Job.worker,
-                  Job.created_at, Job.started_at, Job.finished_at, Job.updated_at)
+STATUS_COLUMNS = (
+    Job.id,
+    Job.dataset_id,
+    Job.status,
+    Job.stage,
+    Job.progress,
+    Job.error,
+    Job.attempt,
+    Job.worker,
+    Job.created_at,
+    Job.started_at,
+    Job.finished_at,
+    Job.updated_at,
+)
 STATUS_JSON = (Job.spec, Job.warnings)  # read as text and parsed once, not once per unit row
-UNIT_COLUMNS = (JobUnit.name, JobUnit.status, JobUnit.worker, JobUnit.attempt, JobUnit.progress, JobUnit.started_at, JobUnit.finished_at)
+UNIT_COLUMNS = (
+    JobUnit.name,
+    JobUnit.status,
+    JobUnit.worker,
+    JobUnit.attempt,
+    JobUnit.progress,
+    JobUnit.started_at,
+    JobUnit.finished_at,
+)
 
 # built once: a poll binds parameters to it rather than building (and matching results to) a new
 # statement each time, which cost more than the query itself. One row per unit (at least one).
 OWNER_JOB_AND_UNITS = (
-    select(ApiKey.owner_id, *STATUS_COLUMNS, *(cast(c, Text) for c in STATUS_JSON), *(c.label(f"unit_{c.key}") for c in UNIT_COLUMNS))
+    select(
+        ApiKey.owner_id,
+        *STATUS_COLUMNS,
+        *(cast(c, Text) for c in STATUS_JSON),
+        *(c.label(f"unit_{c.key}") for c in UNIT_COLUMNS),
+    )
     .select_from(ApiKey)
     .outerjoin(Job, and_(Job.id == bindparam("job_id"), Job.owner_id == ApiKey.owner_id))
     .outerjoin(JobUnit, JobUnit.job_id == Job.id)
@@ -170,8 +226,13 @@ def status_from_rows(rows) -> tuple[uuid.UUID | None, dict | None]:
 
 
 def list_jobs(
-    *, session: Session, owner_id: uuid.UUID, limit: int, after: dict | None,
-    status: str | None = None, dataset_id: uuid.UUID | None = None,
+    *,
+    session: Session,
+    owner_id: uuid.UUID,
+    limit: int,
+    after: dict | None,
+    status: str | None = None,
+    dataset_id: uuid.UUID | None = None,
 ) -> tuple[list[Job], dict | None]:
     stmt = select(Job).where(Job.owner_id == owner_id)
     if status is not None:
@@ -183,7 +244,9 @@ def list_jobs(
 
 def jobs_using_dataset(*, session: Session, dataset_id: uuid.UUID) -> list[uuid.UUID]:
     """Jobs of a dataset that have not finished: while any is queued or running, the dataset stays."""
-    return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(("queued", "running")))))
+    return list(
+        session.scalars(select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(("queued", "running"))))
+    )
 
 
 def delete_dataset(*, session: Session, dataset: Dataset) -> list[uuid.UUID]:
@@ -241,8 +304,14 @@ def job_should_stop(*, session: Session, job_id: uuid.UUID) -> bool:
 
 
 def finish_job(
-    *, session: Session, job_id: uuid.UUID, status: str, error: str | None = None, from_status: str = "running",
-    warnings: list[str] | None = None, worker: str | None = None,
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    status: str,
+    error: str | None = None,
+    from_status: str = "running",
+    warnings: list[str] | None = None,
+    worker: str | None = None,
 ) -> bool:
     """Moves the job to a final status; with worker, only while that worker runs it. Answers whether it did."""
     now = utcnow()
@@ -259,8 +328,14 @@ def finish_job(
 
 # --- results ---------------------------------------------------------------------------------------
 def replace_results(
-    *, session: Session, job_id: uuid.UUID, scores: list[dict], metrics: list[dict], checkpoints: list[dict],
-    reports: dict[str, dict] | None = None, evaluations: list[dict] | None = None,
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    scores: list[dict],
+    metrics: list[dict],
+    checkpoints: list[dict],
+    reports: dict[str, dict] | None = None,
+    evaluations: list[dict] | None = None,
 ) -> None:
     """Results of a job, replacing any earlier attempt's, so a rerun never duplicates a row."""
     for model in RESULT_TABLES:
@@ -287,7 +362,9 @@ def get_score(*, session: Session, job_id: uuid.UUID, image_id: str) -> Score | 
     return session.scalar(select(Score).where(Score.job_id == job_id, Score.image_id == image_id))
 
 
-def list_scores(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: int, after_rank: int | None) -> list[Score]:
+def list_scores(
+    *, session: Session, job_id: uuid.UUID, htl_only: bool, limit: int, after_rank: int | None
+) -> list[Score]:
     stmt = select(Score).where(Score.job_id == job_id)
     if htl_only:
         stmt = stmt.where(Score.is_htl.is_(True))
@@ -311,13 +388,23 @@ def score_json_keys(*, session: Session, job_id: uuid.UUID) -> dict[str, list[st
     return out
 
 
-SCORE_FIELDS = (Score.rank, Score.image_id, Score.htl_score, Score.is_htl, Score.labeled, Score.label_quality, Score.label_issue,
-                Score.attended)
+SCORE_FIELDS = (
+    Score.rank,
+    Score.image_id,
+    Score.htl_score,
+    Score.is_htl,
+    Score.labeled,
+    Score.label_quality,
+    Score.label_issue,
+    Score.attended,
+)
 SCORE_JSON = (Score.per_sparsity, Score.other_scores, Score.attributes, Score.subgroups)
 
 
 def _scores_page(htl_only: bool):
-    stmt = select(*SCORE_FIELDS, *(cast(c, Text) for c in SCORE_JSON)).where(Score.job_id == bindparam("job_id"), Score.rank > bindparam("after"))
+    stmt = select(*SCORE_FIELDS, *(cast(c, Text) for c in SCORE_JSON)).where(
+        Score.job_id == bindparam("job_id"), Score.rank > bindparam("after")
+    )
     if htl_only:
         stmt = stmt.where(Score.is_htl.is_(True))
     return stmt.order_by(Score.rank).limit(bindparam("limit"))
@@ -329,7 +416,9 @@ SCORES_PAGE = {False: _scores_page(False), True: _scores_page(True)}
 
 def score_rows(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: int, after_rank: int | None) -> list:
     """Up to limit + 1 scores after after_rank, hardest first, as rows: SCORE_FIELDS, then SCORE_JSON as JSON text."""
-    return session.execute(SCORES_PAGE[htl_only], {"job_id": job_id, "after": after_rank or 0, "limit": limit + 1}).all()
+    return session.execute(
+        SCORES_PAGE[htl_only], {"job_id": job_id, "after": after_rank or 0, "limit": limit + 1}
+    ).all()
 
 
 def unlabeled_scores(*, session: Session, job_id: uuid.UUID) -> list[Score]:
@@ -348,7 +437,9 @@ def job_report(*, session: Session, job_id: uuid.UUID, kind: str) -> dict | None
     return session.scalar(select(JobReport.body).where(JobReport.job_id == job_id, JobReport.kind == kind))
 
 
-def list_evaluations(*, session: Session, job_id: uuid.UUID, model: str, split: str, limit: int, after_image: str | None) -> list[Evaluation]:
+def list_evaluations(
+    *, session: Session, job_id: uuid.UUID, model: str, split: str, limit: int, after_image: str | None
+) -> list[Evaluation]:
     stmt = select(Evaluation).where(Evaluation.job_id == job_id, Evaluation.model == model, Evaluation.split == split)
     if after_image is not None:
         stmt = stmt.where(Evaluation.image_id > after_image)
@@ -356,11 +447,18 @@ def list_evaluations(*, session: Session, job_id: uuid.UUID, model: str, split: 
 
 
 def evaluated_models(*, session: Session, job_id: uuid.UUID) -> list[tuple[str, str]]:
-    return [tuple(r) for r in session.execute(select(Evaluation.model, Evaluation.split).where(Evaluation.job_id == job_id).distinct())]
+    return [
+        tuple(r)
+        for r in session.execute(
+            select(Evaluation.model, Evaluation.split).where(Evaluation.job_id == job_id).distinct()
+        )
+    ]
 
 
 def job_metrics(*, session: Session, job_id: uuid.UUID, split: str = "validation") -> list[Metric]:
-    return list(session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.split == split).order_by(Metric.id)))
+    return list(
+        session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.split == split).order_by(Metric.id))
+    )
 
 
 def list_checkpoints(*, session: Session, job_id: uuid.UUID, limit: int, after_name: str | None) -> list[Checkpoint]:

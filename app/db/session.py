@@ -1,4 +1,5 @@
 """Engine and session factories, built by functions (never at import time)."""
+
 from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine, event

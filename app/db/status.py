@@ -6,6 +6,7 @@ engine. Both answer through queries.status_from_rows, so the two cannot drift ap
 
 Connections are in autocommit (no BEGIN/ROLLBACK around a single read) and are not pinged before use:
 after a database restart a poll on a dead connection answers 503 and that connection is dropped."""
+
 from __future__ import annotations
 
 import asyncio
@@ -40,14 +41,21 @@ class SqlAlchemyStatusReader:
         drivers = {"sqlite": "sqlite+aiosqlite", "sqlite+pysqlite": "sqlite+aiosqlite"}
         if parsed.drivername not in drivers:
             raise ValueError(f"no asyncio status reader for database URL scheme {parsed.drivername!r}")
-        self.engine = create_async_engine(parsed.set(drivername=drivers[parsed.drivername]), connect_args={"timeout": 30},
-                                          isolation_level="AUTOCOMMIT", pool_size=pool_size, max_overflow=max_overflow,
-                                          pool_timeout=pool_timeout_s)
+        self.engine = create_async_engine(
+            parsed.set(drivername=drivers[parsed.drivername]),
+            connect_args={"timeout": 30},
+            isolation_level="AUTOCOMMIT",
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout_s,
+        )
         event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
 
     async def read(self, *, key: str, job_id: uuid.UUID) -> Status:
         async with self.engine.connect() as connection:
-            result = await connection.execute(queries.OWNER_JOB_AND_UNITS, {"job_id": job_id, "key_hash": queries.hash_key(key)})
+            result = await connection.execute(
+                queries.OWNER_JOB_AND_UNITS, {"job_id": job_id, "key_hash": queries.hash_key(key)}
+            )
             return queries.status_from_rows(result.all())  # times typed UTCDateTime: aware, UTC
 
     async def close(self) -> None:
@@ -71,8 +79,14 @@ class PostgresStatusReader:
             self.loop, self.pool, self.opening = loop, None, asyncio.Lock()
         async with self.opening:
             if self.pool is None:
-                pool = AsyncConnectionPool(self.conninfo, min_size=1, max_size=self.max_size, timeout=self.timeout_s,
-                                           kwargs={"autocommit": True}, open=False)
+                pool = AsyncConnectionPool(
+                    self.conninfo,
+                    min_size=1,
+                    max_size=self.max_size,
+                    timeout=self.timeout_s,
+                    kwargs={"autocommit": True},
+                    open=False,
+                )
                 await pool.open()
                 self.pool = pool
         return self.pool

@@ -7,6 +7,7 @@ Locks: every transaction that changes a job's units takes the job's row first (l
 units: one order, so a cancel, a claim, a progress report and a completion never deadlock. A cancel
 request is a state the system finishes: whichever of them holds the lock last with no unit left
 running ends the job cancelled (end_if_cancelled)."""
+
 from __future__ import annotations
 
 import uuid
@@ -28,8 +29,19 @@ CANCELLED_ON_REQUEST = "cancelled on request"
 def create_units(*, session: Session, job_id: uuid.UUID, spec: dict) -> list[JobUnit]:
     now = utcnow()
     units = [
-        JobUnit(job_id=job_id, name=p.name, kind=p.kind, seed=p.seed, position=p.position, deps=list(p.deps), weight=p.weight,
-                status="waiting" if p.deps else "queued", progress=0.0, attempt=0, queued_at=None if p.deps else now)
+        JobUnit(
+            job_id=job_id,
+            name=p.name,
+            kind=p.kind,
+            seed=p.seed,
+            position=p.position,
+            deps=list(p.deps),
+            weight=p.weight,
+            status="waiting" if p.deps else "queued",
+            progress=0.0,
+            attempt=0,
+            queued_at=None if p.deps else now,
+        )
         for p in plan_units(JobSpec.model_validate(spec))
     ]
     session.add_all(units)
@@ -56,7 +68,9 @@ def _least(session: Session, a, b):
 def lock_job(*, session: Session, job_id: uuid.UUID):
     """Locks the job's row (before any of its units' rows) and answers its (status, cancel_requested),
     or None for no such job. SQLite has no row locks: its writers take turns on the whole file."""
-    return session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id).with_for_update()).one_or_none()
+    return session.execute(
+        select(Job.status, Job.cancel_requested).where(Job.id == job_id).with_for_update()
+    ).one_or_none()
 
 
 def end_if_cancelled(*, session: Session, job_id: uuid.UUID, alive_since: datetime | None = None) -> bool:
@@ -69,10 +83,14 @@ def end_if_cancelled(*, session: Session, job_id: uuid.UUID, alive_since: dateti
     if session.scalar(running):
         return False
     now = utcnow()
-    ended = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True))
-        .values(status="cancelled", error=CANCELLED_ON_REQUEST, finished_at=now, updated_at=now)
-    ).rowcount == 1
+    ended = (
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True))
+            .values(status="cancelled", error=CANCELLED_ON_REQUEST, finished_at=now, updated_at=now)
+        ).rowcount
+        == 1
+    )
     if ended:
         end_units(session=session, job_id=job_id)
     return ended
@@ -82,15 +100,20 @@ def stop_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) ->
     """A worker's unit stopped on a cancel request: the unit is cancelled, and the job with it once
     nothing of it runs (a job another unit failed stays failed)."""
     lock_job(session=session, job_id=job_id)
-    session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running",
-                                          JobUnit.worker == worker).values(status="cancelled", finished_at=utcnow()))
+    session.execute(
+        update(JobUnit)
+        .where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
+        .values(status="cancelled", finished_at=utcnow())
+    )
     end_if_cancelled(session=session, job_id=job_id)
 
 
 def end_stranded_cancels(*, session: Session, stale_before: datetime) -> list[uuid.UUID]:
     """The sweep's part: every job with a cancel request whose units are all idle or on silent
     workers ends cancelled (nothing else would end it). Answers those jobs."""
-    ids = session.scalars(select(Job.id).where(Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True)).order_by(Job.id)).all()
+    ids = session.scalars(
+        select(Job.id).where(Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True)).order_by(Job.id)
+    ).all()
     ended = []
     for job_id in ids:
         row = lock_job(session=session, job_id=job_id)
@@ -110,8 +133,11 @@ OOM_SUSPECT_SHARE = (4, 5)
 
 def _near_memory_limit():
     num, den = OOM_SUSPECT_SHARE
-    return and_(JobUnit.memory_limit_bytes.is_not(None), JobUnit.memory_bytes.is_not(None),
-                JobUnit.memory_bytes * den >= JobUnit.memory_limit_bytes * num)
+    return and_(
+        JobUnit.memory_limit_bytes.is_not(None),
+        JobUnit.memory_bytes.is_not(None),
+        JobUnit.memory_bytes * den >= JobUnit.memory_limit_bytes * num,
+    )
 
 
 def _retryable(stale_before: datetime, max_attempts: int):
@@ -120,7 +146,9 @@ def _retryable(stale_before: datetime, max_attempts: int):
     return and_(_stale(stale_before), JobUnit.attempt < max_attempts, ~_near_memory_limit())
 
 
-def claim_unit(*, session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime, max_attempts: int) -> JobUnit | None:
+def claim_unit(
+    *, session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime, max_attempts: int
+) -> JobUnit | None:
     """Atomically takes the first unit of the job that is queued, or running on a silent worker with
     attempts left; None when there is none (or the job is finished or being cancelled: a cancelled
     job with nothing running on a live worker ends here)."""
@@ -130,61 +158,113 @@ def claim_unit(*, session: Session, job_id: uuid.UUID, worker: str, stale_before
     if job.cancel_requested:
         end_if_cancelled(session=session, job_id=job_id, alive_since=stale_before)
         return None
-    claimable = or_(and_(JobUnit.status == "queued", JobUnit.attempt < max_attempts), _retryable(stale_before, max_attempts))
+    claimable = or_(
+        and_(JobUnit.status == "queued", JobUnit.attempt < max_attempts), _retryable(stale_before, max_attempts)
+    )
     candidates = session.scalars(
         select(JobUnit.name).where(JobUnit.job_id == job_id, claimable).order_by(JobUnit.position)
     ).all()
     now = utcnow()
     for name in candidates:
-        taken = session.execute(
-            update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, claimable)
-            .values(status="running", worker=worker, attempt=JobUnit.attempt + 1, progress=0.0, error=None,
-                    heartbeat_at=now, started_at=now, finished_at=None, memory_bytes=None, memory_limit_bytes=None)
-        ).rowcount == 1
+        taken = (
+            session.execute(
+                update(JobUnit)
+                .where(JobUnit.job_id == job_id, JobUnit.name == name, claimable)
+                .values(
+                    status="running",
+                    worker=worker,
+                    attempt=JobUnit.attempt + 1,
+                    progress=0.0,
+                    error=None,
+                    heartbeat_at=now,
+                    started_at=now,
+                    finished_at=None,
+                    memory_bytes=None,
+                    memory_limit_bytes=None,
+                )
+            ).rowcount
+            == 1
+        )
         if taken:
             unit = session.get(JobUnit, (job_id, name), populate_existing=True)
             session.execute(
-                update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running"))).values(
-                    status="running", worker=worker, stage=unit.kind, started_at=func.coalesce(Job.started_at, now),
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+                .values(
+                    status="running",
+                    worker=worker,
+                    stage=unit.kind,
+                    started_at=func.coalesce(Job.started_at, now),
                     attempt=_greatest(session, Job.attempt, unit.attempt),
-                    heartbeat_at=now, updated_at=now, error=None)
+                    heartbeat_at=now,
+                    updated_at=now,
+                    error=None,
+                )
             )
             return unit
     return None
 
 
-def unit_heartbeat(*, session: Session, job_id: uuid.UUID, name: str, worker: str, memory_bytes: int | None = None,
-                   memory_limit_bytes: int | None = None) -> tuple[bool, bool]:
+def unit_heartbeat(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    name: str,
+    worker: str,
+    memory_bytes: int | None = None,
+    memory_limit_bytes: int | None = None,
+) -> tuple[bool, bool]:
     """Stamps the unit (and its job) alive, with the attempt's peak memory and its worker's limit
     where known; answers (still this worker's unit, the job wants it stopped)."""
     now = utcnow()
     job = lock_job(session=session, job_id=job_id)
-    memory = {"memory_bytes": memory_bytes, "memory_limit_bytes": memory_limit_bytes} if memory_bytes is not None else {}
-    mine = session.execute(
-        update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
-        .values(heartbeat_at=now, **memory)
-    ).rowcount == 1
+    memory = (
+        {"memory_bytes": memory_bytes, "memory_limit_bytes": memory_limit_bytes} if memory_bytes is not None else {}
+    )
+    mine = (
+        session.execute(
+            update(JobUnit)
+            .where(
+                JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
+            )
+            .values(heartbeat_at=now, **memory)
+        ).rowcount
+        == 1
+    )
     stop = job is None or job.cancel_requested or job.status != "running"
     if mine and not stop:
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
     return mine, stop
 
 
-def report_unit_progress(*, session: Session, job_id: uuid.UUID, name: str, worker: str, stage: str, progress: float) -> tuple[bool, bool]:
+def report_unit_progress(
+    *, session: Session, job_id: uuid.UUID, name: str, worker: str, stage: str, progress: float
+) -> tuple[bool, bool]:
     """The unit's progress and heartbeat; the job's progress becomes the weighted sum over its units
     and its stage the one just reported. Answers (still mine, stop)."""
     now = utcnow()
     job = lock_job(session=session, job_id=job_id)
-    mine = session.execute(
-        update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
-        .values(progress=progress, heartbeat_at=now)
-    ).rowcount == 1
+    mine = (
+        session.execute(
+            update(JobUnit)
+            .where(
+                JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
+            )
+            .values(progress=progress, heartbeat_at=now)
+        ).rowcount
+        == 1
+    )
     if mine:
-        total = (select(func.coalesce(func.sum(JobUnit.weight * JobUnit.progress), 0.0))
-                 .where(JobUnit.job_id == job_id).scalar_subquery())
-        session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
-                        .values(progress=_least(session, total, 1.0),
-                                stage=stage, heartbeat_at=now, updated_at=now))
+        total = (
+            select(func.coalesce(func.sum(JobUnit.weight * JobUnit.progress), 0.0))
+            .where(JobUnit.job_id == job_id)
+            .scalar_subquery()
+        )
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(progress=_least(session, total, 1.0), stage=stage, heartbeat_at=now, updated_at=now)
+        )
     return mine, job is None or job.cancel_requested or job.status != "running"
 
 
@@ -195,10 +275,16 @@ def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str
     cancel request releases nothing: it ends cancelled once no other unit runs (answering [])."""
     job = lock_job(session=session, job_id=job_id)
     now = utcnow()
-    done = session.execute(
-        update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
-        .values(status="succeeded", progress=1.0, finished_at=now, heartbeat_at=now)
-    ).rowcount == 1
+    done = (
+        session.execute(
+            update(JobUnit)
+            .where(
+                JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
+            )
+            .values(status="succeeded", progress=1.0, finished_at=now, heartbeat_at=now)
+        ).rowcount
+        == 1
+    )
     if not done:
         return None
     if job is not None and job.cancel_requested:
@@ -213,8 +299,11 @@ def release_ready(*, session: Session, job_id: uuid.UUID) -> list[str]:
     finished = {u.name for u in units if u.status == "succeeded"}
     ready = [u.name for u in units if u.status == "waiting" and set(u.deps) <= finished]
     if ready:
-        session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name.in_(ready), JobUnit.status == "waiting")
-                        .values(status="queued", queued_at=utcnow()))
+        session.execute(
+            update(JobUnit)
+            .where(JobUnit.job_id == job_id, JobUnit.name.in_(ready), JobUnit.status == "waiting")
+            .values(status="queued", queued_at=utcnow())
+        )
     return ready
 
 
@@ -222,15 +311,33 @@ def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str)
     """A stopping worker gives its unit back, queued for another; the attempt does not count (a job
     with a cancel request ends cancelled instead, once nothing of it runs)."""
     job = lock_job(session=session, job_id=job_id)
-    released = session.execute(
-        update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
-        .values(status="queued", worker=None, heartbeat_at=None, attempt=JobUnit.attempt - 1, queued_at=utcnow(), progress=0.0)
-    ).rowcount == 1
+    released = (
+        session.execute(
+            update(JobUnit)
+            .where(
+                JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
+            )
+            .values(
+                status="queued",
+                worker=None,
+                heartbeat_at=None,
+                attempt=JobUnit.attempt - 1,
+                queued_at=utcnow(),
+                progress=0.0,
+            )
+        ).rowcount
+        == 1
+    )
     if released:
-        running = session.scalar(select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "running"))
+        running = session.scalar(
+            select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "running")
+        )
         if running == 0:  # nothing of the job runs any more: it waits for a worker again
-            session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
-                            .values(status="queued", worker=None, heartbeat_at=None, attempt=Job.attempt - 1, updated_at=utcnow()))
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running")
+                .values(status="queued", worker=None, heartbeat_at=None, attempt=Job.attempt - 1, updated_at=utcnow())
+            )
         if job is not None and job.cancel_requested:
             end_if_cancelled(session=session, job_id=job_id)
     return released
@@ -240,25 +347,41 @@ def end_units(*, session: Session, job_id: uuid.UUID, failed_unit: str | None = 
     """The job ended (failed, cancelled): units not finished are cancelled; the failed one says why."""
     now = utcnow()
     if failed_unit is not None:
-        session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.name == failed_unit)
-                        .values(status="failed", error=error, finished_at=now))
-    session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status.in_(OPEN))
-                    .values(status="cancelled", finished_at=now))
+        session.execute(
+            update(JobUnit)
+            .where(JobUnit.job_id == job_id, JobUnit.name == failed_unit)
+            .values(status="failed", error=error, finished_at=now)
+        )
+    session.execute(
+        update(JobUnit)
+        .where(JobUnit.job_id == job_id, JobUnit.status.in_(OPEN))
+        .values(status="cancelled", finished_at=now)
+    )
 
 
-def resend_candidates(*, session: Session, stale_before: datetime, queued_before: datetime, max_attempts: int) -> list[uuid.UUID]:
+def resend_candidates(
+    *, session: Session, stale_before: datetime, queued_before: datetime, max_attempts: int
+) -> list[uuid.UUID]:
     """A job per unit to send again: one queued and untouched since queued_before (its message may
     be lost; re-sending stamps it), one running on a silent worker with attempts left, or one waiting
     whose deps have all succeeded (a release lost to a crash). Each job's row is locked before its
     units are touched, jobs in id order."""
     live_jobs = select(Job.id).where(Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(False))
-    waiting = set(session.scalars(select(JobUnit.job_id).where(JobUnit.status == "waiting", JobUnit.job_id.in_(live_jobs)).distinct()))
+    waiting = set(
+        session.scalars(
+            select(JobUnit.job_id).where(JobUnit.status == "waiting", JobUnit.job_id.in_(live_jobs)).distinct()
+        )
+    )
     lost = session.scalars(
-        select(JobUnit.job_id).where(
+        select(JobUnit.job_id)
+        .where(
             JobUnit.job_id.in_(live_jobs),
-            or_(and_(JobUnit.status == "queued", or_(JobUnit.queued_at.is_(None), JobUnit.queued_at < queued_before)),
-                _retryable(stale_before, max_attempts)),
-        ).order_by(JobUnit.job_id, JobUnit.position)
+            or_(
+                and_(JobUnit.status == "queued", or_(JobUnit.queued_at.is_(None), JobUnit.queued_at < queued_before)),
+                _retryable(stale_before, max_attempts),
+            ),
+        )
+        .order_by(JobUnit.job_id, JobUnit.position)
     ).all()
     ids: list[uuid.UUID] = []
     for job_id in sorted(waiting | set(lost)):
@@ -268,7 +391,9 @@ def resend_candidates(*, session: Session, stale_before: datetime, queued_before
         released = release_ready(session=session, job_id=job_id) if job_id in waiting else []
         here = [job_id] * (len(released) + sum(1 for j in lost if j == job_id))
         if here:
-            session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "queued").values(queued_at=utcnow()))
+            session.execute(
+                update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "queued").values(queued_at=utcnow())
+            )
         ids += here
     return ids  # a job once per unit to send, so that as many workers can take them
 
@@ -278,20 +403,26 @@ def exhausted(*, session: Session, stale_before: datetime, max_attempts: int) ->
     of its attempts, or went silent while the unit held most of the memory it could use."""
     near_limit = _near_memory_limit()
     rows = session.execute(
-        select(JobUnit.job_id, JobUnit.name, JobUnit.attempt, JobUnit.memory_bytes, JobUnit.memory_limit_bytes, near_limit)
+        select(
+            JobUnit.job_id, JobUnit.name, JobUnit.attempt, JobUnit.memory_bytes, JobUnit.memory_limit_bytes, near_limit
+        )
         .where(_stale(stale_before), or_(JobUnit.attempt >= max_attempts, near_limit))
         .order_by(JobUnit.job_id, JobUnit.position)
     ).all()
     out = []
     for job_id, name, attempt, used, limit, oom in rows:
         if oom:
-            why = (f"{name}: worker lost while the unit held {used / 2**30:.1f} GiB of the {limit / 2**30:.1f} GiB its worker "
-                   f"could use (attempt {attempt}): most likely killed by the out-of-memory killer, so it is not retried (another "
-                   "attempt would meet the same limit). Lower image_size, train.batch_size or sample.max_images, or run it "
-                   "on a worker with more memory")
+            why = (
+                f"{name}: worker lost while the unit held {used / 2**30:.1f} GiB of the {limit / 2**30:.1f} GiB its worker "
+                f"could use (attempt {attempt}): most likely killed by the out-of-memory killer, so it is not retried (another "
+                "attempt would meet the same limit). Lower image_size, train.batch_size or sample.max_images, or run it "
+                "on a worker with more memory"
+            )
         else:
-            why = (f"{name}: worker lost: the worker running it went silent on each of {max_attempts} attempts "
-                   "(HTL_MAX_ATTEMPTS); giving up")
+            why = (
+                f"{name}: worker lost: the worker running it went silent on each of {max_attempts} attempts "
+                "(HTL_MAX_ATTEMPTS); giving up"
+            )
         out.append((job_id, name, why))
     return out
 
@@ -299,7 +430,13 @@ def exhausted(*, session: Session, stale_before: datetime, max_attempts: int) ->
 def unit_durations(*, session: Session) -> list[tuple[str, float]]:
     """(kind, seconds) of every unit of every succeeded job."""
     rows = session.execute(
-        select(JobUnit.kind, JobUnit.started_at, JobUnit.finished_at).join(Job, Job.id == JobUnit.job_id)
-        .where(Job.status == "succeeded", JobUnit.status == "succeeded", JobUnit.started_at.is_not(None), JobUnit.finished_at.is_not(None))
+        select(JobUnit.kind, JobUnit.started_at, JobUnit.finished_at)
+        .join(Job, Job.id == JobUnit.job_id)
+        .where(
+            Job.status == "succeeded",
+            JobUnit.status == "succeeded",
+            JobUnit.started_at.is_not(None),
+            JobUnit.finished_at.is_not(None),
+        )
     )
     return [(kind, (end - start).total_seconds()) for kind, start, end in rows]

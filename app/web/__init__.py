@@ -1,6 +1,7 @@
 """The web app: one HTML shell per page URL, served by the API; the pages are ES modules under
 static/ that call the v1 API with the API key the user typed (kept in the browser's session storage,
 never in a URL). No build step, nothing from a CDN."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ SHELL = Template((Path(__file__).parent / "page.html").read_text(encoding="utf-8
 VERSION = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(ASSETS.rglob("*")) if p.is_file())).hexdigest()[:12]
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",

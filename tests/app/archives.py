@@ -1,4 +1,5 @@
 """Builders of dataset archives, good and bad, for ingest tests."""
+
 from __future__ import annotations
 
 import io
@@ -23,6 +24,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 def png_claiming_size(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height grey pixels, with one tiny compressed row of data:
     what a decompression bomb looks like before anything is decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -42,12 +44,14 @@ def make_zip(files: dict[str, bytes], *, symlinks: dict[str, str] | None = None)
             zf.writestr(name, data)
         for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(name)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, target)
     return buf.getvalue()
 
 
-def make_targz(files: dict[str, bytes], *, symlinks: dict[str, str] | None = None, hardlinks: dict[str, str] | None = None) -> bytes:
+def make_targz(
+    files: dict[str, bytes], *, symlinks: dict[str, str] | None = None, hardlinks: dict[str, str] | None = None
+) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         for name, data in files.items():

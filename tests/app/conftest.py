@@ -1,5 +1,6 @@
 """Service fixtures: a migrated database (SQLite always; PostgreSQL when HTL_TEST_DATABASE_URL is
 set), a real broker (the filesystem broker; Redis when HTL_TEST_REDIS_URL is set), an API client."""
+
 from __future__ import annotations
 
 import os

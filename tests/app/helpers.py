@@ -1,4 +1,5 @@
 """Helpers the service tests share: a tiny job spec, submitting it, a real worker process, waiting."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,13 @@ import uuid
 
 from app.settings import Settings
 
-TINY = {"image_size": 32, "model": {"width": 4}, "split": {"group_column": "lesion_id"}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5, 0.9]}}
+TINY = {
+    "image_size": 32,
+    "model": {"width": 4},
+    "split": {"group_column": "lesion_id"},
+    "train": {"epochs": 1, "batch_size": 8},
+    "prune": {"sparsities": [0.5, 0.9]},
+}
 
 
 def submit(client, headers, dataset_id, spec=TINY):
@@ -19,8 +26,12 @@ def submit(client, headers, dataset_id, spec=TINY):
 def start_worker(worker_settings: Settings, log_path, **env_extra: str) -> subprocess.Popen:
     """A Celery worker process as `htl worker` starts one, on worker_settings' database and broker."""
     env = dict(
-        os.environ, HTL_DATA_DIR=str(worker_settings.data_dir), HTL_DATABASE_URL=worker_settings.resolved_database_url,
-        HTL_PROGRESS_INTERVAL_S="0.1", HTL_DEVICE="cpu", **env_extra,
+        os.environ,
+        HTL_DATA_DIR=str(worker_settings.data_dir),
+        HTL_DATABASE_URL=worker_settings.resolved_database_url,
+        HTL_PROGRESS_INTERVAL_S="0.1",
+        HTL_DEVICE="cpu",
+        **env_extra,
     )
     if worker_settings.broker_url:
         env["HTL_BROKER_URL"] = worker_settings.broker_url
@@ -28,9 +39,25 @@ def start_worker(worker_settings: Settings, log_path, **env_extra: str) -> subpr
         env.pop("HTL_BROKER_URL", None)
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "-c", "1", "-Q", "htl",
-             "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--pool=solo",
+                "-c",
+                "1",
+                "-Q",
+                "htl",
+                "-n",
+                f"test-{uuid.uuid4().hex[:6]}@%h",
+                "--loglevel=INFO",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 

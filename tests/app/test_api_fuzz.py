@@ -6,6 +6,7 @@ failure: no server error, every status, content type, header and body as the doc
 Left out: positive_data_acceptance, which expects every schema-valid request to succeed. Cursors
 are opaque (any string is schema-valid, only ours decode) and an archive's content is not a schema
 matter, so those refusals are right."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,10 +38,28 @@ def test_generated_requests_find_no_server_error_and_no_nonconformance(tmp_path,
             dataset = http.post("/v1/datasets", files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=12)))})
             assert dataset.status_code == 201
         result = subprocess.run(
-            [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()", "run", f"{server.base}/openapi.json", "--header", f"Authorization: Bearer {server.key}",
-             "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "40", "--seed", "7",
-             "--workers", "1"],
-            capture_output=True, text=True, timeout=900,
+            [
+                sys.executable,
+                "-c",
+                "from schemathesis.cli import schemathesis; schemathesis()",
+                "run",
+                f"{server.base}/openapi.json",
+                "--header",
+                f"Authorization: Bearer {server.key}",
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance",
+                "--max-examples",
+                "40",
+                "--seed",
+                "7",
+                "--workers",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
     finally:
         server.stop()

@@ -74,7 +74,9 @@ def test_another_owners_resources_answer_404_like_missing_ones(client, alice, bo
         assert client.get(theirs, headers=alice).status_code == 200, theirs
         a, b = client.get(theirs, headers=bob), client.get(missing, headers=bob)
         assert a.status_code == b.status_code == 404
-        assert a.json()["detail"].replace(job["id"], "X").replace(dataset_id, "X") == b.json()["detail"].replace(str(missing_job), "X").replace(str(missing_ds), "X")
+        assert a.json()["detail"].replace(job["id"], "X").replace(dataset_id, "X") == b.json()["detail"].replace(
+            str(missing_job), "X"
+        ).replace(str(missing_ds), "X")
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob).status_code == 404
     assert submit(client, bob, dataset_id).status_code == 404
     assert client.get("/v1/datasets", headers=bob).json()["items"] == []
@@ -119,11 +121,20 @@ def test_metrics_answer_in_the_prometheus_text_format(client, alice, dataset_id,
     jobs = {s.labels["status"]: s.value for s in families["htl_jobs"].samples}
     assert jobs["succeeded"] == 1 and jobs["queued"] == 1
     assert next(iter(families["htl_queue_depth"].samples)).value == 1
-    requests = [s for s in families["htl_http_requests"].samples if s.labels.get("route") == "/v1/jobs" and s.labels["method"] == "GET"]
+    requests = [
+        s
+        for s in families["htl_http_requests"].samples
+        if s.labels.get("route") == "/v1/jobs" and s.labels["method"] == "GET"
+    ]
     assert requests and requests[0].labels["status"] == "200"  # by route template, never by raw path
-    assert any(s.name == "htl_job_duration_seconds_count" and s.value == 1 for s in families["htl_job_duration_seconds"].samples)
+    assert any(
+        s.name == "htl_job_duration_seconds_count" and s.value == 1
+        for s in families["htl_job_duration_seconds"].samples
+    )
     assert "htl_live_workers" in families
-    stage_counts = {s.labels["stage"]: s.value for s in families["htl_stage_duration_seconds"].samples if s.name.endswith("_count")}
+    stage_counts = {
+        s.labels["stage"]: s.value for s in families["htl_stage_duration_seconds"].samples if s.name.endswith("_count")
+    }
     # one duration per unit: the label check runs as three fold units
     assert stage_counts == {"dense": 1, "label_check": 3, "score": 1, "attend": 1, "evaluate": 1}, stage_counts
 
@@ -148,10 +159,16 @@ def test_failed_authentication_is_rate_limited_per_address(tmp_path, db_url):
 
     app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, failed_auth_limit=60))  # a burst of 10
     with TestClient(app) as client:
-        statuses = [client.get(path, headers={"Authorization": "Bearer guess"}).status_code
-                    for path in ["/v1/jobs", f"/v1/jobs/{uuid.uuid4()}", "/v1/datasets"] * 5]
+        statuses = [
+            client.get(path, headers={"Authorization": "Bearer guess"}).status_code
+            for path in ["/v1/jobs", f"/v1/jobs/{uuid.uuid4()}", "/v1/datasets"] * 5
+        ]
         assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
         r = client.get("/v1/jobs")  # no key at all counts too
-        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "HTL_FAILED_AUTH_LIMIT" in r.json()["detail"]
+        assert (
+            r.status_code == 429
+            and int(r.headers["retry-after"]) >= 1
+            and "HTL_FAILED_AUTH_LIMIT" in r.json()["detail"]
+        )
         key = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
         assert client.get("/v1/jobs", headers=key).status_code == 200  # a valid key is not held back

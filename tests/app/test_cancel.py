@@ -3,6 +3,7 @@ a unit running on a live worker, a unit just completed, a worker dead), the job 
 whichever of the cancel, the unit's completion, the next claim or the sweep comes last; and the
 cancel, claims, progress reports and completions lock the job before its units, so they never
 deadlock (the races run for real on PostgreSQL)."""
+
 from __future__ import annotations
 
 import random
@@ -50,8 +51,12 @@ def test_a_cancel_while_a_unit_runs_ends_the_job_when_that_unit_completes(client
     assert _complete(session_factory, job, "dense[0]", "htl-aaaa@host") == []
     ended = _job(session_factory, job)
     assert ended.status == "cancelled" and ended.error == units.CANCELLED_ON_REQUEST and ended.finished_at is not None
-    assert _unit_statuses(session_factory, job) == {"dense[0]": "succeeded", "score": "cancelled", "attend[0]": "cancelled",
-                                                    "evaluate": "cancelled"}
+    assert _unit_statuses(session_factory, job) == {
+        "dense[0]": "succeeded",
+        "score": "cancelled",
+        "attend[0]": "cancelled",
+        "evaluate": "cancelled",
+    }
     assert client.delete(f"/v1/jobs/{job}", headers=alice).status_code == 204
 
 
@@ -78,14 +83,18 @@ def test_the_evaluate_unit_of_a_cancelled_job_does_not_succeed(client, alice, da
     assert client.post(f"/v1/jobs/{job}/cancel", headers=alice).status_code == 409
 
 
-def test_a_job_cancelled_while_its_worker_is_dead_ends_at_the_sweep(client, alice, dataset_id, session_factory, settings, monkeypatch):
+def test_a_job_cancelled_while_its_worker_is_dead_ends_at_the_sweep(
+    client, alice, dataset_id, session_factory, settings, monkeypatch
+):
     sent = []
     monkeypatch.setattr(tasks, "enqueue_job", lambda _celery, job_id: sent.append(str(job_id)))
     monkeypatch.setattr(tasks, "_resources", lambda _s: (session_factory, None))
     job = submit(client, alice, dataset_id, CHAIN).json()["id"]
     _claim(session_factory, job, "htl-aaaa@host")
     assert client.post(f"/v1/jobs/{job}/cancel", headers=alice).json()["status"] == "running"
-    assert tasks.sweep(settings) == [] and _job(session_factory, job).status == "running"  # its worker may still be alive
+    assert (
+        tasks.sweep(settings) == [] and _job(session_factory, job).status == "running"
+    )  # its worker may still be alive
     _age(session_factory, job, heartbeat_s=settings.job_stale_after_s + 1)  # ... until its heartbeat goes stale
     assert tasks.sweep(settings) == [] and sent == []  # nothing re-sent: the sweep ended it
     assert _job(session_factory, job).status == "cancelled"
@@ -114,7 +123,9 @@ def test_a_stopping_worker_that_gives_back_a_cancelled_jobs_unit_ends_it(client,
 RACES = 30
 
 
-def test_cancel_claim_progress_and_completion_races_never_deadlock_and_always_end(client, alice, dataset_id, session_factory, db_url):
+def test_cancel_claim_progress_and_completion_races_never_deadlock_and_always_end(
+    client, alice, dataset_id, session_factory, db_url
+):
     """Each round: a worker claims the job's first unit, reports progress and completes it while the
     API cancels at a random moment; afterwards the job is cancelled (or, cancelled before anything
     was claimed, still cancelled), never running with nothing to run, and no transaction failed."""
@@ -132,9 +143,17 @@ def test_cancel_claim_progress_and_completion_races_never_deadlock_and_always_en
                 return
             for step in range(5):
                 with session_factory() as session:
-                    units.report_unit_progress(session=session, job_id=uuid.UUID(job_id), name=name, worker=f"htl-{job_id[:4]}@host",
-                                               stage="dense", progress=step / 5)
-                    units.unit_heartbeat(session=session, job_id=uuid.UUID(job_id), name=name, worker=f"htl-{job_id[:4]}@host")
+                    units.report_unit_progress(
+                        session=session,
+                        job_id=uuid.UUID(job_id),
+                        name=name,
+                        worker=f"htl-{job_id[:4]}@host",
+                        stage="dense",
+                        progress=step / 5,
+                    )
+                    units.unit_heartbeat(
+                        session=session, job_id=uuid.UUID(job_id), name=name, worker=f"htl-{job_id[:4]}@host"
+                    )
                     session.commit()
             _complete(session_factory, job_id, name, f"htl-{job_id[:4]}@host")
         except DBAPIError as e:  # a deadlock, a serialization failure
@@ -151,8 +170,10 @@ def test_cancel_claim_progress_and_completion_races_never_deadlock_and_always_en
 
     threads = []
     for job_id in jobs:
-        threads += [threading.Thread(target=worker, args=(job_id, rng.uniform(0, 0.02))),
-                    threading.Thread(target=cancel, args=(job_id, rng.uniform(0, 0.02)))]
+        threads += [
+            threading.Thread(target=worker, args=(job_id, rng.uniform(0, 0.02))),
+            threading.Thread(target=cancel, args=(job_id, rng.uniform(0, 0.02))),
+        ]
     for t in threads:
         t.start()
     for t in threads:

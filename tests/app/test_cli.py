@@ -8,19 +8,37 @@ from ml.synthetic import make_dataset
 
 
 def _htl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 @pytest.mark.torch
 def test_htl_run_writes_every_output(tmp_path):
     data = make_dataset(tmp_path / "data", n=40, size=32, seed=2)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5]}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "image_size": 32,
+                "model": {"width": 4},
+                "train": {"epochs": 1, "batch_size": 8},
+                "prune": {"sparsities": [0.5]},
+            }
+        )
+    )
     out = tmp_path / "out"
     result = _htl("run", str(data), "--spec", str(spec), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "attended - dense dice" in result.stdout
-    for name in ("scores.json", "metrics.json", "spec.json", "checkpoints/dense.safetensors", "checkpoints/attended.safetensors", "checkpoints/pruned@0.5.safetensors"):
+    for name in (
+        "scores.json",
+        "metrics.json",
+        "spec.json",
+        "checkpoints/dense.safetensors",
+        "checkpoints/attended.safetensors",
+        "checkpoints/pruned@0.5.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert len(list((out / "predictions" / "dense").glob("*.png"))) == 8
     assert len(json.loads((out / "scores.json").read_text())) == 32

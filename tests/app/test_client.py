@@ -1,5 +1,6 @@
 """The client and the `htl` client commands against a real `htl serve` with its worker, as a user
 runs them: upload a folder, submit with --wait, fetch scores as CSV, download a checkpoint."""
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,12 @@ from ml.synthetic import make_dataset
 
 from .test_service_under_load import Server
 
-SPEC = {"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5]}}
+SPEC = {
+    "image_size": 32,
+    "model": {"width": 4},
+    "train": {"epochs": 1, "batch_size": 8},
+    "prune": {"sparsities": [0.5]},
+}
 
 # a real `htl serve` with its worker trains the jobs these tests drive
 pytestmark = pytest.mark.torch
@@ -31,7 +37,9 @@ def service(tmp_path_factory):
 
 def htl(service, *args: str) -> subprocess.CompletedProcess:
     env = {**service.env, "HTL_SERVER": service.base, "HTL_API_KEY": service.key}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_the_htl_commands_drive_a_job_from_folder_to_checkpoint(service, tmp_path):
@@ -78,8 +86,12 @@ def test_client_errors_carry_the_api_code_and_the_commands_say_them(service):
         with pytest.raises(HtlError) as e:
             api.submit_job("00000000-0000-0000-0000-000000000000", {"image_size": 100})
         assert e.value.status == 422 and "image_size" in str(e.value)
-    wrong = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "list", "--server", service.base, "--api-key", "htl_nope"],
-                           env=service.env, capture_output=True, text=True)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "app.cli", "jobs", "list", "--server", service.base, "--api-key", "htl_nope"],
+        env=service.env,
+        capture_output=True,
+        text=True,
+    )
     assert wrong.returncode == 1 and "401 UNAUTHORIZED" in wrong.stderr
     version = subprocess.run([sys.executable, "-m", "app.cli", "--version"], capture_output=True, text=True)
     assert version.stdout.startswith("htl-miner ")
@@ -90,8 +102,13 @@ def test_scores_piped_into_a_reader_that_stops_early_end_quietly(service, tmp_pa
         dataset = api.upload_dataset(make_dataset(tmp_path / "d", n=40, size=32, seed=3))
         job = api.wait(api.submit_job(dataset["id"], SPEC)["id"])
     env = {**service.env, "HTL_SERVER": service.base, "HTL_API_KEY": service.key}
-    piped = subprocess.run(f"{sys.executable} -m app.cli scores {job['id']} --format csv | head -2", shell=True, env=env,
-                           capture_output=True, text=True)
+    piped = subprocess.run(
+        f"{sys.executable} -m app.cli scores {job['id']} --format csv | head -2",
+        shell=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert piped.stdout.count("\n") == 2 and "Broken pipe" not in piped.stderr
 
 
@@ -109,7 +126,9 @@ def test_the_annotation_queue_command_exports_the_unlabeled_images_as_csv(servic
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert f"{len(rows)} images, htl order" in done.stdout and unlabeled and {r["image_id"] for r in rows} == unlabeled
     assert [float(r["value"]) for r in rows] == sorted((float(r["value"]) for r in rows), reverse=True)
-    shuffled = json.loads(htl(service, "annotation-queue", job["id"], "--strategy", "random", "--format", "json").stdout)
+    shuffled = json.loads(
+        htl(service, "annotation-queue", job["id"], "--strategy", "random", "--format", "json").stdout
+    )
     assert {i["image_id"] for i in shuffled} == unlabeled and all(i["strategy"] == "random" for i in shuffled)
     refused = htl(service, "annotation-queue", job["id"], "--strategy", "mc_dropout")
     assert refused.returncode == 1 and "404" in refused.stderr and "mc_dropout" in refused.stderr

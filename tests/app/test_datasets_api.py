@@ -45,7 +45,9 @@ def test_datasets_list_paginates_newest_first(client, alice, tmp_path):
     ids = [upload(client, alice, data, name=f"d{i}").json()["id"] for i in range(5)]
     seen, cursor = [], None
     while True:
-        r = client.get("/v1/datasets", headers=alice, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        r = client.get(
+            "/v1/datasets", headers=alice, params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+        ).json()
         seen += [d["id"] for d in r["items"]]
         cursor = r["next_cursor"]
         if cursor is None:
@@ -64,21 +66,56 @@ def _bad_archives(tmp_path):
     yield "tar hard link", make_targz(good, hardlinks={"images/hard.png": "images/SYN_00000.png"}), 422, "is a link"
     yield "zip symlink", make_zip(good, symlinks={"images/link.png": "/etc/passwd"}), 422, "is a link"
     yield "not an archive", b"hello, not an archive at all", 415, "neither a zip nor a tar.gz"
-    yield "image that does not decode", make_zip({**good, "images/SYN_00002.png": b"\x89PNG\r\n\x1a\n garbage"}), 422, "SYN_00002.png"
-    yield "image that is no image", make_zip({**good, "images/SYN_00003.png": b"hello"}), 422, "images/SYN_00003.png is not a readable image"
-    yield "decompression bomb image", make_zip({**good, "images/BIG.png": bomb}), 422, "BIG.png is over the limit of 50000000 pixels"
-    yield "image over the pixel limit", make_zip({**good, "images/WIDE.png": png_claiming_size(10_000, 6_000)}), 422, "WIDE.png is 10000x6000 = 60000000 pixels, over the limit"
+    yield (
+        "image that does not decode",
+        make_zip({**good, "images/SYN_00002.png": b"\x89PNG\r\n\x1a\n garbage"}),
+        422,
+        "SYN_00002.png",
+    )
+    yield (
+        "image that is no image",
+        make_zip({**good, "images/SYN_00003.png": b"hello"}),
+        422,
+        "images/SYN_00003.png is not a readable image",
+    )
+    yield (
+        "decompression bomb image",
+        make_zip({**good, "images/BIG.png": bomb}),
+        422,
+        "BIG.png is over the limit of 50000000 pixels",
+    )
+    yield (
+        "image over the pixel limit",
+        make_zip({**good, "images/WIDE.png": png_claiming_size(10_000, 6_000)}),
+        422,
+        "WIDE.png is 10000x6000 = 60000000 pixels, over the limit",
+    )
     yield "mask of another size", make_zip(wrong_mask), 422, "is 32x31 but its image is 32x32"
-    yield "duplicate image ids", make_zip({**good, "images/SYN_00000.jpg": good["images/SYN_00000.png"]}), 422, "duplicate image id"
-    yield "metadata without image_id", make_zip({**good, "metadata.csv": b"id,sex\nSYN_00000,male\n"}), 422, "no image_id column"
+    yield (
+        "duplicate image ids",
+        make_zip({**good, "images/SYN_00000.jpg": good["images/SYN_00000.png"]}),
+        422,
+        "duplicate image id",
+    )
+    yield (
+        "metadata without image_id",
+        make_zip({**good, "metadata.csv": b"id,sex\nSYN_00000,male\n"}),
+        422,
+        "no image_id column",
+    )
     unknown = good["metadata.csv"] + b"GHOST,LES_9,common,male,30\n"
     yield "metadata naming unknown images", make_zip({**good, "metadata.csv": unknown}), 422, "not in images/"
     yield "no images", make_zip({"metadata.csv": good["metadata.csv"]}), 422, "has no images"
     stored = _stored_zip(good)
     target = stored.index(good["images/SYN_00001.png"][100:140])
-    yield "zip member with a bad CRC", stored[:target] + bytes([stored[target] ^ 0xFF]) + stored[target + 1:], 422, "Bad CRC-32"
+    yield (
+        "zip member with a bad CRC",
+        stored[:target] + bytes([stored[target] ^ 0xFF]) + stored[target + 1 :],
+        422,
+        "Bad CRC-32",
+    )
     local = stored.index(b"images/SYN_00001.png")  # the local header's copy of the name (the central one comes last)
-    renamed = stored[:local] + b"images/SYN_00009.png" + stored[local + len(b"images/SYN_00001.png"):]
+    renamed = stored[:local] + b"images/SYN_00009.png" + stored[local + len(b"images/SYN_00001.png") :]
     yield "zip header and directory disagree", renamed, 422, "is corrupt"
     yield "deflate64 member", _with_method(stored, 9), 422, "compression method"
     tgz = make_targz(good)
@@ -86,7 +123,12 @@ def _bad_archives(tmp_path):
     flipped = bytearray(tgz)
     flipped[len(tgz) - 6] ^= 0x01  # a byte of the gzip trailer (CRC / length): only a full read sees it
     yield "tar.gz with a changed byte", bytes(flipped), 422, "corrupt"
-    yield "image id too long for the filesystem", make_zip({**good, f"images/{'a' * 250}.png": good["images/SYN_00000.png"]}), 422, "over 200 bytes"
+    yield (
+        "image id too long for the filesystem",
+        make_zip({**good, f"images/{'a' * 250}.png": good["images/SYN_00000.png"]}),
+        422,
+        "over 200 bytes",
+    )
 
 
 def _stored_zip(files: dict[str, bytes]) -> bytes:
@@ -102,11 +144,11 @@ def _with_method(data: bytes, method: int) -> bytes:
     out = bytearray(data)
     i = 0
     while (i := out.find(b"PK\x03\x04", i)) != -1:
-        out[i + 8:i + 10] = method.to_bytes(2, "little")
+        out[i + 8 : i + 10] = method.to_bytes(2, "little")
         i += 4
     i = 0
     while (i := out.find(b"PK\x01\x02", i)) != -1:
-        out[i + 10:i + 12] = method.to_bytes(2, "little")
+        out[i + 10 : i + 12] = method.to_bytes(2, "little")
         i += 4
     return bytes(out)
 
@@ -119,7 +161,10 @@ def test_each_bad_archive_is_rejected_and_leaves_nothing(client, alice, session_
     r = upload(client, alice, data)
     assert r.status_code == status, (name, r.text)
     assert message in r.json()["detail"], (name, r.json())
-    assert str(client.app.state.settings.data_dir) not in r.text and "/tmp" not in r.text, (name, r.text)  # no server paths
+    assert str(client.app.state.settings.data_dir) not in r.text and "/tmp" not in r.text, (
+        name,
+        r.text,
+    )  # no server paths
     assert_nothing_left(client.app, session_factory)
 
 

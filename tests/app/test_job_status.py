@@ -1,5 +1,6 @@
 """GET /v1/jobs/{id}, the polled route, reads through app.db.status (psycopg's pool on PostgreSQL,
 SQLAlchemy's asyncio engine on SQLite): it must answer what the ORM-backed routes answer."""
+
 import dataclasses
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -20,8 +21,17 @@ def make_job(session_factory, key_header: dict) -> uuid.UUID:
     key = key_header["Authorization"].split()[1]
     with session_factory() as s:
         owner = queries.owner_for_key(session=s, key=key)
-        ds = queries.create_dataset(session=s, dataset_id=uuid.uuid4(), owner_id=owner.id, name="d", storage_key="datasets/d",
-                                    size_bytes=0, columns=[], warnings=[], images=[])
+        ds = queries.create_dataset(
+            session=s,
+            dataset_id=uuid.uuid4(),
+            owner_id=owner.id,
+            name="d",
+            storage_key="datasets/d",
+            size_bytes=0,
+            columns=[],
+            warnings=[],
+            images=[],
+        )
         spec = JobSpec.model_validate({"train": {"seeds": [0, 1]}}).model_dump(mode="json")
         job = queries.create_job(session=s, owner_id=owner.id, dataset_id=ds.id, spec=spec, warnings=["a warning"])
         # one unit under way, with times and a worker, so every column type is read back
@@ -39,10 +49,23 @@ def test_a_status_poll_answers_what_the_job_list_answers(client, session_factory
     listed = client.get("/v1/jobs", headers=alice).json()["items"]
     assert polled.json() == listed[0]
     body = polled.json()
-    assert [u["name"] for u in body["units"]] == ["dense[0]", "dense[1]", "label_check[0]", "label_check[1]", "label_check[2]", "score",
-                                                  "attend[0]", "attend[1]", "evaluate"]
+    assert [u["name"] for u in body["units"]] == [
+        "dense[0]",
+        "dense[1]",
+        "label_check[0]",
+        "label_check[1]",
+        "label_check[2]",
+        "score",
+        "attend[0]",
+        "attend[1]",
+        "evaluate",
+    ]
     running = body["units"][1]
-    assert running["status"] == "running" and running["worker"] == "w@host" and running["started_at"].endswith(("Z", "+00:00"))
+    assert (
+        running["status"] == "running"
+        and running["worker"] == "w@host"
+        and running["started_at"].endswith(("Z", "+00:00"))
+    )
     assert body["warnings"] == ["a warning"] and body["spec"]["train"]["seeds"] == [0, 1]
 
 
@@ -60,7 +83,9 @@ def test_a_status_poll_needs_a_live_key_of_the_jobs_owner(client, session_factor
 
 
 def test_a_status_poll_answers_503_when_postgresql_is_unreachable(tmp_path):
-    settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/none", db_pool_timeout_s=1)
+    settings = Settings(
+        data_dir=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/none", db_pool_timeout_s=1
+    )
     with TestClient(create_app(settings)) as client:
         r = client.get(f"/v1/jobs/{uuid.uuid4()}", headers={"Authorization": "Bearer htl_whatever"})
     assert r.status_code == 503 and r.json()["code"] == "DATABASE_UNAVAILABLE" and "Retry-After" in r.headers
@@ -71,19 +96,35 @@ def test_a_scores_page_written_as_text_matches_the_stored_rows(client, session_f
 
     job_id = make_job(session_factory, alice)
     odd_ids = ['IMG "quoted"', "IMG_ünïcode", "IMG\\back", "IMG_4"]
-    scores = [ImageScore(rank=r, image_id=image_id, htl_score=1 / (r + 2), is_htl=r == 1, labeled=r != 3,
-                         per_sparsity={"0.5": 0.25 * r, "0.9": 1e-9}, scores={"loss": None, "el2n": 0.1 * r},
-                         attributes={"sex": "female", "site": 'a "b"'}, subgroups={"sex": "female"})
-              for r, image_id in enumerate(odd_ids, start=1)]
+    scores = [
+        ImageScore(
+            rank=r,
+            image_id=image_id,
+            htl_score=1 / (r + 2),
+            is_htl=r == 1,
+            labeled=r != 3,
+            per_sparsity={"0.5": 0.25 * r, "0.9": 1e-9},
+            scores={"loss": None, "el2n": 0.1 * r},
+            attributes={"sex": "female", "site": 'a "b"'},
+            subgroups={"sex": "female"},
+        )
+        for r, image_id in enumerate(odd_ids, start=1)
+    ]
     with session_factory() as s:
-        persist_results(session=s, job_id=job_id, run_prefix=f"jobs/{job_id}/run",
-                        results=JobResults(scores=scores, evaluation=EvaluationResult([], [], {}, {}), checkpoints=[]))
+        persist_results(
+            session=s,
+            job_id=job_id,
+            run_prefix=f"jobs/{job_id}/run",
+            results=JobResults(scores=scores, evaluation=EvaluationResult([], [], {}, {}), checkpoints=[]),
+        )
         s.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
         s.commit()
     first = client.get(f"/v1/jobs/{job_id}/scores", params={"limit": 3}, headers=alice)
     assert first.status_code == 200
     page = Page[ScoreOut].model_validate_json(first.content)
-    rest = Page[ScoreOut].model_validate(client.get(f"/v1/jobs/{job_id}/scores", params={"cursor": page.next_cursor}, headers=alice).json())
+    rest = Page[ScoreOut].model_validate(
+        client.get(f"/v1/jobs/{job_id}/scores", params={"cursor": page.next_cursor}, headers=alice).json()
+    )
     assert rest.next_cursor is None
     got = [item.model_dump() for item in page.items + rest.items]
     assert got == [dataclasses.asdict(s) for s in scores]

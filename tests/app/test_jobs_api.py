@@ -69,7 +69,9 @@ def test_jobs_list_filters_and_paginates(client, alice, dataset_id):
     assert [len(p) for p in pages] == [2, 2, 1] and sum(pages, []) == ids[::-1]
     queued = client.get("/v1/jobs", headers=alice, params={"status": "queued"}).json()["items"]
     assert {j["id"] for j in queued} == set(ids[1:])
-    cancelled = client.get("/v1/jobs", headers=alice, params={"status": "cancelled", "dataset_id": dataset_id}).json()["items"]
+    cancelled = client.get("/v1/jobs", headers=alice, params={"status": "cancelled", "dataset_id": dataset_id}).json()[
+        "items"
+    ]
     assert [j["id"] for j in cancelled] == [ids[0]]
     assert client.get("/v1/jobs", headers=alice, params={"status": "lost"}).status_code == 422
     assert client.get("/v1/jobs", headers=alice, params={"cursor": "not-a-cursor"}).status_code == 422
@@ -94,7 +96,11 @@ def test_results_wait_for_success(client, alice, dataset_id):
 def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
     pages, cursor = [], None
     while True:
-        r = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"limit": 7, **({"cursor": cursor} if cursor else {})})
+        r = client.get(
+            f"/v1/jobs/{finished_job}/scores",
+            headers=alice,
+            params={"limit": 7, **({"cursor": cursor} if cursor else {})},
+        )
         body = r.json()
         pages.append(body["items"])
         cursor = body["next_cursor"]
@@ -102,9 +108,23 @@ def test_scores_paginate_by_rank_and_filter_htl(client, alice, finished_job):
             break
     items = sum(pages, [])
     assert [i["rank"] for i in items] == list(range(1, 33))  # 40 images, 8 validation
-    assert set(items[0]) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes", "subgroups",
-                             "label_quality", "label_issue", "attended"}
-    assert all(i["label_quality"] is not None and isinstance(i["label_issue"], bool) for i in items)  # supervised: every mask checked
+    assert set(items[0]) == {
+        "image_id",
+        "htl_score",
+        "is_htl",
+        "rank",
+        "labeled",
+        "per_sparsity",
+        "scores",
+        "attributes",
+        "subgroups",
+        "label_quality",
+        "label_issue",
+        "attended",
+    }
+    assert all(
+        i["label_quality"] is not None and isinstance(i["label_issue"], bool) for i in items
+    )  # supervised: every mask checked
     assert set(items[0]["per_sparsity"]) == {"0.5", "0.9"} and "site" in items[0]["attributes"]
     # the labels enrichment counted: age banded, lesion contrast (an image property) in quartiles
     assert {"site", "age", "image:lesion_contrast"} <= set(items[0]["subgroups"])
@@ -118,8 +138,21 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finis
     body = client.get(f"/v1/jobs/{finished_job}/metrics", headers=alice).json()
     assert set(body["models"]) == {"dense", "attended", "pruned@0.5", "pruned@0.9"}
     dense = body["models"]["dense"]
-    assert dense["n"] == 8 and set(dense["overall"]) == {"dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity"}
-    assert set(dense["subgroups"]) == {"site", "sex", "age", "dx", "label_check"}  # label_check=ok: figures without label issues
+    assert dense["n"] == 8 and set(dense["overall"]) == {
+        "dice",
+        "jaccard",
+        "threshold_jaccard",
+        "box_iou",
+        "sensitivity",
+        "specificity",
+    }
+    assert set(dense["subgroups"]) == {
+        "site",
+        "sex",
+        "age",
+        "dx",
+        "label_check",
+    }  # label_check=ok: figures without label issues
     assert sum(g["n"] for g in dense["subgroups"]["sex"].values()) == 8
     assert body["label_check"]["enabled"] and body["label_check"]["checked"] == {"train": 32, "validation": 8}
     # the endpoint: no test split, so the focus set is on validation; no control, and the verdict says so
@@ -140,14 +173,20 @@ def test_subgroups_report_enrichment_and_gap_closing(client, alice, finished_job
     assert body["gap_closing"]["validation"]["overall"]["n"] == 8
 
 
-def test_the_split_column_is_resolved_at_submission_and_a_missing_one_is_warned_about(client, alice, dataset_id, tmp_path):
+def test_the_split_column_is_resolved_at_submission_and_a_missing_one_is_warned_about(
+    client, alice, dataset_id, tmp_path
+):
     auto = submit(client, alice, dataset_id, {**TINY, "split": {}}).json()
     assert auto["spec"]["split"]["group_column"] == "lesion_id" and auto["warnings"] == []
     files = dataset_files(tmp_path, n=16)
     lines = files["metadata.csv"].decode().splitlines()
-    files["metadata.csv"] = ("\n".join(",".join(cell for k, cell in enumerate(line.split(",")) if k != 1) for line in lines) + "\n").encode()
+    files["metadata.csv"] = (
+        "\n".join(",".join(cell for k, cell in enumerate(line.split(",")) if k != 1) for line in lines) + "\n"
+    ).encode()
     assert "lesion_id" not in files["metadata.csv"].decode().splitlines()[0]
-    other = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "no-lesions"}).json()
+    other = client.post(
+        "/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "no-lesions"}
+    ).json()
     job = submit(client, alice, other["id"], {**TINY, "split": {}}).json()
     assert job["spec"]["split"]["group_column"] is None
     assert len(job["warnings"]) == 1 and "group_column" in job["warnings"][0]
@@ -156,22 +195,34 @@ def test_the_split_column_is_resolved_at_submission_and_a_missing_one_is_warned_
 
 @pytest.mark.torch
 def test_a_controlled_job_reports_test_metrics_and_attended_vs_control(client, alice, dataset_id, settings):
-    spec = {**TINY, "model": {"width": 8}, "train": {"epochs": 5, "batch_size": 8}, "split": {"test_fraction": 0.2},
-            "attention": {"control": "random"}, "prune": {"sparsities": [0.3, 0.999]}}
+    spec = {
+        **TINY,
+        "model": {"width": 8},
+        "train": {"epochs": 5, "batch_size": 8},
+        "split": {"test_fraction": 0.2},
+        "attention": {"control": "random"},
+        "prune": {"sparsities": [0.3, 0.999]},
+    }
     job = submit(client, alice, dataset_id, spec).json()
     assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"
     done = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
     test = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice, params={"split": "test"}).json()
     assert test["split"] == "test" and test["splits"] == ["validation", "test"] and "control" in test["models"]
     assert test["attended_vs_control"]["overall"]["dice"] == pytest.approx(
-        test["models"]["attended"]["overall"]["dice"] - test["models"]["control"]["overall"]["dice"])
+        test["models"]["attended"]["overall"]["dice"] - test["models"]["control"]["overall"]["dice"]
+    )
     # the pre-registered endpoint is on test; validation serves the same endpoint measured there
     assert test["focus"]["split"] == "test" and test["attended_vs_control"]["focus"]["n"] == test["focus"]["n"]
-    assert test["attended_vs_control"]["focus"]["ci95"] is None or len(test["attended_vs_control"]["focus"]["ci95"]) == 2
+    assert (
+        test["attended_vs_control"]["focus"]["ci95"] is None or len(test["attended_vs_control"]["focus"]["ci95"]) == 2
+    )
     assert "random control" in test["verdict"] and set(test["worst_decile"]) == {"dense", "attended", "control"}
     validation = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()
     assert validation["split"] == "validation" and "test" not in validation["attended_vs_control"]
-    assert validation["focus"]["split"] == "validation" and validation["attended_vs_control"]["focus"]["split"] == "validation"
+    assert (
+        validation["focus"]["split"] == "validation"
+        and validation["attended_vs_control"]["focus"]["split"] == "validation"
+    )
     assert not set(validation["focus"]["images"]) & set(test["focus"]["images"])
     assert validation["pruning"]["0.999"]["degenerate"] is True, validation["pruning"]
     assert validation["degenerate_sparsities"] == [0.999]
@@ -198,7 +249,11 @@ def test_other_scorers_reach_the_scores_endpoint(client, alice, dataset_id, sett
     assert metrics["attended_vs_dense"]["single_seed"] is False and len(metrics["scorer_agreement"]) == 3
     checkpoints = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=alice).json()["items"]
     by_name = {c["name"]: (c["seed"], c["sparsity"]) for c in checkpoints}
-    assert by_name["pruned@0.9-s1"] == (1, 0.9) and by_name["dense-s0"] == (0, None) and by_name["attended-s1"] == (1, None)
+    assert (
+        by_name["pruned@0.9-s1"] == (1, 0.9)
+        and by_name["dense-s0"] == (0, None)
+        and by_name["attended-s1"] == (1, None)
+    )
 
 
 @pytest.mark.torch
@@ -208,7 +263,9 @@ def test_checkpoints_list_and_download_with_checksum(client, alice, finished_job
     assert [c["sparsity"] for c in listing] == [None, None, 0.5, 0.9]
     assert {c["seed"] for c in listing} == {0}
     first = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice, params={"limit": 3}).json()
-    rest = client.get(f"/v1/jobs/{finished_job}/checkpoints", headers=alice, params={"cursor": first["next_cursor"]}).json()
+    rest = client.get(
+        f"/v1/jobs/{finished_job}/checkpoints", headers=alice, params={"cursor": first["next_cursor"]}
+    ).json()
     assert [c["name"] for c in first["items"] + rest["items"]] == [c["name"] for c in listing]
     meta = listing[2]
     r = client.get(f"/v1/jobs/{finished_job}/checkpoints/pruned@0.5", headers=alice)
@@ -216,7 +273,9 @@ def test_checkpoints_list_and_download_with_checksum(client, alice, finished_job
     assert int(r.headers["content-length"]) == meta["size_bytes"] == len(r.content)
     assert r.headers["x-checksum-sha256"] == meta["sha256"] == hashlib.sha256(r.content).hexdigest()
     assert r.headers["etag"] == f'"{meta["sha256"]}"'
-    again = client.get(f"/v1/jobs/{finished_job}/checkpoints/pruned@0.5", headers={**alice, "If-None-Match": r.headers["etag"]})
+    again = client.get(
+        f"/v1/jobs/{finished_job}/checkpoints/pruned@0.5", headers={**alice, "If-None-Match": r.headers["etag"]}
+    )
     assert again.status_code == 304 and again.content == b""
     assert client.get(f"/v1/jobs/{finished_job}/checkpoints/nope", headers=alice).status_code == 404
 
@@ -253,18 +312,33 @@ def test_semi_and_weak_jobs_through_the_same_endpoints(client, alice, tmp_path, 
     assert ds["n_masks"] == 30
     assert submit(client, alice, ds["id"]).status_code == 422  # supervised needs every mask
     semi = submit(client, alice, ds["id"], {**TINY, "setting": "semi_supervised"}).json()
-    weak = submit(client, alice, ds["id"], {**TINY, "setting": "weakly_supervised", "weak": {"label_column": "dx", "positive": ["mel"]}}).json()
+    weak = submit(
+        client,
+        alice,
+        ds["id"],
+        {**TINY, "setting": "weakly_supervised", "weak": {"label_column": "dx", "positive": ["mel"]}},
+    ).json()
     assert weak["spec"]["model"]["arch"] == "cnn"
     for job in (semi, weak):
-        assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded", client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
+        assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded", client.get(
+            f"/v1/jobs/{job['id']}", headers=alice
+        ).json()
     semi_scores = client.get(f"/v1/jobs/{semi['id']}/scores", headers=alice, params={"limit": 100}).json()["items"]
     unlabeled = {s["image_id"] for s in semi_scores if not s["labeled"]}
     assert unlabeled and all(i.startswith("SYN_0001") for i in unlabeled)
     weak_metrics = client.get(f"/v1/jobs/{weak['id']}/metrics", headers=alice).json()
-    assert "pointing" in weak_metrics["models"]["dense"]["overall"] and "auroc" in weak_metrics["models"]["dense"]["overall"]
+    assert (
+        "pointing" in weak_metrics["models"]["dense"]["overall"]
+        and "auroc" in weak_metrics["models"]["dense"]["overall"]
+    )
     guesses = weak_metrics["blank_guesses"]
     assert guesses["n"] > 0 and 0 < guesses["all_foreground"] < 1 and set(guesses["models"]) >= {"dense", "attended"}
-    r = submit(client, alice, ds["id"], {**TINY, "setting": "weakly_supervised", "weak": {"label_column": "grade", "positive": ["x"]}})
+    r = submit(
+        client,
+        alice,
+        ds["id"],
+        {**TINY, "setting": "weakly_supervised", "weak": {"label_column": "grade", "positive": ["x"]}},
+    )
     assert r.status_code == 422 and "spec.weak.label_column" in r.json()["detail"]
 
 
@@ -298,7 +372,11 @@ def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
     scores = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"limit": 1000}).json()["items"]
     hardest = scores[0]["image_id"]
     detail = client.get(f"/v1/jobs/{finished_job}/images/{hardest}", headers=alice).json()
-    assert detail["rank"] == 1 and detail["is_htl"] and detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9", "oos"]
+    assert (
+        detail["rank"] == 1
+        and detail["is_htl"]
+        and detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9", "oos"]
+    )
     assert detail["layer_colours"]["gt"] == "#28dc3c" and len(set(detail["layer_colours"].values())) == 5
     assert detail["label_quality"] == scores[0]["label_quality"] and detail["attended"] == scores[0]["attended"]
     assert detail["subgroups"] == scores[0]["subgroups"]
@@ -309,20 +387,27 @@ def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
     assert drawn.size == plain.size == (32, 32)
     assert (np.asarray(drawn) != np.asarray(plain)).any()  # the layers are drawn on the image
     assert client.get(detail["links"]["overlay"], headers=alice).content == overlay.content  # cached, the same bytes
-    bad = client.get(f"/v1/jobs/{finished_job}/images/{hardest}/overlay.png", headers=alice, params={"layers": "gt,pruned@0.7"})
+    bad = client.get(
+        f"/v1/jobs/{finished_job}/images/{hardest}/overlay.png", headers=alice, params={"layers": "gt,pruned@0.7"}
+    )
     assert bad.status_code == 422 and "pruned@0.5" in bad.json()["detail"]
     assert client.get(f"/v1/jobs/{finished_job}/images/{hardest}", headers=bob).status_code == 404
     assert client.get(f"/v1/jobs/{finished_job}/images/NOPE", headers=alice).status_code == 404
 
 
 @pytest.mark.torch
-def test_the_overlay_cache_stays_bounded_whatever_sizes_and_layer_strings_are_asked(client, alice, finished_job, settings, monkeypatch):
+def test_the_overlay_cache_stays_bounded_whatever_sizes_and_layer_strings_are_asked(
+    client, alice, finished_job, settings, monkeypatch
+):
     from app import gallery
 
     monkeypatch.setattr(gallery, "OVERLAY_CACHE_FILES", 5)
     hardest = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice).json()["items"][0]["image_id"]
     url = f"/v1/jobs/{finished_job}/images/{hardest}/overlay.png"
-    same = [client.get(url, headers=alice, params={"layers": layers}).content for layers in ("gt,dense", "dense,gt", "gt,gt,dense,dense")]
+    same = [
+        client.get(url, headers=alice, params={"layers": layers}).content
+        for layers in ("gt,dense", "dense,gt", "gt,gt,dense,dense")
+    ]
     assert same[0] == same[1] == same[2]  # one picture, one cache entry
     assert len(list(gallery.overlay_cache(settings, finished_job).glob("*.png"))) == 1
     for size in range(32, 52):
@@ -331,27 +416,45 @@ def test_the_overlay_cache_stays_bounded_whatever_sizes_and_layer_strings_are_as
 
 
 @pytest.mark.torch
-def test_label_issues_list_the_flagged_masks_worst_first_as_json_and_csv(client, alice, bob, finished_job, session_factory):
+def test_label_issues_list_the_flagged_masks_worst_first_as_json_and_csv(
+    client, alice, bob, finished_job, session_factory
+):
     from sqlalchemy import select, update
 
     from app.db.models import JobReport
 
     job_id = uuid.UUID(finished_job)
-    assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice).json() == {"items": [], "next_cursor": None}
+    assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice).json() == {
+        "items": [],
+        "next_cursor": None,
+    }
     scores = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice, params={"limit": 1000}).json()["items"]
     a, b = scores[3]["image_id"], scores[9]["image_id"]
     # what a label check that flagged two training masks and one validation mask stores (the check
     # itself is tested on data with planted wrong masks in tests/ml/test_label_check.py)
-    issues = [{"image_id": a, "split": "train", "quality": 0.05, "contradicted": 0.95, "oos_dice": 0.0, "issue": True},
-              {"image_id": "VAL_1", "split": "validation", "quality": 0.2, "contradicted": 0.8, "oos_dice": 0.1, "issue": True},
-              {"image_id": b, "split": "train", "quality": 0.4, "contradicted": 0.6, "oos_dice": 0.3, "issue": True}]
+    issues = [
+        {"image_id": a, "split": "train", "quality": 0.05, "contradicted": 0.95, "oos_dice": 0.0, "issue": True},
+        {
+            "image_id": "VAL_1",
+            "split": "validation",
+            "quality": 0.2,
+            "contradicted": 0.8,
+            "oos_dice": 0.1,
+            "issue": True,
+        },
+        {"image_id": b, "split": "train", "quality": 0.4, "contradicted": 0.6, "oos_dice": 0.3, "issue": True},
+    ]
     with session_factory() as session:
         report = session.scalar(select(JobReport).where(JobReport.job_id == job_id, JobReport.kind == "summary"))
         report.body = {**report.body, "label_check": {**report.body["label_check"], "issues": issues}}
-        session.execute(update(Score).where(Score.job_id == job_id, Score.image_id.in_([a, b])).values(label_issue=True))
+        session.execute(
+            update(Score).where(Score.job_id == job_id, Score.image_id.in_([a, b])).values(label_issue=True)
+        )
         session.commit()
     first = client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"limit": 2}).json()
-    rest = client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"cursor": first["next_cursor"]}).json()
+    rest = client.get(
+        f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"cursor": first["next_cursor"]}
+    ).json()
     items = first["items"] + rest["items"]
     assert [i["image_id"] for i in items] == [a, "VAL_1", b] and rest["next_cursor"] is None
     assert items[0]["rank"] == 4 and items[0]["label_quality"] == 0.05 and "site" in items[0]["attributes"]
@@ -363,7 +466,9 @@ def test_label_issues_list_the_flagged_masks_worst_first_as_json_and_csv(client,
     assert lines[0].startswith("image_id,split,label_quality,contradicted,oos_dice,rank,is_htl,attended,overlay,attr:")
     assert [line.split(",")[0] for line in lines[1:]] == [a, "VAL_1", b]
     assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=bob).status_code == 404
-    assert client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"cursor": "nope"}).status_code == 422
+    assert (
+        client.get(f"/v1/jobs/{finished_job}/label-issues", headers=alice, params={"cursor": "nope"}).status_code == 422
+    )
 
 
 def test_a_submit_the_queue_refuses_answers_503_with_retry_after_and_leaves_no_job(tmp_path, db_url):
@@ -378,7 +483,9 @@ def test_a_submit_the_queue_refuses_answers_503_with_retry_after_and_leaves_no_j
     app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, broker_url="redis://127.0.0.1:1/0"))
     with TestClient(app) as client:
         key = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
-        ds = client.post("/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=12)))}).json()
+        ds = client.post(
+            "/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=12)))}
+        ).json()
         r = submit(client, key, ds["id"])
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "not submitted" in r.json()["detail"]
         assert client.get("/v1/jobs", headers=key).json()["items"] == []
@@ -386,7 +493,9 @@ def test_a_submit_the_queue_refuses_answers_503_with_retry_after_and_leaves_no_j
         assert client.delete(f"/v1/datasets/{ds['id']}", headers=key).status_code == 204
 
 
-def test_submits_racing_the_deletion_of_their_dataset_answer_202_or_404_and_every_202_job_exists(client, alice, tmp_path, db_url):
+def test_submits_racing_the_deletion_of_their_dataset_answer_202_or_404_and_every_202_job_exists(
+    client, alice, tmp_path, db_url
+):
     import threading
 
     if not db_url.startswith("postgresql"):
@@ -411,7 +520,12 @@ def test_submits_racing_the_deletion_of_their_dataset_answer_202_or_404_and_ever
             t.start()
         for t in threads:
             t.join(timeout=60)
-    assert {(kind, status) for kind, status, _ in answers} <= {("submit", 202), ("submit", 404), ("delete", 204), ("delete", 409)}, answers
+    assert {(kind, status) for kind, status, _ in answers} <= {
+        ("submit", 202),
+        ("submit", 404),
+        ("delete", 204),
+        ("delete", 409),
+    }, answers
     for _, _, job_id in answers:
         if job_id is not None:
             assert client.get(f"/v1/jobs/{job_id}", headers=alice).status_code == 200

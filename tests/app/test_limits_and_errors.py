@@ -1,5 +1,6 @@
 """Hostile or unlucky requests get a 4xx or 503 naming the problem, in the one error shape
 {"detail", "code"}; never a 500 for bad input, and a 500 that does happen is JSON too."""
+
 import base64
 import json
 import uuid
@@ -43,41 +44,55 @@ def test_a_json_body_over_the_limit_is_413_before_it_is_parsed(tmp_path, db_url)
                 yield b'"' + b"y" * 100 + b'",'
             yield b'"z"]}}'
 
-        _error(client.post("/v1/jobs", headers={**key, "Content-Type": "application/json"}, content=chunks()), 413, "TOO_LARGE")
+        _error(
+            client.post("/v1/jobs", headers={**key, "Content-Type": "application/json"}, content=chunks()),
+            413,
+            "TOO_LARGE",
+        )
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_numbers_in_a_spec_are_422(client, alice, dataset_id, number):
     raw = '{"dataset_id": "' + dataset_id + '", "spec": {"train": {"lr": ' + number + "}}}"
-    body = _error(client.post("/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=raw), 422, "INVALID_INPUT")
+    body = _error(
+        client.post("/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=raw),
+        422,
+        "INVALID_INPUT",
+    )
     assert any(e["loc"][-2:] == ["train", "lr"] for e in body["detail"])
     assert count_rows(client.app.state.sessionmaker, Job) == 0
 
 
-@pytest.mark.parametrize("spec, field", [
-    ({"prune": {"sparsities": [0.5, 0.5000001]}}, "sparsities"),
-    ({"train": {"seed": 2**64}}, "seed"),
-    ({"train": {"seeds": [0, -1]}}, "seeds"),
-    ({"attributes": ["a"] * 1000}, "attributes"),
-    ({"weak": {"positive": ["p"] * 1000}}, "positive"),
-    ({"sample": {"max_images": 10**12}}, "max_images"),
-    ({"split": {"val_fraction": 0.5, "test_fraction": 0.45}}, "split"),
-])
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"prune": {"sparsities": [0.5, 0.5000001]}}, "sparsities"),
+        ({"train": {"seed": 2**64}}, "seed"),
+        ({"train": {"seeds": [0, -1]}}, "seeds"),
+        ({"attributes": ["a"] * 1000}, "attributes"),
+        ({"weak": {"positive": ["p"] * 1000}}, "positive"),
+        ({"sample": {"max_images": 10**12}}, "max_images"),
+        ({"split": {"val_fraction": 0.5, "test_fraction": 0.45}}, "split"),
+    ],
+)
 def test_specs_that_cannot_run_are_422_naming_the_field(client, alice, dataset_id, spec, field):
     body = _error(submit(client, alice, dataset_id, spec), 422, "INVALID_INPUT")
     assert any(field in ".".join(map(str, e["loc"])) for e in body["detail"]), body
 
 
-@pytest.mark.parametrize("path, cursor", [
-    ("/v1/jobs", _cursor({"created_at": "2026-01-01T00:00:00", "id": str(uuid.uuid4())})),  # naive datetime
-    ("/v1/jobs", _cursor({"created_at": "yesterday", "id": str(uuid.uuid4())})),
-    ("/v1/jobs", _cursor({"created_at": "2026-01-01T00:00:00+00:00", "id": "not-a-uuid"})),
-    ("/v1/datasets", _cursor({"created_at": 5, "id": 7})),
-    ("/v1/jobs", _cursor({"rank": 3})),  # a cursor of another list
-    ("/v1/jobs", _cursor([1, 2])),
-    ("/v1/jobs", "%%%not-base64"),
-    ("/v1/jobs", "A" * 5000),
-])
+@pytest.mark.parametrize(
+    "path, cursor",
+    [
+        ("/v1/jobs", _cursor({"created_at": "2026-01-01T00:00:00", "id": str(uuid.uuid4())})),  # naive datetime
+        ("/v1/jobs", _cursor({"created_at": "yesterday", "id": str(uuid.uuid4())})),
+        ("/v1/jobs", _cursor({"created_at": "2026-01-01T00:00:00+00:00", "id": "not-a-uuid"})),
+        ("/v1/datasets", _cursor({"created_at": 5, "id": 7})),
+        ("/v1/jobs", _cursor({"rank": 3})),  # a cursor of another list
+        ("/v1/jobs", _cursor([1, 2])),
+        ("/v1/jobs", "%%%not-base64"),
+        ("/v1/jobs", "A" * 5000),
+    ],
+)
 def test_forged_cursors_are_422(client, alice, path, cursor):
     body = _error(client.get(path, headers=alice, params={"cursor": cursor}), 422, "INVALID_CURSOR")
     assert "cursor" in body["detail"]
@@ -219,15 +234,26 @@ def test_staging_folders_of_abandoned_uploads_are_removed_at_start(tmp_path, db_
 
 
 def test_a_job_estimated_over_the_memory_or_disk_limit_is_422_naming_both(tmp_path, db_url):
-    app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, max_job_memory_bytes=2 * 1024**3,
-                              max_job_disk_bytes=1024**3))
+    app = create_app(
+        Settings(
+            data_dir=tmp_path / "d", database_url=db_url, max_job_memory_bytes=2 * 1024**3, max_job_disk_bytes=1024**3
+        )
+    )
     with TestClient(app) as client:
         key = {"Authorization": f"Bearer {make_key(app.state.sessionmaker, 'alice')}"}
-        ds = client.post("/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=8)))}).json()
-        body = _error(submit(client, key, ds["id"], {**TINY, "image_size": 1024, "model": {"width": 16}}), 422, "INVALID_INPUT")
+        ds = client.post(
+            "/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=8)))}
+        ).json()
+        body = _error(
+            submit(client, key, ds["id"], {**TINY, "image_size": 1024, "model": {"width": 16}}), 422, "INVALID_INPUT"
+        )
         assert "HTL_MAX_JOB_MEMORY_BYTES" in body["detail"] and "GiB" in body["detail"]
-        wide = {**TINY, "model": {"arch": "deeplabv3_resnet50"}, "train": {"epochs": 1, "batch_size": 2, "seeds": list(range(10))},
-                "prune": {"sparsities": [0.1 * k for k in range(1, 10)]}}
+        wide = {
+            **TINY,
+            "model": {"arch": "deeplabv3_resnet50"},
+            "train": {"epochs": 1, "batch_size": 2, "seeds": list(range(10))},
+            "prune": {"sparsities": [0.1 * k for k in range(1, 10)]},
+        }
         body = _error(submit(client, key, ds["id"], wide), 422, "INVALID_INPUT")
         assert "HTL_MAX_JOB_DISK_BYTES" in body["detail"]
         assert submit(client, key, ds["id"]).status_code == 202
@@ -242,26 +268,44 @@ def test_the_memory_limit_defaults_to_a_share_of_the_host(monkeypatch):
 
 
 @pytest.mark.torch  # the worker's unit code imports ml
-def test_a_worker_with_less_memory_than_a_job_needs_fails_it_saying_why_before_training(client, alice, dataset_id, settings):
+def test_a_worker_with_less_memory_than_a_job_needs_fails_it_saying_why_before_training(
+    client, alice, dataset_id, settings
+):
     job = submit(client, alice, dataset_id, {**TINY, "image_size": 256}).json()["id"]
-    small = settings.model_copy(update={"max_job_memory_bytes": 16 * 1024**2})  # a 16 MiB worker host; the job needs ~58 MB
+    small = settings.model_copy(
+        update={"max_job_memory_bytes": 16 * 1024**2}
+    )  # a 16 MiB worker host; the job needs ~58 MB
     assert execute_job(uuid.UUID(job), settings=small, worker="htl-small@host") == "failed"
     ended = client.get(f"/v1/jobs/{job}", headers=alice).json()
-    assert ended["status"] == "failed" and "this worker cannot run it" in ended["error"] and "HTL_MAX_JOB_MEMORY_BYTES" in ended["error"]
+    assert (
+        ended["status"] == "failed"
+        and "this worker cannot run it" in ended["error"]
+        and "HTL_MAX_JOB_MEMORY_BYTES" in ended["error"]
+    )
     assert {u["status"] for u in ended["units"]} <= {"failed", "cancelled"}
     assert not (settings.artifacts / "jobs" / job).exists()  # nothing was trained
 
 
 def test_a_split_that_leaves_nothing_to_train_on_is_refused_at_submission(client, alice, tmp_path):
-    ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=4)))}).json()
-    body = _error(submit(client, alice, ds["id"], {**TINY, "split": {"val_fraction": 0.25, "test_fraction": 0.5}}), 422, "INVALID_INPUT")
+    ds = client.post(
+        "/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=4)))}
+    ).json()
+    body = _error(
+        submit(client, alice, ds["id"], {**TINY, "split": {"val_fraction": 0.25, "test_fraction": 0.5}}),
+        422,
+        "INVALID_INPUT",
+    )
     assert "fewer than 2 are left to train on" in body["detail"]
 
 
 # PostgreSQL's text and jsonb hold no NUL: each place one can arrive answers 422 before a query sees it
 NUL_URLS = [
-    "/v1/jobs?cursor=%00", "/v1/jobs/{job}/metrics?model=%00", "/v1/jobs/{job}/checkpoints/dense%00",
-    "/v1/jobs/{job}/images/a%00b", "/v1/jobs/{job}/images/a/overlay.png?layers=dense%00", "/v1/datasets/{job}%00",
+    "/v1/jobs?cursor=%00",
+    "/v1/jobs/{job}/metrics?model=%00",
+    "/v1/jobs/{job}/checkpoints/dense%00",
+    "/v1/jobs/{job}/images/a%00b",
+    "/v1/jobs/{job}/images/a/overlay.png?layers=dense%00",
+    "/v1/datasets/{job}%00",
 ]
 
 
@@ -271,7 +315,9 @@ def test_a_nul_in_a_url_is_422(client, alice, url):
     assert "NUL" in body["detail"]
 
 
-@pytest.mark.parametrize("spec", [{"weak": {"positive": ["mel\u0000"]}}, {"attributes": ["\u0000"]}, {"split": {"group_column": "a\u0000"}}])
+@pytest.mark.parametrize(
+    "spec", [{"weak": {"positive": ["mel\u0000"]}}, {"attributes": ["\u0000"]}, {"split": {"group_column": "a\u0000"}}]
+)
 def test_a_nul_in_a_spec_is_422_and_leaves_no_job(client, alice, dataset_id, spec):
     body = _error(submit(client, alice, dataset_id, spec), 422, "INVALID_INPUT")
     assert "NUL" in body["detail"]
@@ -280,22 +326,33 @@ def test_a_nul_in_a_spec_is_422_and_leaves_no_job(client, alice, dataset_id, spe
 
 def test_a_nul_in_an_upload_name_or_a_metadata_cell_is_422_and_leaves_nothing(client, alice, tmp_path, settings):
     files = dataset_files(tmp_path, n=4)
-    body = _error(client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "a\x00b"}),
-                  422, "INVALID_INPUT")
+    body = _error(
+        client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}, data={"name": "a\x00b"}),
+        422,
+        "INVALID_INPUT",
+    )
     assert "NUL" in body["detail"]
     first_id = next(p.split("/")[1].rsplit(".", 1)[0] for p in files if p.startswith("images/"))
     files["metadata.csv"] = f"image_id,site\n{first_id},fa\x00ce\n".encode()
-    body = _error(client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}), 422, "INVALID_INPUT")
+    body = _error(
+        client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(files))}), 422, "INVALID_INPUT"
+    )
     assert "NUL" in body["detail"] and "line 2" in body["detail"]
-    assert count_rows(client.app.state.sessionmaker, Dataset) == 0 and count_rows(client.app.state.sessionmaker, Image) == 0
+    assert (
+        count_rows(client.app.state.sessionmaker, Dataset) == 0
+        and count_rows(client.app.state.sessionmaker, Image) == 0
+    )
     assert not any(settings.uploads.iterdir())
 
 
 @pytest.mark.torch
 @pytest.mark.parametrize("path, key", [("evaluations", "image_id"), ("checkpoints", "name")])
 def test_a_cursor_holding_a_nul_is_422(client, alice, finished_job, path, key):
-    _error(client.get(f"/v1/jobs/{finished_job}/{path}", headers=alice, params={"cursor": _cursor({key: "a\x00"})}),
-                  422, "INVALID_CURSOR")
+    _error(
+        client.get(f"/v1/jobs/{finished_job}/{path}", headers=alice, params={"cursor": _cursor({key: "a\x00"})}),
+        422,
+        "INVALID_CURSOR",
+    )
 
 
 def test_a_multipart_body_to_a_json_route_is_held_to_the_json_limit_with_or_without_a_key(tmp_path, db_url):
@@ -310,7 +367,9 @@ def test_a_multipart_body_to_a_json_route_is_held_to_the_json_limit_with_or_with
         assert client.post("/v1/datasets", headers=key, files={"file": ("d.zip", make_zip(files))}).status_code == 201
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/datasets?limit=1", f"/v1/jobs/{uuid.uuid4()}", "/v1/job-spec", "/docs", "/", "/healthz"])
+@pytest.mark.parametrize(
+    "path", ["/v1/jobs", "/v1/datasets?limit=1", f"/v1/jobs/{uuid.uuid4()}", "/v1/job-spec", "/docs", "/", "/healthz"]
+)
 def test_every_answer_forbids_sniffing_and_framing_and_the_api_forbids_storing(client, alice, path):
     r = client.get(path, headers=alice)
     assert r.headers["x-content-type-options"] == "nosniff"
@@ -322,11 +381,20 @@ def test_every_answer_forbids_sniffing_and_framing_and_the_api_forbids_storing(c
 @pytest.mark.torch
 def test_csv_png_and_checkpoint_answers_are_not_stored(client, alice, finished_job):
     first = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice).json()["items"][0]["image_id"]
-    for path, accept in ((f"/v1/jobs/{finished_job}/scores", "text/csv"), (f"/v1/jobs/{finished_job}/checkpoints/dense", "*/*"),
-                         (f"/v1/jobs/{finished_job}/images/{first}/overlay.png", "image/png")):
+    for path, accept in (
+        (f"/v1/jobs/{finished_job}/scores", "text/csv"),
+        (f"/v1/jobs/{finished_job}/checkpoints/dense", "*/*"),
+        (f"/v1/jobs/{finished_job}/images/{first}/overlay.png", "image/png"),
+    ):
         r = client.get(path, headers={**alice, "Accept": accept})
-        assert r.status_code == 200 and r.headers["content-type"].split(";")[0] in (accept, "application/octet-stream"), (path, r.headers)
-        assert r.headers["cache-control"] == "no-store" and r.headers["x-content-type-options"] == "nosniff", (path, r.headers)
+        assert r.status_code == 200 and r.headers["content-type"].split(";")[0] in (
+            accept,
+            "application/octet-stream",
+        ), (path, r.headers)
+        assert r.headers["cache-control"] == "no-store" and r.headers["x-content-type-options"] == "nosniff", (
+            path,
+            r.headers,
+        )
 
 
 @pytest.mark.torch
@@ -334,7 +402,15 @@ def test_the_scores_csv_has_a_column_for_every_key_of_any_row(client, alice, fin
     from sqlalchemy import update
 
     with session_factory() as session:  # the hardest image has no metadata row and no subgroup
-        session.execute(update(Score).where(Score.job_id == uuid.UUID(finished_job), Score.rank == 1).values(attributes={}, subgroups={}))
+        session.execute(
+            update(Score)
+            .where(Score.job_id == uuid.UUID(finished_job), Score.rank == 1)
+            .values(attributes={}, subgroups={})
+        )
         session.commit()
-    header = client.get(f"/v1/jobs/{finished_job}/scores", headers={**alice, "Accept": "text/csv"}).text.splitlines()[0].split(",")
+    header = (
+        client.get(f"/v1/jobs/{finished_job}/scores", headers={**alice, "Accept": "text/csv"})
+        .text.splitlines()[0]
+        .split(",")
+    )
     assert "attr:lesion_id" in header and "attr:site" in header and any(c.startswith("group:") for c in header), header

@@ -2,6 +2,7 @@
 a 300 MiB multipart body to a JSON route, a 0.4 MiB zip of 400 one-MiB members of zeros, and a
 metadata header of 30 million columns each get a 4xx, while the API's peak memory (VmHWM) and what it
 writes (wchar) stay far below what the input would have cost had it been read."""
+
 from __future__ import annotations
 
 import io
@@ -66,12 +67,16 @@ def test_a_300_mib_multipart_body_to_a_json_route_is_refused_without_being_held(
     answers = []
     for headers in ({}, server.headers):  # without a key and with one
         try:
-            r = httpx.post(f"{server.base}/v1/jobs", headers={**headers, "Content-Type": sent_type}, content=body(), timeout=120)
+            r = httpx.post(
+                f"{server.base}/v1/jobs", headers={**headers, "Content-Type": sent_type}, content=body(), timeout=120
+            )
             answers.append((r.status_code, r.json()["code"]))
         except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
             answers.append("closed while sending")  # the API answered and closed before the body was all sent
         # declared up front: refused from the header alone, with the body not yet sent
-        status_line = _declared_only(server.port, {**headers, "Content-Type": sent_type, "Content-Length": str(300 * MIB)})
+        status_line = _declared_only(
+            server.port, {**headers, "Content-Type": sent_type, "Content-Length": str(300 * MIB)}
+        )
         assert status_line.startswith("HTTP/1.1 413"), status_line
     assert all(a in ((413, "TOO_LARGE"), "closed while sending") for a in answers), answers
     grown = _status(pid)["VmHWM"] - before
@@ -89,7 +94,12 @@ def test_a_zip_of_400_one_mib_members_of_zeros_is_refused_before_it_is_unpacked(
     pid = server.proc.pid
     written = _written(pid)
     body, content_type = multipart(data)
-    r = httpx.post(f"{server.base}/v1/datasets", headers={**server.headers, "Content-Type": content_type}, content=body, timeout=120)
+    r = httpx.post(
+        f"{server.base}/v1/datasets",
+        headers={**server.headers, "Content-Type": content_type},
+        content=body,
+        timeout=120,
+    )
     assert r.status_code == 413 and "compression ratio" in r.json()["detail"], r.text
     wrote = _written(pid) - written
     assert wrote < 8 * MIB, f"the API wrote {wrote / MIB:.1f} MiB for a {len(data) / MIB:.2f} MiB archive it refused"

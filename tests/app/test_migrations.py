@@ -48,17 +48,31 @@ def test_migration_0002_keeps_existing_scores(empty_db_url):
     hexed = {k: (v if engine.dialect.name == "postgresql" else v.hex) for k, v in ids.items()}
     try:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO owners (id, name, created_at) VALUES (:o, 'x', CURRENT_TIMESTAMP)"), {"o": hexed["owner"]})
-            conn.execute(text(
-                "INSERT INTO datasets (id, owner_id, name, storage_key, n_images, n_masks, size_bytes, attributes, warnings, created_at) "
-                "VALUES (:d, :o, 'd', 'k', 1, 1, 1, '[]', '[]', CURRENT_TIMESTAMP)"), {"d": hexed["dataset"], "o": hexed["owner"]})
-            conn.execute(text(
-                "INSERT INTO jobs (id, owner_id, dataset_id, spec, status, progress, attempt, cancel_requested, created_at) "
-                "VALUES (:j, :o, :d, '{}', 'succeeded', 1, 1, false, CURRENT_TIMESTAMP)"),
-                {"j": hexed["job"], "o": hexed["owner"], "d": hexed["dataset"]})
-            conn.execute(text(
-                "INSERT INTO scores (job_id, rank, image_id, htl_score, is_htl, per_sparsity, attributes) "
-                "VALUES (:j, 1, 'a', 0.5, true, '{}', '{}')"), {"j": hexed["job"]})
+            conn.execute(
+                text("INSERT INTO owners (id, name, created_at) VALUES (:o, 'x', CURRENT_TIMESTAMP)"),
+                {"o": hexed["owner"]},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO datasets (id, owner_id, name, storage_key, n_images, n_masks, size_bytes, attributes, warnings, created_at) "
+                    "VALUES (:d, :o, 'd', 'k', 1, 1, 1, '[]', '[]', CURRENT_TIMESTAMP)"
+                ),
+                {"d": hexed["dataset"], "o": hexed["owner"]},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, owner_id, dataset_id, spec, status, progress, attempt, cancel_requested, created_at) "
+                    "VALUES (:j, :o, :d, '{}', 'succeeded', 1, 1, false, CURRENT_TIMESTAMP)"
+                ),
+                {"j": hexed["job"], "o": hexed["owner"], "d": hexed["dataset"]},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO scores (job_id, rank, image_id, htl_score, is_htl, per_sparsity, attributes) "
+                    "VALUES (:j, 1, 'a', 0.5, true, '{}', '{}')"
+                ),
+                {"j": hexed["job"]},
+            )
         upgrade(empty_db_url)
         with engine.connect() as conn:
             value = conn.execute(text("SELECT other_scores FROM scores")).scalar_one()

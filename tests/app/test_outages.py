@@ -1,6 +1,7 @@
 """Outages mid-job, with servers the tests start themselves so they can restart them: a PostgreSQL
 cluster and a Redis (no persistence, as on these machines). A job finishes, or fails with an error,
 within the stale window: never stuck. Skipped, saying why, where the server binaries are missing."""
+
 from __future__ import annotations
 
 import glob
@@ -20,8 +21,13 @@ from .test_service_under_load import Server, free_port
 
 PG_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), None)
 REDIS_SERVER = shutil.which("redis-server")
-LONG = {"image_size": 32, "model": {"width": 4}, "split": {"group_column": "lesion_id"}, "prune": {"sparsities": [0.5]},
-        "train": {"epochs": 40, "batch_size": 8}}
+LONG = {
+    "image_size": 32,
+    "model": {"width": 4},
+    "split": {"group_column": "lesion_id"},
+    "prune": {"sparsities": [0.5]},
+    "train": {"epochs": 40, "batch_size": 8},
+}
 SHORT = {**LONG, "train": {"epochs": 1, "batch_size": 8}}
 FAST_RECOVERY = {"heartbeat_interval_s": 1, "sweep_interval_s": 2, "job_stale_after_s": 20, "progress_interval_s": 0.2}
 
@@ -42,8 +48,17 @@ class OwnPostgres:
         subprocess.run([*self.as_postgres, f"{PG_BIN}/{tool}", *args], check=True, capture_output=True)
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "log"), "-w", "-o",
-                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.root / "data"),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
@@ -63,8 +78,11 @@ class OwnRedis:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(self._answers, 20, "redis to answer")
 
     def _answers(self) -> bool:
@@ -115,13 +133,17 @@ def _finished(http, job_id):
 
 @pytest.mark.torch
 def test_a_postgresql_restart_mid_job_neither_strands_nor_duplicates_it(tmp_path, own_postgres, own_redis):
-    server = Server(tmp_path, database_url=own_postgres.url, no_worker=False, broker_url=own_redis.url, **FAST_RECOVERY).start()
+    server = Server(
+        tmp_path, database_url=own_postgres.url, no_worker=False, broker_url=own_redis.url, **FAST_RECOVERY
+    ).start()
     try:
         with httpx.Client(base_url=server.base, headers=server.headers, timeout=30) as http:
             wait_for(lambda: http.get("/readyz").status_code == 200, 90, "a live worker")
             ds = http.post("/v1/datasets", files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=40)))}).json()
             job = http.post("/v1/jobs", json={"dataset_id": ds["id"], "spec": LONG}).json()
-            wait_for(lambda: (s := _job(http, job["id"])) and s["stage"] == "dense" and s["progress"] > 0.02, 120, "training")
+            wait_for(
+                lambda: (s := _job(http, job["id"])) and s["stage"] == "dense" and s["progress"] > 0.02, 120, "training"
+            )
             own_postgres.stop()
             during = http.get(f"/v1/jobs/{job['id']}")
             assert during.status_code == 503 and during.json()["code"] == "DATABASE_UNAVAILABLE"

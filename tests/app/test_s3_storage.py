@@ -1,5 +1,6 @@
 """The artifact store on a real S3-compatible server (SeaweedFS): the store itself, then the API
 and a worker that share no folder, only the bucket."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,9 @@ def objects(seaweedfs, bucket: str, prefix: str = "") -> list[str]:
 
 
 def test_the_s3_store_puts_lists_streams_caches_and_deletes(s3_env, s3_bucket, tmp_path):
-    store = S3Store(f"s3://{s3_bucket}/team", endpoint_url=s3_env.endpoint, scratch=ScratchCache(tmp_path / "scratch", 10**9))
+    store = S3Store(
+        f"s3://{s3_bucket}/team", endpoint_url=s3_env.endpoint, scratch=ScratchCache(tmp_path / "scratch", 10**9)
+    )
     folder = tmp_path / "tree"
     (folder / "images").mkdir(parents=True)
     (folder / "images" / "a.png").write_bytes(b"a" * 3_000_000)
@@ -42,7 +45,10 @@ def test_the_s3_store_puts_lists_streams_caches_and_deletes(s3_env, s3_bucket, t
     assert store.list("datasets/d1") == {"images/a.png": 3_000_000, "metadata.csv": 11}
     assert store.size("datasets/d1/images/a.png") == 3_000_000 and store.exists("datasets/d1/metadata.csv")
     assert not store.exists("datasets/d1/nope") and store.local_file("datasets/d1/nope") is None
-    assert hashlib.sha256(b"".join(store.iter_chunks("datasets/d1/images/a.png"))).hexdigest() == hashlib.sha256(b"a" * 3_000_000).hexdigest()
+    assert (
+        hashlib.sha256(b"".join(store.iter_chunks("datasets/d1/images/a.png"))).hexdigest()
+        == hashlib.sha256(b"a" * 3_000_000).hexdigest()
+    )
     digest, size = store.put_file("jobs/j/model.bin", folder / "metadata.csv")
     assert digest == hashlib.sha256(b"image_id\na\n").hexdigest() and size == 11
 
@@ -79,9 +85,16 @@ def test_the_scratch_cache_evicts_the_least_recently_used_past_its_bound(tmp_pat
 @pytest.mark.torch
 def test_api_and_worker_share_only_the_bucket(s3_env, s3_bucket, db_url, tmp_path):
     url = f"s3://{s3_bucket}/htl"
-    api_settings = Settings(data_dir=tmp_path / "api", database_url=db_url, storage_url=url, s3_endpoint_url=s3_env.endpoint)
-    worker_settings = Settings(data_dir=tmp_path / "worker", database_url=db_url, storage_url=url, s3_endpoint_url=s3_env.endpoint,
-                               progress_interval_s=0.1)
+    api_settings = Settings(
+        data_dir=tmp_path / "api", database_url=db_url, storage_url=url, s3_endpoint_url=s3_env.endpoint
+    )
+    worker_settings = Settings(
+        data_dir=tmp_path / "worker",
+        database_url=db_url,
+        storage_url=url,
+        s3_endpoint_url=s3_env.endpoint,
+        progress_interval_s=0.1,
+    )
     with TestClient(create_app(api_settings)) as client:
         alice = {"Authorization": f"Bearer {make_key(client.app.state.sessionmaker, 'alice')}"}
         # a refused upload writes nothing to the bucket
@@ -90,7 +103,9 @@ def test_api_and_worker_share_only_the_bucket(s3_env, s3_bucket, db_url, tmp_pat
         assert client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(bad))}).status_code == 422
         assert objects(s3_env, s3_bucket) == []
 
-        r = client.post("/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=40)))})
+        r = client.post(
+            "/v1/datasets", headers=alice, files={"file": ("d.zip", make_zip(dataset_files(tmp_path, n=40)))}
+        )
         assert r.status_code == 201, r.text
         dataset = r.json()["id"]
         stored = objects(s3_env, s3_bucket, f"htl/datasets/{dataset}/")
@@ -99,14 +114,18 @@ def test_api_and_worker_share_only_the_bucket(s3_env, s3_bucket, db_url, tmp_pat
 
         job = client.post("/v1/jobs", headers=alice, json={"dataset_id": dataset, "spec": TINY}).json()
         assert execute_job(uuid.UUID(job["id"]), settings=worker_settings, worker="remote-worker") == "succeeded"
-        assert any(k.endswith("checkpoints/attended.safetensors") for k in objects(s3_env, s3_bucket, f"htl/jobs/{job['id']}/"))
+        assert any(
+            k.endswith("checkpoints/attended.safetensors") for k in objects(s3_env, s3_bucket, f"htl/jobs/{job['id']}/")
+        )
 
         # the API streams a checkpoint from the bucket with the sha256 it states
         checkpoint = client.get(f"/v1/jobs/{job['id']}/checkpoints/attended", headers=alice)
         assert checkpoint.status_code == 200
         assert hashlib.sha256(checkpoint.content).hexdigest() == checkpoint.headers["x-checksum-sha256"]
         # the gallery reads the job's masks and the dataset's image through the store
-        top = client.get(f"/v1/jobs/{job['id']}/scores", headers=alice, params={"limit": 1}).json()["items"][0]["image_id"]
+        top = client.get(f"/v1/jobs/{job['id']}/scores", headers=alice, params={"limit": 1}).json()["items"][0][
+            "image_id"
+        ]
         detail = client.get(f"/v1/jobs/{job['id']}/images/{top}", headers=alice).json()
         assert detail["layers"] == ["gt", "dense", "pruned@0.5", "pruned@0.9", "oos"]
         overlay = client.get(detail["links"]["overlay"], headers=alice)

@@ -1,5 +1,6 @@
 """A real API process (`htl serve --no-worker`) under slow uploads and pollers at once: uploads hold
 no database connection while their bytes trickle in, so a small pool still serves everyone."""
+
 from __future__ import annotations
 
 import os
@@ -34,20 +35,37 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HTL_")}
-        self.env.update({"HTL_DEVICE": "cpu", "OMP_NUM_THREADS": "1", **{f"HTL_{k.upper()}": str(v) for k, v in settings.items()}})
+        self.env.update(
+            {"HTL_DEVICE": "cpu", "OMP_NUM_THREADS": "1", **{f"HTL_{k.upper()}": str(v) for k, v in settings.items()}}
+        )
         if database_url:
             self.env["HTL_DATABASE_URL"] = database_url
         self.cli = [sys.executable, "-m", "app.cli"]
-        subprocess.run([*self.cli, "db", "upgrade", "--data-dir", str(self.data)], env=self.env, capture_output=True, check=True)
-        self.key = subprocess.run([*self.cli, "keys", "create", "--owner", "load", "--data-dir", str(self.data)], env=self.env,
-                                  capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(
+            [*self.cli, "db", "upgrade", "--data-dir", str(self.data)], env=self.env, capture_output=True, check=True
+        )
+        self.key = subprocess.run(
+            [*self.cli, "keys", "create", "--owner", "load", "--data-dir", str(self.data)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         self.log_path = tmp_path / f"serve-{self.port}.log"
         self.no_worker = no_worker
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Server:
         log = self.log_path.open("a")
-        args = [*self.cli, "serve", "--port", str(self.port), "--data-dir", str(self.data), *(["--no-worker"] if self.no_worker else [])]
+        args = [
+            *self.cli,
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data),
+            *(["--no-worker"] if self.no_worker else []),
+        ]
         self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_for(self.answers, 60, "the API to answer")
@@ -75,16 +93,22 @@ class Server:
 
 def multipart(archive: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nslow\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.zip\"\r\n"
-            "Content-Type: application/zip\r\n\r\n").encode() + archive + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nslow\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.zip"\r\n'
+            "Content-Type: application/zip\r\n\r\n"
+        ).encode()
+        + archive
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
 def trickle(body: bytes, seconds: float, chunks: int = 20):
     step = max(1, len(body) // chunks)
     for start in range(0, len(body), step):
-        yield body[start:start + step]
+        yield body[start : start + step]
         time.sleep(seconds / chunks)
 
 
@@ -96,8 +120,15 @@ def database_url(empty_db_url):
 def test_sixteen_slow_uploads_and_pollers_get_no_server_error(tmp_path, database_url):
     # a pool of 3 + 3 that waits 4 s: had an upload held a connection while it streamed, the pollers
     # would find none free for the whole upload and answer 5xx
-    server = Server(tmp_path, database_url=database_url, db_pool_size=3, db_max_overflow=3, db_pool_timeout_s=4,
-                    max_concurrent_uploads=SLOW_UPLOADS, rate_limit=0).start()
+    server = Server(
+        tmp_path,
+        database_url=database_url,
+        db_pool_size=3,
+        db_max_overflow=3,
+        db_pool_timeout_s=4,
+        max_concurrent_uploads=SLOW_UPLOADS,
+        rate_limit=0,
+    ).start()
     archive = make_zip(dataset_files(tmp_path, n=12))
     uploads: list[int] = []
     polls: list[int] = []
@@ -166,7 +197,9 @@ def test_pollers_stay_fast_while_uploads_are_checked_and_recorded(tmp_path, data
                     statuses.append(http.get(path, params={"limit": 5} if path.endswith("s") else None).status_code)
                     latencies.append(time.perf_counter() - started)
 
-        threads = [threading.Thread(target=upload) for _ in range(6)] + [threading.Thread(target=poll, args=(k,)) for k in range(40)]
+        threads = [threading.Thread(target=upload) for _ in range(6)] + [
+            threading.Thread(target=poll, args=(k,)) for k in range(40)
+        ]
         for t in threads:
             t.start()
         time.sleep(POLL_WINDOW_S)

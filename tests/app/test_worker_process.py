@@ -1,5 +1,6 @@
 """A real Celery worker process, fed through the API: PostgreSQL + Redis (as deployed) and SQLite +
 the filesystem broker (the embedded default)."""
+
 from __future__ import annotations
 
 import time

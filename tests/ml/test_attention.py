@@ -1,5 +1,6 @@
 """Attention: where the weakness is a rare look the model can learn, attending to it lifts that group
 far above a random control attended the same way; fine-tuning starts from the dense model."""
+
 import csv
 
 import numpy as np
@@ -19,8 +20,15 @@ def _inputs(root, spec: dict) -> StageInputs:
     index = scan_dataset(root)
     parsed = JobSpec.model_validate(spec)
     train, val, _ = split_indices(index, val_fraction=0.2, group_column="lesion_id", seed=0)
-    return StageInputs(spec=parsed, index=index, data=decode_dataset(index, 32), val_idx=val, targets=make_targets(index, parsed, train),
-                       model_config=ModelConfig("unet", 16), device=torch.device("cpu"))
+    return StageInputs(
+        spec=parsed,
+        index=index,
+        data=decode_dataset(index, 32),
+        val_idx=val,
+        targets=make_targets(index, parsed, train),
+        model_config=ModelConfig("unet", 16),
+        device=torch.device("cpu"),
+    )
 
 
 def _dice(model, data) -> float:
@@ -41,8 +49,12 @@ def pale(tmp_path_factory):
 
 def test_attending_the_rare_look_beats_a_random_control_on_it_for_each_seed(pale):
     root, pale_test, truth = pale
-    spec = {"image_size": 32, "train": {"epochs": 4, "batch_size": 16}, "label_check": {"enabled": False},
-            "attention": {"mode": "from_scratch", "factor": 8.0}}
+    spec = {
+        "image_size": 32,
+        "train": {"epochs": 4, "batch_size": 16},
+        "label_check": {"enabled": False},
+        "attention": {"mode": "from_scratch", "factor": 8.0},
+    }
     inputs = _inputs(root, spec)
     ids = inputs.image_ids(inputs.train_idx)
     attended = [i for i in ids if truth[i] == "pale"]
@@ -59,8 +71,12 @@ def test_attending_the_rare_look_beats_a_random_control_on_it_for_each_seed(pale
 
 def test_fine_tuning_starts_from_the_dense_model_and_costs_its_own_epochs(pale):
     root, _, _ = pale
-    spec = {"image_size": 32, "train": {"epochs": 2, "batch_size": 16}, "label_check": {"enabled": False},
-            "attention": {"mode": "fine_tune", "finetune_epochs": 1, "finetune_lr_factor": 1e-6}}
+    spec = {
+        "image_size": 32,
+        "train": {"epochs": 2, "batch_size": 16},
+        "label_check": {"enabled": False},
+        "attention": {"mode": "fine_tune", "finetune_epochs": 1, "finetune_lr_factor": 1e-6},
+    }
     inputs = _inputs(root, spec)
     dense = train_model(inputs, 0).model
     before = [p.detach().clone() for p in dense.parameters()]

@@ -63,7 +63,9 @@ def test_a_test_split_holds_out_whole_groups_and_leaves_validation_as_it_was(tmp
     index = scan_dataset(make_dataset(tmp_path / "d", n=80, size=32, seed=2))
     lesion = lambda i: index.records[i].attributes["lesion_id"]  # noqa: E731
     for seed in range(3):
-        train, val, test = split_indices(index, val_fraction=0.2, test_fraction=0.25, group_column="lesion_id", seed=seed)
+        train, val, test = split_indices(
+            index, val_fraction=0.2, test_fraction=0.25, group_column="lesion_id", seed=seed
+        )
         assert sorted(train + val + test) == list(range(80))
         sides = [{lesion(i) for i in part} for part in (train, val, test)]
         assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])

@@ -1,4 +1,5 @@
 """ml.focus: the pre-registered endpoint, its interval and its verdict."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -28,8 +29,9 @@ def test_with_one_seed_the_images_carry_the_interval_and_clusters_count_once():
     assert out["se_images"] == pytest.approx(0.1 / np.sqrt(400), rel=0.15) and out["se_seeds"] == 0.0
     # the same 400 values as 40 clusters of 10 identical images: the interval widens by about sqrt(10)
     grouped = np.repeat(diff[:40], 10)
-    clustered = focus.paired_difference(grouped[None] + 0.5, np.full((1, 400), 0.5), clusters=[str(i // 10) for i in range(400)],
-                                        resamples=4000)
+    clustered = focus.paired_difference(
+        grouped[None] + 0.5, np.full((1, 400), 0.5), clusters=[str(i // 10) for i in range(400)], resamples=4000
+    )
     assert clustered["clusters"] == 40 and clustered["se_images"] == pytest.approx(0.1 / np.sqrt(40), rel=0.25)
 
 
@@ -39,8 +41,9 @@ def test_the_focus_set_is_the_enriched_groups_and_the_most_disputed_images():
     chosen, why = focus.focus_positions(groups, [("site", "rare")], disagreement, top_fraction=0.2)
     assert chosen.tolist() == [0, 1, 3, 4] and why["in_enriched_groups"] == 2 and why["most_disputed"] == 2
     # a flagged mask leaves the set, and every count says so
-    kept, why = focus.focus_positions(groups, [("site", "rare")], disagreement, top_fraction=0.2,
-                                      leave_out=np.arange(10) == 1)
+    kept, why = focus.focus_positions(
+        groups, [("site", "rare")], disagreement, top_fraction=0.2, leave_out=np.arange(10) == 1
+    )
     assert 1 not in kept.tolist() and why["excluded_label_issues"] == 1
     assert why["in_enriched_groups"] + why["most_disputed"] - why["both"] == len(kept)
 
@@ -61,9 +64,14 @@ def test_the_verdict_counts_in_words_that_agree():
     assert "(1 test image: none in the groups the HTL set over-represents and the one image the pruned models" in said
     assert "p = 0.2, 1 seed " in said
     flagged = focus.verdict({**where, "n": 3, "most_disputed": 3, "excluded_label_issues": 2}, one_seed, one_seed)
-    assert "(3 test images: none in the groups the HTL set over-represents and the 3 the pruned models disagree on most, less 2 flagged masks)" in flagged
+    assert (
+        "(3 test images: none in the groups the HTL set over-represents and the 3 the pruned models disagree on most, less 2 flagged masks)"
+        in flagged
+    )
 
 
 def test_worst_decile_is_each_seeds_worst_tenth():
     dice = np.array([np.linspace(0, 1, 20), np.linspace(0.5, 1, 20)])
-    assert focus.worst_decile(dice) == pytest.approx(np.mean([np.linspace(0, 1, 20)[:2].mean(), np.linspace(0.5, 1, 20)[:2].mean()]))
+    assert focus.worst_decile(dice) == pytest.approx(
+        np.mean([np.linspace(0, 1, 20)[:2].mean(), np.linspace(0.5, 1, 20)[:2].mean()])
+    )

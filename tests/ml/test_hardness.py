@@ -10,13 +10,15 @@ from .helpers import synthetic_decoded
 
 def test_forgetting_counts_falls_from_learned_between_seen_epochs():
     nan = np.nan
-    dice = np.array([
-        [0.1, 0.2, 0.1, 0.3, 0.2],  # never learned: most forgotten (Toneva et al.), above any count possible
-        [0.2, 0.7, 0.9, 0.95, 0.96],  # learned once, kept
-        [0.8, 0.3, 0.9, 0.2, 0.9],  # learned and forgotten twice
-        [0.8, nan, 0.3, nan, 0.7],  # unseen epochs are skipped: one event
-        [nan, nan, nan, nan, nan],  # never seen: no score
-    ])
+    dice = np.array(
+        [
+            [0.1, 0.2, 0.1, 0.3, 0.2],  # never learned: most forgotten (Toneva et al.), above any count possible
+            [0.2, 0.7, 0.9, 0.95, 0.96],  # learned once, kept
+            [0.8, 0.3, 0.9, 0.2, 0.9],  # learned and forgotten twice
+            [0.8, nan, 0.3, nan, 0.7],  # unseen epochs are skipped: one event
+            [nan, nan, nan, nan, nan],  # never seen: no score
+        ]
+    )
     events = hardness.forgetting_events(dice)
     assert events[:4].tolist() == [5, 0, 2, 1] and np.isnan(events[4])
 
@@ -63,7 +65,14 @@ def test_an_image_never_learned_tops_forgetting_loss_dynamic_dice_and_el2n(tmp_p
         if epoch == hardness.el2n_epoch(8):
             early["el2n"] = hardness.error_norm(current, decoded, list(range(32)))
 
-    fit(model, decoded, list(range(32)), FitConfig(epochs=8, batch_size=8, augment=False), record=record, on_epoch_end=read_el2n)
+    fit(
+        model,
+        decoded,
+        list(range(32)),
+        FitConfig(epochs=8, batch_size=8, augment=False),
+        record=record,
+        on_epoch_end=read_el2n,
+    )
     scores = hardness.from_dynamics(record.dice)
     loss = hardness.final_loss(model, decoded, list(range(32)))
     assert np.nanmax(record.dice[5]) < hardness.FORGETTING_THRESHOLD

@@ -1,4 +1,5 @@
 """The label check: K-fold out-of-sample predictions tell a wrong mask from a hard image."""
+
 import csv
 
 import numpy as np
@@ -44,14 +45,30 @@ def test_the_check_finds_the_wrong_masks_and_leaves_hard_images_alone(tmp_path):
     """400 images at 32 px: 6% wrong masks (beside the lesion, or far too loose), 6% a rare pale
     look, 15% faint lesions. Flagging must be precise and find most wrong masks, and not take the
     hard (faint, pale) images for wrong ones."""
-    root = make_dataset(tmp_path / "data", n=400, size=32, seed=11, hard_fraction=0.15, rare_look_fraction=0.06,
-                        wrong_mask_fraction=0.06)
+    root = make_dataset(
+        tmp_path / "data",
+        n=400,
+        size=32,
+        seed=11,
+        hard_fraction=0.15,
+        rare_look_fraction=0.06,
+        wrong_mask_fraction=0.06,
+    )
     truth = {r["image_id"]: r for r in csv.DictReader(open(root / "truth.csv"))}
     index = scan_dataset(root)
-    spec = JobSpec.model_validate({"image_size": 32, "train": {"epochs": 15, "batch_size": 16}, "split": {"group_column": "lesion_id"}})
+    spec = JobSpec.model_validate(
+        {"image_size": 32, "train": {"epochs": 15, "batch_size": 16}, "split": {"group_column": "lesion_id"}}
+    )
     train, val, _ = split_indices(index, val_fraction=0.2, group_column="lesion_id", seed=0)
-    inputs = StageInputs(spec=spec, index=index, data=decode_dataset(index, 32), val_idx=val, targets=make_targets(index, spec, train),
-                         model_config=ModelConfig("unet", 16), device=torch.device("cpu"))
+    inputs = StageInputs(
+        spec=spec,
+        index=index,
+        data=decode_dataset(index, 32),
+        val_idx=val,
+        targets=make_targets(index, spec, train),
+        model_config=ModelConfig("unet", 16),
+        device=torch.device("cpu"),
+    )
     checks = [label_check.check_fold(inputs, k) for k in range(spec.label_check.folds)]
     checked = [i for c in checks for i in c.indices]
     assert sorted(checked) == sorted(train)
@@ -59,8 +76,12 @@ def test_the_check_finds_the_wrong_masks_and_leaves_hard_images_alone(tmp_path):
     flagged = label_check.flag_label_issues(quality, max_quality=spec.label_check.max_quality)
     ids = [index.records[i].image_id for i in checked]
     wrong = np.array([bool(truth[i]["wrong_mask"]) for i in ids])
-    hard = np.array([truth[index.records[i].image_id]["look"] == "pale" or index.records[i].attributes["site"] == "rare"
-                     for i in checked])
+    hard = np.array(
+        [
+            truth[index.records[i].image_id]["look"] == "pale" or index.records[i].attributes["site"] == "rare"
+            for i in checked
+        ]
+    )
     precision = (flagged & wrong).sum() / max(1, flagged.sum())
     recall = (flagged & wrong).sum() / wrong.sum()
     assert wrong.sum() >= 10

@@ -87,7 +87,9 @@ def test_per_image_metrics_match_the_isic_challenge_scorer(shared_data, tmp_path
         }
         for name, value in theirs.items():
             assert m[name] == pytest.approx(value, abs=1e-6), (image_id, name)
-    assert any(0 < m["threshold_jaccard"] for m in ours) and any(m["threshold_jaccard"] == 0 < m["jaccard"] for m in ours)
+    assert any(0 < m["threshold_jaccard"] for m in ours) and any(
+        m["threshold_jaccard"] == 0 < m["jaccard"] for m in ours
+    )
     macro = SegmentationScore.from_dir(truth_dir, pred_dir).macro_average
     for name in ("dice", "jaccard", "threshold_jaccard", "sensitivity", "specificity"):
         assert np.mean([m[name] for m in ours]) == pytest.approx(macro[name], abs=1e-6), name
@@ -96,7 +98,16 @@ def test_per_image_metrics_match_the_isic_challenge_scorer(shared_data, tmp_path
 def test_subgroup_labels_band_ages_and_keep_missing_as_unknown():
     ages = ["5", "25", "45.0", "", "unknown", "80", "85", "39", "61", "12"]
     assert subgroup_labels("age", ages) == [
-        "[0, 20)", "[20, 40)", "[40, 60)", "unknown", "unknown", "[80, 100]", "[80, 100]", "[20, 40)", "[60, 80)", "[0, 20)",
+        "[0, 20)",
+        "[20, 40)",
+        "[40, 60)",
+        "unknown",
+        "unknown",
+        "[80, 100]",
+        "[80, 100]",
+        "[20, 40)",
+        "[60, 80)",
+        "[0, 20)",
     ]
     assert subgroup_labels("sex", ["male", "", "female", "unknown"]) == ["male", "unknown", "female", "unknown"]
     sizes = [str(x) for x in range(1, 101)]
@@ -113,7 +124,10 @@ def test_id_like_columns_are_not_default_attributes():
 
 
 def test_aggregate_per_subgroup():
-    per_image = [{m: v for m in ("dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity")} for v in (1.0, 0.5, 0.0)]
+    per_image = [
+        {m: v for m in ("dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity")}
+        for v in (1.0, 0.5, 0.0)
+    ]
     out = aggregate(per_image, {"sex": ["male", "female", "male"]})
     assert out["n"] == 3 and out["overall"]["dice"] == pytest.approx(0.5)
     assert out["subgroups"]["sex"]["male"] == {"n": 2, **{m: 0.5 for m in per_image[0]}}

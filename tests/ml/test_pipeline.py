@@ -55,8 +55,20 @@ def test_scores_json_lists_every_training_image_by_rank(planted):
     assert [i["rank"] for i in items] == list(range(1, len(items) + 1))
     assert all(a["htl_score"] >= b["htl_score"] for a, b in zip(items, items[1:]))
     first = items[0]
-    assert set(first) == {"image_id", "htl_score", "is_htl", "rank", "labeled", "per_sparsity", "scores", "attributes", "subgroups",
-                          "label_quality", "label_issue", "attended"}
+    assert set(first) == {
+        "image_id",
+        "htl_score",
+        "is_htl",
+        "rank",
+        "labeled",
+        "per_sparsity",
+        "scores",
+        "attributes",
+        "subgroups",
+        "label_quality",
+        "label_issue",
+        "attended",
+    }
     assert all(i["labeled"] for i in items)
     # the label check (on by default) read every training mask; the attended set is the HTL set less its label issues
     assert all(0.0 <= i["label_quality"] <= 1.0 and i["label_issue"] == (i["label_quality"] < 0.5) for i in items)
@@ -76,7 +88,10 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(planted):
     assert dense["overall"]["dice"] > 0.8
     assert set(dense["subgroups"]) == {"site", "sex", "age", "dx", "label_check"}  # lesion_id is the group column
     check = metrics["label_check"]
-    assert check["enabled"] and check["checked"] == {"train": len(_scores(out)), "validation": metrics["validation_images"]}
+    assert check["enabled"] and check["checked"] == {
+        "train": len(_scores(out)),
+        "validation": metrics["validation_images"],
+    }
     assert sum(dense["subgroups"]["label_check"][g]["n"] for g in dense["subgroups"]["label_check"]) == dense["n"]
     assert set(dense["subgroups"]["site"]) == {"common", "rare"}
     assert dense["subgroups"]["site"]["rare"]["dice"] < dense["subgroups"]["site"]["common"]["dice"]
@@ -109,16 +124,26 @@ def test_checkpoints_rebuild_from_the_file_alone(planted):
     assert meta["spec"]["prune"]["sparsities"] == [0.3, 0.5, 0.7, 0.9]
     assert meta["sparsity"] == 0.5 and abs(meta["achieved_sparsity"] - 0.5) < 1e-3
     assert {p.name for p in (out / "checkpoints").iterdir()} == {
-        "dense.safetensors", "attended.safetensors", *(f"pruned@{s}.safetensors" for s in ("0.3", "0.5", "0.7", "0.9"))
+        "dense.safetensors",
+        "attended.safetensors",
+        *(f"pruned@{s}.safetensors" for s in ("0.3", "0.5", "0.7", "0.9")),
     }
 
 
 def test_spec_json_has_every_default_filled_in(planted):
     _, out, _ = planted
     spec = json.loads((out / "spec.json").read_text())
-    assert spec["attention"] == {"strategy": "oversample", "factor": 6.0, "scorer": "pruning", "control": "none",
-                                 "mode": "from_scratch", "finetune_epochs": 2, "finetune_lr_factor": 0.1, "exclude_label_issues": True,
-                                 "unlabeled": "leave_out"}
+    assert spec["attention"] == {
+        "strategy": "oversample",
+        "factor": 6.0,
+        "scorer": "pruning",
+        "control": "none",
+        "mode": "from_scratch",
+        "finetune_epochs": 2,
+        "finetune_lr_factor": 0.1,
+        "exclude_label_issues": True,
+        "unlabeled": "leave_out",
+    }
     assert spec["label_check"] == {"enabled": True, "folds": 3, "epochs": None, "max_quality": 0.3}
     assert spec["prune"]["scope"] == "global" and spec["prune"]["bn_recalibration"] is False
     assert spec["train"]["lr"] == JobSpec().train.lr and spec["image_size"] == 32
@@ -157,7 +182,15 @@ def test_subgroups_json_finds_the_planted_minority_enriched_and_not_sex(planted)
     rare = rows[("site", "rare")]
     assert rare["significant"] and rare["enrichment"] >= 3 and rare["enrichment_ci95"][0] > 1
     assert not any(r["significant"] for (a, _), r in rows.items() if a == "sex")
-    assert {a for a, _ in rows} >= {"site", "sex", "age", "dx", "image:lesion_area", "image:lesion_contrast", "image:brightness"}
+    assert {a for a, _ in rows} >= {
+        "site",
+        "sex",
+        "age",
+        "dx",
+        "image:lesion_area",
+        "image:lesion_contrast",
+        "image:brightness",
+    }
     assert len({v for a, v in rows if a == "image:lesion_contrast"}) == 4  # quartile bands
     low_contrast = min((v for a, v in rows if a == "image:lesion_contrast"), key=lambda v: float(v[1:].split(",")[0]))
     assert rows[("image:lesion_contrast", low_contrast)]["significant"]  # the planted minority is the faint lesions
@@ -168,15 +201,22 @@ def test_subgroups_json_finds_the_planted_minority_enriched_and_not_sex(planted)
     assert gap[("site", "rare")]["n"] + gap[("site", "common")]["n"] == validation["overall"]["n"]
     assert "lesion_id" in validation["method"] and "Benjamini-Hochberg" in validation["method"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["attended_vs_dense"]["single_seed"] is True and "not evidence" in metrics["attended_vs_dense"]["note"]
+    assert (
+        metrics["attended_vs_dense"]["single_seed"] is True and "not evidence" in metrics["attended_vs_dense"]["note"]
+    )
 
 
 def test_several_seeds_and_scorers(tmp_path):
     data = make_dataset(tmp_path / "data", n=60, size=32, seed=4)
-    spec = JobSpec.model_validate({
-        "image_size": 32, "model": {"width": 4}, "train": {"epochs": 2, "batch_size": 8, "seeds": [3, 5]},
-        "prune": {"sparsities": [0.5]}, "scorers": ["loss", "forgetting", "el2n", "dynamic_dice", "mc_dropout"],
-    })
+    spec = JobSpec.model_validate(
+        {
+            "image_size": 32,
+            "model": {"width": 4},
+            "train": {"epochs": 2, "batch_size": 8, "seeds": [3, 5]},
+            "prune": {"sparsities": [0.5]},
+            "scorers": ["loss", "forgetting", "el2n", "dynamic_dice", "mc_dropout"],
+        }
+    )
     metrics = run_pipeline(data, spec, tmp_path / "out", device="cpu")
     names = {p.name for p in (tmp_path / "out" / "checkpoints").iterdir()}
     assert names == {f"{m}-s{s}.safetensors" for m in ("dense", "pruned@0.5", "attended") for s in (3, 5)}
@@ -185,7 +225,9 @@ def test_several_seeds_and_scorers(tmp_path):
     assert dense["seeds"] == 2 and dense["overall"]["dice"] == pytest.approx(np.mean(per_seed))
     # the 95% t-interval over the two seeds: mean +- t(0.975, 1) * sd / sqrt(2), t = 12.706
     half = 12.7062 * np.std(per_seed, ddof=1) / np.sqrt(2)
-    assert dense["overall_ci95"]["dice"] == pytest.approx([np.mean(per_seed) - half, np.mean(per_seed) + half], rel=1e-4)
+    assert dense["overall_ci95"]["dice"] == pytest.approx(
+        [np.mean(per_seed) - half, np.mean(per_seed) + half], rel=1e-4
+    )
     cmp = metrics["attended_vs_dense"]
     assert cmp["single_seed"] is False and len(cmp["per_seed"]) == 2 and cmp["overall_ci95"]["dice"] is not None
     items = _scores(tmp_path / "out")
@@ -196,8 +238,14 @@ def test_several_seeds_and_scorers(tmp_path):
 
 def test_identical_runs_write_byte_identical_checkpoints(tmp_path):
     data = make_dataset(tmp_path / "data", n=40, size=32, seed=1)
-    spec = JobSpec.model_validate({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8},
-                                   "prune": {"sparsities": [0.5]}})
+    spec = JobSpec.model_validate(
+        {
+            "image_size": 32,
+            "model": {"width": 4},
+            "train": {"epochs": 1, "batch_size": 8},
+            "prune": {"sparsities": [0.5]},
+        }
+    )
     for run in ("a", "b"):
         run_pipeline(data, spec, tmp_path / run, device="cpu")
     for name in ("dense", "pruned@0.5", "attended"):
@@ -209,12 +257,30 @@ def test_the_units_in_order_make_the_same_run_as_the_whole_pipeline(tmp_path):
     from contract.units import parse_unit, plan_units
 
     data = make_dataset(tmp_path / "data", n=40, size=32, seed=4)
-    spec = JobSpec.model_validate({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8, "seeds": [0, 1]},
-                                   "prune": {"sparsities": [0.5]}, "attention": {"control": "random"}})
+    spec = JobSpec.model_validate(
+        {
+            "image_size": 32,
+            "model": {"width": 4},
+            "train": {"epochs": 1, "batch_size": 8, "seeds": [0, 1]},
+            "prune": {"sparsities": [0.5]},
+            "attention": {"control": "random"},
+        }
+    )
     whole = run_pipeline(data, spec, tmp_path / "whole", device="cpu")
     plan = [p.name for p in plan_units(spec)]
-    assert plan == ["dense[0]", "dense[1]", "label_check[0]", "label_check[1]", "label_check[2]", "score", "attend[0]", "control[0]",
-                    "attend[1]", "control[1]", "evaluate"]
+    assert plan == [
+        "dense[0]",
+        "dense[1]",
+        "label_check[0]",
+        "label_check[1]",
+        "label_check[2]",
+        "score",
+        "attend[0]",
+        "control[0]",
+        "attend[1]",
+        "control[1]",
+        "evaluate",
+    ]
     with pytest.raises(RunDirError, match="dense-s1"):  # score needs every dense seed: it never trains one itself
         run = Run(data, spec, tmp_path / "units", device="cpu")
         run.run_unit("dense", 0)
@@ -230,7 +296,9 @@ def test_the_units_in_order_make_the_same_run_as_the_whole_pipeline(tmp_path):
     # the last unit answers the job's results, typed; a worker resuming after it reads the same back
     assert answered == Run(data, spec, tmp_path / "units", device="cpu").results()
     by_name = {c.name: c for c in answered.checkpoints}
-    assert sorted(by_name) == sorted(f"{base}-s{seed}" for seed in (0, 1) for base in ("dense", "pruned@0.5", "attended", "control"))
+    assert sorted(by_name) == sorted(
+        f"{base}-s{seed}" for seed in (0, 1) for base in ("dense", "pruned@0.5", "attended", "control")
+    )
     for c in answered.checkpoints:
         assert c.sha256 == hashlib.sha256((tmp_path / "units" / c.path).read_bytes()).hexdigest()
         assert c.size_bytes == (tmp_path / "units" / c.path).stat().st_size
@@ -240,7 +308,15 @@ def test_the_units_in_order_make_the_same_run_as_the_whole_pipeline(tmp_path):
     for model in by_name:  # each seed's model: every validation image's metrics, as metrics.json lists them
         listed = whole["models"][model]["per_image"]
         assert len(listed) == len([k for k in per_image if k[0] == model]) > 0
-    overall = {(m.model, m.metric): m.value for m in answered.evaluation.metrics if m.split == "validation" and m.attribute is None}
-    assert overall[("attended", "dice")] == pytest.approx(np.mean([overall[(f"attended-s{s}", "dice")] for s in (0, 1)]))
-    assert json.loads((tmp_path / "units" / "scores.json").read_text()) == json.loads((tmp_path / "whole" / "scores.json").read_text())
+    overall = {
+        (m.model, m.metric): m.value
+        for m in answered.evaluation.metrics
+        if m.split == "validation" and m.attribute is None
+    }
+    assert overall[("attended", "dice")] == pytest.approx(
+        np.mean([overall[(f"attended-s{s}", "dice")] for s in (0, 1)])
+    )
+    assert json.loads((tmp_path / "units" / "scores.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "scores.json").read_text()
+    )
     assert json.loads((tmp_path / "units" / "metrics.json").read_text())["models"].keys() == whole["models"].keys()

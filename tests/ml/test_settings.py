@@ -1,4 +1,5 @@
 """Semi- and weakly-supervised HTL mining on generated data with a planted hard minority (site=rare)."""
+
 import json
 
 import numpy as np
@@ -30,8 +31,14 @@ def _enrichment(items):
 
 
 def test_semi_supervised_mining_scores_unlabeled_images_and_finds_the_minority(data, tmp_path):
-    spec = JobSpec.model_validate({**BASE, "setting": "semi_supervised", "semi": {"labeled_fraction": 0.3},
-                                   "train": {"epochs": 8, "batch_size": 16}})
+    spec = JobSpec.model_validate(
+        {
+            **BASE,
+            "setting": "semi_supervised",
+            "semi": {"labeled_fraction": 0.3},
+            "train": {"epochs": 8, "batch_size": 16},
+        }
+    )
     metrics = run_pipeline(data, spec, tmp_path / "out", device="cpu")
     items = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert len(items) == 192 and sum(i["labeled"] for i in items) == round(0.3 * 192)
@@ -46,15 +53,23 @@ def test_semi_supervised_mining_scores_unlabeled_images_and_finds_the_minority(d
 
 
 def test_weakly_supervised_mining_with_class_activation_maps(data, tmp_path):
-    spec = JobSpec.model_validate({**BASE, "setting": "weakly_supervised", "weak": {"label_column": "dx", "positive": ["mel"]},
-                                   "train": {"epochs": 10, "batch_size": 16}})
+    spec = JobSpec.model_validate(
+        {
+            **BASE,
+            "setting": "weakly_supervised",
+            "weak": {"label_column": "dx", "positive": ["mel"]},
+            "train": {"epochs": 10, "batch_size": 16},
+        }
+    )
     assert spec.model.arch == "cnn"
     metrics = run_pipeline(data, spec, tmp_path / "out", device="cpu")
     items = json.loads((tmp_path / "out" / "scores.json").read_text())
     enrichment, htl = _enrichment(items)
     assert enrichment >= 2, enrichment
     # the maps are the positive class's: only positives can be HTL, and attention boosts them alone
-    assert all(i["attributes"]["dx"] == "mel" for i in htl) and all(i["attributes"]["dx"] == "mel" for i in items if i["attended"])
+    assert all(i["attributes"]["dx"] == "mel" for i in htl) and all(
+        i["attributes"]["dx"] == "mel" for i in items if i["attended"]
+    )
     negatives = [i["rank"] for i in items if i["attributes"]["dx"] != "mel"]
     assert min(negatives) == len(items) - len(negatives) + 1
     dense = metrics["models"]["dense"]
@@ -83,7 +98,9 @@ def test_semi_supervised_training_learns_from_few_masks(tmp_path):
     _, decoded = synthetic_decoded(tmp_path, n=48, hard_fraction=0.0)
     torch.manual_seed(0)
     model = prepare_for_device(build_model("unet", width=8), "cpu")
-    losses = fit_semi(model, decoded, list(range(8)), list(range(8, 48)), FitConfig(epochs=6, batch_size=16, augment=False))
+    losses = fit_semi(
+        model, decoded, list(range(8)), list(range(8, 48)), FitConfig(epochs=6, batch_size=16, augment=False)
+    )
     assert len(losses) == 6 and losses[-1] < losses[0]
     from ml.scoring import binary_dice
     from ml.train import predict_logits
@@ -106,10 +123,22 @@ def test_setting_specific_rejections(data, tmp_path):
     with pytest.raises(ValueError, match="weak.label_column"):
         JobSpec.model_validate({"setting": "weakly_supervised"})
     with pytest.raises(ValueError, match="model.arch 'unet' is a segmentation model"):
-        JobSpec.model_validate({"setting": "weakly_supervised", "model": {"arch": "unet"}, "weak": {"label_column": "dx", "positive": ["mel"]}})
+        JobSpec.model_validate(
+            {
+                "setting": "weakly_supervised",
+                "model": {"arch": "unet"},
+                "weak": {"label_column": "dx", "positive": ["mel"]},
+            }
+        )
     with pytest.raises(ValueError, match="model.arch 'cnn' is a classifier"):
         JobSpec.model_validate({"model": {"arch": "cnn"}})
     with pytest.raises(SpecError, match="weak.positive"):
-        Run(data, JobSpec.model_validate({**BASE, "setting": "weakly_supervised", "weak": {"label_column": "dx", "positive": ["bcc"]}}), tmp_path / "a")
+        Run(
+            data,
+            JobSpec.model_validate(
+                {**BASE, "setting": "weakly_supervised", "weak": {"label_column": "dx", "positive": ["bcc"]}}
+            ),
+            tmp_path / "a",
+        )
     with pytest.raises(SpecError, match="semi.labeled_fraction"):
         Run(data, JobSpec.model_validate({**BASE, "setting": "semi_supervised"}), tmp_path / "b")  # every mask present

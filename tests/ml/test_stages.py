@@ -1,5 +1,6 @@
 """ml.stages and ml.evaluation: the stages are plain functions over inputs, models and typed results; they run without a
 run folder and write nothing but what they are told to."""
+
 import numpy as np
 import pytest
 import torch
@@ -23,16 +24,30 @@ from ml.stages import (
 )
 from ml.synthetic import make_dataset
 
-SPEC = {"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5, 0.9]},
-        "htl": {"top_fraction": 0.25}, "scorers": ["loss", "forgetting"], "attention": {"control": "random", "factor": 3.0}}
+SPEC = {
+    "image_size": 32,
+    "model": {"width": 4},
+    "train": {"epochs": 1, "batch_size": 8},
+    "prune": {"sparsities": [0.5, 0.9]},
+    "htl": {"top_fraction": 0.25},
+    "scorers": ["loss", "forgetting"],
+    "attention": {"control": "random", "factor": 3.0},
+}
 
 
 def inputs_for(tmp_path, spec: dict) -> StageInputs:
     index = scan_dataset(make_dataset(tmp_path / "data", n=40, size=32, seed=2))
     parsed = JobSpec.model_validate(spec)
     train, val, _ = split_indices(index, val_fraction=0.25, group_column=None, seed=0)
-    return StageInputs(spec=parsed, index=index, data=decode_dataset(index, 32), val_idx=val,
-                       targets=make_targets(index, parsed, train), model_config=ModelConfig("unet", 4), device=torch.device("cpu"))
+    return StageInputs(
+        spec=parsed,
+        index=index,
+        data=decode_dataset(index, 32),
+        val_idx=val,
+        targets=make_targets(index, parsed, train),
+        model_config=ModelConfig("unet", 4),
+        device=torch.device("cpu"),
+    )
 
 
 def test_the_stages_chain_as_plain_functions_and_write_only_predictions(tmp_path):
@@ -63,7 +78,9 @@ def test_the_stages_chain_as_plain_functions_and_write_only_predictions(tmp_path
         return path
 
     result = evaluate_split(inputs, {"dense": trained.model}, inputs.val_idx, prediction_path=prediction_path)
-    assert len(result.per_image["dense"]) == len(result.scored) == len(inputs.val_idx)  # every synthetic image has a mask
+    assert (
+        len(result.per_image["dense"]) == len(result.scored) == len(inputs.val_idx)
+    )  # every synthetic image has a mask
     assert set(written) == {("dense", image_id) for image_id in inputs.image_ids(inputs.val_idx)}
     new_files = {p for p in tmp_path.rglob("*") if p.is_file()} - before
     assert new_files == set(written.values())  # no run folder, no state: only what prediction_path named
@@ -78,7 +95,9 @@ def test_a_ranking_with_every_sparsity_degenerate_is_refused(tmp_path):
         rank_images(inputs, [fake], degenerate={0.5, 0.9}, groups={})
 
 
-@pytest.mark.parametrize("strategy, weighted, sampled", [("reweight", True, False), ("oversample", False, True), ("both", True, True)])
+@pytest.mark.parametrize(
+    "strategy, weighted, sampled", [("reweight", True, False), ("oversample", False, True), ("both", True, True)]
+)
 def test_boost_weights_the_chosen_images_as_the_strategy_says(tmp_path, strategy, weighted, sampled):
     inputs = inputs_for(tmp_path, {**SPEC, "attention": {"strategy": strategy, "factor": 4.0}})
     chosen = inputs.image_ids(inputs.train_idx)[:3]
@@ -103,6 +122,7 @@ def test_evaluation_answers_the_same_with_a_helper_thread_as_at_once(tmp_path, m
         def path(model_name, image_id):
             (tmp_path / folder).mkdir(exist_ok=True)
             return tmp_path / folder / f"{image_id}.png"
+
         return evaluate_split(inputs, {"dense": model}, inputs.val_idx, prediction_path=path)
 
     at_once = evaluate("at-once")
@@ -117,7 +137,9 @@ def test_attention_leaves_label_issues_out_and_refills_by_rank_and_the_control_d
     inputs = inputs_for(tmp_path, {**SPEC, "attention": {"control": "random"}})
     n = len(inputs.train_idx)
     ids = inputs.image_ids(inputs.train_idx)
-    fake = SeedScores({0.5: np.linspace(1, 0, n), 0.9: np.linspace(1, 0, n)}, {"loss": np.zeros(n), "forgetting": np.zeros(n)})
+    fake = SeedScores(
+        {0.5: np.linspace(1, 0, n), 0.9: np.linspace(1, 0, n)}, {"loss": np.zeros(n), "forgetting": np.zeros(n)}
+    )
     ranking = rank_images(inputs, [fake], degenerate=set(), groups={})
     k = int(ranking.is_htl.sum())
     plain = attention_sets(inputs, ranking, [0, 1])

@@ -80,7 +80,14 @@ def test_fit_draws_the_attended_images_as_often_as_their_weights_say(tmp_path):
     weights[:10] = 3.0
     torch.manual_seed(0)
     model = prepare_for_device(build_model("unet", width=4), "cpu")
-    fit(model, decoded, list(range(100)), FitConfig(epochs=40, batch_size=16, augment=False), sampling_weights=weights, objective=counting)
+    fit(
+        model,
+        decoded,
+        list(range(100)),
+        FitConfig(epochs=40, batch_size=16, augment=False),
+        sampling_weights=weights,
+        objective=counting,
+    )
     share = np.isin(drawn, range(10)).mean()
     assert len(drawn) == 40 * 6 * 16 and abs(share - 0.25) < 0.03, share
     drawn.clear()

@@ -1,5 +1,6 @@
 """Scores that measure capacity: pruning scope and BatchNorm re-estimation, degenerate sparsities left
 out of the score, a random control, a held-out test split, and the model config kept in checkpoints."""
+
 import json
 
 import numpy as np
@@ -42,7 +43,9 @@ def test_layerwise_pruning_gives_every_layer_but_the_stem_and_the_head_the_spars
     pruned, report = prune_model(build_model("unet", width=8), 0.7, scope="layerwise")
     layers = prunable_layers(pruned)
     keep = kept_dense(pruned)
-    assert keep == {layers[0][0], layers[-1][0]} and layers[-1][1].out_channels == 1  # the first convolution, the output head
+    assert (
+        keep == {layers[0][0], layers[-1][0]} and layers[-1][1].out_channels == 1
+    )  # the first convolution, the output head
     for name, fraction in report.layers.items():
         numel = dict(layers)[name].weight.numel()
         if name in keep:
@@ -85,20 +88,28 @@ def test_health_flags_a_model_that_predicts_nothing_or_far_worse():
     everything = health(report, Prediction(dice=0.47, foreground=0.97), dense, degenerate_fraction=0.5)
     assert everything["degenerate"] and everything["degenerate_reasons"] == [everything["degenerate_reasons"][0]]
     assert "everything" in everything["degenerate_reasons"][0]
-    wide = health(report, Prediction(dice=0.7, foreground=0.6), dense, degenerate_fraction=0.5)  # 0.3 + 0.5 * 0.7 = 0.65
+    wide = health(
+        report, Prediction(dice=0.7, foreground=0.6), dense, degenerate_fraction=0.5
+    )  # 0.3 + 0.5 * 0.7 = 0.65
     assert not wide["degenerate"]
 
 
 def test_health_flags_a_classifier_whose_auroc_collapses_towards_chance():
     report = SparsityReport(requested=0.7, achieved=0.7, layers={"a": 0.7})
     dense = Prediction(dice=0.6, foreground=0.1, auroc=0.9)
-    collapsed = health(report, Prediction(dice=0.55, foreground=0.1, auroc=0.65), dense, degenerate_fraction=0.5)  # 0.15 < 0.5 x 0.4
+    collapsed = health(
+        report, Prediction(dice=0.55, foreground=0.1, auroc=0.65), dense, degenerate_fraction=0.5
+    )  # 0.15 < 0.5 x 0.4
     assert collapsed["degenerate"] and collapsed["degenerate_reasons"] == [collapsed["degenerate_reasons"][0]]
     assert "AUROC 0.6500" in collapsed["degenerate_reasons"][0] and collapsed["dense_auroc"] == 0.9
-    assert not health(report, Prediction(dice=0.55, foreground=0.1, auroc=0.75), dense, degenerate_fraction=0.5)["degenerate"]
+    assert not health(report, Prediction(dice=0.55, foreground=0.1, auroc=0.75), dense, degenerate_fraction=0.5)[
+        "degenerate"
+    ]
     # a dense classifier at chance has no margin to lose: its pruned models are judged by their maps alone
     chance = Prediction(dice=0.6, foreground=0.1, auroc=0.45)
-    assert not health(report, Prediction(dice=0.55, foreground=0.1, auroc=0.3), chance, degenerate_fraction=0.5)["degenerate"]
+    assert not health(report, Prediction(dice=0.55, foreground=0.1, auroc=0.3), chance, degenerate_fraction=0.5)[
+        "degenerate"
+    ]
 
 
 def test_a_collapsed_sparsity_is_reported_and_left_out_of_the_score(controlled):
@@ -106,7 +117,15 @@ def test_a_collapsed_sparsity_is_reported_and_left_out_of_the_score(controlled):
     pruning = metrics["pruning"]
     assert set(pruning) == {"0.3", "0.5", "0.995"}
     for entry in pruning.values():
-        assert {"achieved", "layers", "zeroed_layers", "validation_dice", "degenerate", "scope", "bn_recalibrated"} <= set(entry)
+        assert {
+            "achieved",
+            "layers",
+            "zeroed_layers",
+            "validation_dice",
+            "degenerate",
+            "scope",
+            "bn_recalibrated",
+        } <= set(entry)
         assert entry["scope"] == "layerwise" and entry["bn_recalibrated"] is True
     assert pruning["0.995"]["degenerate"] and not pruning["0.3"]["degenerate"]
     assert metrics["degenerate_sparsities"] == [0.995] and 0.995 not in metrics["ranked_by_sparsities"]
@@ -132,31 +151,48 @@ def test_attended_is_compared_with_a_random_control_on_validation_and_test(contr
     assert set(versus) >= {"overall", "per_seed", "subgroups", "test"}
     control, attended = metrics["models"]["control"], metrics["models"]["attended"]
     assert versus["overall"]["dice"] == pytest.approx(attended["overall"]["dice"] - control["overall"]["dice"])
-    assert versus["test"]["overall"]["dice"] == pytest.approx(attended["test"]["overall"]["dice"] - control["test"]["overall"]["dice"])
+    assert versus["test"]["overall"]["dice"] == pytest.approx(
+        attended["test"]["overall"]["dice"] - control["test"]["overall"]["dice"]
+    )
     gap = json.loads((out / "subgroups.json").read_text())["gap_closing"]
     assert set(gap) == {"validation", "test"}
     row = gap["test"]["subgroups"][0]
     assert {"control_dice", "attended_vs_control", "p_adjusted", "significant"} <= set(row)
     # the control attended as many images as the HTL set, and not the same ones
     sets = json.loads((out / "state" / "attention.json").read_text())
-    assert len(sets["control"]["0"]) == len(sets["attended"]) == sum(i["is_htl"] for i in json.loads((out / "scores.json").read_text()))
+    assert (
+        len(sets["control"]["0"])
+        == len(sets["attended"])
+        == sum(i["is_htl"] for i in json.loads((out / "scores.json").read_text()))
+    )
     assert set(sets["control"]["0"]) != set(sets["attended"])
     # the pre-registered endpoint: the focus set on test, attended - control on it, and the verdict
     chosen = metrics["focus"]
-    dice = {b: {p["image_id"]: p["dice"] for p in metrics["models"][b]["test"]["per_image"]} for b in ("attended", "control")}
-    assert chosen["split"] == "test" and 0 < chosen["n"] == len(chosen["images"]) and set(chosen["images"]) <= set(dice["attended"])
+    dice = {
+        b: {p["image_id"]: p["dice"] for p in metrics["models"][b]["test"]["per_image"]}
+        for b in ("attended", "control")
+    }
+    assert (
+        chosen["split"] == "test"
+        and 0 < chosen["n"] == len(chosen["images"])
+        and set(chosen["images"]) <= set(dice["attended"])
+    )
     on_focus = versus["focus"]
     assert on_focus["n"] == chosen["n"] and on_focus["difference"] == pytest.approx(
-        np.mean([dice["attended"][i] - dice["control"][i] for i in chosen["images"]]))
+        np.mean([dice["attended"][i] - dice["control"][i] for i in chosen["images"]])
+    )
     assert on_focus["seeds"] == 1 and "random control" in metrics["verdict"] and "One seed" in metrics["verdict"]
     assert set(metrics["worst_decile"]) == {"dense", "attended", "control"}
     # the same endpoint on validation, where variants are chosen without reading test
     beside = metrics["validation_endpoint"]
-    val_dice = {b: {p["image_id"]: p["dice"] for p in metrics["models"][b]["per_image"]} for b in ("attended", "control")}
+    val_dice = {
+        b: {p["image_id"]: p["dice"] for p in metrics["models"][b]["per_image"]} for b in ("attended", "control")
+    }
     assert beside["focus"]["split"] == "validation" and set(beside["focus"]["images"]) <= set(val_dice["attended"])
     assert not set(beside["focus"]["images"]) & set(chosen["images"])
     assert beside["attended_vs_control"]["difference"] == pytest.approx(
-        np.mean([val_dice["attended"][i] - val_dice["control"][i] for i in beside["focus"]["images"]]))
+        np.mean([val_dice["attended"][i] - val_dice["control"][i] for i in beside["focus"]["images"]])
+    )
 
 
 def test_dense_validation_curve_has_one_point_per_epoch(controlled):
@@ -167,10 +203,16 @@ def test_dense_validation_curve_has_one_point_per_epoch(controlled):
 
 def test_attention_can_follow_another_scorer(tmp_path):
     data = make_dataset(tmp_path / "data", n=60, size=32, seed=4)
-    spec = JobSpec.model_validate({
-        "image_size": 32, "model": {"width": 4}, "train": {"epochs": 2, "batch_size": 8},
-        "prune": {"sparsities": [0.5]}, "scorers": ["loss"], "attention": {"scorer": "loss"},
-    })
+    spec = JobSpec.model_validate(
+        {
+            "image_size": 32,
+            "model": {"width": 4},
+            "train": {"epochs": 2, "batch_size": 8},
+            "prune": {"sparsities": [0.5]},
+            "scorers": ["loss"],
+            "attention": {"scorer": "loss"},
+        }
+    )
     run_pipeline(data, spec, tmp_path / "out", device="cpu")
     items = json.loads((tmp_path / "out" / "scores.json").read_text())
     sets = json.loads((tmp_path / "out" / "state" / "attention.json").read_text())
@@ -182,8 +224,14 @@ def test_attention_can_follow_another_scorer(tmp_path):
 
 def test_cam_threshold_is_kept_through_checkpoints(tmp_path):
     data = make_dataset(tmp_path / "data", n=80, size=32, seed=5)
-    base = {"setting": "weakly_supervised", "image_size": 32, "model": {"width": 4}, "train": {"epochs": 2, "batch_size": 8},
-            "prune": {"sparsities": [0.3]}, "weak": {"label_column": "dx", "positive": ["mel"]}}
+    base = {
+        "setting": "weakly_supervised",
+        "image_size": 32,
+        "model": {"width": 4},
+        "train": {"epochs": 2, "batch_size": 8},
+        "prune": {"sparsities": [0.3]},
+        "weak": {"label_column": "dx", "positive": ["mel"]},
+    }
     results = {}
     for threshold in (0.3, 0.6):
         spec = JobSpec.model_validate({**base, "weak": {**base["weak"], "cam_threshold": threshold}})
@@ -215,15 +263,25 @@ def test_the_control_model_trains_on_its_random_set_and_the_attended_one_on_the_
     import ml.pipeline
 
     data = make_dataset(tmp_path / "data", n=60, size=32, seed=4)
-    spec = JobSpec.model_validate({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8},
-                                   "prune": {"sparsities": [0.5]}, "label_check": {"enabled": False},
-                                   "attention": {"control": "random", "factor": 5.0}})
+    spec = JobSpec.model_validate(
+        {
+            "image_size": 32,
+            "model": {"width": 4},
+            "train": {"epochs": 1, "batch_size": 8},
+            "prune": {"sparsities": [0.5]},
+            "label_check": {"enabled": False},
+            "attention": {"control": "random", "factor": 5.0},
+        }
+    )
     boosted = {}
     real = ml.pipeline.train_model
 
     def spy(inputs, seed, *, sampling_weights=None, **kwargs):
-        boosted.setdefault("runs", []).append(None if sampling_weights is None else
-                                              sorted(np.array(inputs.image_ids(inputs.train_idx))[sampling_weights == 5.0]))
+        boosted.setdefault("runs", []).append(
+            None
+            if sampling_weights is None
+            else sorted(np.array(inputs.image_ids(inputs.train_idx))[sampling_weights == 5.0])
+        )
         return real(inputs, seed, sampling_weights=sampling_weights, **kwargs)
 
     monkeypatch.setattr(ml.pipeline, "train_model", spy)
@@ -238,11 +296,21 @@ def test_the_control_model_trains_on_its_random_set_and_the_attended_one_on_the_
 def test_an_empty_htl_set_is_warned_about_and_attends_nothing(tmp_path, monkeypatch):
     import ml.stages
 
-    monkeypatch.setattr(ml.stages, "select_htl", lambda scores, **_: np.zeros(len(scores), dtype=bool))  # as a threshold above every score
+    monkeypatch.setattr(
+        ml.stages, "select_htl", lambda scores, **_: np.zeros(len(scores), dtype=bool)
+    )  # as a threshold above every score
     data = make_dataset(tmp_path / "data", n=40, size=32, seed=1)
-    spec = JobSpec.model_validate({"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8},
-                                   "prune": {"sparsities": [0.5]}, "htl": {"threshold": 0.99}, "label_check": {"enabled": False},
-                                   "attention": {"control": "random"}})
+    spec = JobSpec.model_validate(
+        {
+            "image_size": 32,
+            "model": {"width": 4},
+            "train": {"epochs": 1, "batch_size": 8},
+            "prune": {"sparsities": [0.5]},
+            "htl": {"threshold": 0.99},
+            "label_check": {"enabled": False},
+            "attention": {"control": "random"},
+        }
+    )
     metrics = run_pipeline(data, spec, tmp_path / "out", device="cpu")
     assert any("HTL set is empty" in w for w in metrics["warnings"])
     dense, _ = load_checkpoint(tmp_path / "out" / "checkpoints" / "dense.safetensors")

@@ -5,6 +5,7 @@ gallery, filter it, read the plots, and meet another owner's job as not found.
 Skips with a reason where Chromium or Playwright is missing; HTL_TEST_CHROMIUM (set by .ci/run)
 names the browser and makes a missing one a failure. HTL_SCREENSHOTS=DIR keeps a screenshot of
 each page (the README's come from such a run)."""
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,9 @@ def browser():
             raise
         pytest.skip("browser tests need Playwright for Python (pip install -e '.[test]')")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
         yield browser
         browser.close()
 
@@ -56,8 +59,13 @@ def browser():
 def service(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
     server = Server(tmp, no_worker=False, progress_interval_s=0.2)
-    bob = subprocess.run([*server.cli, "keys", "create", "--owner", "bob", "--data-dir", str(server.data)], env=server.env,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    bob = subprocess.run(
+        [*server.cli, "keys", "create", "--owner", "bob", "--data-dir", str(server.data)],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     server.start()
     yield server, bob, tmp
     server.stop()
@@ -82,7 +90,9 @@ def test_the_web_app_end_to_end(browser, service):
     base = server.base
     archive = tmp / "syn.zip"
     root = make_dataset(tmp / "syn", n=60, size=32, seed=3)
-    archive.write_bytes(make_zip({str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}))
+    archive.write_bytes(
+        make_zip({str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()})
+    )
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -112,8 +122,15 @@ def test_the_web_app_end_to_end(browser, service):
     # a spec the API refuses: its message appears next to the field; then a good one is queued
     page.click("text=Run a job on it")
     page.wait_for_selector("form.spec-form")
-    for field, value in {"image_size": "32", "model.width": "4", "train.epochs": "1", "train.batch_size": "8",
-                         "prune.sparsities": "0.5, 1.5", "split.test_fraction": "0.25", "attention.control": None}.items():
+    for field, value in {
+        "image_size": "32",
+        "model.width": "4",
+        "train.epochs": "1",
+        "train.batch_size": "8",
+        "prune.sparsities": "0.5, 1.5",
+        "split.test_fraction": "0.25",
+        "attention.control": None,
+    }.items():
         selector = f"[name='{field}']"
         if value is None:
             page.select_option(selector, "random")
@@ -130,17 +147,23 @@ def test_the_web_app_end_to_end(browser, service):
 
     # live status until it succeeds
     page.wait_for_selector("[data-testid=job-status]")
-    page.wait_for_function("() => document.querySelector('[data-testid=job-status]').textContent === 'succeeded'", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=job-status]').textContent === 'succeeded'", timeout=JOB_TIMEOUT_MS
+    )
 
     # the gallery: hardest first, every thumbnail loaded (an overlay of the named layers)
     page.wait_for_selector("[data-testid=htl-gallery] [data-testid=htl-item]")
-    answer = httpx.get(f"{base}/v1/jobs/{job_id}/scores", params={"htl_only": "true", "limit": 1000}, headers=server.headers)
+    answer = httpx.get(
+        f"{base}/v1/jobs/{job_id}/scores", params={"htl_only": "true", "limit": 1000}, headers=server.headers
+    )
     assert answer.status_code == 200, answer.text
     scores = answer.json()["items"]
     items = page.locator("[data-testid=htl-item]")
     assert items.count() == len(scores) > 0
     assert [items.nth(i).get_attribute("data-image") for i in range(items.count())] == [s["image_id"] for s in scores]
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=htl-item] img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=htl-item] img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     assert "gt, dense, pruned@0.5, pruned@0.9" in items.first.locator("img").get_attribute("alt")
     legend = page.locator("p.legend").inner_text()
     assert "ground truth" in legend and "pruned@0.9" in legend
@@ -150,7 +173,11 @@ def test_the_web_app_end_to_end(browser, service):
     # a subgroup filter narrows the gallery to exactly that subgroup's HTL images
     options = page.locator("#gallery-filter option")
     values = [options.nth(i).get_attribute("value") for i in range(options.count())]
-    narrowing = next(v for v in values[1:] if 0 < sum(s["subgroups"][v.split("=", 1)[0]] == v.split("=", 1)[1] for s in scores) < len(scores))
+    narrowing = next(
+        v
+        for v in values[1:]
+        if 0 < sum(s["subgroups"][v.split("=", 1)[0]] == v.split("=", 1)[1] for s in scores) < len(scores)
+    )
     attribute, value = narrowing.split("=", 1)
     page.select_option("#gallery-filter", narrowing)
     expected = [s["image_id"] for s in scores if s["subgroups"][attribute] == value]
@@ -165,7 +192,9 @@ def test_the_web_app_end_to_end(browser, service):
     assert page.locator("[data-testid=image-detail] input[name=oos]").count() == 1  # the label check's prediction
     assert "label quality" in page.locator("[data-testid=image-detail]").inner_text()
     page.uncheck("[data-testid=image-detail] input[name=dense]")
-    page.wait_for_function(f"() => document.querySelector('[data-testid=image-detail] img.full').getAttribute('src') !== '{before}'")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-testid=image-detail] img.full').getAttribute('src') !== '{before}'"
+    )
     _shot(page, "image-detail")
     page.click("[data-testid=image-detail] .close button")
 
@@ -206,12 +235,21 @@ def test_a_semi_supervised_job_shows_its_annotation_queue_and_exports_it(browser
     folder = make_dataset(tmp_path / "semi", n=40, size=32, seed=5)
     for mask in sorted((folder / "masks").iterdir())[:12]:  # twelve images without a mask
         mask.unlink()
-    spec = {"image_size": 32, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 8}, "prune": {"sparsities": [0.5]},
-            "setting": "semi_supervised", "scorers": ["pruning", "mc_dropout"]}
+    spec = {
+        "image_size": 32,
+        "model": {"width": 4},
+        "train": {"epochs": 1, "batch_size": 8},
+        "prune": {"sparsities": [0.5]},
+        "setting": "semi_supervised",
+        "scorers": ["pruning", "mc_dropout"],
+    }
     with HtlClient(server.base, server.key) as api:
         job = api.wait(api.submit_job(api.upload_dataset(folder)["id"], spec)["id"], timeout=JOB_TIMEOUT_MS / 1000)
         assert job["status"] == "succeeded", job
-        by = {s: [i["image_id"] for i in api.annotation_queue(job["id"], strategy=s)] for s in ("htl", "mc_dropout", "random")}
+        by = {
+            s: [i["image_id"] for i in api.annotation_queue(job["id"], strategy=s)]
+            for s in ("htl", "mc_dropout", "random")
+        }
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     errors: list[str] = []
@@ -228,11 +266,16 @@ def test_a_semi_supervised_job_shows_its_annotation_queue_and_exports_it(browser
     for strategy in ("htl", "mc_dropout", "random"):
         page.select_option("[data-testid=queue-strategy]", strategy)
         cells = "[data-testid=annotation-queue] tbody td:nth-child(2)"
-        page.wait_for_function(f"() => [...document.querySelectorAll('{cells}')].map(td => td.textContent).join(',') === '{','.join(by[strategy])}'")
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('{cells}')].map(td => td.textContent).join(',') === '{','.join(by[strategy])}'"
+        )
     with page.expect_download() as download:
         page.click("[data-testid=queue-export]")
     exported = Path(download.value.path()).read_text().splitlines()
-    assert exported[0].startswith("position,image_id,strategy") and [line.split(",")[1] for line in exported[1:]] == by["random"]
+    assert (
+        exported[0].startswith("position,image_id,strategy")
+        and [line.split(",")[1] for line in exported[1:]] == by["random"]
+    )
     _shot(page, "annotation-queue")
     assert not errors, errors
     context.close()
