@@ -6,6 +6,7 @@ mc_dropout scorer); random: a seeded shuffle, the baseline any strategy has to b
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -38,7 +39,7 @@ def _draw(seed: int, image_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def queue_order(images: list[ScoredImage], strategy: Strategy, *, seed: int = 0) -> list[Queued]:
+def queue_order(images: Sequence[ScoredImage], strategy: Strategy, *, seed: int = 0) -> list[Queued]:
     """The images, most worth annotating first. Ties go by HTL rank, which is itself seeded."""
     if strategy == "htl":
         keyed = [(image.htl_score, image) for image in images]

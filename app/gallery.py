@@ -127,7 +127,7 @@ def render_overlay(
                 raise GalleryError(f"the job's {layer} mask of {image_id!r} is missing from the store")
             with Image.open(predicted) as m:
                 mask = np.asarray(m.convert("L")) > 127
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
         colour = np.array(layer_colour(layer, index["layers"]), dtype=np.float32)
         if layer == "dense":
             canvas[mask] = 0.7 * canvas[mask] + 0.3 * colour

@@ -7,6 +7,7 @@ raises an ApiError (422, 413 or 415) naming the problem, and its staging folder 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import re
 import shutil
@@ -16,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from PIL import Image
 
@@ -99,7 +100,7 @@ class _CountingReader:
 class _Member:
     path: PurePosixPath
     size: int
-    open: Callable[[], BinaryIO]
+    open: Callable[[], IO[bytes]]
 
 
 def _zip_members(archive: Path, limits: Limits) -> Iterator[_Member]:
@@ -147,14 +148,21 @@ def _zip_members(archive: Path, limits: Limits) -> Iterator[_Member]:
         for info in infos:
             if info.is_dir():
                 continue
-            yield _Member(_clean_member_path(info.filename), info.file_size, lambda info=info: zf.open(info))
+            yield _Member(_clean_member_path(info.filename), info.file_size, functools.partial(zf.open, info))
+
+
+def _regular_file(tf: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:
+    f = tf.extractfile(info)
+    if f is None:  # only a regular file has contents; _tar_members lets no other kind through
+        raise InvalidInput(f"archive member {info.name!r} is not a regular file")
+    return f
 
 
 def _tar_members(archive: Path, limits: Limits) -> Iterator[_Member]:
     with archive.open("rb") as raw:
         reader = _CountingReader(raw, archive.stat().st_size, limits)
         try:
-            tf = tarfile.open(fileobj=reader, mode="r|")
+            tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]  # a stream tar needs only read()
         except (tarfile.TarError, OSError, EOFError) as e:
             raise InvalidInput(f"the tar.gz archive is corrupt: {e}") from e
         count = 0
@@ -170,7 +178,7 @@ def _tar_members(archive: Path, limits: Limits) -> Iterator[_Member]:
                     continue
                 if not info.isreg():
                     raise InvalidInput(f"archive member {info.name!r} is not a regular file")
-                yield _Member(path, info.size, lambda info=info: tf.extractfile(info))
+                yield _Member(path, info.size, functools.partial(_regular_file, tf, info))
             # the tar's end marker comes before the gzip trailer: read to the end, so the gzip CRC
             # and length are checked and a changed byte anywhere is caught
             while reader.read(CHUNK):
@@ -189,7 +197,7 @@ def _archive_kind(path: Path) -> str:
     raise UnsupportedMediaType("the upload is neither a zip nor a tar.gz archive")
 
 
-def _copy_counted(src: BinaryIO, dst: Path, declared: int, budget: list[int], name: str) -> int:
+def _copy_counted(src: IO[bytes], dst: Path, declared: int, budget: list[int], name: str) -> int:
     written = 0
     with dst.open("wb") as out:
         while chunk := src.read(CHUNK):
@@ -269,7 +277,7 @@ def _reason(e: Exception, path: Path, what: str) -> str:
     return str(e).replace(str(path), what)
 
 
-def _image_header(path: Path, limits: Limits, what: str) -> tuple[int, int, str]:
+def _image_header(path: Path, limits: Limits, what: str) -> tuple[int, int, str | None]:
     try:
         with Image.open(path) as img:
             width, height, fmt = img.width, img.height, img.format
@@ -315,14 +323,14 @@ def validate_layout(root: Path, limits: Limits) -> IngestResult:
 
     masks: dict[str, Path] = {}
     for path in sorted(mask_dir.iterdir()) if mask_dir.is_dir() else []:
-        image_id = mask_image_id(path.name)
-        if image_id not in by_id:
+        owner = mask_image_id(path.name)
+        if owner is None or owner not in by_id:
             path.unlink()
             warnings.append(f"masks/{path.name} matches no image and was dropped")
             continue
-        if image_id in masks:
-            raise InvalidInput(f"image {image_id!r} has two masks: masks/{masks[image_id].name} and masks/{path.name}")
-        masks[image_id] = path
+        if owner in masks:
+            raise InvalidInput(f"image {owner!r} has two masks: masks/{masks[owner].name} and masks/{path.name}")
+        masks[owner] = path
 
     columns: list[str] = []
     metadata: dict[str, dict[str, str]] = {}

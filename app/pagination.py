@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from datetime import datetime
+from typing import Any
 
 from app.errors import InvalidInput
 
@@ -49,7 +50,7 @@ def encode_cursor(values: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, *, keys: tuple[str, ...]) -> dict | None:
+def decode_cursor(cursor: str | None, *, keys: tuple[str, ...]) -> dict[str, Any] | None:
     if cursor is None:
         return None
     if len(cursor) > MAX_CURSOR_CHARS:

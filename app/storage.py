@@ -12,6 +12,7 @@ scratch folder."""
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import shutil
@@ -82,7 +83,7 @@ class Store(ABC):
         """Whether local_tree answers the store's own folder (writes there are stored already)."""
         return False
 
-    def trim_cache(self) -> list[Path]:
+    def trim_cache(self) -> builtins.list[Path]:  # builtins: `list` here is the method
         """Evicts what the local cache holds past its bound (a store read in place has none)."""
         return []
 
@@ -257,7 +258,7 @@ class S3Store(Store):
         self.scratch.touch(key)
         return target
 
-    def trim_cache(self) -> list[Path]:
+    def trim_cache(self) -> builtins.list[Path]:  # builtins: `list` here is the method
         return self.scratch.trim()
 
     def local_tree(self, prefix: str) -> Path:

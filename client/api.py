@@ -19,6 +19,8 @@ import httpx
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FINISHED = ("succeeded", "failed", "cancelled")
 CHUNK = 1024 * 1024
+# what the API answers: a JSON object (its fields are in the OpenAPI document at /openapi.json)
+JsonObject = dict[str, Any]
 
 
 class HtlError(Exception):
@@ -82,14 +84,14 @@ class HtlClient:
     def __enter__(self) -> HtlClient:
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         self._http.close()
 
     # --- plumbing -------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         r = self._http.request(method, path, **kwargs)
         if r.status_code >= 400:
             try:
@@ -99,7 +101,14 @@ class HtlClient:
                 raise HtlError(r.status_code, "ERROR", r.text[:500]) from None
         return r
 
-    def _pages(self, path: str, params: dict | None = None, limit: int = 1000) -> Iterator[dict]:
+    @staticmethod
+    def _object(r: httpx.Response) -> JsonObject:
+        body = r.json()
+        if not isinstance(body, dict):
+            raise HtlError(r.status_code, "UNEXPECTED_ANSWER", f"expected a JSON object, got {type(body).__name__}")
+        return body
+
+    def _pages(self, path: str, params: JsonObject | None = None, limit: int = 1000) -> Iterator[JsonObject]:
         cursor = None
         while True:
             page = self._request(
@@ -113,7 +122,7 @@ class HtlClient:
     # --- datasets -------------------------------------------------------------------------------
     def upload_dataset(
         self, source: Path, *, name: str | None = None, on_progress: Callable[[int, int], None] | None = None
-    ) -> dict:
+    ) -> JsonObject:
         """Upload a dataset folder (packed here as tar.gz) or an archive (zip or tar.gz)."""
         source = Path(source)
         with tempfile.TemporaryDirectory() as tmp:
@@ -121,38 +130,40 @@ class HtlClient:
             reader = _ProgressReader(archive, on_progress)
             try:
                 files = {"file": (archive.name, reader, "application/octet-stream")}
-                return self._request(
-                    "POST",
-                    "/v1/datasets",
-                    files=files,
-                    data={"name": name or source.name},
-                    timeout=httpx.Timeout(60.0, read=None, write=None),
-                ).json()
+                return self._object(
+                    self._request(
+                        "POST",
+                        "/v1/datasets",
+                        files=files,
+                        data={"name": name or source.name},
+                        timeout=httpx.Timeout(60.0, read=None, write=None),
+                    )
+                )
             finally:
                 reader.close()
 
-    def datasets(self) -> Iterator[dict]:
+    def datasets(self) -> Iterator[JsonObject]:
         return self._pages("/v1/datasets")
 
-    def dataset(self, dataset_id: str) -> dict:
-        return self._request("GET", f"/v1/datasets/{dataset_id}").json()
+    def dataset(self, dataset_id: str) -> JsonObject:
+        return self._object(self._request("GET", f"/v1/datasets/{dataset_id}"))
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
 
     # --- jobs -----------------------------------------------------------------------------------
-    def submit_job(self, dataset_id: str, spec: dict | None = None) -> dict:
-        return self._request("POST", "/v1/jobs", json={"dataset_id": dataset_id, "spec": spec or {}}).json()
+    def submit_job(self, dataset_id: str, spec: JsonObject | None = None) -> JsonObject:
+        return self._object(self._request("POST", "/v1/jobs", json={"dataset_id": dataset_id, "spec": spec or {}}))
 
-    def jobs(self, *, status: str | None = None, dataset_id: str | None = None) -> Iterator[dict]:
+    def jobs(self, *, status: str | None = None, dataset_id: str | None = None) -> Iterator[JsonObject]:
         params = {k: v for k, v in (("status", status), ("dataset_id", dataset_id)) if v}
         return self._pages("/v1/jobs", params)
 
-    def job(self, job_id: str) -> dict:
-        return self._request("GET", f"/v1/jobs/{job_id}").json()
+    def job(self, job_id: str) -> JsonObject:
+        return self._object(self._request("GET", f"/v1/jobs/{job_id}"))
 
-    def cancel_job(self, job_id: str) -> dict:
-        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+    def cancel_job(self, job_id: str) -> JsonObject:
+        return self._object(self._request("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def delete_job(self, job_id: str) -> None:
         self._request("DELETE", f"/v1/jobs/{job_id}")
@@ -163,8 +174,8 @@ class HtlClient:
         *,
         interval: float = 1.0,
         timeout: float | None = None,
-        on_update: Callable[[dict], None] | None = None,
-    ) -> dict:
+        on_update: Callable[[JsonObject], None] | None = None,
+    ) -> JsonObject:
         """Poll until the job has finished; answers its last state. A 503 or 429 on the way is waited out."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -184,7 +195,7 @@ class HtlClient:
             time.sleep(interval)
 
     # --- results --------------------------------------------------------------------------------
-    def scores(self, job_id: str, *, htl_only: bool = False) -> Iterator[dict]:
+    def scores(self, job_id: str, *, htl_only: bool = False) -> Iterator[JsonObject]:
         return self._pages(f"/v1/jobs/{job_id}/scores", {"htl_only": str(htl_only).lower()})
 
     def scores_csv(self, job_id: str, *, htl_only: bool = False) -> Iterator[bytes]:
@@ -200,10 +211,10 @@ class HtlClient:
                 self._request("GET", f"/v1/jobs/{job_id}/scores")  # raises the same error with its body
             yield from r.iter_bytes()
 
-    def label_issues(self, job_id: str) -> Iterator[dict]:
+    def label_issues(self, job_id: str) -> Iterator[JsonObject]:
         return self._pages(f"/v1/jobs/{job_id}/label-issues")
 
-    def annotation_queue(self, job_id: str, *, strategy: str = "random", seed: int = 0) -> Iterator[dict]:
+    def annotation_queue(self, job_id: str, *, strategy: str = "random", seed: int = 0) -> Iterator[JsonObject]:
         """A semi-supervised job's unlabeled training images, most worth annotating first."""
         return self._pages(f"/v1/jobs/{job_id}/annotation-queue", {"strategy": strategy, "seed": seed})
 
@@ -216,13 +227,13 @@ class HtlClient:
             headers={"Accept": "text/csv"},
         ).content
 
-    def metrics(self, job_id: str, *, split: str = "validation") -> dict:
-        return self._request("GET", f"/v1/jobs/{job_id}/metrics", params={"split": split}).json()
+    def metrics(self, job_id: str, *, split: str = "validation") -> JsonObject:
+        return self._object(self._request("GET", f"/v1/jobs/{job_id}/metrics", params={"split": split}))
 
-    def subgroups(self, job_id: str) -> dict:
-        return self._request("GET", f"/v1/jobs/{job_id}/subgroups").json()
+    def subgroups(self, job_id: str) -> JsonObject:
+        return self._object(self._request("GET", f"/v1/jobs/{job_id}/subgroups"))
 
-    def checkpoints(self, job_id: str) -> list[dict]:
+    def checkpoints(self, job_id: str) -> list[JsonObject]:
         return list(self._pages(f"/v1/jobs/{job_id}/checkpoints"))
 
     def download_checkpoint(self, job_id: str, name: str, dest: Path) -> Path:

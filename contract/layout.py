@@ -5,7 +5,9 @@ level (Pillow's convert("L"), so palette PNGs are not inverted) and binarized at
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
@@ -45,7 +47,7 @@ MAX_VALUE_CHARS = 1000
 MAX_LINE_CHARS = MAX_COLUMNS * (MAX_VALUE_CHARS + 3)
 
 
-def _bounded_lines(f, path: Path):
+def _bounded_lines(f: TextIO, path: Path) -> Iterator[str]:
     """The file's lines, each read at most MAX_LINE_CHARS (+1) at a time: a 30-million-column header
     is refused after reading 200 kB of it, not after parsing it whole."""
     number = 0
@@ -106,8 +108,8 @@ def read_mask(path: Path) -> np.ndarray:
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             values = np.asarray(img, dtype=np.float64)
             if _is_label_mask(values):
-                return values == 1
-            return values > 65535 * MASK_THRESHOLD / 255
+                return np.asarray(values == 1)
+            return np.asarray(values > 65535 * MASK_THRESHOLD / 255)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             grey = np.asarray(rgba.convert("L"))
@@ -116,8 +118,8 @@ def read_mask(path: Path) -> np.ndarray:
             return grey > MASK_THRESHOLD
         grey = np.asarray(img.convert("L"))
         if _is_label_mask(grey):
-            return grey == 1
-        return grey > MASK_THRESHOLD
+            return np.asarray(grey == 1)
+        return np.asarray(grey > MASK_THRESHOLD)
 
 
 def _is_label_mask(values: np.ndarray) -> bool:

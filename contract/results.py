@@ -128,7 +128,7 @@ def _decoder(kind: Any) -> Callable[[Any], Any]:
         (inner,) = typing.get_args(kind)
         inner_decode = _decoder(inner)
 
-        def decode_list(raw):
+        def decode_list(raw: Any) -> Any:
             if not isinstance(raw, list):
                 raise ResultError(f"expected a list for {kind}, found {type(raw).__name__}")
             return list(raw) if inner in PLAIN else [inner_decode(v) for v in raw]
@@ -138,17 +138,17 @@ def _decoder(kind: Any) -> Callable[[Any], Any]:
         _, inner = typing.get_args(kind)
         inner_decode = _decoder(inner)
 
-        def decode_dict(raw):
+        def decode_dict(raw: Any) -> Any:
             if not isinstance(raw, dict):
                 raise ResultError(f"expected an object for {kind}, found {type(raw).__name__}")
             return dict(raw) if inner in PLAIN else {k: inner_decode(v) for k, v in raw.items()}
 
         return decode_dict
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
         fields = {f.name: _decoder(hints[f.name]) for f in dataclasses.fields(kind)}
 
-        def decode_dataclass(raw):
+        def decode_dataclass(raw: Any) -> Any:
             if not isinstance(raw, dict):
                 raise ResultError(f"expected an object for {kind.__name__}, found {type(raw).__name__}")
             try:

@@ -3,6 +3,7 @@ unit planner and the pipeline (what each costs, which need a target). Torch-free
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MC_DROPOUT_SAMPLES = 8  # forward passes with test-time dropout per image
@@ -51,6 +52,6 @@ SCORERS: dict[str, ScorerInfo] = {
 SCORER_NAMES = tuple(SCORERS)
 
 
-def extra_passes(names) -> int:
+def extra_passes(names: Iterable[str]) -> int:
     """Forward passes over the training images, per dense seed, that these scorers add to pruning's."""
     return sum(SCORERS[n].passes for n in names)

@@ -12,6 +12,7 @@ import time
 import traceback
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from celery import current_task
 from celery.exceptions import Reject
@@ -284,7 +285,7 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     from ml.pipeline import Progress, Run
 
     _set_torch_threads(settings, sessionmaker)
-    last = {"t": 0.0, "stage": None}
+    last: dict[str, Any] = {"t": 0.0, "stage": None}
     heartbeat = Heartbeat(
         sessionmaker,
         job_id,
@@ -339,6 +340,8 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         if heartbeat.cancelled.is_set():
             raise JobCancelled()
         if kind == "evaluate":
+            if results is None:
+                raise RuntimeError("the evaluate unit answered no results")
             return _finish_job(
                 job_id, unit, results, run_prefix, submit_warnings, worker=worker, sessionmaker=sessionmaker
             )

@@ -88,7 +88,7 @@ def job_image_overlay(
     out-of-sample prediction) as a magenta contour. (A plain function: FastAPI runs it in a thread,
     so its queries and drawing never hold the event loop.)"""
     job, _ = _image(session, owner, job_id, image_id)
-    dataset = session.get(Dataset, job.dataset_id)
+    dataset = session.get_one(Dataset, job.dataset_id)  # a job keeps its dataset (deleting it is 409)
     store = request.app.state.store
     chosen = [layer for layer in (part.strip() for part in layers.split(",")) if layer]
     try:

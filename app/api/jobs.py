@@ -302,7 +302,11 @@ def job_scores(
         )
     after = decode_cursor(cursor, keys=("rank",))
     rows = queries.score_rows(
-        session=session, job_id=job_id, htl_only=htl_only, limit=limit, after_rank=after and after["rank"]
+        session=session,
+        job_id=job_id,
+        htl_only=htl_only,
+        limit=limit,
+        after_rank=None if after is None else after["rank"],
     )
     more = len(rows) > limit
     rows = rows[:limit]
@@ -549,7 +553,12 @@ def job_evaluations(
     _succeeded_job(session, owner, job_id)
     after = decode_cursor(cursor, keys=("image_id",))
     rows = queries.list_evaluations(
-        session=session, job_id=job_id, model=model, split=split, limit=limit, after_image=after and after["image_id"]
+        session=session,
+        job_id=job_id,
+        model=model,
+        split=split,
+        limit=limit,
+        after_image=None if after is None else after["image_id"],
     )
     if not rows and after is None:
         known = sorted(queries.evaluated_models(session=session, job_id=job_id))
@@ -592,7 +601,7 @@ def job_checkpoints(
     _succeeded_job(session, owner, job_id)
     after = decode_cursor(cursor, keys=("name",))
     rows = queries.list_checkpoints(
-        session=session, job_id=job_id, limit=limit, after_name=after and str(after["name"])
+        session=session, job_id=job_id, limit=limit, after_name=None if after is None else str(after["name"])
     )
     more = len(rows) > limit
     rows = rows[:limit]

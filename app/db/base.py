@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, Uuid
+from sqlalchemy import JSON, CursorResult, DateTime, Executable, MetaData, Table, TypeDecorator, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -19,6 +20,16 @@ NAMING_CONVENTION = {
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def rows_changed(session: Session, statement: Executable) -> int:
+    """How many rows an UPDATE or DELETE changed (SQLAlchemy types execute's answer as a plain Result)."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+def table(model: type[DeclarativeBase]) -> Table:
+    """A mapped class's table, for Core statements over many rows at once (insert of dicts)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> datetime:

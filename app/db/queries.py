@@ -6,15 +6,15 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, and_, bindparam, cast, delete, or_, select, text, update
+from sqlalchemy import Row, Text, and_, bindparam, cast, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import units
-from app.db.base import utcnow
+from app.db.base import rows_changed, table, utcnow
 from app.db.models import (
     FINISHED,
     ApiKey,
@@ -62,12 +62,12 @@ def list_api_keys(*, session: Session, owner_name: str | None = None) -> list[tu
 
 def revoke_api_keys(*, session: Session, prefix: str) -> int:
     """Revokes the live keys whose shown prefix starts with prefix; answers how many."""
-    result = session.execute(
+    return rows_changed(
+        session,
         update(ApiKey)
         .where(ApiKey.prefix.startswith(prefix, autoescape=True), ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .values(revoked_at=utcnow()),
     )
-    return result.rowcount
 
 
 def owner_for_key(*, session: Session, key: str) -> Owner | None:
@@ -123,7 +123,7 @@ def create_dataset(
     session.add(dataset)
     session.flush()
     if rows:
-        session.execute(Image.__table__.insert(), rows)
+        session.execute(table(Image).insert(), rows)
     return dataset
 
 
@@ -283,7 +283,7 @@ def request_cancel(*, session: Session, job_id: uuid.UUID) -> str | None:
 
 def worker_alive(*, session: Session, name: str, hostname: str, pid: int) -> None:
     now = utcnow()
-    if session.execute(update(Worker).where(Worker.name == name).values(heartbeat_at=now)).rowcount == 0:
+    if rows_changed(session, update(Worker).where(Worker.name == name).values(heartbeat_at=now)) == 0:
         session.add(Worker(name=name, hostname=hostname, pid=pid, started_at=now, heartbeat_at=now))
     # forget workers silent for a day
     session.execute(delete(Worker).where(Worker.heartbeat_at < now - timedelta(days=1)))
@@ -323,7 +323,7 @@ def finish_job(
     stmt = update(Job).where(Job.id == job_id, Job.status == from_status)
     if worker is not None:
         stmt = stmt.where(Job.worker == worker)
-    return session.execute(stmt.values(**values)).rowcount == 1
+    return rows_changed(session, stmt.values(**values)) == 1
 
 
 # --- results ---------------------------------------------------------------------------------------
@@ -341,13 +341,13 @@ def replace_results(
     for model in RESULT_TABLES:
         session.execute(delete(model).where(model.job_id == job_id))
     if evaluations:
-        session.execute(Evaluation.__table__.insert(), [dict(e, job_id=job_id) for e in evaluations])
+        session.execute(table(Evaluation).insert(), [dict(e, job_id=job_id) for e in evaluations])
     for kind, body in (reports or {}).items():
         session.add(JobReport(job_id=job_id, kind=kind, body=body))
     if scores:
-        session.execute(Score.__table__.insert(), [dict(s, job_id=job_id) for s in scores])
+        session.execute(table(Score).insert(), [dict(s, job_id=job_id) for s in scores])
     if metrics:
-        session.execute(Metric.__table__.insert(), [dict(m, job_id=job_id) for m in metrics])
+        session.execute(table(Metric).insert(), [dict(m, job_id=job_id) for m in metrics])
     for c in checkpoints:
         session.add(Checkpoint(job_id=job_id, **c))
     session.flush()
@@ -414,7 +414,9 @@ def _scores_page(htl_only: bool):
 SCORES_PAGE = {False: _scores_page(False), True: _scores_page(True)}
 
 
-def score_rows(*, session: Session, job_id: uuid.UUID, htl_only: bool, limit: int, after_rank: int | None) -> list:
+def score_rows(
+    *, session: Session, job_id: uuid.UUID, htl_only: bool, limit: int, after_rank: int | None
+) -> Sequence[Row[Any]]:
     """Up to limit + 1 scores after after_rank, hardest first, as rows: SCORE_FIELDS, then SCORE_JSON as JSON text."""
     return session.execute(
         SCORES_PAGE[htl_only], {"job_id": job_id, "after": after_rank or 0, "limit": limit + 1}
@@ -448,8 +450,8 @@ def list_evaluations(
 
 def evaluated_models(*, session: Session, job_id: uuid.UUID) -> list[tuple[str, str]]:
     return [
-        tuple(r)
-        for r in session.execute(
+        (model, split)
+        for model, split in session.execute(
             select(Evaluation.model, Evaluation.split).where(Evaluation.job_id == job_id).distinct()
         )
     ]

@@ -13,10 +13,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
+from app.db.base import rows_changed, utcnow
 from app.db.models import Job, JobUnit
 from contract.jobspec import JobSpec
 from contract.units import plan_units
@@ -84,11 +84,12 @@ def end_if_cancelled(*, session: Session, job_id: uuid.UUID, alive_since: dateti
         return False
     now = utcnow()
     ended = (
-        session.execute(
+        rows_changed(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True))
-            .values(status="cancelled", error=CANCELLED_ON_REQUEST, finished_at=now, updated_at=now)
-        ).rowcount
+            .values(status="cancelled", error=CANCELLED_ON_REQUEST, finished_at=now, updated_at=now),
+        )
         == 1
     )
     if ended:
@@ -131,7 +132,7 @@ def _stale(stale_before: datetime):
 OOM_SUSPECT_SHARE = (4, 5)
 
 
-def _near_memory_limit():
+def _near_memory_limit() -> ColumnElement[bool]:
     num, den = OOM_SUSPECT_SHARE
     return and_(
         JobUnit.memory_limit_bytes.is_not(None),
@@ -167,7 +168,8 @@ def claim_unit(
     now = utcnow()
     for name in candidates:
         taken = (
-            session.execute(
+            rows_changed(
+                session,
                 update(JobUnit)
                 .where(JobUnit.job_id == job_id, JobUnit.name == name, claimable)
                 .values(
@@ -181,12 +183,12 @@ def claim_unit(
                     finished_at=None,
                     memory_bytes=None,
                     memory_limit_bytes=None,
-                )
-            ).rowcount
+                ),
+            )
             == 1
         )
         if taken:
-            unit = session.get(JobUnit, (job_id, name), populate_existing=True)
+            unit = session.get_one(JobUnit, (job_id, name), populate_existing=True)
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status.in_(("queued", "running")))
@@ -222,13 +224,14 @@ def unit_heartbeat(
         {"memory_bytes": memory_bytes, "memory_limit_bytes": memory_limit_bytes} if memory_bytes is not None else {}
     )
     mine = (
-        session.execute(
+        rows_changed(
+            session,
             update(JobUnit)
             .where(
                 JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
             )
-            .values(heartbeat_at=now, **memory)
-        ).rowcount
+            .values(heartbeat_at=now, **memory),
+        )
         == 1
     )
     stop = job is None or job.cancel_requested or job.status != "running"
@@ -245,13 +248,14 @@ def report_unit_progress(
     now = utcnow()
     job = lock_job(session=session, job_id=job_id)
     mine = (
-        session.execute(
+        rows_changed(
+            session,
             update(JobUnit)
             .where(
                 JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
             )
-            .values(progress=progress, heartbeat_at=now)
-        ).rowcount
+            .values(progress=progress, heartbeat_at=now),
+        )
         == 1
     )
     if mine:
@@ -276,13 +280,14 @@ def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str
     job = lock_job(session=session, job_id=job_id)
     now = utcnow()
     done = (
-        session.execute(
+        rows_changed(
+            session,
             update(JobUnit)
             .where(
                 JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
             )
-            .values(status="succeeded", progress=1.0, finished_at=now, heartbeat_at=now)
-        ).rowcount
+            .values(status="succeeded", progress=1.0, finished_at=now, heartbeat_at=now),
+        )
         == 1
     )
     if not done:
@@ -312,7 +317,8 @@ def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str)
     with a cancel request ends cancelled instead, once nothing of it runs)."""
     job = lock_job(session=session, job_id=job_id)
     released = (
-        session.execute(
+        rows_changed(
+            session,
             update(JobUnit)
             .where(
                 JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
@@ -324,8 +330,8 @@ def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str)
                 attempt=JobUnit.attempt - 1,
                 queued_at=utcnow(),
                 progress=0.0,
-            )
-        ).rowcount
+            ),
+        )
         == 1
     )
     if released:
@@ -409,9 +415,9 @@ def exhausted(*, session: Session, stale_before: datetime, max_attempts: int) ->
         .where(_stale(stale_before), or_(JobUnit.attempt >= max_attempts, near_limit))
         .order_by(JobUnit.job_id, JobUnit.position)
     ).all()
-    out = []
+    out: list[tuple[uuid.UUID, str, str]] = []
     for job_id, name, attempt, used, limit, oom in rows:
-        if oom:
+        if oom and used is not None and limit is not None:  # oom holds only where both are known
             why = (
                 f"{name}: worker lost while the unit held {used / 2**30:.1f} GiB of the {limit / 2**30:.1f} GiB its worker "
                 f"could use (attempt {attempt}): most likely killed by the out-of-memory killer, so it is not retried (another "
@@ -439,4 +445,4 @@ def unit_durations(*, session: Session) -> list[tuple[str, float]]:
             JobUnit.finished_at.is_not(None),
         )
     )
-    return [(kind, (end - start).total_seconds()) for kind, start, end in rows]
+    return [(kind, (end - start).total_seconds()) for kind, start, end in rows if start and end]
