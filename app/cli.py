@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from app.annotation_queue import STRATEGIES
 from contract.jobspec import JobSpec, SpecError
 from contract.layout import LayoutError
+from contract.status import JobStatus
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -443,7 +444,7 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
         for warning in done.get("warnings", []):
             if warning not in job.get("warnings", []):
                 print(f"warning: {warning}")
-        return 0 if done["status"] == "succeeded" else 1
+        return 0 if done["status"] == JobStatus.SUCCEEDED else 1
 
     return _client_call(args, submit)
 
@@ -546,9 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="follow the job with a progress bar (stage, ETA) until it ends"
     )
     jlist = client_command(jobs, "list", "your jobs, newest first", cmd_jobs_list)
-    jlist.add_argument(
-        "--status", choices=["queued", "running", "succeeded", "failed", "cancelled"], help="only jobs in this status"
-    )
+    jlist.add_argument("--status", choices=list(JobStatus), help="only jobs in this status")
     client_command(
         jobs, "show", "a job's status, stage, progress, warnings and spec, as JSON", cmd_jobs_show
     ).add_argument("job", help="the job's id")

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from app.db import queries, units
 from app.db.models import Job
+from contract.status import JobStatus
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 STAGE_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600)
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 
@@ -72,16 +72,16 @@ class JobCollector:
                 (finished - started).total_seconds()
                 for started, finished in session.execute(
                     select(Job.started_at, Job.finished_at).where(
-                        Job.status == "succeeded", Job.started_at.is_not(None), Job.finished_at.is_not(None)
+                        Job.status == JobStatus.SUCCEEDED, Job.started_at.is_not(None), Job.finished_at.is_not(None)
                     )
                 )
             ]
             stages = units.unit_durations(session=session)
         jobs = GaugeMetricFamily("htl_jobs", "jobs by status", labels=["status"])
-        for status in JOB_STATUSES:
+        for status in JobStatus:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
-        yield GaugeMetricFamily("htl_queue_depth", "jobs waiting for a worker", value=counts.get("queued", 0))
+        yield GaugeMetricFamily("htl_queue_depth", "jobs waiting for a worker", value=counts.get(JobStatus.QUEUED, 0))
         yield GaugeMetricFamily("htl_live_workers", "workers that stamped themselves alive lately", value=live)
         yield HistogramMetricFamily(
             "htl_job_duration_seconds",

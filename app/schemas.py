@@ -10,6 +10,7 @@ from typing import Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from contract.jobspec import JobSpec
+from contract.status import JobStatus, UnitStatus
 
 T = TypeVar("T")
 
@@ -70,7 +71,9 @@ class JobCreate(BaseModel):
 class UnitOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     name: str = Field(description="dense[<seed>], score, attend[<seed>], control[<seed>], evaluate")
-    status: str = Field(description="waiting (for the units it needs), queued, running, succeeded, failed, cancelled")
+    status: UnitStatus = Field(
+        description="waiting (for the units it needs), queued, running, succeeded, failed, cancelled"
+    )
     worker: str | None = None
     attempt: int
     progress: float
@@ -82,7 +85,7 @@ class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: uuid.UUID
     dataset_id: uuid.UUID
-    status: str
+    status: JobStatus
     stage: str | None
     progress: float
     error: str | None

@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 
+from contract.status import FINISHED
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-FINISHED = ("succeeded", "failed", "cancelled")
 CHUNK = 1024 * 1024
 # what the API answers: a JSON object (its fields are in the OpenAPI document at /openapi.json)
 JsonObject = dict[str, Any]

@@ -27,6 +27,7 @@ from app.queue import RUN_JOB, enqueue_job
 from app.settings import Settings, get_settings
 from app.storage import Store, files_under, make_store
 from contract.results import JobResults
+from contract.status import JobStatus
 from worker import memory
 from worker.celery_app import celery
 
@@ -266,7 +267,7 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
 
     def fail(s, error: str) -> None:
-        if queries.finish_job(session=s, job_id=job_id, status="failed", error=error):
+        if queries.finish_job(session=s, job_id=job_id, status=JobStatus.FAILED, error=error):
             units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
 
     try:  # this host's memory, which the API's host (where the job was admitted) may not share; before torch loads
@@ -418,7 +419,7 @@ def _finish_job(
             if queries.cancel_requested(session=session, job_id=job_id):  # complete_unit ended it cancelled
                 session.commit()
                 return "cancelled"
-            if not queries.finish_job(session=session, job_id=job_id, status="succeeded", warnings=warnings):
+            if not queries.finish_job(session=session, job_id=job_id, status=JobStatus.SUCCEEDED, warnings=warnings):
                 session.rollback()
                 return "lost"
             persist_results(session=session, job_id=job_id, results=results, run_prefix=run_prefix)
@@ -468,7 +469,7 @@ def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
         lost = units.exhausted(session=session, stale_before=stale_before, max_attempts=settings.max_attempts)
         for job_id, unit, error in lost:
             units.lock_job(session=session, job_id=job_id)
-            if queries.finish_job(session=session, job_id=job_id, status="failed", error=error):
+            if queries.finish_job(session=session, job_id=job_id, status=JobStatus.FAILED, error=error):
                 units.end_units(session=session, job_id=job_id, failed_unit=unit, error=error)
         ids = units.resend_candidates(
             session=session,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import INVALID_KEY, CurrentOwner, SessionDep, bearer_key, failed_authentication
 from app.db import queries
-from app.db.models import FINISHED, Job
+from app.db.models import Job
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.gallery import overlay_cache
 from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
@@ -35,10 +35,10 @@ from app.schemas import (
     error_responses,
 )
 from contract.jobspec import JobSpec, SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
+from contract.status import FINISHED, JobStatus
 from contract.units import plan_units
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 422, 429, 500, 503))
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 QUEUE_RETRY_AFTER_S = 5
 
 
@@ -51,7 +51,7 @@ def _job_or_404(session, owner, job_id: uuid.UUID) -> Job:
 
 def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
     job = _job_or_404(session, owner, job_id)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise Conflict(f"job {job_id} is {job.status}; its results are available once it has succeeded")
     return job
 
@@ -136,7 +136,7 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
 def list_jobs(
     owner: CurrentOwner,
     session: SessionDep,
-    status: Status | None = None,
+    status: JobStatus | None = None,
     dataset_id: uuid.UUID | None = None,
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,

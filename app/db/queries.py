@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from app.db import units
 from app.db.base import rows_changed, table, utcnow
 from app.db.models import (
-    FINISHED,
     ApiKey,
     Checkpoint,
     Dataset,
@@ -30,6 +29,7 @@ from app.db.models import (
     Score,
     Worker,
 )
+from contract.status import FINISHED, OPEN, JobStatus, should_stop
 
 KEY_PREFIX = "htl_"
 
@@ -151,7 +151,7 @@ def create_job(
         owner_id=owner_id,
         dataset_id=dataset_id,
         spec=spec,
-        status="queued",
+        status=JobStatus.QUEUED,
         progress=0.0,
         updated_at=utcnow(),
         warnings=list(warnings or []),
@@ -244,9 +244,7 @@ def list_jobs(
 
 def jobs_using_dataset(*, session: Session, dataset_id: uuid.UUID) -> list[uuid.UUID]:
     """Jobs of a dataset that have not finished: while any is queued or running, the dataset stays."""
-    return list(
-        session.scalars(select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(("queued", "running"))))
-    )
+    return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(OPEN))))
 
 
 def delete_dataset(*, session: Session, dataset: Dataset) -> list[uuid.UUID]:
@@ -300,16 +298,16 @@ def cancel_requested(*, session: Session, job_id: uuid.UUID) -> bool:
 def job_should_stop(*, session: Session, job_id: uuid.UUID) -> bool:
     """A cancel was requested, or the job ended (another of its units failed)."""
     row = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
-    return row is None or row.cancel_requested or row.status not in ("queued", "running")
+    return row is None or should_stop(row.status, row.cancel_requested)
 
 
 def finish_job(
     *,
     session: Session,
     job_id: uuid.UUID,
-    status: str,
+    status: JobStatus,
     error: str | None = None,
-    from_status: str = "running",
+    from_status: JobStatus = JobStatus.RUNNING,
     warnings: list[str] | None = None,
     worker: str | None = None,
 ) -> bool:
@@ -318,7 +316,7 @@ def finish_job(
     values: dict[str, Any] = {"status": status, "error": error, "finished_at": now, "updated_at": now}
     if warnings is not None:
         values["warnings"] = warnings
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
     stmt = update(Job).where(Job.id == job_id, Job.status == from_status)
     if worker is not None:

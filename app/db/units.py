@@ -19,10 +19,9 @@ from sqlalchemy.orm import Session
 from app.db.base import rows_changed, utcnow
 from app.db.models import Job, JobUnit
 from contract.jobspec import JobSpec
+from contract.status import OPEN, UNIT_OPEN, JobStatus, UnitStatus, should_stop
 from contract.units import plan_units
 
-OPEN = ("waiting", "queued", "running")
-OPEN_JOB = ("queued", "running")
 CANCELLED_ON_REQUEST = "cancelled on request"
 
 
@@ -37,7 +36,7 @@ def create_units(*, session: Session, job_id: uuid.UUID, spec: dict) -> list[Job
             position=p.position,
             deps=list(p.deps),
             weight=p.weight,
-            status="waiting" if p.deps else "queued",
+            status=UnitStatus.WAITING if p.deps else UnitStatus.QUEUED,
             progress=0.0,
             attempt=0,
             queued_at=None if p.deps else now,
@@ -53,7 +52,7 @@ def ensure_units(*, session: Session, job_id: uuid.UUID) -> None:
     """A job queued before units existed gets its plan now."""
     if session.scalar(select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id)) == 0:
         job = session.get(Job, job_id)
-        if job is not None and job.status == "queued":
+        if job is not None and job.status == JobStatus.QUEUED:
             create_units(session=session, job_id=job_id, spec=job.spec)
 
 
@@ -77,7 +76,9 @@ def end_if_cancelled(*, session: Session, job_id: uuid.UUID, alive_since: dateti
     """With the job's row locked: a job with a cancel request and no unit running (none heartbeating
     since alive_since, when given: a silent worker's unit no longer counts) ends cancelled now, its
     open units with it. Answers whether it ended."""
-    running = select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "running")
+    running = (
+        select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == UnitStatus.RUNNING)
+    )
     if alive_since is not None:
         running = running.where(JobUnit.heartbeat_at >= alive_since)
     if session.scalar(running):
@@ -87,8 +88,8 @@ def end_if_cancelled(*, session: Session, job_id: uuid.UUID, alive_since: dateti
         rows_changed(
             session,
             update(Job)
-            .where(Job.id == job_id, Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True))
-            .values(status="cancelled", error=CANCELLED_ON_REQUEST, finished_at=now, updated_at=now),
+            .where(Job.id == job_id, Job.status.in_(OPEN), Job.cancel_requested.is_(True))
+            .values(status=JobStatus.CANCELLED, error=CANCELLED_ON_REQUEST, finished_at=now, updated_at=now),
         )
         == 1
     )
@@ -103,8 +104,13 @@ def stop_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) ->
     lock_job(session=session, job_id=job_id)
     session.execute(
         update(JobUnit)
-        .where(JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker)
-        .values(status="cancelled", finished_at=utcnow())
+        .where(
+            JobUnit.job_id == job_id,
+            JobUnit.name == name,
+            JobUnit.status == UnitStatus.RUNNING,
+            JobUnit.worker == worker,
+        )
+        .values(status=UnitStatus.CANCELLED, finished_at=utcnow())
     )
     end_if_cancelled(session=session, job_id=job_id)
 
@@ -113,7 +119,7 @@ def end_stranded_cancels(*, session: Session, stale_before: datetime) -> list[uu
     """The sweep's part: every job with a cancel request whose units are all idle or on silent
     workers ends cancelled (nothing else would end it). Answers those jobs."""
     ids = session.scalars(
-        select(Job.id).where(Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(True)).order_by(Job.id)
+        select(Job.id).where(Job.status.in_(OPEN), Job.cancel_requested.is_(True)).order_by(Job.id)
     ).all()
     ended = []
     for job_id in ids:
@@ -124,7 +130,7 @@ def end_stranded_cancels(*, session: Session, stale_before: datetime) -> list[uu
 
 
 def _stale(stale_before: datetime):
-    return and_(JobUnit.status == "running", JobUnit.heartbeat_at < stale_before)
+    return and_(JobUnit.status == UnitStatus.RUNNING, JobUnit.heartbeat_at < stale_before)
 
 
 # a worker that went silent while its unit held this share of the memory it could use was most likely
@@ -154,13 +160,14 @@ def claim_unit(
     attempts left; None when there is none (or the job is finished or being cancelled: a cancelled
     job with nothing running on a live worker ends here)."""
     job = lock_job(session=session, job_id=job_id)
-    if job is None or job.status not in OPEN_JOB:
+    if job is None or job.status not in OPEN:
         return None
     if job.cancel_requested:
         end_if_cancelled(session=session, job_id=job_id, alive_since=stale_before)
         return None
     claimable = or_(
-        and_(JobUnit.status == "queued", JobUnit.attempt < max_attempts), _retryable(stale_before, max_attempts)
+        and_(JobUnit.status == UnitStatus.QUEUED, JobUnit.attempt < max_attempts),
+        _retryable(stale_before, max_attempts),
     )
     candidates = session.scalars(
         select(JobUnit.name).where(JobUnit.job_id == job_id, claimable).order_by(JobUnit.position)
@@ -173,7 +180,7 @@ def claim_unit(
                 update(JobUnit)
                 .where(JobUnit.job_id == job_id, JobUnit.name == name, claimable)
                 .values(
-                    status="running",
+                    status=UnitStatus.RUNNING,
                     worker=worker,
                     attempt=JobUnit.attempt + 1,
                     progress=0.0,
@@ -191,9 +198,9 @@ def claim_unit(
             unit = session.get_one(JobUnit, (job_id, name), populate_existing=True)
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+                .where(Job.id == job_id, Job.status.in_(OPEN))
                 .values(
-                    status="running",
+                    status=JobStatus.RUNNING,
                     worker=worker,
                     stage=unit.kind,
                     started_at=func.coalesce(Job.started_at, now),
@@ -228,13 +235,16 @@ def unit_heartbeat(
             session,
             update(JobUnit)
             .where(
-                JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
+                JobUnit.job_id == job_id,
+                JobUnit.name == name,
+                JobUnit.status == UnitStatus.RUNNING,
+                JobUnit.worker == worker,
             )
             .values(heartbeat_at=now, **memory),
         )
         == 1
     )
-    stop = job is None or job.cancel_requested or job.status != "running"
+    stop = job is None or should_stop(job.status, job.cancel_requested)
     if mine and not stop:
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
     return mine, stop
@@ -252,7 +262,10 @@ def report_unit_progress(
             session,
             update(JobUnit)
             .where(
-                JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
+                JobUnit.job_id == job_id,
+                JobUnit.name == name,
+                JobUnit.status == UnitStatus.RUNNING,
+                JobUnit.worker == worker,
             )
             .values(progress=progress, heartbeat_at=now),
         )
@@ -266,10 +279,10 @@ def report_unit_progress(
         )
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "running")
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
             .values(progress=_least(session, total, 1.0), stage=stage, heartbeat_at=now, updated_at=now)
         )
-    return mine, job is None or job.cancel_requested or job.status != "running"
+    return mine, job is None or should_stop(job.status, job.cancel_requested)
 
 
 def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) -> list[str] | None:
@@ -284,9 +297,12 @@ def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str
             session,
             update(JobUnit)
             .where(
-                JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
+                JobUnit.job_id == job_id,
+                JobUnit.name == name,
+                JobUnit.status == UnitStatus.RUNNING,
+                JobUnit.worker == worker,
             )
-            .values(status="succeeded", progress=1.0, finished_at=now, heartbeat_at=now),
+            .values(status=UnitStatus.SUCCEEDED, progress=1.0, finished_at=now, heartbeat_at=now),
         )
         == 1
     )
@@ -301,13 +317,13 @@ def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str
 def release_ready(*, session: Session, job_id: uuid.UUID) -> list[str]:
     """With the job's row locked: queues the waiting units whose deps have all succeeded."""
     units = session.scalars(select(JobUnit).where(JobUnit.job_id == job_id)).all()
-    finished = {u.name for u in units if u.status == "succeeded"}
-    ready = [u.name for u in units if u.status == "waiting" and set(u.deps) <= finished]
+    finished = {u.name for u in units if u.status == UnitStatus.SUCCEEDED}
+    ready = [u.name for u in units if u.status == UnitStatus.WAITING and set(u.deps) <= finished]
     if ready:
         session.execute(
             update(JobUnit)
-            .where(JobUnit.job_id == job_id, JobUnit.name.in_(ready), JobUnit.status == "waiting")
-            .values(status="queued", queued_at=utcnow())
+            .where(JobUnit.job_id == job_id, JobUnit.name.in_(ready), JobUnit.status == UnitStatus.WAITING)
+            .values(status=UnitStatus.QUEUED, queued_at=utcnow())
         )
     return ready
 
@@ -321,10 +337,13 @@ def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str)
             session,
             update(JobUnit)
             .where(
-                JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == "running", JobUnit.worker == worker
+                JobUnit.job_id == job_id,
+                JobUnit.name == name,
+                JobUnit.status == UnitStatus.RUNNING,
+                JobUnit.worker == worker,
             )
             .values(
-                status="queued",
+                status=UnitStatus.QUEUED,
                 worker=None,
                 heartbeat_at=None,
                 attempt=JobUnit.attempt - 1,
@@ -336,13 +355,21 @@ def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str)
     )
     if released:
         running = session.scalar(
-            select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "running")
+            select(func.count())
+            .select_from(JobUnit)
+            .where(JobUnit.job_id == job_id, JobUnit.status == UnitStatus.RUNNING)
         )
         if running == 0:  # nothing of the job runs any more: it waits for a worker again
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == "running")
-                .values(status="queued", worker=None, heartbeat_at=None, attempt=Job.attempt - 1, updated_at=utcnow())
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                .values(
+                    status=JobStatus.QUEUED,
+                    worker=None,
+                    heartbeat_at=None,
+                    attempt=Job.attempt - 1,
+                    updated_at=utcnow(),
+                )
             )
         if job is not None and job.cancel_requested:
             end_if_cancelled(session=session, job_id=job_id)
@@ -356,12 +383,12 @@ def end_units(*, session: Session, job_id: uuid.UUID, failed_unit: str | None = 
         session.execute(
             update(JobUnit)
             .where(JobUnit.job_id == job_id, JobUnit.name == failed_unit)
-            .values(status="failed", error=error, finished_at=now)
+            .values(status=UnitStatus.FAILED, error=error, finished_at=now)
         )
     session.execute(
         update(JobUnit)
-        .where(JobUnit.job_id == job_id, JobUnit.status.in_(OPEN))
-        .values(status="cancelled", finished_at=now)
+        .where(JobUnit.job_id == job_id, JobUnit.status.in_(UNIT_OPEN))
+        .values(status=UnitStatus.CANCELLED, finished_at=now)
     )
 
 
@@ -372,10 +399,10 @@ def resend_candidates(
     be lost; re-sending stamps it), one running on a silent worker with attempts left, or one waiting
     whose deps have all succeeded (a release lost to a crash). Each job's row is locked before its
     units are touched, jobs in id order."""
-    live_jobs = select(Job.id).where(Job.status.in_(OPEN_JOB), Job.cancel_requested.is_(False))
+    live_jobs = select(Job.id).where(Job.status.in_(OPEN), Job.cancel_requested.is_(False))
     waiting = set(
         session.scalars(
-            select(JobUnit.job_id).where(JobUnit.status == "waiting", JobUnit.job_id.in_(live_jobs)).distinct()
+            select(JobUnit.job_id).where(JobUnit.status == UnitStatus.WAITING, JobUnit.job_id.in_(live_jobs)).distinct()
         )
     )
     lost = session.scalars(
@@ -383,7 +410,10 @@ def resend_candidates(
         .where(
             JobUnit.job_id.in_(live_jobs),
             or_(
-                and_(JobUnit.status == "queued", or_(JobUnit.queued_at.is_(None), JobUnit.queued_at < queued_before)),
+                and_(
+                    JobUnit.status == UnitStatus.QUEUED,
+                    or_(JobUnit.queued_at.is_(None), JobUnit.queued_at < queued_before),
+                ),
                 _retryable(stale_before, max_attempts),
             ),
         )
@@ -392,13 +422,15 @@ def resend_candidates(
     ids: list[uuid.UUID] = []
     for job_id in sorted(waiting | set(lost)):
         job = lock_job(session=session, job_id=job_id)
-        if job is None or job.status not in OPEN_JOB or job.cancel_requested:
+        if job is None or job.status not in OPEN or job.cancel_requested:
             continue  # ended or cancelled since the look above
         released = release_ready(session=session, job_id=job_id) if job_id in waiting else []
         here = [job_id] * (len(released) + sum(1 for j in lost if j == job_id))
         if here:
             session.execute(
-                update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == "queued").values(queued_at=utcnow())
+                update(JobUnit)
+                .where(JobUnit.job_id == job_id, JobUnit.status == UnitStatus.QUEUED)
+                .values(queued_at=utcnow())
             )
         ids += here
     return ids  # a job once per unit to send, so that as many workers can take them
@@ -439,8 +471,8 @@ def unit_durations(*, session: Session) -> list[tuple[str, float]]:
         select(JobUnit.kind, JobUnit.started_at, JobUnit.finished_at)
         .join(Job, Job.id == JobUnit.job_id)
         .where(
-            Job.status == "succeeded",
-            JobUnit.status == "succeeded",
+            Job.status == JobStatus.SUCCEEDED,
+            JobUnit.status == UnitStatus.SUCCEEDED,
             JobUnit.started_at.is_not(None),
             JobUnit.finished_at.is_not(None),
         )

@@ -1,0 +1,35 @@
+"""The states of a job and of its units, and the one rule for when a unit's work should stop. The API
+schemas, the client, the CLI, the database queries and the worker all read them from here."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class UnitStatus(StrEnum):
+    WAITING = "waiting"  # for the units it needs
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# a job that may still change: a worker can take it up or is running it
+OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+UNIT_OPEN = (UnitStatus.WAITING, UnitStatus.QUEUED, UnitStatus.RUNNING)
+
+
+def should_stop(job_status: str | None, cancel_requested: bool) -> bool:
+    """Whether a unit's work should stop: its job is gone (None), a cancel was asked for, or the job
+    ended (another of its units failed)."""
+    return job_status is None or cancel_requested or job_status not in OPEN
