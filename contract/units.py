@@ -15,7 +15,7 @@ from contract.jobspec import JobSpec
 from contract.scorers import extra_passes
 
 KINDS = ("dense", "label_check", "score", "attend", "control", "evaluate")
-INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step (as ml.pipeline)
+INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step (the plan and ml.pipeline)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import torch
 from contract.jobspec import JobSpec, check_spec_fits_dataset, resolve_group_column
 from contract.results import CheckpointFile, EvaluationResult, ImageScore, JobResults, decode, encode
 from contract.scorers import SCORERS, extra_passes
+from contract.units import INFERENCE_SPEEDUP
 from ml import focus, label_check, subgroups
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
@@ -47,7 +48,6 @@ __all__ = ["STAGES", "DegenerateError", "Progress", "Run", "RunDirError", "run_p
 
 STAGES = ("dense", "label_check", "prune", "score", "attend", "evaluate")
 LABEL_CHECK_ATTRIBUTE = "label_check"  # the subgroup every image falls in by its label check: issue, ok, unchecked
-INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step
 BOOTSTRAP_RESAMPLES = 2000
 GALLERY_SAMPLE = 50  # images outside the HTL set whose predicted masks are kept too, for comparison
 
