@@ -58,7 +58,7 @@ def test_weakly_supervised_mining_with_class_activation_maps(data, tmp_path):
             **BASE,
             "setting": "weakly_supervised",
             "weak": {"label_column": "dx", "positive": ["mel"]},
-            "train": {"epochs": 10, "batch_size": 16},
+            "train": {"epochs": 20, "batch_size": 16},
         }
     )
     assert spec.model.arch == "cnn"
