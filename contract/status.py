@@ -29,7 +29,7 @@ FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 UNIT_OPEN = (UnitStatus.WAITING, UnitStatus.QUEUED, UnitStatus.RUNNING)
 
 
-def should_stop(job_status: str | None, cancel_requested: bool) -> bool:
-    """Whether a unit's work should stop: its job is gone (None), a cancel was asked for, or the job
-    ended (another of its units failed)."""
-    return job_status is None or cancel_requested or job_status not in OPEN
+def should_stop(job_status: str, cancel_requested: bool) -> bool:
+    """Whether a unit's work should stop: a cancel was asked for, or the job ended (another of its
+    units failed). A job that is gone is the caller's to check: it has no status to read."""
+    return cancel_requested or job_status not in OPEN

@@ -103,14 +103,7 @@ def stop_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str) ->
     nothing of it runs (a job another unit failed stays failed)."""
     lock_job(session=session, job_id=job_id)
     session.execute(
-        update(JobUnit)
-        .where(
-            JobUnit.job_id == job_id,
-            JobUnit.name == name,
-            JobUnit.status == UnitStatus.RUNNING,
-            JobUnit.worker == worker,
-        )
-        .values(status=UnitStatus.CANCELLED, finished_at=utcnow())
+        update(JobUnit).where(_held_by(job_id, name, worker)).values(status=UnitStatus.CANCELLED, finished_at=utcnow())
     )
     end_if_cancelled(session=session, job_id=job_id)
 
@@ -136,6 +129,13 @@ def _stale(stale_before: datetime):
 # a worker that went silent while its unit held this share of the memory it could use was most likely
 # killed by the out-of-memory killer: another attempt would meet the same limit
 OOM_SUSPECT_SHARE = (4, 5)
+
+
+def _held_by(job_id: uuid.UUID, name: str, worker: str) -> ColumnElement[bool]:
+    """The unit is running on this worker: what every write a worker makes to its unit requires."""
+    return and_(
+        JobUnit.job_id == job_id, JobUnit.name == name, JobUnit.status == UnitStatus.RUNNING, JobUnit.worker == worker
+    )
 
 
 def _near_memory_limit() -> ColumnElement[bool]:
@@ -233,14 +233,7 @@ def unit_heartbeat(
     mine = (
         rows_changed(
             session,
-            update(JobUnit)
-            .where(
-                JobUnit.job_id == job_id,
-                JobUnit.name == name,
-                JobUnit.status == UnitStatus.RUNNING,
-                JobUnit.worker == worker,
-            )
-            .values(heartbeat_at=now, **memory),
+            update(JobUnit).where(_held_by(job_id, name, worker)).values(heartbeat_at=now, **memory),
         )
         == 1
     )
@@ -260,14 +253,7 @@ def report_unit_progress(
     mine = (
         rows_changed(
             session,
-            update(JobUnit)
-            .where(
-                JobUnit.job_id == job_id,
-                JobUnit.name == name,
-                JobUnit.status == UnitStatus.RUNNING,
-                JobUnit.worker == worker,
-            )
-            .values(progress=progress, heartbeat_at=now),
+            update(JobUnit).where(_held_by(job_id, name, worker)).values(progress=progress, heartbeat_at=now),
         )
         == 1
     )
@@ -296,12 +282,7 @@ def complete_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str
         rows_changed(
             session,
             update(JobUnit)
-            .where(
-                JobUnit.job_id == job_id,
-                JobUnit.name == name,
-                JobUnit.status == UnitStatus.RUNNING,
-                JobUnit.worker == worker,
-            )
+            .where(_held_by(job_id, name, worker))
             .values(status=UnitStatus.SUCCEEDED, progress=1.0, finished_at=now, heartbeat_at=now),
         )
         == 1
@@ -336,12 +317,7 @@ def release_unit(*, session: Session, job_id: uuid.UUID, name: str, worker: str)
         rows_changed(
             session,
             update(JobUnit)
-            .where(
-                JobUnit.job_id == job_id,
-                JobUnit.name == name,
-                JobUnit.status == UnitStatus.RUNNING,
-                JobUnit.worker == worker,
-            )
+            .where(_held_by(job_id, name, worker))
             .values(
                 status=UnitStatus.QUEUED,
                 worker=None,
@@ -422,7 +398,7 @@ def resend_candidates(
     ids: list[uuid.UUID] = []
     for job_id in sorted(waiting | set(lost)):
         job = lock_job(session=session, job_id=job_id)
-        if job is None or job.status not in OPEN or job.cancel_requested:
+        if job is None or should_stop(job.status, job.cancel_requested):
             continue  # ended or cancelled since the look above
         released = release_ready(session=session, job_id=job_id) if job_id in waiting else []
         here = [job_id] * (len(released) + sum(1 for j in lost if j == job_id))
@@ -477,4 +453,4 @@ def unit_durations(*, session: Session) -> list[tuple[str, float]]:
             JobUnit.finished_at.is_not(None),
         )
     )
-    return [(kind, (end - start).total_seconds()) for kind, start, end in rows if start and end]
+    return [(kind, (end - start).total_seconds()) for kind, start, end in rows if start is not None and end is not None]

@@ -247,46 +247,13 @@ def test_a_stopping_worker_gives_its_job_back_and_another_finishes_it_once(worke
         assert released["status"] == "queued" and released["attempt"] == 0, (released, log_path.read_text()[-2000:])
         assert "is queued again" in log_path.read_text()
 
-        env = dict(
-            os.environ,
-            HTL_DATA_DIR=str(worker_settings.data_dir),
-            HTL_DATABASE_URL=worker_settings.resolved_database_url,
-            HTL_PROGRESS_INTERVAL_S="0.1",
-            HTL_DEVICE="cpu",
-            **({"HTL_BROKER_URL": worker_settings.broker_url} if worker_settings.broker_url else {}),
-        )
-        if not worker_settings.broker_url:
-            env.pop("HTL_BROKER_URL", None)
-        second_log = (tmp_path / "second.log").open("w")
-        second = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--pool=solo",
-                "-c",
-                "1",
-                "-Q",
-                "htl",
-                "-n",
-                f"test-{uuid.uuid4().hex[:6]}@%h",
-                "--loglevel=INFO",
-            ],
-            env=env,
-            stdout=second_log,
-            stderr=subprocess.STDOUT,
-        )
+        second = start_worker(worker_settings, tmp_path / "second.log")
         try:
             done = wait_for(
                 lambda: (s := get())["status"] in ("succeeded", "failed") and s, 240, "the second worker to finish"
             )
         finally:
-            second.terminate()
-            second.wait(timeout=30)
-            second_log.close()
+            stop_worker(second)
         assert done["status"] == "succeeded", (done["error"], (tmp_path / "second.log").read_text()[-3000:])
         assert done["attempt"] == 1 and done["worker"] != first["worker"] and done["started_at"] == first["started_at"]
         assert count_rows(factory, Score) == 32 and count_rows(factory, Checkpoint) == 4
