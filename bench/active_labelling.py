@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from app.annotation_queue import queue_order
+from app.services.annotation_queue import queue_order
 from contract.jobspec import JobSpec
-from ml.pipeline import STAGES, Run
+from ml.job_context import JobContext
+from ml.pipeline import Run
 from ml.prune import validation_prediction
+from ml.unit_training import train_dense
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +46,7 @@ def spec_for(args, *, keep: float | None, seeds: list[int], scorers: list[str]) 
     )
 
 
-def dataset_with_masks(base: Run, with_mask: set[int], folder: Path) -> Path:
+def dataset_with_masks(base: JobContext, with_mask: set[int], folder: Path) -> Path:
     """The base run's images (linked) and metadata, with the masks of `with_mask` (dataset indices) only."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(exist_ok=True)
@@ -63,11 +65,12 @@ def dataset_with_masks(base: Run, with_mask: set[int], folder: Path) -> Path:
 
 def test_dice(args, data: Path, out: Path, base_test_ids: list[str]) -> list[float]:
     """Train the dense models (one per seed) on `data` and answer each one's mean test Dice."""
-    run = Run(data, spec_for(args, keep=None, seeds=args.seeds, scorers=["pruning"]), out, device="cpu")
+    run = Run(data, spec_for(args, keep=None, seeds=args.seeds, scorers=["pruning"]), out, device="cpu").job
     assert [run.index.records[i].image_id for i in run.test_idx] == base_test_ids, (
         "the derived dataset split differently"
     )
-    run._run_stages(("dense",))
+    for s in run.seeds:
+        train_dense(run, s)
     return [
         float(
             validation_prediction(
@@ -106,15 +109,16 @@ def main() -> None:
             JobSpec.model_validate({"sample": {"max_images": args.images, "seed": 0}, "image_size": args.size}),
             args.out / "sample-run",
             device="cpu",
-        )
+        ).job
         dataset_with_masks(source, set(range(len(source.index.records))), sampled)
-    base = Run(
+    base_run = Run(
         sampled,
         spec_for(args, keep=args.keep, seeds=[0], scorers=["pruning", "mc_dropout"]),
         args.out / "queue",
         device="cpu",
     )
-    base._run_stages(STAGES[: STAGES.index("attend")])
+    base_run.run(until="score")
+    base = base_run.job
     known = base.targets.mask_known
     kept = {i for i in base.train_idx if known[i]}
     held_out = set(base.val_idx) | set(base.test_idx)

@@ -18,7 +18,7 @@ import torch
 
 from contract.jobspec import JobSpec
 from ml.models import build_model
-from ml.pipeline import Run
+from ml.pipeline import Progress, Run
 from ml.train import model_input, per_sample_loss, predict_logits, prepare_for_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,26 +85,32 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="htl-bench-"))
     try:
         t0 = time.perf_counter()
-        run = Run(args.data, spec, out, device=args.device)
-        decoded = run.decoded()
+        score_started: list[float] = []  # when the score unit's second stage (score, after prune) began
+
+        def on_progress(p: Progress) -> None:
+            if p.stage == "score" and not score_started:
+                score_started.append(time.perf_counter())
+
+        run = Run(args.data, spec, out, device=args.device, progress=on_progress)
+        job = run.job
+        decoded = job.decoded()
         decode_s = time.perf_counter() - t0
-        # this machine's speed drifts by tens of percent over a minute: each stage's limit is
-        # measured right before and right after it, and averaged
-        seconds, limits = {}, {}
-        for stage in ("dense", "prune", "score", "attend", "evaluate"):
-            around = (
-                [bare_speed(decoded, run.train_idx, spec, args.device, seconds=args.limit_seconds)]
-                if stage != "prune"
-                else []
-            )
-            run._stage = stage
-            start = time.perf_counter()
-            getattr(run, f"stage_{stage}")()
-            seconds[stage] = time.perf_counter() - start  # the stage's own wall-clock time
-            if around:
-                around.append(bare_speed(decoded, run.train_idx, spec, args.device, seconds=args.limit_seconds))
-                limits[stage] = {k: (around[0][k] + around[1][k]) / 2 for k in around[0]}
-        n_train, n_val, n_sp = len(run.train_idx), len(run.val_idx), len(spec.prune.sparsities)
+        # this machine's speed drifts by tens of percent over a minute: each unit's limit is
+        # measured right before and right after it, and averaged (the score unit's prune and score
+        # stages share the measurement around the unit)
+        seconds, limits, began = {}, {}, {}
+        for kind in ("dense", "score", "attend", "evaluate"):
+            around = [bare_speed(decoded, job.train_idx, spec, args.device, seconds=args.limit_seconds)]
+            start = began[kind] = time.perf_counter()
+            for unit in run.plan:
+                if unit.kind == kind:
+                    run.run_unit(kind, unit.seed)
+            seconds[kind] = time.perf_counter() - start  # the units' own wall-clock time
+            around.append(bare_speed(decoded, job.train_idx, spec, args.device, seconds=args.limit_seconds))
+            limits[kind] = {k: (around[0][k] + around[1][k]) / 2 for k in around[0]}
+        seconds["prune"] = score_started[0] - began["score"]
+        seconds["score"] -= seconds["prune"]
+        n_train, n_val, n_sp = len(job.train_idx), len(job.val_idx), len(spec.prune.sparsities)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

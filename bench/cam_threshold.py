@@ -34,7 +34,7 @@ def main() -> None:
         raise SystemExit("usage: bench/cam_threshold.py RUN_DIR DATA_DIR (the dataset folder the run was made on)")
     out, data_dir = Path(sys.argv[1]), Path(sys.argv[2])
     spec = JobSpec.model_validate(json.loads((out / "spec.json").read_text()))
-    run = Run(data_dir, spec, out, device="cpu")  # refuses a dataset other than the run's
+    run = Run(data_dir, spec, out, device="cpu").job  # refuses a dataset other than the run's
     data = run.decoded()
     results = {}
     for path in sorted((out / "checkpoints").glob("dense*.safetensors")):

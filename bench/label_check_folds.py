@@ -23,6 +23,7 @@ import numpy as np
 from contract.jobspec import JobSpec
 from ml.pipeline import Run
 from ml.synthetic import make_dataset
+from ml.unit_training import check_fold
 
 CUTOFFS = (0.3, 0.4, 0.5, 0.6)
 
@@ -42,11 +43,11 @@ def spec_for(args, folds: int) -> JobSpec:
 
 def fold_qualities(data: Path, spec: JobSpec, out: Path) -> tuple[list[str], np.ndarray]:
     """Every training image's label quality from the fold model that never saw it."""
-    run = Run(data, spec, out, device="cpu")
+    run = Run(data, spec, out, device="cpu").job
     ids, quality = [], []
     for fold in range(spec.label_check.folds):
-        run._check_fold(fold, only=True)
-        saved = np.load(run._fold_file(fold))
+        check_fold(run, fold)
+        saved = np.load(run.folder.fold_file(fold))
         ids += [run.index.records[int(i)].image_id for i in saved["indices"]]
         quality.append(saved["quality"])
     return ids, np.concatenate(quality)

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from contract.jobspec import JobSpec
+from ml.job_context import JobContext
 from ml.pipeline import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def share_dense(src: Path, dst: Path) -> None:
         shutil.copy(src / "state" / name, dst / "state" / name)
 
 
-def known_hard(run: Run) -> tuple[np.ndarray, np.ndarray]:
+def known_hard(run: JobContext) -> tuple[np.ndarray, np.ndarray]:
     """Per training image: in a group known to be hard (KNOWN_HARD, or the lowest lesion-contrast
     quartile); and in the lowest lesion-contrast quartile alone (a property of the image, not of
     any model or earlier score)."""
@@ -83,10 +84,9 @@ def main() -> None:
             run_dir = out / f"seed{seed}-{scope}-{'bn' if bn else 'stale'}"
             if first is not None and not (run_dir / "state" / "dense.json").exists():
                 share_dense(first, run_dir)
-            run = Run(args.data, spec_for(args, seed, scope, bn), run_dir)
-            for stage in ("dense", "prune", "score"):
-                if not run.finished(stage):
-                    getattr(run, f"stage_{stage}")()
+            runner = Run(args.data, spec_for(args, seed, scope, bn), run_dir)
+            runner.run(until="score")
+            run = runner.job
             first = first or run_dir
             items = json.loads((run_dir / "scores.json").read_text())
             hard, faint = known_hard(run)
@@ -96,10 +96,10 @@ def main() -> None:
             per[(scope, bn, seed)] = {
                 "scores": {i["image_id"]: i["htl_score"] for i in items},
                 "htl": is_htl,
-                "pruning": json.loads(run._marker("prune").read_text())["reports"],
+                "pruning": run.folder.read_marker("prune")["reports"],
                 "lift": float(hard[htl_flags].mean() / hard.mean()),
                 "lift_faint": float(faint[htl_flags].mean() / faint.mean()),
-                "dense_dice": json.loads(run._marker("dense").read_text())["training"]["dense"]["validation_dice"][-1],
+                "dense_dice": run.folder.read_marker("dense")["training"]["dense"]["validation_dice"][-1],
             }
             print(f"seed {seed} {scope:<9} bn={bn!s:<5} lift {per[(scope, bn, seed)]['lift']:.2f}", flush=True)
     rows = []

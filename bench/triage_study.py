@@ -34,7 +34,7 @@ from PIL import Image
 
 from contract.jobspec import JobSpec
 from ml.data import read_mask
-from ml.pipeline import STAGES, Run
+from ml.pipeline import Run
 from ml.synthetic import make_dataset
 
 # scorer variants -> the attention part of the spec (the random control is trained in each)
@@ -359,8 +359,8 @@ def main() -> None:
             reuse(first_dir, run_dir, pruned=pruning_of(first_dir) == pruning)
         started = time.perf_counter()
         run = Run(data, spec_for(args, SCORERS[variant], mode, factor, top, pruning), run_dir, device="cpu")
-        run._run_stages(STAGES[: STAGES.index("attend")])
-        if not run.finished("attend"):
+        run.run(until="score")
+        if not run.job.folder.finished("attend"):
             for line in reuse_attention(trained, run_dir, args.seeds):
                 print(f"  {variant}, {mode}: same set, copied {line}", flush=True)
         run.run()
@@ -378,7 +378,7 @@ def main() -> None:
             entry["label_check"] = {
                 split: {"flagged": n, "checked": check["checked"][split]} for split, n in check["n_issues"].items()
             }
-        entry["pruning"] = json.loads(run._marker("prune").read_text())["reports"]
+        entry["pruning"] = run.job.folder.read_marker("prune")["reports"]
         results[(variant, mode, factor, top, pruning)] = entry
     (args.out / "report.json").write_text(
         json.dumps({f"{v} / {m} / x{f:g} / top {t:g} / {p}": r for (v, m, f, t, p), r in results.items()}, indent=1)

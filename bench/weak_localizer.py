@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from contract.jobspec import JobSpec
 from ml.data import read_mask
 from ml.evaluation import blank_guesses
+from ml.job_context import JobContext
 from ml.metrics import auroc, image_metrics
 from ml.pipeline import Run
 from ml.stages import train_model
@@ -35,7 +36,7 @@ THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 @torch.no_grad()
-def split_scores(run: Run, model, indices: list[int]) -> tuple[dict[float, float], float]:
+def split_scores(run: JobContext, model, indices: list[int]) -> tuple[dict[float, float], float]:
     """Mean Dice per threshold over the positive images with a mask, at each image's own size; AUROC."""
     model.cam_threshold = 0.0  # the forward then answers the relative map itself
     model.eval()
@@ -86,7 +87,7 @@ def main() -> None:
             "train": {"epochs": args.epochs},
         }
     )
-    run = Run(data, spec, args.out / "run", device="cpu")
+    run = Run(data, spec, args.out / "run", device="cpu").job
     inputs = run.inputs()
     test_idx = run.eval_splits["test"]
     guesses = {

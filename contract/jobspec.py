@@ -6,18 +6,27 @@ Every field is optional; unknown fields are rejected.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from contract.roster import model_bases
 from contract.scorers import SCORER_NAMES, SCORERS
 
 Arch = Literal["unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50", "cnn", "resnet18"]
 SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50")
 CLASSIFIERS = ("cnn", "resnet18")
 Setting = Literal["supervised", "semi_supervised", "weakly_supervised"]
-# contract.scorers: one registry (mypy cannot read a Literal built from a tuple; pydantic can)
-Scorer = Literal[SCORER_NAMES]  # type: ignore[valid-type]
+
+
+def _known_scorer(name: str) -> str:
+    # read at validation time, not frozen into a Literal: the registry is the one list of scorers
+    if name not in SCORERS:
+        raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+    return name
+
+
+Scorer = Annotated[str, AfterValidator(_known_scorer), WithJsonSchema({"type": "string", "enum": list(SCORER_NAMES)})]
 
 
 MAX_SEED = 2**31 - 1
@@ -388,7 +397,7 @@ def estimate_resources(spec: JobSpec, n_images: int) -> dict[str, int]:
     pixels = spec.image_size**2
     decoded = n * 4 * pixels  # uint8 image (3 channels) and mask
     n_seeds = len(spec.train.seed_list())
-    models_per_seed = 2 + len(spec.prune.sparsities) + (spec.attention.control == "random")
+    models_per_seed = len(model_bases(spec))
     checkpoints = n_seeds * models_per_seed * params * 4
     training = params * 4 * 4 + int(spec.train.batch_size * pixels * ACTIVATION_BYTES_PER_PIXEL[arch] * scale)
     scoring = (1 + len(spec.prune.sparsities)) * params * 4

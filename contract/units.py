@@ -4,18 +4,25 @@
         -> score (prunes, scores, reads the label check; needs every dense seed and fold)
         -> attend[seed] (+ control[seed] with attention.control 'random') -> evaluate
 
-Torch-free: the API plans the units when a job is submitted, workers run them (ml.pipeline.Run.run_unit).
-A unit's weight is its expected share of the job's work, from the spec alone (for progress)."""
+Torch-free: the API plans the units when a job is submitted; workers run them one by one
+(ml.pipeline.Run.run_unit), and `htl run` runs all of them in plan order in one process. A unit's
+weight is its expected share of the job's work, from the spec alone (for progress); UNIT_STAGES
+splits a unit's own progress between its internal stages. This is the job's only cost model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from contract.jobspec import JobSpec
+from contract.roster import model_bases
 from contract.scorers import extra_passes
 
 KINDS = ("dense", "label_check", "score", "attend", "control", "evaluate")
-INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step (the plan and ml.pipeline)
+INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step
+
+# per kind, its internal stages and the share of the unit's progress each one spans; a kind not
+# named here is one stage of its own name, spanning the whole unit
+UNIT_STAGES: dict[str, dict[str, tuple[float, float]]] = {"score": {"prune": (0.0, 0.5), "score": (0.5, 1.0)}}
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,12 @@ class UnitPlan:
 
 def unit_name(kind: str, seed: int | None) -> str:
     return kind if seed is None else f"{kind}[{seed}]"
+
+
+def unit_fraction(kind: str, stage: str, fraction: float) -> float:
+    """How far a unit of this kind is, when its stage `stage` is `fraction` done."""
+    lo, hi = UNIT_STAGES.get(kind, {}).get(stage, (0.0, 1.0))
+    return lo + (hi - lo) * fraction
 
 
 def parse_unit(name: str) -> tuple[str, int | None]:
@@ -47,7 +60,7 @@ def plan_units(spec: JobSpec) -> list[UnitPlan]:
     n_sp = len(spec.prune.sparsities)
     extra = 1 + extra_passes(spec.scorers)  # the dense model's pass, and what the other scorers add
     control = spec.attention.control == "random"
-    bases = 2 + n_sp + control
+    bases = len(model_bases(spec))
     score = len(seeds) * (
         n_sp * (spec.prune.finetune_epochs * train + 1 / INFERENCE_SPEEDUP) + train * (n_sp + extra) / INFERENCE_SPEEDUP
     )

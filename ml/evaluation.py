@@ -86,6 +86,24 @@ def _helper(device: torch.device):
 
 
 @torch.no_grad()
+def _batch_logits(models: dict[str, nn.Module], images: torch.Tensor, weak: bool, probs: dict[str, list[float]]):
+    """Every model's map of each image of the batch (on the CPU), by model name; classifiers (weak)
+    also add each image's positive probability to probs, from the same pass."""
+    if weak:
+        maps, class_logits = localize_and_classify(list(models.values()), images)
+        for name, class_logit in zip(models, class_logits):
+            probs[name] += torch.sigmoid(class_logit).tolist()
+    else:
+        maps = predict_each(list(models.values()), images)
+    return dict(zip(models, (t.cpu() for t in maps)))
+
+
+def _at_own_size(logits: dict[str, torch.Tensor], j: int, size: tuple[int, int]) -> torch.Tensor:
+    """Every model's map of the batch's j-th image, upsampled together to the image's own size: (M, H, W)."""
+    stacked = torch.cat([t[j : j + 1] for t in logits.values()])
+    return F.interpolate(stacked, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
 def evaluate_split(
     inputs: StageInputs,
     models: dict[str, nn.Module],
@@ -101,59 +119,32 @@ def evaluate_split(
     disagree on each image. progress(n): n more images done."""
     names = list(models)
     positions = [(names.index(a), names.index(b)) for a, b in pairs]
-    disagreement: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
-    per_image: dict[str, list[dict]] = {name: [] for name in names}
-    probs: dict[str, list[float]] = {name: [] for name in names}
-    scored: list[int] = []
-    data = inputs.data
+    result = SplitEvaluation({name: [] for name in names}, {name: [] for name in names}, [], {p: [] for p in pairs})
     weak = inputs.targets.weak
     scorable = dict(zip(indices, inputs.targets.localizable(indices).tolist()))
     with _helper(inputs.device) as helper:
         pending = []
         for batch in iterate_batches(indices, EVAL_BATCH):
-            images, _ = data.batch(batch)
-            if weak:  # the maps and the classifiers' logits from one pass
-                maps, class_logits = localize_and_classify(list(models.values()), images)
-                for name, class_logit in zip(names, class_logits):
-                    probs[name] += torch.sigmoid(class_logit).tolist()
-            else:
-                maps = predict_each(list(models.values()), images)
-            logits = dict(zip(names, (t.cpu() for t in maps)))
+            images, _ = inputs.data.batch(batch)
+            logits = _batch_logits(models, images, weak, result.probabilities)
             for j, i in enumerate(batch):
                 record = inputs.index.records[i]
-                # every model's map of this image, upsampled together to the image's own size
-                full = F.interpolate(
-                    torch.cat([logits[name][j : j + 1] for name in names]),
-                    size=data.original_sizes[i],
-                    mode="bilinear",
-                    align_corners=False,
-                )[:, 0]
+                full = _at_own_size(logits, j, inputs.data.original_sizes[i])
                 peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
-                pending.append(
-                    (
-                        i,
-                        helper.submit(
-                            _score_and_write,
-                            record,
-                            bool(scorable[i]),
-                            (full > 0).numpy(),
-                            peaks,
-                            [prediction_path(name, record.image_id) for name in names],
-                            positions,
-                        ),
-                    )
-                )
+                paths = [prediction_path(name, record.image_id) for name in names]
+                args = (record, bool(scorable[i]), (full > 0).numpy(), peaks, paths, positions)
+                pending.append((i, helper.submit(_score_and_write, *args)))
             if progress is not None:
                 progress(len(batch))
         for i, done in pending:
             entries, apart = done.result()
             for pair, value in zip(pairs, apart):
-                disagreement[pair].append(value)
+                result.disagreement[pair].append(value)
             if entries is not None:
-                scored.append(i)
+                result.scored.append(i)
                 for name, entry in zip(names, entries):
-                    per_image[name].append(entry)
-    return SplitEvaluation(per_image, probs, scored, disagreement)
+                    result.per_image[name].append(entry)
+    return result
 
 
 def blank_guesses(records: list, scored: list[int]) -> dict:

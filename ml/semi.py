@@ -7,7 +7,9 @@ step costs what a supervised one does. The teacher's weights are the result."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -74,6 +76,103 @@ def _unlabeled_loss(
     return (bce * confident).sum(1) / confident.sum(1).clamp_min(1.0)
 
 
+def _endless_draws(pool: np.ndarray, weights: dict[int, float] | None, half: int, g: torch.Generator):
+    """Batches of up to `half` images of the pool, forever, epoch after epoch (weighted draws with weights)."""
+    w = None if weights is None else np.array([weights[int(i)] for i in pool])
+    size = min(half, len(pool))
+    while True:
+        for pick in _draws(len(pool), steps_per_epoch(len(pool), size), size, w, g):
+            yield pool[pick.numpy()]
+
+
+def _semi_loss(
+    model: nn.Module,
+    teacher: nn.Module,
+    data: DecodedDataset,
+    lab: np.ndarray,
+    unl: np.ndarray,
+    *,
+    augment: PairedAugment | None,
+    weight_of: Callable[[np.ndarray], torch.Tensor],
+    g: torch.Generator,
+    method: str,
+    confidence: float,
+):
+    """One step's supervised loss on the labeled half (weighted), its objective output, and the
+    unlabeled half's consistency loss against the teacher (weighted)."""
+    device = device_of(model)
+    images, masks = to_device(data.batch(lab), device)
+    if augment is not None:
+        images, masks = augment(images, masks)
+    out = segmentation_objective(model, model_input(images, device), masks, lab)
+    w_l = weight_of(lab)
+    sup = (out.loss * w_l).sum() / w_l.sum().clamp_min(1e-8)
+    u_images, u_masks = to_device(data.batch(unl), device)
+    if augment is not None:
+        u_images, _ = augment(u_images, u_masks)
+    x = model_input(u_images, device)
+    with torch.no_grad(), autocast(device):
+        teacher_logits = teacher(_perturb(x, g))
+    with autocast(device):
+        student_logits = model(_perturb(x, g))
+    w_u = weight_of(unl)
+    unsup = (_unlabeled_loss(student_logits, teacher_logits, method, confidence) * w_u).sum() / w_u.sum().clamp_min(
+        1e-8
+    )
+    return sup, unsup, out
+
+
+def _weights_of(loss_weights: dict[int, float] | None, device: torch.device, idx: np.ndarray) -> torch.Tensor:
+    if not loss_weights:
+        return torch.ones(len(idx), device=device)
+    return torch.tensor([loss_weights[int(i)] for i in idx], device=device)
+
+
+def _optimize(opt, sched, loss: torch.Tensor) -> float:
+    """One optimizer and schedule step on the loss; answers its value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def _with_teacher_in_eval(on_epoch_end: EpochEnd, epoch: int, teacher: nn.Module) -> None:
+    teacher.eval()
+    on_epoch_end(epoch, teacher)
+    teacher.train()
+
+
+def _semi_setup(model, data, labeled, unlabeled, cfg: FitConfig, loss_weights, sampling_weights, *, method, confidence):
+    """The teacher (a copy of the model), optimizer and schedule, the endless labeled and unlabeled
+    draws, one step's loss function and the steps per epoch; seeded in this order (a change here
+    changes every semi-supervised result)."""
+    half = max(1, cfg.batch_size // 2)
+    steps = steps_per_epoch(len(labeled) + len(unlabeled), 2 * half)
+    total = steps * cfg.epochs
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + 1)
+    augment = PairedAugment() if cfg.augment else None
+    teacher = copy.deepcopy(model)
+    teacher.train()
+    opt, sched = optimizer_and_schedule(model, cfg, total)
+    lab_draws = _endless_draws(np.asarray(labeled), sampling_weights, half, g)
+    unl_draws = _endless_draws(np.asarray(unlabeled), sampling_weights, half, g)
+    weight_of = functools.partial(_weights_of, loss_weights, device_of(model))
+    step_loss = functools.partial(
+        _semi_loss,
+        model,
+        teacher,
+        data,
+        augment=augment,
+        weight_of=weight_of,
+        g=g,
+        method=method,
+        confidence=confidence,
+    )
+    return teacher, opt, sched, (lab_draws, unl_draws), step_loss, steps
+
+
 def fit_semi(
     model: nn.Module,
     data: DecodedDataset,
@@ -96,77 +195,28 @@ def fit_semi(
     record_positions maps a dataset index to its row in record (labeled images only are recorded)."""
     if not unlabeled:
         raise ValueError("semi-supervised training needs unlabeled images")
-    device = device_of(model)
-    half = max(1, cfg.batch_size // 2)
-    labeled_arr, unlabeled_arr = np.asarray(labeled), np.asarray(unlabeled)
-    steps = steps_per_epoch(len(labeled) + len(unlabeled), 2 * half)
-    total = steps * cfg.epochs
-    g = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed + 1)
-    augment = PairedAugment() if cfg.augment else None
-    teacher = copy.deepcopy(model)
-    teacher.train()
-    opt, sched = optimizer_and_schedule(model, cfg, total)
-
-    def pool_weights(pool: np.ndarray, weights: dict[int, float] | None) -> np.ndarray | None:
-        return None if weights is None else np.array([weights[int(i)] for i in pool])
-
-    def endless(pool: np.ndarray, weights: dict[int, float] | None):
-        w = pool_weights(pool, weights)
-        while True:
-            for pick in _draws(len(pool), steps_per_epoch(len(pool), min(half, len(pool))), min(half, len(pool)), w, g):
-                yield pool[pick.numpy()]
-
-    lab_draws, unl_draws = endless(labeled_arr, sampling_weights), endless(unlabeled_arr, sampling_weights)
-    lw = (
-        (lambda idx: torch.tensor([loss_weights[int(i)] for i in idx], device=device))
-        if loss_weights
-        else (lambda idx: torch.ones(len(idx), device=device))
+    teacher, opt, sched, draws, step_loss, steps = _semi_setup(
+        model, data, labeled, unlabeled, cfg, loss_weights, sampling_weights, method=method, confidence=confidence
     )
-
+    total = steps * cfg.epochs
     model.train()
     epoch_losses, done = [], 0
     for epoch in range(cfg.epochs):
         running = 0.0
         for _ in range(steps):
-            lab, unl = next(lab_draws), next(unl_draws)
-            images, masks = to_device(data.batch(lab), device)
-            if augment is not None:
-                images, masks = augment(images, masks)
-            out = segmentation_objective(model, model_input(images, device), masks, lab)
-            w_l = lw(lab)
-            sup = (out.loss * w_l).sum() / w_l.sum().clamp_min(1e-8)
-
-            u_images, u_masks = to_device(data.batch(unl), device)
-            if augment is not None:
-                u_images, _ = augment(u_images, u_masks)
-            x = model_input(u_images, device)
-            with torch.no_grad(), autocast(device):
-                teacher_logits = teacher(_perturb(x, g))
-            with autocast(device):
-                student_logits = model(_perturb(x, g))
-            w_u = lw(unl)
-            unsup = (
-                _unlabeled_loss(student_logits, teacher_logits, method, confidence) * w_u
-            ).sum() / w_u.sum().clamp_min(1e-8)
-            loss = sup + unlabeled_weight * ramp_up(done, total) * unsup
-
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            lab, unl = next(draws[0]), next(draws[1])
+            sup, unsup, out = step_loss(lab, unl)
+            loss = _optimize(opt, sched, sup + unlabeled_weight * ramp_up(done, total) * unsup)
             _update_teacher(teacher, model, ema_decay_at(done, ema_decay))
             if record is not None and record_positions is not None:
                 record.add(np.array([record_positions[int(i)] for i in lab]), epoch, out.success)
-            running += loss.item()
+            running += loss
             done += 1
             if progress is not None:
-                progress(done / total, loss.item())
+                progress(done / total, loss)
         epoch_losses.append(running / steps)
         if on_epoch_end is not None:  # the teacher is the model kept in the end
-            teacher.eval()
-            on_epoch_end(epoch, teacher)
-            teacher.train()
+            _with_teacher_in_eval(on_epoch_end, epoch, teacher)
     model.load_state_dict(teacher.state_dict())
     model.eval()
     return epoch_losses

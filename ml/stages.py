@@ -15,7 +15,7 @@ from torch import nn
 
 from contract.jobspec import JobSpec
 from contract.results import ImageScore
-from contract.scorers import SCORERS
+from contract.roster import sparsity_key
 from ml import hardness
 from ml.data import DatasetIndex, DecodedDataset
 from ml.models import ModelConfig
@@ -27,6 +27,7 @@ from ml.prune import (
     sparsity_report,
     validation_prediction,
 )
+from ml.scorers import DenseSeed, score_others
 from ml.scoring import HtlScores, score_disagreement, seeded_tiebreak, select_htl
 from ml.setting import Targets, fit_in_setting
 from ml.train import FitConfig, TrainingRecord, prepare_for_device
@@ -39,10 +40,6 @@ FractionAndLoss = Callable[[float, float | None], None]
 
 class DegenerateError(RuntimeError):
     """Every pruned model collapsed: nothing is left to rank the images by."""
-
-
-def sparsity_key(s: float) -> str:
-    return format(s, "g")
 
 
 @dataclass(frozen=True)
@@ -230,23 +227,7 @@ def score_seed(
         progress=None if progress is None else lambda f: progress(0.8 * f),
         masks_out=masks_out,
     )
-    others: dict[str, np.ndarray] = {}
-    wanted = set(spec.scorers)
-    if any(SCORERS[name].source == "dynamics" for name in wanted):
-        if dynamics is None:
-            raise ValueError("the dynamics scorers need the dense model's training record")
-        read_off = {
-            **hardness.from_dynamics(dynamics["dice"]),
-            **({"el2n": dynamics["el2n"]} if "el2n" in dynamics else {}),
-        }
-        others.update({name: values for name, values in read_off.items() if name in wanted})
-    if "loss" in wanted:
-        others["loss"] = hardness.final_loss(dense, data, train_idx, inputs.targets.objective())
-    for name in others:
-        if SCORERS[name].needs_target:  # undefined (NaN) where the image has no target
-            others[name] = np.where(inputs.targets.train_labeled, others[name], np.nan)
-    if "mc_dropout" in wanted:
-        others["mc_dropout"] = hardness.mc_dropout_disagreement(dense, data, train_idx, seed=seed)
+    others = score_others(DenseSeed(inputs, dense, seed, dynamics), spec.scorers)
     if progress is not None:
         progress(1.0)
     return SeedScores(result.per_sparsity, others)

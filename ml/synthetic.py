@@ -147,13 +147,14 @@ def make_dataset(
                 **({"look": "pale" if i in pale else "plain"} if rare_look_fraction else {}),
             }
         )
-    with (root / "metadata.csv").open("w", newline="") as f:
+    _write_csv(root / "metadata.csv", rows)
+    if rare_look_fraction or wrong_mask_fraction:
+        _write_csv(root / "truth.csv", truth)
+    return root
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    if rare_look_fraction or wrong_mask_fraction:
-        with (root / "truth.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(truth[0]))
-            writer.writeheader()
-            writer.writerows(truth)
-    return root

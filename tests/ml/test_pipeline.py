@@ -161,9 +161,16 @@ def test_resume_after_an_interrupted_stage_gives_the_same_results(planted, tmp_p
         Run(data, spec, tmp_path / "run", device="cpu", progress=interrupt_while_scoring).run()
     assert (tmp_path / "run" / "state" / "prune.json").is_file()
     assert not (tmp_path / "run" / "scores.json").exists()
-    stages = []
-    resumed = Run(data, spec, tmp_path / "run", device="cpu", progress=lambda p: stages.append(p.stage)).run()
-    assert stages[:3] == ["dense", "label_check", "prune"] and "dense" not in stages[3:]  # finished ones skipped
+    reports = []
+    resumed = Run(data, spec, tmp_path / "run", device="cpu", progress=reports.append).run()
+    # what finished before the interruption is skipped, each reported once as done: the dense and
+    # label-check units, and the score unit's prune stage
+    before_scoring = reports[: next(i for i, p in enumerate(reports) if p.stage == "score")]
+    assert [(p.unit, p.stage, p.stage_fraction) for p in before_scoring] == [
+        ("dense[0]", "dense", 1.0),
+        *((f"label_check[{f}]", "label_check", 1.0) for f in range(3)),
+        ("score", "prune", 1.0),
+    ]
     assert _scores(tmp_path / "run") == _scores(out)
     assert resumed == metrics
 
