@@ -8,6 +8,7 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,16 +28,18 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app import web
 from app.api import annotation, datasets, health, images, jobs
+from app.api.schemas import error_responses
+from app.core.errors import CODES, ApiError, InvalidInput, NotFound
+from app.core.headers import SecurityHeaders, check_metrics_access
+from app.core.limits import RateLimiter, RequestLimits, UploadSlots
+from app.core.observability import JobCollector, RequestMetrics
+from app.core.queue import make_celery
+from app.core.settings import Settings, get_settings
+from app.core.storage import S3Store, make_store
 from app.db.session import make_engine, make_sessionmaker
 from app.db.status import make_status_reader
-from app.errors import CODES, ApiError
-from app.headers import SecurityHeaders, check_metrics_access
-from app.limits import RateLimiter, RequestLimits, UploadSlots
-from app.observability import JobCollector, RequestMetrics
-from app.queue import make_celery
-from app.schemas import error_responses
-from app.settings import Settings, get_settings
-from app.storage import S3Store, make_store
+from app.services.gallery import GalleryError, UnknownLayers
+from contract.jobspec import SpecError
 
 log = logging.getLogger("htl.api")
 
@@ -53,6 +56,13 @@ def _json_safe(value):
 
 
 DATABASE_RETRY_AFTER_S = 5
+
+# what the domain raises, as the API answers it: the one place a domain error becomes an HTTP status
+DOMAIN_ERRORS: dict[type[Exception], Callable[[Exception], ApiError]] = {
+    SpecError: lambda e: InvalidInput(f"spec.{e.field}: {e.message}"),  # type: ignore[attr-defined]
+    UnknownLayers: lambda e: InvalidInput(str(e)),
+    GalleryError: lambda e: NotFound(str(e)),
+}
 
 
 def remove_abandoned_uploads(uploads: Path, *, older_than_s: float) -> list[Path]:
@@ -168,6 +178,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
         return error(exc.status_code, exc.detail, exc.code, {**headers, **exc.headers})
+
+    def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+        mapped = next(build(exc) for kind, build in DOMAIN_ERRORS.items() if isinstance(exc, kind))
+        return error(mapped.status_code, mapped.detail, mapped.code, mapped.headers)
+
+    for kind in DOMAIN_ERRORS:
+        app.add_exception_handler(kind, domain_error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -24,11 +24,11 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from app.core.pagination import encode_cursor
 from app.db import queries
 from app.db.migrate import upgrade
 from app.db.results import persist_results
 from app.db.session import make_engine, make_sessionmaker
-from app.pagination import encode_cursor
 from contract.jobspec import JobSpec
 from contract.results import EvaluationResult, ImageScore, JobResults
 

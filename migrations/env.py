@@ -3,9 +3,9 @@ the metadata from the models."""
 
 from alembic import context
 
+from app.core.settings import get_settings
 from app.db.models import Base
 from app.db.session import make_engine
-from app.settings import get_settings
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url

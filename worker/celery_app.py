@@ -1,4 +1,4 @@
-"""The Celery worker's application: the shared configuration (app.queue) plus the task modules, and
+"""The Celery worker's application: the shared configuration (app.core.queue) plus the task modules, and
 the worker's life: a background sweep and liveness stamp from start-up, and a running job given back
 when the worker is asked to stop. Start with `htl worker`."""
 
@@ -8,8 +8,8 @@ import threading
 
 from celery.signals import worker_ready, worker_shutting_down
 
-from app.queue import make_celery
-from app.settings import get_settings
+from app.core.queue import make_celery
+from app.core.settings import get_settings
 
 celery = make_celery(get_settings())
 celery.conf.include = ["worker.tasks"]

@@ -11,23 +11,22 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from celery import current_task
 from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
+from app.core.queue import RUN_JOB, enqueue_job
+from app.core.settings import Settings, get_settings
+from app.core.storage import Store, files_under, make_store
 from app.db import queries, units
 from app.db.base import utcnow
 from app.db.models import Dataset, Job
-from app.db.results import persist_results
 from app.db.session import make_engine, make_sessionmaker
-from app.queue import RUN_JOB, enqueue_job
-from app.settings import Settings, get_settings
-from app.storage import Store, files_under, make_store
+from app.services import jobs
 from contract.results import JobResults
-from contract.status import JobStatus
 from worker import memory
 from worker.celery_app import celery
 
@@ -207,18 +206,6 @@ def _with_retries(action, *, what: str, attempts: int = 8, first_wait_s: float =
             wait = min(wait * 2, 15.0)
 
 
-# within a unit, each stage's share of the unit's work (the rest of the unit's stages report 0..1)
-UNIT_STAGES = {
-    "score": {"dense": (0.0, 0.0), "label_check": (0.0, 0.0), "prune": (0.0, 0.5), "score": (0.5, 1.0)},
-    "evaluate": {"attend": (0.0, 0.0), "evaluate": (0.0, 1.0)},
-}
-
-
-def _unit_fraction(kind: str, stage: str, fraction: float) -> float:
-    lo, hi = UNIT_STAGES.get(kind, {}).get(stage, (0.0, 1.0))
-    return lo + (hi - lo) * fraction
-
-
 def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     """Runs the job's units that are ready, one after another, until none is left for this worker;
     answers what happened last: skipped (nothing to claim), waiting (other units still run
@@ -235,8 +222,30 @@ def execute_job(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         ran = True
 
 
-def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
-    sessionmaker, store = _resources(settings)
+class UnitLog(logging.LoggerAdapter):
+    """A unit's log lines: each starts "job J: unit U", and carries job, unit and worker as record
+    attributes (for a structured handler)."""
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return f"job {self.extra['job']}: unit {self.extra['unit']} {msg}", kwargs
+
+
+@dataclass(frozen=True)
+class ClaimedUnit:
+    job_id: uuid.UUID
+    name: str
+    kind: str
+    seed: int | None
+    attempt: int
+    spec: dict
+    dataset_key: str
+    submit_warnings: list[str]
+    n_images: int
+
+
+def _claim(sessionmaker, job_id: uuid.UUID, *, settings: Settings, worker: str) -> ClaimedUnit | None:
+    """The next unit of the job this worker may run, claimed, with what running it needs; None when there is none."""
     stale_before = utcnow() - timedelta(seconds=settings.job_stale_after_s)
     with sessionmaker() as session:
         units.ensure_units(session=session, job_id=job_id)
@@ -245,150 +254,187 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
         )
         session.commit()
         if claimed is None:
-            log.info(
-                "job %s: no unit to claim (finished, cancelled, running elsewhere or out of attempts); delivery ignored",
-                job_id,
-            )
-            return "skipped"
-        unit, kind, seed, attempt = claimed.name, claimed.kind, claimed.seed, claimed.attempt
+            return None
         job = session.get(Job, job_id)
         dataset = session.get(Dataset, job.dataset_id)
-        spec_raw, dataset_key, submit_warnings, n_images = (
+        return ClaimedUnit(
+            job_id,
+            claimed.name,
+            claimed.kind,
+            claimed.seed,
+            claimed.attempt,
             job.spec,
             dataset.storage_key,
             list(job.warnings),
             dataset.n_images,
         )
-    log.info("job %s: unit %s claimed by %s (attempt %d)", job_id, unit, worker, attempt)
 
+
+def _refusal(claimed: ClaimedUnit, settings: Settings) -> str | None:
+    """Why this host cannot run the unit (its memory, which the API's host, where the job was
+    admitted, may not share), checked before torch loads; None when it can."""
     from contract.jobspec import JobSpec, SpecError, check_admission
 
-    def write(action, what: str):
-        return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
-
-    def fail(s, error: str) -> None:
-        if queries.finish_job(session=s, job_id=job_id, status=JobStatus.FAILED, error=error):
-            units.end_units(session=s, job_id=job_id, failed_unit=unit, error=error)
-
-    try:  # this host's memory, which the API's host (where the job was admitted) may not share; before torch loads
+    try:
         check_admission(
-            JobSpec.model_validate(spec_raw),
-            n_images=n_images,
+            JobSpec.model_validate(claimed.spec),
+            n_images=claimed.n_images,
             max_memory_bytes=settings.job_memory_limit,
             max_disk_bytes=settings.max_job_disk_bytes,
         )
     except SpecError as e:
-        error = f"{unit}: this worker cannot run it: {e.message}"
-        log.error("job %s: %s", job_id, error)
-        write(lambda s: fail(s, error), "recording the refusal")
+        return e.message
+    return None
+
+
+def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
+    """Claims the job's next ready unit and runs it here; answers what became of it (see execute_job,
+    and unit-succeeded: others of the job may follow)."""
+    sessionmaker, store = _resources(settings)
+    claimed = _claim(sessionmaker, job_id, settings=settings, worker=worker)
+    if claimed is None:
+        log.info(
+            "job %s: no unit to claim (finished, cancelled, running elsewhere or out of attempts); delivery ignored",
+            job_id,
+        )
+        return "skipped"
+    unit = claimed.name
+    ulog = UnitLog(log, {"job": job_id, "unit": unit, "worker": worker})
+    ulog.info("claimed by %s (attempt %d)", worker, claimed.attempt)
+
+    def write(action, what: str):
+        return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
+
+    def fail(error: str) -> str:
+        write(lambda s: jobs.fail(s, job_id=job_id, error=error, unit=unit), "recording the failure")
         return "failed"
 
-    from ml.pipeline import Progress, Run
-
-    _set_torch_threads(settings, sessionmaker)
-    last: dict[str, Any] = {"t": 0.0, "stage": None}
-    heartbeat = Heartbeat(
-        sessionmaker,
-        job_id,
-        unit,
-        worker,
-        settings.heartbeat_interval_s,
-        memory_limit=memory.usable_bytes(settings.worker_memory_bytes),
-    )
-
-    def on_progress(p: Progress) -> None:
-        if SHUTTING_DOWN.is_set():
-            raise JobReleased()
-        if heartbeat.lost.is_set():
-            raise JobLost()
-        if heartbeat.cancelled.is_set():
-            raise JobCancelled()
-        now = time.monotonic()
-        if p.stage != last["stage"]:
-            log.info("job %s: unit %s, stage %s (attempt %d, worker %s)", job_id, unit, p.stage, attempt, worker)
-        elif now - last["t"] < settings.progress_interval_s:
-            return
-        try:
-            with sessionmaker() as s:
-                mine, stop = units.report_unit_progress(
-                    session=s,
-                    job_id=job_id,
-                    name=unit,
-                    worker=worker,
-                    stage=p.stage,
-                    progress=round(_unit_fraction(kind, p.stage, p.stage_fraction), 4),
-                )
-                s.commit()
-        except DBAPIError as e:  # the heartbeat thread keeps the unit alive; report again next time
-            log.warning("job %s: progress report failed (%s)", job_id, type(e).__name__)
-            return
-        last.update(t=now, stage=p.stage)
-        if not mine:
-            raise JobLost()
-        if stop:
-            raise JobCancelled()
-
+    if (refused := _refusal(claimed, settings)) is not None:
+        ulog.error("refused: this worker cannot run it: %s", refused)
+        return fail(f"{unit}: this worker cannot run it: {refused}")
     try:
-        data_dir = store.local_tree(dataset_key)
-        run_prefix = f"jobs/{job_id}/run"
-        sync = RunSync(store, run_prefix)
-        with heartbeat:
-            run = Run(
-                data_dir, JobSpec.model_validate(spec_raw), sync.folder, device=settings.device, progress=on_progress
-            )
-            results = run.run_unit(kind, seed)
-        sync.push()  # what this unit made, for the units after it (on whatever worker)
-        if heartbeat.cancelled.is_set():
-            raise JobCancelled()
-        if kind == "evaluate":
-            if results is None:
-                raise RuntimeError("the evaluate unit answered no results")
-            return _finish_job(
-                job_id, unit, results, run_prefix, submit_warnings, worker=worker, sessionmaker=sessionmaker
-            )
-        ready = write(
-            lambda s: units.complete_unit(session=s, job_id=job_id, name=unit, worker=worker), f"completing {unit}"
-        )
-        if ready is None:
-            log.warning(
-                "job %s: unit %s was taken over before it completed here; this run's result is dropped", job_id, unit
-            )
-            return "lost"
-        if not ready and write(
-            lambda s: queries.cancel_requested(session=s, job_id=job_id), "reading the cancel request"
-        ):
-            log.info("job %s: unit %s succeeded, but the job was cancelled: nothing more of it runs", job_id, unit)
-            return "cancelled"
-        log.info("job %s: unit %s succeeded on %s; ready now: %s", job_id, unit, worker, ", ".join(ready) or "nothing")
-        for _ in ready[1:]:  # this worker takes one itself; others may take the rest
-            _send(job_id)
-        return "unit-succeeded"
+        return _run_claimed(claimed, settings=settings, worker=worker, sessionmaker=sessionmaker, store=store, log=ulog)
     except JobCancelled:
         write(lambda s: units.stop_unit(session=s, job_id=job_id, name=unit, worker=worker), "recording the cancel")
         return "cancelled"
     except JobLost:
-        log.warning("job %s: unit %s taken over by another worker; stopping this run", job_id, unit)
+        ulog.warning("taken over by another worker; stopping this run")
         return "lost"
     except JobReleased:
         if write(
             lambda s: units.release_unit(session=s, job_id=job_id, name=unit, worker=worker), f"giving {unit} back"
         ):
-            log.warning(
-                "job %s: worker %s is stopping; unit %s is queued again and starts over on another worker",
-                job_id,
-                worker,
-                unit,
+            ulog.warning(
+                "given back: worker %s is stopping; it is queued again and starts over on another worker", worker
             )
             _send(job_id)
         return "released"
     except Exception as e:  # noqa: BLE001 - any failure is stored on the job, readable
-        log.error("job %s: unit %s failed:\n%s", job_id, unit, traceback.format_exc())
-        error = f"{unit}: {type(e).__name__}: {e}"
-        write(lambda s: fail(s, error), "recording the failure")
-        return "failed"
+        ulog.error("failed:\n%s", traceback.format_exc())
+        return fail(f"{unit}: {type(e).__name__}: {e}")
     finally:
         for entry in store.trim_cache():  # the scratch cache stays within HTL_SCRATCH_MAX_BYTES
             log.info("scratch cache: evicted %s", entry)
+
+
+class ProgressReporter:
+    """The run's progress callback: stops the run (by raising) when the worker is stopping, the unit
+    was taken over or the job should stop; writes the unit's progress at most every
+    progress_interval_s (and at each new stage)."""
+
+    def __init__(
+        self, claimed: ClaimedUnit, heartbeat: Heartbeat, *, sessionmaker, worker: str, interval_s: float, log
+    ):
+        self.claimed, self.heartbeat, self.sessionmaker = claimed, heartbeat, sessionmaker
+        self.worker, self.interval_s, self.log = worker, interval_s, log
+        self.last_t, self.last_stage = 0.0, None
+
+    def __call__(self, p) -> None:
+        if SHUTTING_DOWN.is_set():
+            raise JobReleased()
+        if self.heartbeat.lost.is_set():
+            raise JobLost()
+        if self.heartbeat.cancelled.is_set():
+            raise JobCancelled()
+        now = time.monotonic()
+        if p.stage != self.last_stage:
+            self.log.info("stage %s (attempt %d, worker %s)", p.stage, self.claimed.attempt, self.worker)
+        elif now - self.last_t < self.interval_s:
+            return
+        c = self.claimed
+        try:
+            with self.sessionmaker() as s:
+                mine, stop = units.report_unit_progress(
+                    session=s,
+                    job_id=c.job_id,
+                    name=c.name,
+                    worker=self.worker,
+                    stage=p.stage,
+                    progress=round(p.unit_fraction, 4),
+                )
+                s.commit()
+        except DBAPIError as e:  # the heartbeat thread keeps the unit alive; report again next time
+            self.log.warning("progress report failed (%s)", type(e).__name__)
+            return
+        self.last_t, self.last_stage = now, p.stage
+        if not mine:
+            raise JobLost()
+        if stop:
+            raise JobCancelled()
+
+
+def _run_claimed(claimed: ClaimedUnit, *, settings: Settings, worker: str, sessionmaker, store: Store, log) -> str:
+    """Runs the unit on this worker's copy of the dataset and the job's run folder, pushes what it
+    made, and completes it: the last one with the job's results, any other fanning out to the units
+    it made ready."""
+    from contract.jobspec import JobSpec
+    from ml.pipeline import Run
+
+    _set_torch_threads(settings, sessionmaker)
+    job_id, unit = claimed.job_id, claimed.name
+    memory_limit = memory.usable_bytes(settings.worker_memory_bytes)
+    heartbeat = Heartbeat(sessionmaker, job_id, unit, worker, settings.heartbeat_interval_s, memory_limit=memory_limit)
+    reporter = ProgressReporter(
+        claimed, heartbeat, sessionmaker=sessionmaker, worker=worker, interval_s=settings.progress_interval_s, log=log
+    )
+    data_dir = store.local_tree(claimed.dataset_key)
+    sync = RunSync(store, jobs.run_key(job_id))
+    with heartbeat:
+        run = Run(
+            data_dir, JobSpec.model_validate(claimed.spec), sync.folder, device=settings.device, progress=reporter
+        )
+        results = run.run_unit(claimed.kind, claimed.seed)
+    sync.push()  # what this unit made, for the units after it (on whatever worker)
+    if heartbeat.cancelled.is_set():
+        raise JobCancelled()
+    if claimed.kind == "evaluate":
+        if results is None:
+            raise RuntimeError("the evaluate unit answered no results")
+        return _finish_job(job_id, unit, results, claimed.submit_warnings, worker=worker, sessionmaker=sessionmaker)
+    return _fan_out(claimed, worker=worker, sessionmaker=sessionmaker, log=log)
+
+
+def _fan_out(claimed: ClaimedUnit, *, worker: str, sessionmaker, log) -> str:
+    """The unit succeeded here: it is completed, and every unit that became ready is sent to the
+    queue but one, which this worker takes itself."""
+    job_id, unit = claimed.job_id, claimed.name
+
+    def write(action, what: str):
+        return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
+
+    ready = write(
+        lambda s: units.complete_unit(session=s, job_id=job_id, name=unit, worker=worker), f"completing {unit}"
+    )
+    if ready is None:
+        log.warning("was taken over before it completed here; this run's result is dropped")
+        return "lost"
+    if not ready and write(lambda s: queries.cancel_requested(session=s, job_id=job_id), "reading the cancel request"):
+        log.info("succeeded, but the job was cancelled: nothing more of it runs")
+        return "cancelled"
+    log.info("succeeded on %s; ready now: %s", worker, ", ".join(ready) or "nothing")
+    for _ in ready[1:]:  # this worker takes one itself; others may take the rest
+        _send(job_id)
+    return "unit-succeeded"
 
 
 def _in_transaction(sessionmaker, action):
@@ -399,32 +445,14 @@ def _in_transaction(sessionmaker, action):
 
 
 def _finish_job(
-    job_id: uuid.UUID,
-    unit: str,
-    results: JobResults,
-    run_prefix: str,
-    submit_warnings: list[str],
-    *,
-    worker: str,
-    sessionmaker,
+    job_id: uuid.UUID, unit: str, results: JobResults, submit_warnings: list[str], *, worker: str, sessionmaker
 ) -> str:
     """The last unit: the job's results go to the database with the job's success, in one transaction."""
     warnings = submit_warnings + [w for w in results.warnings if w not in submit_warnings]
 
     def persist() -> str:
         with sessionmaker() as session:
-            if units.complete_unit(session=session, job_id=job_id, name=unit, worker=worker) is None:
-                session.rollback()
-                return "lost"
-            if queries.cancel_requested(session=session, job_id=job_id):  # complete_unit ended it cancelled
-                session.commit()
-                return "cancelled"
-            if not queries.finish_job(session=session, job_id=job_id, status=JobStatus.SUCCEEDED, warnings=warnings):
-                session.rollback()
-                return "lost"
-            persist_results(session=session, job_id=job_id, results=results, run_prefix=run_prefix)
-            session.commit()
-            return "succeeded"
+            return jobs.succeed(session, job_id=job_id, unit=unit, worker=worker, results=results, warnings=warnings)
 
     outcome = _with_retries(persist, what=f"job {job_id}: writing results")
     if outcome == "lost":
@@ -469,8 +497,7 @@ def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
         lost = units.exhausted(session=session, stale_before=stale_before, max_attempts=settings.max_attempts)
         for job_id, unit, error in lost:
             units.lock_job(session=session, job_id=job_id)
-            if queries.finish_job(session=session, job_id=job_id, status=JobStatus.FAILED, error=error):
-                units.end_units(session=session, job_id=job_id, failed_unit=unit, error=error)
+            jobs.fail(session, job_id=job_id, error=error, unit=unit)
         ids = units.resend_candidates(
             session=session,
             stale_before=stale_before,

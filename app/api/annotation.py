@@ -8,14 +8,16 @@ import uuid
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.annotation_queue import Queued, Strategy, StrategyUnavailable, queue_order
+from app.api.csv_export import csv_line
 from app.api.deps import CurrentOwner, SessionDep
-from app.api.jobs import _csv_line, _succeeded_job
+from app.api.lookup import succeeded_job
+from app.api.schemas import AnnotationQueueItemOut, Page, error_responses
+from app.core.errors import NotFound
+from app.core.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.db import queries
-from app.errors import NotFound
-from app.gallery import GalleryError, gallery_index
-from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
-from app.schemas import AnnotationQueueItemOut, Page, error_responses
+from app.services import jobs
+from app.services.annotation_queue import Queued, Strategy, StrategyUnavailable, queue_order
+from app.services.gallery import GalleryError, gallery_index
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 409, 422, 429, 500, 503))
 CSV_COLUMNS = ("position", "image_id", "strategy", "value", "rank", "htl_score", "image_url")
@@ -49,7 +51,7 @@ def job_annotation_queue(
 ):
     """The unlabeled training images of a semi-supervised job (those without a mask), in the order
     a strategy would have them annotated. With `Accept: text/csv`, the whole queue as CSV."""
-    job = _succeeded_job(session, owner, job_id)
+    job = succeeded_job(session, owner, job_id)
     setting = job.spec.get("setting", "supervised")
     if setting != "semi_supervised":
         raise NotFound(
@@ -60,13 +62,13 @@ def job_annotation_queue(
     except StrategyUnavailable as e:
         raise NotFound(f"job {job_id} has no {strategy} queue: {e}") from e
     try:
-        in_gallery = set(gallery_index(request.app.state.store, f"jobs/{job_id}/run")["images"])
+        in_gallery = set(gallery_index(request.app.state.store, jobs.run_key(job_id))["images"])
     except GalleryError:
         in_gallery = set()
     items = [_item(job_id, strategy, q, q.image.image_id in in_gallery) for q in queue]
     if "text/csv" in request.headers.get("accept", ""):
-        body = _csv_line(CSV_COLUMNS) + "".join(
-            _csv_line([i.position, i.image_id, i.strategy, repr(i.value), i.rank, repr(i.htl_score), i.links["image"]])
+        body = csv_line(CSV_COLUMNS) + "".join(
+            csv_line([i.position, i.image_id, i.strategy, repr(i.value), i.rank, repr(i.htl_score), i.links["image"]])
             for i in items
         )
         return Response(

@@ -11,13 +11,13 @@ from python_multipart.exceptions import MultipartParseError
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import CurrentOwner, SessionDep, SettingsDep, UploadOwner
+from app.api.schemas import DatasetOut, Page, error_responses
+from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.db import queries
-from app.errors import Conflict, InvalidInput, NotFound
-from app.gallery import overlay_cache
-from app.ingest import Limits, ingest_archive
-from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
-from app.schemas import DatasetOut, Page, error_responses
-from app.upload import receive_upload
+from app.services import jobs
+from app.services.ingest import Limits, ingest_archive
+from app.services.upload import receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(400, 401, 422, 429, 500, 503))
 UPLOAD_BODY = {
@@ -71,7 +71,7 @@ async def _receive_dataset(request: Request, owner, settings) -> DatasetOut:
     work = settings.uploads / uuid.uuid4().hex
     work.mkdir(parents=True)
     dataset_id = uuid.uuid4()
-    storage_key = f"datasets/{dataset_id}"
+    storage_key = jobs.dataset_key(dataset_id)
     adopted = False
     try:
         try:
@@ -182,8 +182,6 @@ def delete_dataset(
     job_ids = queries.delete_dataset(session=session, dataset=dataset)
     session.commit()
     store = request.app.state.store  # rows first: a crash between leaves files no row names, never rows without files
-    for job_id in job_ids:
-        store.delete(f"jobs/{job_id}")
-        shutil.rmtree(overlay_cache(settings, job_id), ignore_errors=True)
+    jobs.delete_files(store, settings, job_ids)
     store.delete(storage_key)
     return Response(status_code=204)

@@ -10,10 +10,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.core.errors import Unauthorized
+from app.core.settings import Settings
 from app.db import queries
 from app.db.models import Owner
-from app.errors import Unauthorized
-from app.settings import Settings
 
 
 def get_settings_dep(request: Request) -> Settings:

@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from app.core.queue import broker_reachable
 from app.db import queries
-from app.queue import broker_reachable
 
 router = APIRouter(tags=["health"])
 

@@ -9,12 +9,21 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from app.api.deps import CurrentOwner, SessionDep
-from app.api.jobs import _succeeded_job
+from app.api.lookup import succeeded_job
+from app.api.schemas import ImageOut, error_responses
+from app.core.errors import NotFound
 from app.db import queries
 from app.db.models import Dataset
-from app.errors import InvalidInput, NotFound
-from app.gallery import MAX_SIZE, GalleryError, gallery_index, image_layers, layer_colour, overlay_cache, render_overlay
-from app.schemas import ImageOut, error_responses
+from app.services import jobs
+from app.services.gallery import (
+    MAX_SIZE,
+    GalleryError,
+    gallery_index,
+    image_layers,
+    layer_colour,
+    overlay_cache,
+    render_overlay,
+)
 
 router = APIRouter(
     prefix="/v1/jobs/{job_id}/images", tags=["jobs"], responses=error_responses(400, 401, 404, 409, 422, 429, 500, 503)
@@ -22,7 +31,7 @@ router = APIRouter(
 
 
 def _image(session, owner, job_id: uuid.UUID, image_id: str):
-    job = _succeeded_job(session, owner, job_id)
+    job = succeeded_job(session, owner, job_id)
     score = queries.get_score(session=session, job_id=job_id, image_id=image_id)
     if score is None:
         raise NotFound(f"job {job_id} scored no training image {image_id!r}")
@@ -34,7 +43,7 @@ def job_image(job_id: uuid.UUID, image_id: str, request: Request, owner: Current
     """One scored training image: rank, scores, metadata, which mask layers the gallery can draw."""
     _, score = _image(session, owner, job_id, image_id)
     try:
-        index = gallery_index(request.app.state.store, f"jobs/{job_id}/run")
+        index = gallery_index(request.app.state.store, jobs.run_key(job_id))
         layers = ["gt", *image_layers(index, image_id)]
     except GalleryError:
         layers = ["gt"]
@@ -91,16 +100,6 @@ def job_image_overlay(
     dataset = session.get_one(Dataset, job.dataset_id)  # a job keeps its dataset (deleting it is 409)
     store = request.app.state.store
     chosen = [layer for layer in (part.strip() for part in layers.split(",")) if layer]
-    try:
-        png = render_overlay(
-            store,
-            dataset.storage_key,
-            f"jobs/{job_id}/run",
-            image_id,
-            chosen,
-            size,
-            overlay_cache(request.app.state.settings, job_id),
-        )
-    except GalleryError as e:
-        raise InvalidInput(str(e)) if "layers" in str(e) else NotFound(str(e)) from e
-    return Response(png, media_type="image/png")  # (rendered once and kept on the server: app.gallery)
+    cache = overlay_cache(request.app.state.settings, job_id)
+    png = render_overlay(store, dataset.storage_key, jobs.run_key(job_id), image_id, chosen, size, cache)
+    return Response(png, media_type="image/png")  # (rendered once and kept on the server: app.services.gallery)

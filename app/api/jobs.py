@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Literal
@@ -15,14 +12,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from app.api.csv_export import csv_line
 from app.api.deps import INVALID_KEY, CurrentOwner, SessionDep, bearer_key, failed_authentication
-from app.db import queries
-from app.db.models import Job
-from app.errors import Conflict, InvalidInput, NotFound, Unavailable
-from app.gallery import overlay_cache
-from app.pagination import MAX_LIMIT, decode_cursor, encode_cursor
-from app.queue import enqueue_job
-from app.schemas import (
+from app.api.lookup import job_or_404, succeeded_job
+from app.api.schemas import (
     CheckpointOut,
     EvaluationOut,
     JobCreate,
@@ -34,26 +27,14 @@ from app.schemas import (
     SubgroupsOut,
     error_responses,
 )
-from contract.jobspec import JobSpec, SpecError, check_admission, check_spec_fits_dataset, resolve_group_column
-from contract.status import FINISHED, JobStatus
-from contract.units import plan_units
+from app.core.errors import NotFound
+from app.core.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from app.db import queries
+from app.services import jobs
+from contract.jobspec import JobSpec
+from contract.status import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 422, 429, 500, 503))
-QUEUE_RETRY_AFTER_S = 5
-
-
-def _job_or_404(session, owner, job_id: uuid.UUID) -> Job:
-    job = queries.get_job(session=session, owner_id=owner.id, job_id=job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    return job
-
-
-def _succeeded_job(session, owner, job_id: uuid.UUID) -> Job:
-    job = _job_or_404(session, owner, job_id)
-    if job.status != JobStatus.SUCCEEDED:
-        raise Conflict(f"job {job_id} is {job.status}; its results are available once it has succeeded")
-    return job
 
 
 JOB_OPERATIONS = (
@@ -99,36 +80,10 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
     dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=body.dataset_id, lock=True)
     if dataset is None:
         raise NotFound(f"dataset {body.dataset_id} not found")
-    try:
-        check_spec_fits_dataset(
-            body.spec, columns=dataset.attributes, n_images=dataset.n_images, n_masks=dataset.n_masks
-        )
-        settings = request.app.state.settings
-        check_admission(
-            body.spec,
-            n_images=dataset.n_images,
-            max_memory_bytes=settings.job_memory_limit,
-            max_disk_bytes=settings.max_job_disk_bytes,
-        )
-    except SpecError as e:
-        raise InvalidInput(f"spec.{e.field}: {e.message}") from e
-    spec, warnings = resolve_group_column(body.spec, dataset.attributes)
-    job = queries.create_job(
-        session=session, owner_id=owner.id, dataset_id=dataset.id, spec=spec.model_dump(mode="json"), warnings=warnings
+    state = request.app.state
+    job = jobs.submit(
+        session, owner_id=owner.id, dataset=dataset, spec=body.spec, settings=state.settings, celery=state.celery
     )
-    session.commit()
-    try:
-        for _ in [p for p in plan_units(spec) if not p.deps]:  # a message per unit that can start: one per dense seed
-            enqueue_job(request.app.state.celery, job.id)
-    except Unavailable as e:
-        # refused: the job is taken back (a message that did go out finds no job and is ignored)
-        queries.delete_job_rows(session=session, job_id=job.id)
-        session.commit()
-        raise Unavailable(
-            f"{e.detail}; the job was not submitted, try again shortly",
-            headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)},
-        ) from e
-    session.refresh(job)
     return JobOut.model_validate(job)
 
 
@@ -180,12 +135,8 @@ async def get_job(job_id: uuid.UUID, request: Request) -> Response:
     operation_id="cancel_job",
 )
 def cancel_job(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> JobOut:
-    job = _job_or_404(session, owner, job_id)
-    before = queries.request_cancel(session=session, job_id=job.id)
-    session.commit()
-    if before in FINISHED:
-        raise Conflict(f"job {job_id} is already {before}")
-    session.refresh(job)
+    job = job_or_404(session, owner, job_id)
+    jobs.cancel(session, job)
     return JobOut.model_validate(job)
 
 
@@ -212,7 +163,7 @@ def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str
             )
         rows = rows[:CSV_PAGE]
         if after is None:
-            yield _csv_line(
+            yield csv_line(
                 [
                     "rank",
                     "image_id",
@@ -229,7 +180,7 @@ def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str
                 ]
             )
         for r in rows:
-            yield _csv_line(
+            yield csv_line(
                 [
                     r.rank,
                     r.image_id,
@@ -248,26 +199,6 @@ def _scores_csv(sessionmaker, job_id: uuid.UUID, htl_only: bool) -> Iterator[str
         if len(rows) < CSV_PAGE:
             return
         after = rows[-1].rank
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value):
-    """A text cell a spreadsheet would run as a formula (=, +, -, @ first) is written with a leading
-    apostrophe (OWASP's advice on CSV injection); numbers (-0.5 included) are written as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-        except ValueError:
-            return "'" + value
-    return value
-
-
-def _csv_line(values) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_cell(v) for v in values])
-    return buf.getvalue()
 
 
 @router.get(
@@ -293,7 +224,7 @@ def job_scores(
 ):
     """Per training image, hardest first (rank 1). With `Accept: text/csv`, every score (or every HTL
     score) as one CSV stream; limit and cursor are then not used."""
-    _succeeded_job(session, owner, job_id)
+    succeeded_job(session, owner, job_id)
     if "text/csv" in request.headers.get("accept", ""):
         return StreamingResponse(
             _scores_csv(request.app.state.sessionmaker, job_id, htl_only),
@@ -361,7 +292,7 @@ def job_metrics(
 ) -> MetricsOut:
     """Per model (dense, pruned@S, attended, control): overall means and per attribute and subgroup,
     with counts, on one split; the comparisons over seeds; the pruning health report."""
-    _succeeded_job(session, owner, job_id)
+    succeeded_job(session, owner, job_id)
     summary = queries.job_report(session=session, job_id=job_id, kind="summary") or {}
     splits = summary.get("splits", ["validation"])
     if split not in splits:
@@ -450,7 +381,7 @@ def job_label_issues(
     """The images whose mask the out-of-sample prediction contradicts (the label check), worst first:
     training images checked by the fold model that never saw them, held-out ones by the dense
     models. With `Accept: text/csv`, all of them as CSV."""
-    _succeeded_job(session, owner, job_id)
+    succeeded_job(session, owner, job_id)
     summary = queries.job_report(session=session, job_id=job_id, kind="summary") or {}
     check = summary.get("label_check") or {}
     if not check.get("enabled"):
@@ -497,7 +428,7 @@ def _label_issue(job_id: uuid.UUID, entry: dict, score) -> LabelIssueOut:
 def _label_issues_csv(items: list[LabelIssueOut]) -> str:
     attributes = sorted({a for item in items for a in item.attributes})
     lines = [
-        _csv_line(
+        csv_line(
             [
                 "image_id",
                 "split",
@@ -514,7 +445,7 @@ def _label_issues_csv(items: list[LabelIssueOut]) -> str:
     ]
     for item in items:
         lines.append(
-            _csv_line(
+            csv_line(
                 [
                     item.image_id,
                     item.split,
@@ -550,7 +481,7 @@ def job_evaluations(
     cursor: str | None = None,
 ):
     """One model's metrics on each held-out image of a split, by image id."""
-    _succeeded_job(session, owner, job_id)
+    succeeded_job(session, owner, job_id)
     after = decode_cursor(cursor, keys=("image_id",))
     rows = queries.list_evaluations(
         session=session,
@@ -578,7 +509,7 @@ def job_evaluations(
 def job_subgroups(job_id: uuid.UUID, owner: CurrentOwner, session: SessionDep) -> SubgroupsOut:
     """Which subgroups the HTL set over-represents (enrichment, interval, corrected p-value), and per
     validation subgroup whether attention closed the gap (dense vs attended Dice, bootstrap interval)."""
-    _succeeded_job(session, owner, job_id)
+    succeeded_job(session, owner, job_id)
     body = queries.job_report(session=session, job_id=job_id, kind="subgroups")
     if body is None:
         raise NotFound(f"job {job_id} has no subgroup analysis")
@@ -598,7 +529,7 @@ def job_checkpoints(
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ):
-    _succeeded_job(session, owner, job_id)
+    succeeded_job(session, owner, job_id)
     after = decode_cursor(cursor, keys=("name",))
     rows = queries.list_checkpoints(
         session=session, job_id=job_id, limit=limit, after_name=None if after is None else str(after["name"])
@@ -626,7 +557,7 @@ def job_checkpoints(
 )
 def download_checkpoint(job_id: uuid.UUID, name: str, request: Request, owner: CurrentOwner, session: SessionDep):
     """The safetensors file, streamed, with Content-Length, its sha256 in X-Checksum-SHA256 and as the ETag."""
-    _succeeded_job(session, owner, job_id)
+    succeeded_job(session, owner, job_id)
     checkpoint = queries.get_checkpoint(session=session, job_id=job_id, name=name)
     if checkpoint is None:
         raise NotFound(f"job {job_id} has no checkpoint {name!r}")
@@ -648,11 +579,6 @@ def download_checkpoint(job_id: uuid.UUID, name: str, request: Request, owner: C
 def delete_job(job_id: uuid.UUID, request: Request, owner: CurrentOwner, session: SessionDep) -> Response:
     """A finished job (succeeded, failed or cancelled) with its scores, metrics, reports, checkpoints
     and files. 409 while it is queued or running (cancel it first)."""
-    job = _job_or_404(session, owner, job_id)
-    if job.status not in FINISHED:
-        raise Conflict(f"job {job_id} is {job.status}; cancel it and wait for it to stop before deleting it")
-    queries.delete_job_rows(session=session, job_id=job_id)
-    session.commit()
-    request.app.state.store.delete(f"jobs/{job_id}")
-    shutil.rmtree(overlay_cache(request.app.state.settings, job_id), ignore_errors=True)
+    job = job_or_404(session, owner, job_id)
+    jobs.delete(session, job, store=request.app.state.store, settings=request.app.state.settings)
     return Response(status_code=204)

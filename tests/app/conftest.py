@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from app.core.settings import Settings
 from app.db import queries
 from app.db.migrate import upgrade
 from app.main import create_app
-from app.settings import Settings
 from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip

@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 TINY = {
     "image_size": 32,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from app.annotation_queue import StrategyUnavailable, queue_order
+from app.services.annotation_queue import StrategyUnavailable, queue_order
 from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip

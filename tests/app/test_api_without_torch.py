@@ -24,7 +24,7 @@ for name in blocked:
 from fastapi.testclient import TestClient
 import app.cli, client
 from app.main import create_app
-from app.settings import Settings
+from app.core.settings import Settings
 from app.db.migrate import upgrade
 url = "sqlite:///" + sys.argv[2] + "/t.db"
 upgrade(url)

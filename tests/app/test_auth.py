@@ -86,8 +86,8 @@ def test_another_owners_resources_answer_404_like_missing_ones(client, alice, bo
 def test_readyz_checks_a_redis_broker_and_says_when_it_is_down(db_url, tmp_path):
     from fastapi.testclient import TestClient
 
+    from app.core.settings import Settings
     from app.main import create_app
-    from app.settings import Settings
 
     from .conftest import NO_REDIS, REDIS_URL
 
@@ -154,8 +154,8 @@ def test_the_api_docs_load_every_asset_from_the_service_itself(client):
 def test_failed_authentication_is_rate_limited_per_address(tmp_path, db_url):
     from fastapi.testclient import TestClient
 
+    from app.core.settings import Settings
     from app.main import create_app
-    from app.settings import Settings
 
     app = create_app(Settings(data_dir=tmp_path / "d", database_url=db_url, failed_auth_limit=60))  # a burst of 10
     with TestClient(app) as client:

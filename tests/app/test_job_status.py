@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from app.core.settings import Settings
 from app.db import queries
 from app.db.models import Job, JobUnit
 from app.db.results import persist_results
 from app.main import create_app
-from app.settings import Settings
 from contract.jobspec import JobSpec
 from contract.results import EvaluationResult, ImageScore, JobResults
 
@@ -92,7 +92,7 @@ def test_a_status_poll_answers_503_when_postgresql_is_unreachable(tmp_path):
 
 
 def test_a_scores_page_written_as_text_matches_the_stored_rows(client, session_factory, alice):
-    from app.schemas import Page, ScoreOut
+    from app.api.schemas import Page, ScoreOut
 
     job_id = make_job(session_factory, alice)
     odd_ids = ['IMG "quoted"', "IMG_ünïcode", "IMG\\back", "IMG_4"]

@@ -399,7 +399,7 @@ def test_gallery_image_detail_and_overlays(client, alice, bob, finished_job):
 def test_the_overlay_cache_stays_bounded_whatever_sizes_and_layer_strings_are_asked(
     client, alice, finished_job, settings, monkeypatch
 ):
-    from app import gallery
+    from app.services import gallery
 
     monkeypatch.setattr(gallery, "OVERLAY_CACHE_FILES", 5)
     hardest = client.get(f"/v1/jobs/{finished_job}/scores", headers=alice).json()["items"][0]["image_id"]
@@ -474,9 +474,9 @@ def test_label_issues_list_the_flagged_masks_worst_first_as_json_and_csv(
 def test_a_submit_the_queue_refuses_answers_503_with_retry_after_and_leaves_no_job(tmp_path, db_url):
     from fastapi.testclient import TestClient
 
+    from app.core.settings import Settings
     from app.db.models import Job, JobUnit
     from app.main import create_app
-    from app.settings import Settings
 
     from .conftest import count_rows, make_key
 

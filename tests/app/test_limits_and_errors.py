@@ -8,10 +8,10 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.settings import Settings
 from app.db import queries
 from app.db.models import Dataset, Image, Job, Score
 from app.main import create_app
-from app.settings import Settings
 from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip
@@ -260,7 +260,7 @@ def test_a_job_estimated_over_the_memory_or_disk_limit_is_422_naming_both(tmp_pa
 
 
 def test_the_memory_limit_defaults_to_a_share_of_the_host(monkeypatch):
-    from app import settings as settings_module
+    from app.core import settings as settings_module
 
     monkeypatch.setattr(settings_module, "host_memory_bytes", lambda: 8 * 1024**3)
     assert Settings().job_memory_limit == int(settings_module.HOST_MEMORY_SHARE * 8 * 1024**3)

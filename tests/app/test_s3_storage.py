@@ -9,10 +9,10 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.scratch import ScratchCache
+from app.core.settings import Settings
+from app.core.storage import S3Store
 from app.main import create_app
-from app.scratch import ScratchCache
-from app.settings import Settings
-from app.storage import S3Store
 from worker.tasks import execute_job
 
 from .archives import dataset_files, make_zip

@@ -8,9 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.queue import RUN_JOB
 from app.db.models import Checkpoint, Metric, Score
 from app.main import create_app
-from app.queue import RUN_JOB
 
 from .archives import dataset_files, make_zip
 from .conftest import count_rows, make_key

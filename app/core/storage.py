@@ -5,7 +5,7 @@ reached). Two implementations behind one interface:
 - S3Store: S3-compatible object storage (HTL_STORAGE_URL=s3://bucket/prefix, HTL_S3_ENDPOINT_URL,
   credentials from the standard AWS variables), through boto3: the AWS SDK itself, maintained by
   AWS, with managed multipart transfers and retries, and spoken by every S3-compatible server.
-  Readers get local copies from a bounded scratch cache (app.scratch.ScratchCache).
+  Readers get local copies from a bounded scratch cache (app.core.scratch.ScratchCache).
 
 Nothing assumes the API and the workers share a filesystem: with S3 each process keeps its own
 scratch folder."""
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from app.scratch import ScratchCache, check_key
+from app.core.scratch import ScratchCache, check_key
 
 CHUNK = 1024 * 1024
 

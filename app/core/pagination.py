@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from app.errors import InvalidInput
+from app.core.errors import InvalidInput
 
 MAX_LIMIT = 1000
 MAX_CURSOR_CHARS = 512

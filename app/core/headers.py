@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 
-from app.errors import Forbidden, Unauthorized
+from app.core.errors import Forbidden, Unauthorized
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from app.storage import Store
+from app.core.storage import Store
 from contract.layout import IMAGE_SUFFIXES, mask_names, read_mask
 
 MAX_SIZE = 1024
@@ -21,7 +21,11 @@ PRUNED_COLOURS = [(255, 170, 0), (255, 90, 40), (230, 30, 120), (170, 40, 220), 
 
 
 class GalleryError(LookupError):
-    pass
+    """Something the gallery does not hold (the API answers 404)."""
+
+
+class UnknownLayers(GalleryError):
+    """An overlay asked for layers the job has not got (the API answers 422)."""
 
 
 def gallery_index(store: Store, run_prefix: str) -> dict:
@@ -86,13 +90,13 @@ def render_overlay(
     store: Store, dataset_key: str, run_prefix: str, image_id: str, layers: list[str], size: int, cache_dir: Path
 ) -> bytes:
     """The image at most `size` pixels on its long side; gt as a contour, dense as a tinted fill with
-    a contour, each pruned model as a contour. Unknown layers raise GalleryError naming them. Files are
+    a contour, each pruned model as a contour. Unknown layers raise UnknownLayers naming them. Files are
     read through the store (in place, or from its scratch cache); the PNG is cached in cache_dir."""
     index = gallery_index(store, run_prefix)
     known = ["gt", *index["layers"]]
     unknown = [layer for layer in layers if layer not in known]
     if unknown:
-        raise GalleryError(f"unknown layers {unknown}; this job has {known}")
+        raise UnknownLayers(f"unknown layers {unknown}; this job has {known}")
     if any(layer != "gt" for layer in layers) and image_id not in index["images"]:
         raise GalleryError(
             f"the job kept predicted masks only for its HTL images, its label issues and {index['sample']} others; "

@@ -21,7 +21,7 @@ from typing import IO, BinaryIO
 
 from PIL import Image
 
-from app.errors import InvalidInput, TooLarge, UnsupportedMediaType
+from app.core.errors import InvalidInput, TooLarge, UnsupportedMediaType
 from contract.layout import IMAGE_SUFFIXES, METADATA_FILE, LayoutError, mask_image_id, read_mask, read_metadata
 
 CHUNK = 1024 * 1024

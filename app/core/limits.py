@@ -9,7 +9,7 @@ import math
 import threading
 import time
 
-from app.errors import TooManyRequests, Unavailable
+from app.core.errors import TooManyRequests, Unavailable
 
 
 def _error_message(status: int, detail: str, code: str, headers: dict[str, str] | None = None) -> tuple[dict, dict]:

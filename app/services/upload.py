@@ -8,7 +8,7 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.errors import InvalidInput, TooLarge, UnsupportedMediaType
+from app.core.errors import InvalidInput, TooLarge, UnsupportedMediaType
 
 MAX_FIELD_BYTES = 1024
 

@@ -7,8 +7,8 @@ import uuid
 
 from celery import Celery
 
-from app.errors import Unavailable
-from app.settings import Settings
+from app.core.errors import Unavailable
+from app.core.settings import Settings
 
 RUN_JOB = "htl.run_job"
 QUEUE = "htl"

@@ -1,0 +1,243 @@
+"""The client programs: datasets, jobs, scores, the annotation queue and checkpoints on a running service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app.cli.common import load_spec
+from app.services.annotation_queue import STRATEGIES
+from contract.status import JobStatus
+
+
+def _client(args: argparse.Namespace):
+    from client import HtlClient
+
+    try:
+        return HtlClient(args.server, args.api_key)
+    except ValueError as e:
+        raise SystemExit(f"htl: {e}") from e
+
+
+def _client_call(args: argparse.Namespace, action) -> int:
+    from client import HtlError
+
+    try:
+        with _client(args) as api:
+            return action(api) or 0
+    except BrokenPipeError:  # the reader stopped early (| head): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except HtlError as e:
+        print(f"htl: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # connection refused, a file that cannot be read or written
+        print(f"htl: {e}", file=sys.stderr)
+        return 1
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_datasets_upload(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    def upload(api):
+        with tqdm(total=0, unit="B", unit_scale=True, desc="upload", disable=None) as bar:
+
+            def on_progress(sent: int, total: int) -> None:
+                bar.total = total
+                bar.update(sent - bar.n)
+
+            dataset = api.upload_dataset(Path(args.source), name=args.name, on_progress=on_progress)
+        print(
+            f"dataset {dataset['id']}: {dataset['n_images']} images, {dataset['n_masks']} masks, "
+            f"attributes {', '.join(dataset['attributes']) or '-'}"
+        )
+        for warning in dataset["warnings"]:
+            print(f"warning: {warning}")
+
+    return _client_call(args, upload)
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    def listing(api):
+        for d in api.datasets():
+            print(f"{d['id']}  {d['name']:<24}{d['n_images']:>8} images{d['n_masks']:>8} masks  {d['created_at']}")
+
+    return _client_call(args, listing)
+
+
+def _progress_line(state: dict) -> str:
+    return f"{state['status']:<10}{state['stage'] or '-':<10}{state['progress']:>6.0%}"
+
+
+def _wait_with_bar(api, job_id: str) -> dict:
+    from tqdm import tqdm
+
+    with tqdm(
+        total=100, desc="queued", bar_format="{desc:<18}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}", disable=None
+    ) as bar:
+
+        def on_update(state: dict) -> None:
+            bar.set_description_str(f"{state['status']} {state['stage'] or ''}".strip(), refresh=False)
+            bar.update(round(100 * state["progress"]) - bar.n)
+
+        return api.wait(job_id, on_update=on_update)
+
+
+def cmd_jobs_submit(args: argparse.Namespace) -> int:
+    spec = {}
+    if args.spec:
+        load_spec(args.spec)  # refuse a bad spec here, with the field named, before any request
+        spec = json.loads(Path(args.spec).read_text())
+
+    def submit(api):
+        job = api.submit_job(args.dataset, spec)
+        print(f"job {job['id']}: {job['status']}")
+        for warning in job.get("warnings", []):
+            print(f"warning: {warning}")
+        if not args.wait:
+            return 0
+        done = _wait_with_bar(api, job["id"])
+        print(f"job {done['id']}: {done['status']}" + (f" ({done['error']})" if done["error"] else ""))
+        for warning in done.get("warnings", []):
+            if warning not in job.get("warnings", []):
+                print(f"warning: {warning}")
+        return 0 if done["status"] == JobStatus.SUCCEEDED else 1
+
+    return _client_call(args, submit)
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    def listing(api):
+        for j in api.jobs(status=args.status):
+            print(f"{j['id']}  {_progress_line(j)}  {j['created_at']}" + (f"  {j['error']}" if j["error"] else ""))
+
+    return _client_call(args, listing)
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    return _client_call(args, lambda api: _print_json(api.job(args.job)))
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    return _client_call(
+        args, lambda api: print(f"job {args.job}: {api.cancel_job(args.job)['status']} (cancel requested)")
+    )
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    def scores(api):
+        if args.format == "csv":
+            for chunk in api.scores_csv(args.job, htl_only=args.htl_only):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        else:
+            _print_json(list(api.scores(args.job, htl_only=args.htl_only)))
+
+    return _client_call(args, scores)
+
+
+def cmd_annotation_queue(args: argparse.Namespace) -> int:
+    def queue(api):
+        if args.format == "csv":
+            body = api.annotation_queue_csv(args.job, strategy=args.strategy, seed=args.seed)
+            if args.out:
+                Path(args.out).write_bytes(body)
+                rows = body.count(b"\n") - 1  # less the header
+                print(f"{args.out}: {rows} images, {args.strategy} order")
+            else:
+                sys.stdout.buffer.write(body)
+                sys.stdout.flush()
+        else:
+            _print_json(list(api.annotation_queue(args.job, strategy=args.strategy, seed=args.seed)))
+
+    return _client_call(args, queue)
+
+
+def cmd_checkpoints_download(args: argparse.Namespace) -> int:
+    def download(api):
+        path = api.download_checkpoint(args.job, args.name, Path(args.out))
+        print(f"{path} (sha256 checked)")
+
+    return _client_call(args, download)
+
+
+def add_parsers(sub) -> None:
+    def client_command(group, name: str, help: str, func):
+        """A subcommand that talks to a running service: --server and --api-key on each."""
+        p = group.add_parser(name, help=help)
+        p.add_argument("--server", help="the service's URL (default: $HTL_SERVER or http://127.0.0.1:8000)")
+        p.add_argument("--api-key", help="an API key (default: $HTL_API_KEY)")
+        p.set_defaults(func=func)
+        return p
+
+    datasets = sub.add_parser("datasets", help="datasets on a running service").add_subparsers(
+        dest="datasets_command", required=True
+    )
+    upload = client_command(
+        datasets,
+        "upload",
+        "pack a dataset folder (or take an archive) and upload it, with a progress bar",
+        cmd_datasets_upload,
+    )
+    upload.add_argument("source", help="a folder with images/, masks/ and metadata.csv, or a zip / tar.gz of one")
+    upload.add_argument("--name", help="the dataset's name (default: the folder's)")
+    client_command(datasets, "list", "your datasets, newest first", cmd_datasets_list)
+
+    jobs = sub.add_parser("jobs", help="jobs on a running service").add_subparsers(dest="jobs_command", required=True)
+    submit = client_command(jobs, "submit", "submit a job on a dataset", cmd_jobs_submit)
+    submit.add_argument("dataset", help="the dataset's id")
+    submit.add_argument("--spec", help="job spec JSON file (every field optional)")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job with a progress bar (stage, ETA) until it ends"
+    )
+    jlist = client_command(jobs, "list", "your jobs, newest first", cmd_jobs_list)
+    jlist.add_argument("--status", choices=list(JobStatus), help="only jobs in this status")
+    client_command(
+        jobs, "show", "a job's status, stage, progress, warnings and spec, as JSON", cmd_jobs_show
+    ).add_argument("job", help="the job's id")
+    client_command(jobs, "cancel", "cancel a queued or running job", cmd_jobs_cancel).add_argument(
+        "job", help="the job's id"
+    )
+
+    scores = client_command(sub, "scores", "a finished job's per-image HTL scores, hardest first", cmd_scores)
+    scores.add_argument("job", help="the job's id")
+    scores.add_argument("--htl-only", action="store_true", help="only the HTL images")
+    scores.add_argument("--format", choices=["json", "csv"], default="json", help="json (a list) or csv (streamed)")
+
+    queue = client_command(
+        sub,
+        "annotation-queue",
+        "a semi-supervised job's unlabeled images, most worth annotating first",
+        cmd_annotation_queue,
+    )
+    queue.add_argument("job", help="the job's id")
+    queue.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=STRATEGIES[0],
+        help="random (a seeded shuffle: on HAM10000 it beat the others, see BENCHMARKS.md), htl (the HTL "
+        "ranking), mc_dropout (needs that scorer in the job)",
+    )
+    queue.add_argument("--seed", type=int, default=0, help="the random strategy's seed")
+    queue.add_argument("--format", choices=["csv", "json"], default="csv", help="csv (for an annotation tool) or json")
+    queue.add_argument("--out", help="write the CSV to this file (default: standard output)")
+
+    checkpoints = sub.add_parser("checkpoints", help="a finished job's models").add_subparsers(
+        dest="checkpoints_command", required=True
+    )
+    download = client_command(
+        checkpoints, "download", "download a checkpoint (safetensors), checking its sha256", cmd_checkpoints_download
+    )
+    download.add_argument("job", help="the job's id")
+    download.add_argument(
+        "name", help="dense, attended, control, pruned@0.5, ... (suffixed -s<seed> with several seeds)"
+    )
+    download.add_argument("--out", default=".", help="a folder or a file name (default: the current folder)")
