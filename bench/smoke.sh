@@ -32,6 +32,7 @@ step bench_api;       quiet $py bench/bench_api.py --scores 2000 --page 100 --pa
 step attention_study; quiet $py bench/attention_study.py --images 120 --size 32 --epochs 1 --seeds 0 --out "$out/attention-study"
 step semi_methods;    IMAGES=100 EPOCHS=1 quiet bench/semi_methods.sh "$out/semi-methods"
 step settings_study;  IMAGES=300 WEAK_EPOCHS=4 SEMI_EPOCHS=1 quiet bench/settings_study.sh "$out/settings-study"
+step semi_attention_modes; IMAGES=150 EPOCHS=1 SEEDS=0 quiet bench/semi_attention_modes.sh "$out/semi-attention-modes"
 step cam_threshold;   quiet $py bench/cam_threshold.py "$out/settings-study/weak-threshold" $ham
 step active_labelling; quiet $py bench/active_labelling.py --images 150 --size 32 --epochs 1 --seeds 0 1 --out "$out/active-labelling"
 step weak_localizer;  quiet $py bench/weak_localizer.py --images 120 --size 32 --epochs 1 --seeds 0 --poolings 2 3 --out "$out/weak-localizer"

@@ -30,6 +30,8 @@ Scorer = Annotated[str, AfterValidator(_known_scorer), WithJsonSchema({"type": "
 
 
 MAX_SEED = 2**31 - 1
+ATTENTION_FACTOR = 6.0
+SEMI_ATTENTION_FACTOR = 2.0
 MAX_LIST = 100  # attributes, weak.positive
 MAX_SPARSITIES = 16
 MAX_NAME = 200  # a metadata column or value named in the spec
@@ -201,12 +203,13 @@ class LabelCheckSpec(_Strict):
 
 class AttentionSpec(_Strict):
     strategy: Literal["oversample", "reweight", "both"] = "oversample"
-    factor: float = Field(
-        6.0,
+    factor: float | None = Field(
+        None,
         ge=1.0,
         le=100.0,
-        description="how much more an attended image counts (draws or loss weight); 6 was chosen over 3 "
-        "by attended - control on the validation focus set of generated data (BENCHMARKS.md)",
+        description="how much more an attended image counts (draws or loss weight). Default 6 (chosen over 3 by "
+        "attended - control on the validation focus set of generated data), and 2 in the semi_supervised setting "
+        "(chosen over 6 and over fine_tune by the same criterion on HAM10000; BENCHMARKS.md)",
     )
     scorer: Scorer = Field(
         "pruning",
@@ -314,6 +317,8 @@ class JobSpec(_Strict):
         weak = self.setting == "weakly_supervised"
         if self.model.arch is None:
             self.model.arch = "cnn" if weak else "unet"
+        if self.attention.factor is None:
+            self.attention.factor = SEMI_ATTENTION_FACTOR if self.setting == "semi_supervised" else ATTENTION_FACTOR
         if weak and self.model.arch not in CLASSIFIERS:
             raise ValueError(
                 f"model.arch {self.model.arch!r} is a segmentation model; weakly_supervised takes {'|'.join(CLASSIFIERS)}"
