@@ -35,7 +35,7 @@ from app.core.limits import RateLimiter, RequestLimits, UploadSlots
 from app.core.observability import JobCollector, RequestMetrics
 from app.core.queue import make_celery
 from app.core.settings import Settings, get_settings
-from app.core.storage import S3Store, make_store
+from app.core.storage import make_store
 from app.db.session import make_engine, make_sessionmaker
 from app.db.status import make_status_reader
 from app.services.gallery import GalleryError, UnknownLayers
@@ -96,8 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         for folder in remove_abandoned_uploads(settings.uploads, older_than_s=settings.abandoned_upload_after_s):
             log.warning("removed an abandoned upload's staging folder %s", folder)
-        if isinstance(app.state.store, S3Store):
-            app.state.store.ensure_bucket()
+        app.state.store.prepare()
         yield
         app.state.engine.dispose()
         await app.state.status_reader.close()

@@ -29,18 +29,13 @@ def run_score_unit(job: JobContext) -> None:
         write_json(job.folder.marker("dense"), {"training": training_records(job, "dense", ["dense"])})
     if not job.folder.finished("label_check"):
         write_json(job.folder.marker("label_check"), {"enabled": lc.enabled, "folds": lc.folds if lc.enabled else 0})
-    if job.folder.finished("prune"):
-        job.report("prune", 1.0, None)
-    else:
-        job.stage = "prune"
-        job.report("prune", 0.0, None)
-        prune_all(job)
-    if job.folder.finished("score"):
-        job.report("score", 1.0, None)
-    else:
-        job.stage = "score"
-        job.report("score", 0.0, None)
-        score_all(job)
+    for stage, work in (("prune", prune_all), ("score", score_all)):
+        if job.folder.finished(stage):  # a resumed unit: done before it was interrupted
+            job.report(stage, 1.0, None)
+            continue
+        job.stage = stage
+        job.report(stage, 0.0, None)
+        work(job)
 
 
 def prune_all(job: JobContext) -> None:

@@ -44,6 +44,9 @@ def files_under(folder: Path) -> dict[str, Path]:
 class Store(ABC):
     """Files by key. `prefix` arguments name a folder-like key: every key under prefix + '/'."""
 
+    def prepare(self) -> None:  # noqa: B027 - a hook: most stores need nothing
+        """Whatever the store needs before the service's first request (nothing, by default)."""
+
     @abstractmethod
     def put_file(self, key: str, source: Path) -> tuple[str, int]:
         """Store a copy of source under key; answers (sha256, size)."""
@@ -183,7 +186,7 @@ class S3Store(Store):
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def ensure_bucket(self) -> None:
+    def prepare(self) -> None:
         """Creates the bucket when it is missing (a server of one's own); an existing one is left as is."""
         from botocore.exceptions import ClientError
 
