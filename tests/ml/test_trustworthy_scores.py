@@ -260,7 +260,7 @@ def test_the_gallery_keeps_small_masks_of_every_htl_image_and_a_sample(controlle
 
 def test_the_control_model_trains_on_its_random_set_and_the_attended_one_on_the_htl_set(tmp_path, monkeypatch):
     """What each model of the attend stage was boosted with, caught at the training call."""
-    import ml.pipeline
+    import ml.unit_training
 
     data = make_dataset(tmp_path / "data", n=60, size=32, seed=4)
     spec = JobSpec.model_validate(
@@ -274,7 +274,7 @@ def test_the_control_model_trains_on_its_random_set_and_the_attended_one_on_the_
         }
     )
     boosted = {}
-    real = ml.pipeline.train_model
+    real = ml.unit_training.train_model
 
     def spy(inputs, seed, *, sampling_weights=None, **kwargs):
         boosted.setdefault("runs", []).append(
@@ -284,7 +284,7 @@ def test_the_control_model_trains_on_its_random_set_and_the_attended_one_on_the_
         )
         return real(inputs, seed, sampling_weights=sampling_weights, **kwargs)
 
-    monkeypatch.setattr(ml.pipeline, "train_model", spy)
+    monkeypatch.setattr(ml.unit_training, "train_model", spy)
     run_pipeline(data, spec, tmp_path / "out", device="cpu")
     dense, attended, control = boosted["runs"]
     sets = json.loads((tmp_path / "out" / "state" / "attention.json").read_text())
