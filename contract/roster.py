@@ -14,8 +14,12 @@ def sparsity_key(s: float) -> str:
     return format(s, "g")
 
 
+def pruned_base(sparsity: float) -> str:
+    return f"pruned@{sparsity_key(sparsity)}"
+
+
 def pruned_bases(spec: JobSpec) -> list[str]:
-    return [f"pruned@{sparsity_key(s)}" for s in spec.prune.sparsities]
+    return [pruned_base(s) for s in spec.prune.sparsities]
 
 
 def model_bases(spec: JobSpec) -> list[str]:

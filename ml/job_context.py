@@ -14,7 +14,7 @@ import torch
 
 from contract.jobspec import JobSpec, check_spec_fits_dataset, resolve_group_column
 from contract.results import decode
-from contract.roster import model_bases, model_name, pruned_bases, sparsity_key
+from contract.roster import model_bases, model_name, model_names, pruned_base, pruned_bases, sparsity_key
 from ml import subgroups
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
 from ml.metrics import subgroup_labels, usable_attributes
@@ -122,7 +122,7 @@ class JobContext:
         return self.spec.attention.control == "random"
 
     def model_names(self) -> list[str]:
-        return [self.name(base, seed) for seed in self.seeds for base in self.bases()]
+        return model_names(self.spec)
 
     def load(self, name: str) -> torch.nn.Module:
         return self.folder.load_model(name, self.device)
@@ -190,11 +190,7 @@ class JobContext:
         """(dense, pruned) of every seed at each sparsity the score is ranked by: their disagreement on
         held-out images picks the focus set's disputed images."""
         ranked = self.folder.read_marker("score")["ranked_by_sparsities"]
-        return [
-            (self.name("dense", seed), self.name(f"pruned@{sparsity_key(s)}", seed))
-            for seed in self.seeds
-            for s in ranked
-        ]
+        return [(self.name("dense", seed), self.name(pruned_base(s), seed)) for seed in self.seeds for s in ranked]
 
     def per_image_dice(self, models: dict, base: str, split: str) -> np.ndarray:
         """(seeds, images): a base model's per-image Dice on a split, from metrics.json's 'models'."""

@@ -9,12 +9,13 @@ import dataclasses
 import numpy as np
 
 from contract.results import ImageScore, encode
+from contract.roster import pruned_base
 from contract.scorers import SCORERS
 from ml import label_check, subgroups
 from ml.job_context import JobContext
 from ml.run_folder import RunDirError, write_json
 from ml.setting import SEMI
-from ml.stages import Ranking, SeedScores, attention_sets, prune_dense, rank_images, score_seed, sparsity_key
+from ml.stages import Ranking, SeedScores, attention_sets, prune_dense, rank_images, score_seed
 from ml.unit_gallery import gallery_masks, write_gallery
 from ml.unit_training import training_records
 
@@ -51,7 +52,7 @@ def prune_all(job: JobContext) -> None:
         for each in pruned:
             saved = job.save(
                 each.model,
-                f"pruned@{sparsity_key(each.sparsity)}",
+                pruned_base(each.sparsity),
                 seed,
                 sparsity=each.sparsity,
                 achieved_sparsity=each.health["achieved"],
@@ -120,7 +121,7 @@ def _scores_of_seed(job: JobContext, k: int, seed: int, masks_out: np.ndarray | 
     return score_seed(
         job.inputs(),
         job.load(dense_name),
-        {s: job.load(job.name(f"pruned@{sparsity_key(s)}", seed)) for s in job.spec.prune.sparsities},
+        {s: job.load(job.name(pruned_base(s), seed)) for s in job.spec.prune.sparsities},
         seed,
         dynamics=dynamics,
         masks_out=masks_out,

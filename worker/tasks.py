@@ -4,6 +4,7 @@ finished job does nothing; a rerun replaces an earlier attempt's rows, never add
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -302,8 +303,7 @@ def execute_unit(job_id: uuid.UUID, *, settings: Settings, worker: str) -> str:
     ulog = UnitLog(log, {"job": job_id, "unit": unit, "worker": worker})
     ulog.info("claimed by %s (attempt %d)", worker, claimed.attempt)
 
-    def write(action, what: str):
-        return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
+    write = functools.partial(_write, sessionmaker, job_id)
 
     def fail(error: str) -> str:
         write(lambda s: jobs.fail(s, job_id=job_id, error=error, unit=unit), "recording the failure")
@@ -418,10 +418,7 @@ def _fan_out(claimed: ClaimedUnit, *, worker: str, sessionmaker, log) -> str:
     """The unit succeeded here: it is completed, and every unit that became ready is sent to the
     queue but one, which this worker takes itself."""
     job_id, unit = claimed.job_id, claimed.name
-
-    def write(action, what: str):
-        return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
-
+    write = functools.partial(_write, sessionmaker, job_id)
     ready = write(
         lambda s: units.complete_unit(session=s, job_id=job_id, name=unit, worker=worker), f"completing {unit}"
     )
@@ -435,6 +432,11 @@ def _fan_out(claimed: ClaimedUnit, *, worker: str, sessionmaker, log) -> str:
     for _ in ready[1:]:  # this worker takes one itself; others may take the rest
         _send(job_id)
     return "unit-succeeded"
+
+
+def _write(sessionmaker, job_id: uuid.UUID, action, what: str):
+    """One short transaction of the job's (action(session)), retried across a database restart."""
+    return _with_retries(lambda: _in_transaction(sessionmaker, action), what=f"job {job_id}: {what}")
 
 
 def _in_transaction(sessionmaker, action):
