@@ -1,5 +1,8 @@
+"""`python -m app.cli`: the same program as the `htl` script."""
+
 import sys
 
 from app.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
