@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
 from app import web
-from app.api import annotation, datasets, health, images, jobs
+from app.api import annotation, datasets, health, images, jobs, sweeps
 from app.api.schemas import error_responses
 from app.core.errors import CODES, ApiError, InvalidInput, NotFound
 from app.core.headers import SecurityHeaders, check_metrics_access
@@ -229,6 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs.router,
         images.router,
         annotation.router,
+        sweeps.router,
         web.router,
     ):
         app.include_router(router)

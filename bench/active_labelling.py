@@ -117,7 +117,7 @@ def main() -> None:
         args.out / "queue",
         device="cpu",
     )
-    base_run.run(until="score")
+    base_run.run(until="select")
     base = base_run.job
     known = base.targets.mask_known
     kept = {i for i in base.train_idx if known[i]}

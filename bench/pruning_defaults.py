@@ -85,7 +85,7 @@ def main() -> None:
             if first is not None and not (run_dir / "state" / "dense.json").exists():
                 share_dense(first, run_dir)
             runner = Run(args.data, spec_for(args, seed, scope, bn), run_dir)
-            runner.run(until="score")
+            runner.run(until="select")
             run = runner.job
             first = first or run_dir
             items = json.loads((run_dir / "scores.json").read_text())

@@ -359,7 +359,7 @@ def main() -> None:
             reuse(first_dir, run_dir, pruned=pruning_of(first_dir) == pruning)
         started = time.perf_counter()
         run = Run(data, spec_for(args, SCORERS[variant], mode, factor, top, pruning), run_dir, device="cpu")
-        run.run(until="score")
+        run.run(until="select")
         if not run.job.folder.finished("attend"):
             for line in reuse_attention(trained, run_dir, args.seeds):
                 print(f"  {variant}, {mode}: same set, copied {line}", flush=True)

@@ -2,6 +2,7 @@
 
     dense[seed] (one per seed) + label_check[fold] (one per fold, with label_check.enabled)
         -> score (prunes, scores, reads the label check; needs every dense seed and fold)
+        -> select (picks the attended and control sets: the first unit that reads spec.attention)
         -> attend[seed] (+ control[seed] with attention.control 'random') -> evaluate
 
 Torch-free: the API plans the units when a job is submitted; workers run them one by one
@@ -17,8 +18,11 @@ from contract.jobspec import JobSpec
 from contract.roster import model_bases
 from contract.scorers import extra_passes
 
-KINDS = ("dense", "label_check", "score", "attend", "control", "evaluate")
+KINDS = ("dense", "label_check", "score", "select", "attend", "control", "evaluate")
 INFERENCE_SPEEDUP = 3.0  # inference per image costs about a third of a training step
+SELECT_WEIGHT = (
+    0.01  # the select unit reads the ranking and draws sets: next to nothing, in epochs of the training images
+)
 
 # per kind, its internal stages and the share of the unit's progress each one spans; a kind not
 # named here is one stage of its own name, spanning the whole unit
@@ -78,16 +82,17 @@ def plan_units(spec: JobSpec) -> list[UnitPlan]:
         ]
         score += len(seeds) * held_out / INFERENCE_SPEEDUP  # the dense models check the held-out masks
     raw.append(("score", None, (*dense, *checks), score))
+    raw.append(("select", None, ("score",), SELECT_WEIGHT * train))
     trained = []
     attention = spec.attention
     attend_epochs = (
         epochs if attention.mode == "from_scratch" else attention.finetune_epochs * epochs / spec.train.epochs
     )
     for s in seeds:
-        raw.append(("attend", s, ("score",), attend_epochs * train))
+        raw.append(("attend", s, ("select",), attend_epochs * train))
         trained.append(unit_name("attend", s))
         if control:
-            raw.append(("control", s, ("score",), attend_epochs * train))
+            raw.append(("control", s, ("select",), attend_epochs * train))
             trained.append(unit_name("control", s))
     raw.append(("evaluate", None, tuple(trained), len(seeds) * bases * held_out / INFERENCE_SPEEDUP))
     total = sum(w for *_, w in raw)

@@ -18,6 +18,7 @@ from ml.run_folder import RunDirError, read_json
 from ml.stages import DegenerateError, sparsity_key
 from ml.unit_evaluate import evaluation_of, run_evaluate_unit
 from ml.unit_score import run_score_unit
+from ml.unit_select import run_select_unit
 from ml.unit_training import check_fold, train_attended, train_dense
 
 __all__ = ["DegenerateError", "Progress", "Run", "RunDirError", "run_pipeline", "sparsity_key"]
@@ -41,6 +42,7 @@ RUNNERS: dict[str, Callable[[JobContext, int | None], None]] = {
     "attend": lambda job, seed: train_attended(job, "attended", seed),
     "control": lambda job, seed: train_attended(job, "control", seed),
     "score": lambda job, _: run_score_unit(job),
+    "select": lambda job, _: run_select_unit(job),
     "evaluate": lambda job, _: run_evaluate_unit(job),
 }
 

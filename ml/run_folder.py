@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from contract.results import CheckpointFile, decode, encode
+from contract.reuse import is_shared_file, reuse_key
 from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.models import ModelConfig
 from ml.train import prepare_for_device
@@ -48,6 +50,7 @@ class RunFolder:
     def __init__(self, out: str | os.PathLike, spec: dict, dataset_fingerprint: str):
         self.out = Path(out)
         self.spec = spec
+        self.dataset = dataset_fingerprint
         self._claim(dataset_fingerprint)
 
     def _claim(self, fingerprint: str) -> None:
@@ -60,6 +63,30 @@ class RunFolder:
         else:
             write_json(run_file, identity)
         write_json(self.out / "spec.json", self.spec)
+
+    def reuse(self, source: str | os.PathLike) -> int:
+        """Copies into this folder what the dense, label-check and score units left in another run's
+        folder (`htl run --reuse-from`), so that only the units from select on run here. The other
+        run must be of the same dataset and the same spec but for attention, its score unit done.
+        Answers how many files were copied."""
+        source = Path(source)
+        identity_file = source / "state" / "run.json"
+        if not identity_file.is_file() or not (source / "state" / "score.json").is_file():
+            raise RunDirError(f"{source} holds no run whose score unit has finished: nothing to re-use")
+        identity = read_json(identity_file)
+        if reuse_key(identity["spec"], identity.get("dataset", "")) != reuse_key(self.spec, self.dataset):
+            raise RunDirError(
+                f"{source} is a run of another dataset, or of a spec that differs from this one in more than attention: "
+                "its dense models cannot be re-used"
+            )
+        copied = 0
+        for path in sorted(source.rglob("*")):
+            relative = path.relative_to(source).as_posix()
+            if path.is_file() and is_shared_file(relative) and not (self.out / relative).exists():
+                (self.out / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, self.out / relative)
+                copied += 1
+        return copied
 
     def state(self, name: str) -> Path:
         return self.out / "state" / name

@@ -22,7 +22,7 @@ from ml.unit_training import training_records
 
 def run_evaluate_unit(job: JobContext) -> EvaluationResult:
     attended = ["attended", *(["control"] if job.has_control() else [])]
-    job.folder.require("score")
+    job.folder.require("select")
     job.folder.require_trained("attend", [job.name(b, s) for b in attended for s in job.seeds])
     if not job.folder.finished("attend"):
         write_json(job.folder.marker("attend"), {"training": training_records(job, "attend", attended)})

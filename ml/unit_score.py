@@ -1,6 +1,6 @@
 """The score unit: once every dense seed and label-check fold is done, it prunes each dense model,
-combines the label check, scores and ranks every training image, picks the attended and control
-sets, and writes the HTL gallery."""
+combines the label check, scores and ranks every training image and writes the HTL gallery. Nothing
+here depends on the spec's attention: the select unit picks the attended sets from this ranking."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from contract.scorers import SCORERS
 from ml import label_check, subgroups
 from ml.job_context import JobContext
 from ml.run_folder import RunDirError, write_json
-from ml.setting import SEMI
-from ml.stages import Ranking, SeedScores, attention_sets, prune_dense, rank_images, score_seed
+from ml.stages import Ranking, SeedScores, prune_dense, rank_images, score_seed
 from ml.unit_gallery import gallery_masks, write_gallery
 from ml.unit_training import training_records
 
@@ -129,19 +128,6 @@ def _scores_of_seed(job: JobContext, k: int, seed: int, masks_out: np.ndarray | 
     )
 
 
-def _excluded_from_attention(job: JobContext, ranking: Ranking, flagged: set[str]) -> set[str]:
-    """The training images neither attention nor its control may boost (the control draws from the
-    same pool): label issues (attention.exclude_label_issues), images that may not be HTL, and in
-    the semi-supervised setting (attention.unlabeled leave_out) the images without a mask."""
-    ids = [job.image_id(i) for i in job.train_idx]
-    excluded = set(flagged) if job.spec.attention.exclude_label_issues else set()
-    excluded |= {image_id for image_id, ok in zip(ids, job.targets.train_rankable) if not ok}
-    if job.spec.setting == SEMI and job.spec.attention.unlabeled == "leave_out":
-        # the teacher's pseudo-labels are least reliable on exactly these images: boosting them amplifies its errors
-        excluded |= {s.image_id for s in ranking.scores if not s.labeled}
-    return excluded
-
-
 def _write_enrichment(job: JobContext, ranking: Ranking, groups: dict[str, list[str]]) -> None:
     # enrichment among the images that may be HTL (weakly supervised: the positives, or the label would be "enriched")
     kept = np.flatnonzero(job.targets.train_rankable)
@@ -167,20 +153,17 @@ def score_all(job: JobContext) -> list[ImageScore]:
     ranking = rank_images(job.inputs(), per_seed, degenerate=degenerate, groups=groups)
     _write_enrichment(job, ranking, groups)
     flagged = {i for i in (job.image_id(i) for i in job.train_idx) if checked_images.get(i, {}).get("issue")}
-    sets = attention_sets(job.inputs(), ranking, job.seeds, excluded=_excluded_from_attention(job, ranking, flagged))
-    write_json(job.folder.state("attention.json"), encode(sets))
-    attended = set(sets.attended)
     scores = [
         dataclasses.replace(
             s,
             label_quality=checked_images[s.image_id]["quality"] if s.image_id in checked_images else None,
             label_issue=checked_images[s.image_id]["issue"] if s.image_id in checked_images else None,
-            attended=s.image_id in attended,
         )
         for s in ranking.scores
     ]
     write_gallery(job, ranking.is_htl, masks, flagged=flagged, oos=oos_predicted)
-    write_json(job.out / "scores.json", encode(scores))
+    # the ranking, before attention picks from it (the select unit): what a job differing only in attention re-uses
+    write_json(job.folder.state("ranked.json"), {"scores": encode(scores), "others": list(ranking.others)})
     write_json(
         job.folder.marker("score"),
         {

@@ -77,7 +77,7 @@ def check_fold(job: JobContext, fold: int) -> None:
 def train_attended(job: JobContext, base: str, seed: int) -> None:
     """The attended model (base 'attended') or its random control ('control') of this seed."""
     job.stage = "attend"
-    job.folder.require("score")
+    job.folder.require("select")
     sets = job.attention()
     if base == "control" and sets.control is None:
         raise RunDirError("a control unit, but the spec asked for no control (attention.control)")

@@ -26,8 +26,9 @@ from app.db import queries, units
 from app.db.base import utcnow
 from app.db.models import Dataset, Job
 from app.db.session import make_engine, make_sessionmaker
-from app.services import jobs
+from app.services import jobs, sweeps
 from contract.results import JobResults
+from contract.reuse import REUSED_KINDS
 from worker import memory
 from worker.celery_app import celery
 
@@ -411,10 +412,10 @@ def _run_claimed(claimed: ClaimedUnit, *, settings: Settings, worker: str, sessi
         if results is None:
             raise RuntimeError("the evaluate unit answered no results")
         return _finish_job(job_id, unit, results, claimed.submit_warnings, worker=worker, sessionmaker=sessionmaker)
-    return _fan_out(claimed, worker=worker, sessionmaker=sessionmaker, log=log)
+    return _fan_out(claimed, worker=worker, sessionmaker=sessionmaker, settings=settings, log=log)
 
 
-def _fan_out(claimed: ClaimedUnit, *, worker: str, sessionmaker, log) -> str:
+def _fan_out(claimed: ClaimedUnit, *, worker: str, sessionmaker, settings: Settings, log) -> str:
     """The unit succeeded here: it is completed, and every unit that became ready is sent to the
     queue but one, which this worker takes itself."""
     job_id, unit = claimed.job_id, claimed.name
@@ -431,7 +432,23 @@ def _fan_out(claimed: ClaimedUnit, *, worker: str, sessionmaker, log) -> str:
     log.info("succeeded on %s; ready now: %s", worker, ", ".join(ready) or "nothing")
     for _ in ready[1:]:  # this worker takes one itself; others may take the rest
         _send(job_id)
+    if claimed.kind in REUSED_KINDS:  # a sweep's variants waiting on this job's dense units may start now
+        _advance_sweeps(settings)
     return "unit-succeeded"
+
+
+def _advance_sweeps(settings: Settings) -> None:
+    sessionmaker, store = _resources(settings)
+    try:
+        started = _with_retries(
+            lambda: sweeps.advance_and_send(sessionmaker, settings=settings, store=store, celery=celery),
+            what="submitting the sweeps' waiting variants",
+        )
+    except Exception as e:  # noqa: BLE001 - the periodic sweep advances them later
+        log.warning("could not submit the sweeps' waiting variants now (%s: %s); the sweep will", type(e).__name__, e)
+        return
+    for job_id in started:
+        log.info("job %s: submitted, a sweep's variant re-using the dense units of the job before it", job_id)
 
 
 def _write(sessionmaker, job_id: uuid.UUID, action, what: str):
@@ -516,6 +533,7 @@ def sweep(settings: Settings | None = None) -> list[uuid.UUID]:
     for job_id in ids:
         log.warning("job %s: sent again by the sweep", job_id)
         enqueue_job(celery, job_id)
+    _advance_sweeps(settings)
     return ids
 
 

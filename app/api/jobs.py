@@ -82,7 +82,14 @@ def submit_job(body: JobCreate, request: Request, owner: CurrentOwner, session: 
         raise NotFound(f"dataset {body.dataset_id} not found")
     state = request.app.state
     job = jobs.submit(
-        session, owner_id=owner.id, dataset=dataset, spec=body.spec, settings=state.settings, celery=state.celery
+        session,
+        owner_id=owner.id,
+        dataset=dataset,
+        spec=body.spec,
+        settings=state.settings,
+        celery=state.celery,
+        store=state.store,
+        reuse=body.reuse,
     )
     return JobOut.model_validate(job)
 

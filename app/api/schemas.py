@@ -66,11 +66,18 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset_id: uuid.UUID
     spec: JobSpec = Field(default_factory=JobSpec)
+    reuse: bool = Field(
+        True,
+        description="re-use the dense, label-check and score outputs of an earlier job of yours on this dataset "
+        "whose spec differs only in attention (false: compute them again)",
+    )
 
 
 class UnitOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
-    name: str = Field(description="dense[<seed>], score, attend[<seed>], control[<seed>], evaluate")
+    name: str = Field(
+        description="dense[<seed>], label_check[<fold>], score, select, attend[<seed>], control[<seed>], evaluate"
+    )
     status: UnitStatus = Field(
         description="waiting (for the units it needs), queued, running, succeeded, failed, cancelled"
     )
@@ -79,6 +86,10 @@ class UnitOut(BaseModel):
     progress: float
     started_at: datetime | None
     finished_at: datetime | None
+    reused_from: uuid.UUID | None = Field(
+        None,
+        description="the job whose outputs of this unit were copied instead of computed (succeeded from the start)",
+    )
 
 
 class JobOut(BaseModel):
@@ -105,9 +116,15 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime | None
+    reused_from: uuid.UUID | None = Field(
+        None,
+        description="the job of the same owner, dataset and spec but for attention whose dense, label-check and "
+        "score outputs this one copied (its units say which); null when it computed them",
+    )
+    sweep_id: uuid.UUID | None = Field(None, description="the sweep this job is a variant of")
     units: list[UnitOut] = Field(
         default_factory=list,
-        description="the job's graph: dense[seed] -> score -> attend[seed] "
+        description="the job's graph: dense[seed] (+ label_check[fold]) -> score -> select -> attend[seed] "
         "(and control[seed]) -> evaluate, each run by one worker; progress is their weighted sum",
     )
 
@@ -281,3 +298,69 @@ class SubgroupsOut(BaseModel):
     single_seed: bool
     enrichment: dict
     gap_closing: dict | None
+
+
+class SweepCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: uuid.UUID
+    name: str | None = Field(None, max_length=200)
+    spec: dict = Field(default_factory=dict, description="the base job spec every variant starts from")
+    vary: dict[str, list] = Field(
+        description='dotted spec field -> the values to try, e.g. {"attention.factor": [2, 3, 6], '
+        '"attention.mode": ["from_scratch", "fine_tune"]}: one job per combination (at most 24)',
+        min_length=1,
+    )
+    reuse: bool = Field(True, description="variants that share their dense settings share one set of dense units")
+
+
+class Difference(BaseModel):
+    overall: float | None = Field(description="Dice difference over the split's images, averaged over seeds")
+    overall_ci95: list[float] | None = None
+    focus: float | None = Field(None, description="the difference on the focus set (where attention should matter)")
+    focus_ci95: list[float | None] | None = None
+
+
+class Headline(BaseModel):
+    split: str = Field(description="the split these figures are on: test when the job has one")
+    attended_vs_dense: Difference | None = None
+    attended_vs_control: Difference | None = None
+    worst_decile: dict[str, float | None] = Field(
+        default_factory=dict, description="per model: the mean Dice of its worst 10% of images"
+    )
+    verdict: str | None = None
+
+
+class ComparisonRow(BaseModel):
+    job_id: uuid.UUID
+    status: JobStatus
+    progress: float
+    reused_from: uuid.UUID | None
+    values: dict[str, object] = Field(description="this job's value of each differing field")
+    headline: Headline | None = Field(description="null until the job has succeeded")
+
+
+class ComparisonOut(BaseModel):
+    fields: list[str] = Field(description="the spec fields in which the jobs differ")
+    rows: list[ComparisonRow]
+
+
+class SweepVariantOut(BaseModel):
+    position: int
+    overrides: dict[str, object]
+    state: Literal["pending", "submitted", "skipped"] = Field(
+        description="pending: waiting for the job that computes the dense models it shares; skipped: error says why"
+    )
+    job_id: uuid.UUID | None
+    waits_for: uuid.UUID | None = Field(None, description="while pending: the job whose dense units it re-uses")
+    error: str | None = None
+
+
+class SweepOut(BaseModel):
+    id: uuid.UUID
+    dataset_id: uuid.UUID
+    name: str | None
+    spec: dict
+    vary: list[dict]
+    created_at: datetime
+    variants: list[SweepVariantOut]
+    comparison: ComparisonOut | None = Field(None, description="the submitted variants' jobs side by side")

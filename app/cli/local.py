@@ -32,6 +32,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         run = Run(args.data_dir, spec, args.out, device=args.device, progress=on_progress)
+        if args.reuse_from:
+            tqdm.write(f"re-used {run.job.folder.reuse(args.reuse_from)} files of {args.reuse_from}")
         for warning in [*run.job.index.warnings, *run.job.split_warnings]:
             tqdm.write(f"warning: {warning}")
         metrics = run.run()
@@ -102,6 +104,12 @@ def add_parsers(sub) -> None:
     run.add_argument("--spec", help="job spec JSON (every field optional)")
     run.add_argument("--out", required=True, help="output folder; a rerun into it resumes")
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    run.add_argument(
+        "--reuse-from",
+        metavar="RUN_DIR",
+        help="an earlier run's output folder, of the same data and spec but for attention: its dense models, "
+        "pruned models and scores are copied instead of computed again",
+    )
     run.set_defaults(func=cmd_run)
     synth = sub.add_parser("synth", help="write a generated dataset with a planted hard minority (site=rare)")
     synth.add_argument("out", help="folder to write images/, masks/ and metadata.csv into")

@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -55,6 +55,19 @@ class Store(ABC):
     def put_tree(self, prefix: str, folder: Path, *, move: bool = False, only: list[str] | None = None) -> None:
         """Every file under folder (or only those relative paths) under prefix/<relative path>;
         move=True may take the files (the folder is the caller's scratch)."""
+
+    @abstractmethod
+    def copy(self, source: str, target: str) -> None:
+        """A copy of the file at key source under key target: its own bytes, so deleting either
+        leaves the other whole."""
+
+    def copy_tree(self, source: str, target: str, *, only: Callable[[str], bool]) -> int:
+        """Copies each file under prefix source whose relative path `only` accepts to the same
+        relative path under prefix target; answers how many."""
+        chosen = [rel for rel in self.list(source) if only(rel)]
+        for rel in chosen:
+            self.copy(f"{source}/{rel}", f"{target}/{rel}")
+        return len(chosen)
 
     @abstractmethod
     def iter_chunks(self, key: str, chunk: int = CHUNK) -> Iterator[bytes]: ...
@@ -131,6 +144,13 @@ class LocalStore(Store):
             if only is None or rel in only:
                 self.put_file(f"{prefix}/{rel}", path)
 
+    def copy(self, source: str, target: str) -> None:
+        path = self.path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        shutil.copyfile(self.path(source), tmp)
+        os.replace(tmp, path)
+
     def iter_chunks(self, key: str, chunk: int = CHUNK) -> Iterator[bytes]:
         with self.path(key).open("rb") as f:
             while data := f.read(chunk):
@@ -206,6 +226,11 @@ class S3Store(Store):
         for rel, path in files_under(Path(folder)).items():
             if only is None or rel in only:
                 self.put_file(f"{prefix}/{rel}", path)
+
+    def copy(self, source: str, target: str) -> None:
+        self.client.copy_object(
+            Bucket=self.bucket, Key=self._key(target), CopySource={"Bucket": self.bucket, "Key": self._key(source)}
+        )
 
     def iter_chunks(self, key: str, chunk: int = CHUNK) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]

@@ -59,6 +59,7 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
         Index("ix_jobs_owner_status_created", "owner_id", "status", "created_at"),
         Index("ix_jobs_dataset", "dataset_id"),
+        Index("ix_jobs_reuse", "owner_id", "dataset_id", "reuse_key"),
     )
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
     dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
@@ -76,6 +77,11 @@ class Job(UUIDPrimaryKey, CreatedAt, Base):
     updated_at: Mapped[datetime | None]
     # what the user should know about how the job ran (resolved split column, degenerate sparsities)
     warnings: Mapped[list] = mapped_column(default=list, server_default=text("'[]'"))
+    # contract.reuse: equal for jobs whose dense, label-check and score units compute the same files
+    reuse_key: Mapped[str | None] = mapped_column(String(64))
+    # the job whose outputs this one copied instead of computing them (no foreign key: it may be deleted since)
+    reused_from: Mapped[uuid.UUID | None]
+    sweep_id: Mapped[uuid.UUID | None] = mapped_column(index=True)  # the sweep it is a variant of
     units: Mapped[list[JobUnit]] = relationship(order_by="JobUnit.position", lazy="selectin", viewonly=True)
 
 
@@ -137,6 +143,8 @@ class JobUnit(Base):
     # use (cgroup limit or physical memory): a silent worker near its limit was most likely OOM-killed
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     memory_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # the job whose unit of this name this one copied, succeeded from the start (contract.reuse)
+    reused_from: Mapped[uuid.UUID | None]
 
 
 class Metric(Base):
@@ -185,3 +193,35 @@ class Checkpoint(UUIDPrimaryKey, CreatedAt, Base):
     seed: Mapped[int | None]  # None: saved before seeds were recorded (0007)
     sparsity: Mapped[float | None]
     format: Mapped[str] = mapped_column(String(20), default="safetensors")
+
+
+class Sweep(UUIDPrimaryKey, CreatedAt, Base):
+    """A named set of jobs of one dataset: a base spec and the fields varied over it. The variants
+    that share their dense settings share one set of dense units (contract.reuse)."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_owner_created", "owner_id", "created_at"),)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict]  # the base spec, as given
+    vary: Mapped[list]  # [{"field": "attention.factor", "values": [2, 3, 6]}, ...], in the order given
+    variants: Mapped[list[SweepVariant]] = relationship(
+        order_by="SweepVariant.position", lazy="selectin", viewonly=True
+    )
+
+
+class SweepVariant(Base):
+    """One job of a sweep: submitted at once (state submitted), or pending until its lead (the
+    first variant of its dense settings) has its dense units done, or skipped (its lead ended
+    without them: error says why)."""
+
+    __tablename__ = "sweep_variants"
+    sweep_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)
+    overrides: Mapped[dict]  # field -> value, over the base spec
+    spec: Mapped[dict]  # the variant's whole spec, as admitted
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    lead_job_id: Mapped[uuid.UUID | None]  # while pending: the job whose dense units it waits for
+    error: Mapped[str | None] = mapped_column(Text)

@@ -27,9 +27,11 @@ from app.db.models import (
     Metric,
     Owner,
     Score,
+    Sweep,
     Worker,
 )
-from contract.status import FINISHED, OPEN, JobStatus, should_stop
+from contract.reuse import REUSED_KINDS
+from contract.status import FINISHED, OPEN, JobStatus, UnitStatus, should_stop
 
 KEY_PREFIX = "htl_"
 
@@ -145,7 +147,15 @@ def list_datasets(
 
 # --- jobs ----------------------------------------------------------------------------------------
 def create_job(
-    *, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, spec: dict, warnings: list[str] | None = None
+    *,
+    session: Session,
+    owner_id: uuid.UUID,
+    dataset_id: uuid.UUID,
+    spec: dict,
+    warnings: list[str] | None = None,
+    reuse_key: str | None = None,
+    reused_from: uuid.UUID | None = None,
+    sweep_id: uuid.UUID | None = None,
 ) -> Job:
     job = Job(
         owner_id=owner_id,
@@ -155,11 +165,46 @@ def create_job(
         progress=0.0,
         updated_at=utcnow(),
         warnings=list(warnings or []),
+        reuse_key=reuse_key,
+        reused_from=reused_from,
+        sweep_id=sweep_id,
     )
     session.add(job)
     session.flush()
-    units.create_units(session=session, job_id=job.id, spec=spec)
+    created = units.create_units(session=session, job_id=job.id, spec=spec, reused_from=reused_from)
+    job.progress = sum(u.weight * u.progress for u in created)
     return job
+
+
+def reusable_units_done(*, session: Session, job_id: uuid.UUID) -> bool:
+    """Whether the job's dense, label-check and score units have all succeeded (contract.reuse)."""
+    statuses = session.scalars(
+        select(JobUnit.status).where(JobUnit.job_id == job_id, JobUnit.kind.in_(REUSED_KINDS))
+    ).all()
+    return bool(statuses) and all(s == UnitStatus.SUCCEEDED for s in statuses)
+
+
+def find_reusable(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, reuse_key: str) -> Job | None:
+    """The newest job of this owner and dataset with this reuse key whose dense, label-check and
+    score units have all succeeded (it may still be running its later units, or have failed in
+    them), one that computed them before one that copied them, its row locked until the
+    transaction ends: a delete of it waits until its files are copied."""
+    shared = select(JobUnit.job_id).where(JobUnit.kind.in_(REUSED_KINDS))
+    unfinished = shared.where(JobUnit.status != UnitStatus.SUCCEEDED)
+    stmt = (
+        select(Job)
+        .where(
+            Job.owner_id == owner_id,
+            Job.dataset_id == dataset_id,
+            Job.reuse_key == reuse_key,
+            Job.id.in_(shared),
+            Job.id.not_in(unfinished),
+        )
+        .order_by(Job.reused_from.is_not(None), Job.created_at.desc(), Job.id)
+        .limit(1)
+        .with_for_update(of=Job)
+    )
+    return session.scalar(stmt)
 
 
 def get_job(*, session: Session, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
@@ -179,6 +224,8 @@ STATUS_COLUMNS = (
     Job.started_at,
     Job.finished_at,
     Job.updated_at,
+    Job.reused_from,
+    Job.sweep_id,
 )
 STATUS_JSON = (Job.spec, Job.warnings)  # read as text and parsed once, not once per unit row
 UNIT_COLUMNS = (
@@ -189,6 +236,7 @@ UNIT_COLUMNS = (
     JobUnit.progress,
     JobUnit.started_at,
     JobUnit.finished_at,
+    JobUnit.reused_from,
 )
 
 # built once: a poll binds parameters to it rather than building (and matching results to) a new
@@ -470,3 +518,19 @@ def list_checkpoints(*, session: Session, job_id: uuid.UUID, limit: int, after_n
 
 def get_checkpoint(*, session: Session, job_id: uuid.UUID, name: str) -> Checkpoint | None:
     return session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == name))
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+def get_sweep(*, session: Session, owner_id: uuid.UUID, sweep_id: uuid.UUID) -> Sweep | None:
+    return session.scalar(select(Sweep).where(Sweep.id == sweep_id, Sweep.owner_id == owner_id))
+
+
+def list_sweeps(
+    *, session: Session, owner_id: uuid.UUID, limit: int, after: dict | None
+) -> tuple[list[Sweep], dict | None]:
+    stmt = _newest_first(select(Sweep).where(Sweep.owner_id == owner_id), Sweep, after, limit)
+    return page_cursor(list(session.scalars(stmt)), limit)
+
+
+def jobs_by_id(*, session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, Job]:
+    return {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}

@@ -19,14 +19,27 @@ from sqlalchemy.orm import Session
 from app.db.base import rows_changed, utcnow
 from app.db.models import Job, JobUnit
 from contract.jobspec import JobSpec
+from contract.reuse import REUSED_KINDS
 from contract.status import OPEN, UNIT_OPEN, JobStatus, UnitStatus, should_stop
 from contract.units import plan_units
 
 CANCELLED_ON_REQUEST = "cancelled on request"
 
 
-def create_units(*, session: Session, job_id: uuid.UUID, spec: dict) -> list[JobUnit]:
+def create_units(
+    *, session: Session, job_id: uuid.UUID, spec: dict, reused_from: uuid.UUID | None = None
+) -> list[JobUnit]:
+    """The job's plan as rows. reused_from: the job whose dense, label-check and score units this
+    one copied (contract.reuse): those start succeeded, and what they unblock queued."""
     now = utcnow()
+    plan = plan_units(JobSpec.model_validate(spec))
+    reused = {p.name for p in plan if reused_from is not None and p.kind in REUSED_KINDS}
+
+    def status(p) -> UnitStatus:
+        if p.name in reused:
+            return UnitStatus.SUCCEEDED
+        return UnitStatus.QUEUED if set(p.deps) <= reused else UnitStatus.WAITING
+
     units = [
         JobUnit(
             job_id=job_id,
@@ -36,16 +49,24 @@ def create_units(*, session: Session, job_id: uuid.UUID, spec: dict) -> list[Job
             position=p.position,
             deps=list(p.deps),
             weight=p.weight,
-            status=UnitStatus.WAITING if p.deps else UnitStatus.QUEUED,
-            progress=0.0,
+            status=status(p),
+            progress=1.0 if p.name in reused else 0.0,
             attempt=0,
-            queued_at=None if p.deps else now,
+            queued_at=now if status(p) == UnitStatus.QUEUED else None,
+            finished_at=now if p.name in reused else None,
+            reused_from=reused_from if p.name in reused else None,
         )
-        for p in plan_units(JobSpec.model_validate(spec))
+        for p in plan
     ]
     session.add_all(units)
     session.flush()
     return units
+
+
+def count_queued(*, session: Session, job_id: uuid.UUID) -> int:
+    return session.scalars(
+        select(func.count()).select_from(JobUnit).where(JobUnit.job_id == job_id, JobUnit.status == UnitStatus.QUEUED)
+    ).one()
 
 
 def ensure_units(*, session: Session, job_id: uuid.UUID) -> None:

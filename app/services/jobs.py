@@ -4,6 +4,7 @@ job ends its open units; a job's results land with its success, in one transacti
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 
@@ -19,10 +20,11 @@ from app.db.results import persist_results
 from app.services.gallery import overlay_cache
 from contract.jobspec import JobSpec, check_admission, check_spec_fits_dataset, resolve_group_column
 from contract.results import JobResults
+from contract.reuse import is_shared_file, reuse_key
 from contract.status import FINISHED, JobStatus
-from contract.units import plan_units
 
 QUEUE_RETRY_AFTER_S = 5
+log = logging.getLogger("htl.jobs")
 
 
 def dataset_key(dataset_id: uuid.UUID) -> str:
@@ -39,13 +41,10 @@ def run_key(job_id: uuid.UUID) -> str:
     return f"{job_key(job_id)}/run"
 
 
-def submit(
-    session: Session, *, owner_id: uuid.UUID, dataset: Dataset, spec: JobSpec, settings: Settings, celery
-) -> Job:
-    """Admits the spec for this dataset and this service's limits, records the job (committed, so a
-    worker finds it) and sends one message per unit that can start. A queue that refuses takes the
-    job back."""
-    # a SpecError here is the app factory's to answer (422, naming the field)
+def admit(spec: JobSpec, dataset: Dataset, settings: Settings) -> tuple[JobSpec, list[str]]:
+    """The spec as it will run on this dataset (split.group_column resolved) and the warnings that
+    come with it; a SpecError (the app factory's to answer: 422, naming the field) when the spec
+    does not fit the dataset or this service's limits."""
     check_spec_fits_dataset(spec, columns=dataset.attributes, n_images=dataset.n_images, n_masks=dataset.n_masks)
     check_admission(
         spec,
@@ -53,22 +52,95 @@ def submit(
         max_memory_bytes=settings.job_memory_limit,
         max_disk_bytes=settings.max_job_disk_bytes,
     )
-    spec, warnings = resolve_group_column(spec, dataset.attributes)
+    return resolve_group_column(spec, dataset.attributes)
+
+
+def record(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    dataset: Dataset,
+    spec: JobSpec,
+    warnings: list[str],
+    store: Store,
+    reuse: bool = True,
+    sweep_id: uuid.UUID | None = None,
+) -> Job:
+    """The job's rows, uncommitted. With reuse, the newest job of this owner whose dense,
+    label-check and score units computed what this one's would (contract.reuse) lends them: their
+    files are copied into this job's run folder (copies, not references: deleting either job
+    leaves the other whole) and this job's units of those kinds start succeeded."""
+    spec_json = spec.model_dump(mode="json")
+    key = reuse_key(spec_json, str(dataset.id))
+    source = None
+    if reuse:
+        source = queries.find_reusable(session=session, owner_id=owner_id, dataset_id=dataset.id, reuse_key=key)
+        if source is not None and not store.exists(f"{run_key(source.id)}/state/score.json"):
+            warnings = [
+                *warnings,
+                f"job {source.id} matched for re-use, but its files are gone from the store: computed again",
+            ]
+            source = None
     job = queries.create_job(
-        session=session, owner_id=owner_id, dataset_id=dataset.id, spec=spec.model_dump(mode="json"), warnings=warnings
+        session=session,
+        owner_id=owner_id,
+        dataset_id=dataset.id,
+        spec=spec_json,
+        warnings=warnings,
+        reuse_key=key,
+        reused_from=source.id if source is not None else None,
+        sweep_id=sweep_id,
     )
-    session.commit()
+    if source is not None:
+        try:
+            store.copy_tree(run_key(source.id), run_key(job.id), only=is_shared_file)
+        except BaseException:
+            store.delete(job_key(job.id))  # nothing half-written: the rows roll back with the caller's transaction
+            raise
+    return job
+
+
+def send(session: Session, jobs: list[Job], *, celery, store: Store, take_back: bool = True) -> None:
+    """One message per unit that can start, for each of these committed jobs. A queue that refuses
+    takes them all back (rows and files); with take_back False they stay queued instead, for the
+    workers' sweep to send again."""
     try:
-        for _ in [p for p in plan_units(spec) if not p.deps]:  # a message per unit that can start: one per dense seed
-            enqueue_job(celery, job.id)
+        for job in jobs:
+            for _ in range(units.count_queued(session=session, job_id=job.id)):
+                enqueue_job(celery, job.id)
     except Unavailable as e:
-        # refused: the job is taken back (a message that did go out finds no job and is ignored)
-        queries.delete_job_rows(session=session, job_id=job.id)
+        if not take_back:
+            log.warning("the queue refused a message (%s); the workers' sweep sends the job again", e.detail)
+            return
+        # refused: the jobs are taken back (a message that did go out finds no job and is ignored)
+        for job in jobs:
+            queries.delete_job_rows(session=session, job_id=job.id)
         session.commit()
+        for job in jobs:
+            store.delete(job_key(job.id))
         raise Unavailable(
             f"{e.detail}; the job was not submitted, try again shortly",
             headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)},
         ) from e
+
+
+def submit(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    dataset: Dataset,
+    spec: JobSpec,
+    settings: Settings,
+    celery,
+    store: Store,
+    reuse: bool = True,
+) -> Job:
+    """Admits the spec for this dataset and this service's limits, records the job (re-using what it
+    can, committed, so a worker finds it) and sends one message per unit that can start."""
+    spec, warnings = admit(spec, dataset, settings)
+    job = record(session, owner_id=owner_id, dataset=dataset, spec=spec, warnings=warnings, store=store, reuse=reuse)
+    session.commit()
+    send(session, [job], celery=celery, store=store)
     session.refresh(job)
     return job
 
