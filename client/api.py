@@ -153,8 +153,9 @@ class HtlClient:
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
 
     # --- jobs -----------------------------------------------------------------------------------
-    def submit_job(self, dataset_id: str, spec: JsonObject | None = None) -> JsonObject:
-        return self._object(self._request("POST", "/v1/jobs", json={"dataset_id": dataset_id, "spec": spec or {}}))
+    def submit_job(self, dataset_id: str, spec: JsonObject | None = None, *, reuse: bool = True) -> JsonObject:
+        body = {"dataset_id": dataset_id, "spec": spec or {}, "reuse": reuse}
+        return self._object(self._request("POST", "/v1/jobs", json=body))
 
     def jobs(self, *, status: str | None = None, dataset_id: str | None = None) -> Iterator[JsonObject]:
         params = {k: v for k, v in (("status", status), ("dataset_id", dataset_id)) if v}
@@ -193,6 +194,46 @@ class HtlClient:
                     return state
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+            time.sleep(interval)
+
+    # --- sweeps ---------------------------------------------------------------------------------
+    def create_sweep(
+        self,
+        dataset_id: str,
+        vary: dict[str, list[Any]],
+        spec: JsonObject | None = None,
+        *,
+        name: str | None = None,
+        reuse: bool = True,
+    ) -> JsonObject:
+        body = {"dataset_id": dataset_id, "spec": spec or {}, "vary": vary, "name": name, "reuse": reuse}
+        return self._object(self._request("POST", "/v1/sweeps", json=body))
+
+    def sweep(self, sweep_id: str) -> JsonObject:
+        return self._object(self._request("GET", f"/v1/sweeps/{sweep_id}"))
+
+    def sweeps(self) -> Iterator[JsonObject]:
+        return self._pages("/v1/sweeps")
+
+    def comparison(self, dataset_id: str) -> JsonObject:
+        return self._object(self._request("GET", f"/v1/datasets/{dataset_id}/comparison"))
+
+    def wait_sweep(
+        self, sweep_id: str, *, interval: float = 2.0, on_update: Callable[[JsonObject], None] | None = None
+    ) -> JsonObject:
+        """Poll until every variant has ended (its job finished, or skipped); answers the sweep."""
+        while True:
+            sweep = self.sweep(sweep_id)
+            if on_update is not None:
+                on_update(sweep)
+            rows = {r["job_id"]: r for r in (sweep.get("comparison") or {}).get("rows", [])}
+            open_variants = [
+                v
+                for v in sweep["variants"]
+                if v["state"] == "pending" or (v["job_id"] in rows and rows[v["job_id"]]["status"] not in FINISHED)
+            ]
+            if not open_variants:
+                return sweep
             time.sleep(interval)
 
     # --- results --------------------------------------------------------------------------------

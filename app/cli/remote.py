@@ -98,8 +98,10 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
         spec = json.loads(Path(args.spec).read_text())
 
     def submit(api):
-        job = api.submit_job(args.dataset, spec)
+        job = api.submit_job(args.dataset, spec, reuse=not args.no_reuse)
         print(f"job {job['id']}: {job['status']}")
+        if job.get("reused_from"):
+            print(f"re-uses the dense, label-check and score units of job {job['reused_from']}")
         for warning in job.get("warnings", []):
             print(f"warning: {warning}")
         if not args.wait:
@@ -130,6 +132,137 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return _client_call(
         args, lambda api: print(f"job {args.job}: {api.cancel_job(args.job)['status']} (cancel requested)")
     )
+
+
+def parse_vary(items: list[str]) -> dict[str, list]:
+    """--vary FIELD=V1,V2 ... as {field: [values]}: each value read as JSON where it is JSON (2,
+    0.5, true, null), else as a string (fine_tune)."""
+    vary: dict[str, list] = {}
+    for item in items:
+        field, sep, values = item.partition("=")
+        if not sep or not field or not values:
+            raise SystemExit(f"htl: --vary {item!r}: write FIELD=VALUE1,VALUE2 (e.g. attention.factor=2,3,6)")
+
+        def value(text: str):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text
+
+        vary[field.strip()] = [value(v.strip()) for v in values.split(",")]
+    return vary
+
+
+def _signed(x) -> str:
+    return "-" if x is None else f"{x:+.4f}"
+
+
+def _with_interval(value, interval) -> str:
+    if value is None:
+        return "-"
+    if not interval or None in interval:
+        return _signed(value)
+    return f"{_signed(value)} [{_signed(interval[0])}, {_signed(interval[1])}]"
+
+
+def comparison_table(sweep: dict) -> list[list[str]]:
+    """The rows `htl sweep show` prints: one per variant, its differing fields and headline."""
+    comparison = sweep.get("comparison") or {"fields": [], "rows": []}
+    fields = comparison["fields"]
+    rows = {r["job_id"]: r for r in comparison["rows"]}
+    header = [
+        "variant",
+        "job",
+        "status",
+        *fields,
+        "attended-dense",
+        "focus",
+        "attended-control",
+        "focus",
+        "worst decile (att/dense)",
+        "re-used from",
+    ]
+    table = [header]
+    for v in sweep["variants"]:
+        row = rows.get(v["job_id"])
+        status = row["status"] if row else v["state"]
+        values = row["values"] if row else {f: v["overrides"].get(f) for f in fields}
+        cells = [str(v["position"]), (v["job_id"] or "-")[:8], status, *(json.dumps(values.get(f)) for f in fields)]
+        h = (row or {}).get("headline") or {}
+        for key in ("attended_vs_dense", "attended_vs_control"):
+            d = h.get(key) or {}
+            cells += [
+                _with_interval(d.get("overall"), d.get("overall_ci95")),
+                _with_interval(d.get("focus"), d.get("focus_ci95")),
+            ]
+        worst = h.get("worst_decile") or {}
+        cells.append(
+            f"{worst['attended']:.3f}/{worst['dense']:.3f}"
+            if worst.get("attended") is not None and worst.get("dense") is not None
+            else "-"
+        )
+        reused = (row or {}).get("reused_from")
+        cells.append(reused[:8] if reused else "-")
+        table.append(cells)
+    return table
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def _print_sweep(sweep: dict) -> None:
+    print(
+        f"sweep {sweep['id']}"
+        + (f" ({sweep['name']})" if sweep.get("name") else "")
+        + f", dataset {sweep['dataset_id']}"
+    )
+    print_table(comparison_table(sweep))
+    rows = {r["job_id"]: r for r in (sweep.get("comparison") or {}).get("rows", [])}
+    for v in sweep["variants"]:
+        verdict = ((rows.get(v["job_id"]) or {}).get("headline") or {}).get("verdict")
+        if verdict:
+            print(f"variant {v['position']}: {verdict}")
+        if v.get("error"):
+            print(f"variant {v['position']}: {v['error']}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.target == "show":
+        if not args.sweep:
+            raise SystemExit("htl: sweep show needs the sweep's id")
+        return _client_call(args, lambda api: _print_sweep(api.sweep(args.sweep)))
+    if args.sweep:
+        raise SystemExit(
+            f"htl: unexpected argument {args.sweep!r} (htl sweep DATASET --vary ..., or htl sweep show SWEEP)"
+        )
+    if not args.vary:
+        raise SystemExit("htl: a sweep needs at least one --vary FIELD=VALUE1,VALUE2")
+    vary = parse_vary(args.vary)
+    spec = {}
+    if args.spec:
+        load_spec(args.spec)  # refuse a bad base spec here, with the field named
+        spec = json.loads(Path(args.spec).read_text())
+
+    def create(api):
+        sweep = api.create_sweep(args.target, vary, spec, name=args.name, reuse=not args.no_reuse)
+        n = len(sweep["variants"])
+        started = sum(v["state"] == "submitted" for v in sweep["variants"])
+        print(
+            f"sweep {sweep['id']}: {n} variants, {started} submitted, {n - started} waiting for the dense units they share"
+        )
+        if not args.wait:
+            return 0
+        done = api.wait_sweep(sweep["id"])
+        _print_sweep(done)
+        statuses = {r["status"] for r in done["comparison"]["rows"]}
+        return (
+            0 if statuses == {JobStatus.SUCCEEDED} and all(v["state"] == "submitted" for v in done["variants"]) else 1
+        )
+
+    return _client_call(args, create)
 
 
 def cmd_scores(args: argparse.Namespace) -> int:
@@ -198,6 +331,12 @@ def add_parsers(sub) -> None:
     submit.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar (stage, ETA) until it ends"
     )
+    submit.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="compute the dense, label-check and score units even when an earlier job of yours on this dataset, "
+        "differing only in attention, computed them",
+    )
     jlist = client_command(jobs, "list", "your jobs, newest first", cmd_jobs_list)
     jlist.add_argument("--status", choices=list(JobStatus), help="only jobs in this status")
     client_command(
@@ -206,6 +345,27 @@ def add_parsers(sub) -> None:
     client_command(jobs, "cancel", "cancel a queued or running job", cmd_jobs_cancel).add_argument(
         "job", help="the job's id"
     )
+
+    sweep = client_command(
+        sub,
+        "sweep",
+        "htl sweep DATASET --spec base.json --vary attention.factor=2,3,6: one job per combination, sharing their "
+        "dense units; htl sweep show SWEEP: the variants side by side",
+        cmd_sweep,
+    )
+    sweep.add_argument("target", metavar="DATASET|show", help="the dataset's id, or show")
+    sweep.add_argument("sweep", nargs="?", metavar="SWEEP", help="with show: the sweep's id")
+    sweep.add_argument("--spec", help="the base job spec JSON file (every field optional)")
+    sweep.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="a dotted spec field and its values (repeat it: one job per combination)",
+    )
+    sweep.add_argument("--name", help="the sweep's name")
+    sweep.add_argument("--no-reuse", action="store_true", help="every variant trains its own dense models")
+    sweep.add_argument("--wait", action="store_true", help="wait for every variant, then print the comparison")
 
     scores = client_command(sub, "scores", "a finished job's per-image HTL scores, hardest first", cmd_scores)
     scores.add_argument("job", help="the job's id")

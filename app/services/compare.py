@@ -5,6 +5,7 @@ their 95% intervals, the worst-decile Dice and the verdict, all from the split t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -26,7 +27,7 @@ def flatten(spec: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differing_fields(specs: list[dict], first: list[str] = ()) -> list[str]:
+def differing_fields(specs: list[dict], first: Sequence[str] = ()) -> list[str]:
     """The dotted fields whose values are not the same in every spec: those named in `first` (a
     sweep's varied fields) in that order, then the others alphabetically (a stored spec's key order
     is the database's)."""
@@ -65,7 +66,7 @@ def headline(summary: dict | None) -> dict | None:
     }
 
 
-def compare(session: Session, jobs: list[Job], first: list[str] = ()) -> dict:
+def compare(session: Session, jobs: list[Job], first: Sequence[str] = ()) -> dict:
     fields = differing_fields([job.spec for job in jobs], first)
     rows = []
     for job in jobs:

@@ -136,7 +136,9 @@ def test_metrics_answer_in_the_prometheus_text_format(client, alice, dataset_id,
         s.labels["stage"]: s.value for s in families["htl_stage_duration_seconds"].samples if s.name.endswith("_count")
     }
     # one duration per unit: the label check runs as three fold units
-    assert stage_counts == {"dense": 1, "label_check": 3, "score": 1, "attend": 1, "evaluate": 1}, stage_counts
+    assert stage_counts == {"dense": 1, "label_check": 3, "score": 1, "select": 1, "attend": 1, "evaluate": 1}, (
+        stage_counts
+    )
 
 
 def test_the_api_docs_load_every_asset_from_the_service_itself(client):

@@ -54,6 +54,7 @@ def test_a_cancel_while_a_unit_runs_ends_the_job_when_that_unit_completes(client
     assert _unit_statuses(session_factory, job) == {
         "dense[0]": "succeeded",
         "score": "cancelled",
+        "select": "cancelled",
         "attend[0]": "cancelled",
         "evaluate": "cancelled",
     }
@@ -71,7 +72,7 @@ def test_a_cancel_between_units_ends_the_job_at_once(client, alice, dataset_id, 
 
 def test_the_evaluate_unit_of_a_cancelled_job_does_not_succeed(client, alice, dataset_id, session_factory):
     job = submit(client, alice, dataset_id, CHAIN).json()["id"]
-    for name in ("dense[0]", "score", "attend[0]", "evaluate"):
+    for name in ("dense[0]", "score", "select", "attend[0]", "evaluate"):
         assert _claim(session_factory, job, "htl-aaaa@host") == name
         if name == "evaluate":
             assert client.post(f"/v1/jobs/{job}/cancel", headers=alice).status_code == 202

@@ -56,6 +56,7 @@ def test_a_status_poll_answers_what_the_job_list_answers(client, session_factory
         "label_check[1]",
         "label_check[2]",
         "score",
+        "select",
         "attend[0]",
         "attend[1]",
         "evaluate",

@@ -282,6 +282,7 @@ def test_the_units_in_order_make_the_same_run_as_the_whole_pipeline(tmp_path):
         "label_check[1]",
         "label_check[2]",
         "score",
+        "select",
         "attend[0]",
         "control[0]",
         "attend[1]",
