@@ -63,3 +63,18 @@ def new_job_page() -> HTMLResponse:
 @router.get("/jobs/{job_id}")
 def job_page(job_id: str) -> HTMLResponse:
     return page("job", "Job")
+
+
+@router.get("/sweeps")
+def sweeps_page() -> HTMLResponse:
+    return page("compare", "Sweeps")
+
+
+@router.get("/sweeps/{sweep_id}")
+def sweep_page(sweep_id: str) -> HTMLResponse:
+    return page("compare", "Sweep")
+
+
+@router.get("/datasets/{dataset_id}/compare")
+def compare_page(dataset_id: str) -> HTMLResponse:
+    return page("compare", "Compare jobs")

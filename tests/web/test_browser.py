@@ -279,3 +279,60 @@ def test_a_semi_supervised_job_shows_its_annotation_queue_and_exports_it(browser
     _shot(page, "annotation-queue")
     assert not errors, errors
     context.close()
+
+
+def test_a_sweep_compares_its_variants_side_by_side(browser, service, tmp_path):
+    """A 2-variant sweep through the client: the second variant waits for the first's dense units,
+    then re-uses them; its page shows one row per job with the varied field, both differences with
+    intervals, the worst decile, what it re-used, and the verdicts."""
+    from client import HtlClient
+
+    server, _, _ = service
+    folder = make_dataset(tmp_path / "sweep", n=40, size=32, seed=6)
+    spec = {
+        "image_size": 32,
+        "model": {"width": 4},
+        "train": {"epochs": 1, "batch_size": 8},
+        "prune": {"sparsities": [0.5]},
+        "split": {"test_fraction": 0.25},
+        "attention": {"control": "random"},
+    }
+    with HtlClient(server.base, server.key) as api:
+        dataset = api.upload_dataset(folder)["id"]
+        sweep = api.create_sweep(dataset, {"attention.factor": [2, 6]}, spec, name="factors")
+        assert [v["state"] for v in sweep["variants"]] == ["submitted", "pending"]
+        done = api.wait_sweep(sweep["id"])
+    rows = done["comparison"]["rows"]
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded"], done
+    lead, follower = (v["job_id"] for v in done["variants"])
+    assert rows[1]["reused_from"] == lead
+
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _sign_in(page, server.base, server.key)
+    page.goto(f"{server.base}/sweeps")
+    page.click(f"[data-testid=sweep-list] a[href='/sweeps/{sweep['id']}']")
+    page.wait_for_selector("[data-testid=comparison] tbody tr")
+    headers = page.locator("[data-testid=comparison] thead th").all_inner_texts()
+    assert headers[:3] == ["Job", "Status", "attention.factor"] and "attended − control" in headers
+    cells = [r.locator("td").all_inner_texts() for r in page.locator("[data-testid=comparison] tbody tr").all()]
+    assert [c[0] for c in cells] == [lead[:8], follower[:8]] and [c[2] for c in cells] == ["2", "6"]
+    for c, row in zip(cells, rows):
+        d = row["headline"]["attended_vs_control"]
+        # one seed: the overall difference has no interval over seeds; the focus set's spans its images
+        assert c[5] == f"{d['overall']:+.4f}" and d["overall_ci95"] is None
+        assert c[6] == f"{d['focus']:+.4f} [{d['focus_ci95'][0]:+.4f}, {d['focus_ci95'][1]:+.4f}]"
+        assert re.fullmatch(r"\d\.\d{3} / \d\.\d{3}", c[7]), c[7]
+    assert cells[0][8] == "–" and cells[1][8] == lead[:8]
+    assert page.locator("[data-testid=verdicts] li").count() == 2
+    _shot(page, "sweep")
+    page.click(f"[data-testid=comparison] a[href='/jobs/{follower}']")
+    page.wait_for_selector("[data-testid=job-status]")
+
+    page.goto(f"{server.base}/datasets/{dataset}/compare")
+    page.wait_for_selector("[data-testid=comparison] tbody tr")
+    assert page.locator("[data-testid=comparison] tbody tr").count() == 2
+    assert not errors, errors
+    context.close()

@@ -7,6 +7,7 @@ const PAGES = {
   jobs: () => import("./pages/jobs.js"),
   "new-job": () => import("./pages/new-job.js"),
   job: () => import("./pages/job.js"),
+  compare: () => import("./pages/compare.js"),
 };
 
 function signIn(main) {

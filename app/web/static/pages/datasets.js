@@ -61,7 +61,8 @@ export async function render(main) {
       ? table(["Name", "Images", "Masks", "Size", "Attributes", "Warnings", "Uploaded", ""], datasets.map((d) => [
           d.name, d.n_images, d.n_masks, bytes(d.size_bytes), d.attributes.join(", ") || "–",
           d.warnings.length ? h("details", {}, h("summary", {}, `${d.warnings.length}`), h("ul", {}, d.warnings.map((w) => h("li", {}, w)))) : "–",
-          when(d.created_at), h("a", { href: `/jobs/new?dataset=${d.id}` }, "New job")]), { testid: "dataset-list" })
+          when(d.created_at), h("span", {}, h("a", { href: `/jobs/new?dataset=${d.id}` }, "New job"), " · ",
+            h("a", { href: `/datasets/${d.id}/compare` }, "Compare jobs"))]), { testid: "dataset-list" })
       : h("p", {}, "No datasets yet: upload one above."));
   }
 
