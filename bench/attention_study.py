@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +30,6 @@ def spec_for(args, seed: int, strategy: str) -> JobSpec:
             "attention": {"strategy": strategy, "factor": args.factor},
         }
     )
-
-
-def reuse_shared_stages(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for sub in ("checkpoints", "cache"):
-        shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True)
-    (dst / "checkpoints" / "attended.safetensors").unlink(missing_ok=True)
-    (dst / "state" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for path in (src / "state").iterdir():  # markers, per-seed files, dynamics, enrichment, attention sets
-        if path.is_file() and path.name != "run.json" and not path.name.startswith(("attend", "evaluate")):
-            shutil.copy(path, dst / "state" / path.name)
-    for record in (src / "state" / "checkpoints").glob("*.json"):  # each kept checkpoint's record
-        if not record.name.startswith("attended"):
-            shutil.copy(record, dst / "state" / "checkpoints" / record.name)
-    shutil.copy(src / "scores.json", dst / "scores.json")
 
 
 def worst_groups(dense: dict, min_n: int, k: int) -> list[tuple[str, str, float, int]]:
@@ -76,9 +60,10 @@ def main() -> None:
         first = None
         for strategy in args.strategies:
             run_dir = out / f"seed{seed}-{strategy}"
-            if first is not None and not (run_dir / "state" / "run.json").exists():
-                reuse_shared_stages(first, run_dir)
-            metrics = Run(args.data, spec_for(args, seed, strategy), run_dir).run()
+            run = Run(args.data, spec_for(args, seed, strategy), run_dir)
+            if first is not None:  # the strategies share the seed's dense, label-check and score units
+                run.job.folder.reuse(first)
+            metrics = run.run()
             first = first or run_dir
             dense, attended = metrics["models"]["dense"], metrics["models"]["attended"]
             results[f"seed{seed}-{strategy}"] = {

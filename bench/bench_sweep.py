@@ -4,7 +4,7 @@ the client. The independent jobs are submitted with reuse false (each trains its
 the sweep's variants share one set of dense, label-check and score units. Prints the wall clock of
 each (first submission to last success), the ratio, and the worker's CPU seconds per variant.
 
-    .venv/bin/python bench/bench_sweep.py [--images 240 --size 48 --epochs 6]
+    .venv/bin/python bench/bench_sweep.py [--images 200 --size 64 --epochs 6]
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def wait_all(api: HtlClient, job_ids: list[str]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=240)
-    parser.add_argument("--size", type=int, default=48)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--mode", default="fine_tune", choices=["fine_tune", "from_scratch"])
     parser.add_argument("--out", help="write the measurements as JSON here too")

@@ -2,8 +2,8 @@
 # Semi-supervised attention on HAM10000 (2,000 images, 64 px, 6 epochs, 3 seeds, a lesion-grouped test
 # split, a random control), three ways: fine_tune (2 epochs on top of each dense model at lr x 0.1),
 # from_scratch x6 and from_scratch x2. The fine_tune job runs first; the from_scratch jobs re-use its
-# dense, label-check and score units (copied into their folders), since the attended and control sets
-# depend on neither attention.mode nor attention.factor: all three share their dense models.
+# dense, label-check and score units (`htl run --reuse-from`: copied into their folders, since they
+# depend on nothing in attention): all three share their dense models.
 #   bench/semi_attention_modes.sh [OUT_DIR]
 # IMAGES (2000), EPOCHS (6) and SEEDS ("0, 1, 2") override the sizes (bench/smoke.sh runs it tiny).
 set -euo pipefail
@@ -18,17 +18,7 @@ echo "{$common, \"attention\": {\"control\": \"random\", \"mode\": \"from_scratc
 echo "{$common, \"attention\": {\"control\": \"random\", \"mode\": \"from_scratch\", \"factor\": 2}}" > "$out/from_scratch-x2.json"
 $htl run $data --spec "$out/fine_tune.json" --out "$out/fine_tune" > "$out/fine_tune.log" 2>&1
 for name in from_scratch from_scratch-x2; do
-  src=$out/fine_tune dst=$out/$name
-  if [ ! -f "$dst/metrics.json" ]; then
-    rm -rf "$dst" && mkdir -p "$dst/state/checkpoints" "$dst/checkpoints"
-    cp -r "$src/cache" "$src/gallery" "$src/scores.json" "$src/gallery.json" "$dst/"
-    for f in "$src"/state/*; do
-      case $(basename "$f") in run.json | attend* | evaluat* | checkpoints) ;; *) cp -r "$f" "$dst/state/" ;; esac
-    done
-    cp "$src"/checkpoints/{dense,pruned}* "$dst/checkpoints/"
-    cp "$src"/state/checkpoints/{dense,pruned}* "$dst/state/checkpoints/"
-  fi
-  $htl run $data --spec "$out/$name.json" --out "$dst" > "$out/$name.log" 2>&1
+  $htl run $data --spec "$out/$name.json" --out "$out/$name" --reuse-from "$out/fine_tune" > "$out/$name.log" 2>&1
 done
 .venv/bin/python - "$out" <<'PY'
 import json, sys

@@ -52,6 +52,7 @@ step label_check_folds; quiet $py bench/label_check_folds.py --images 120 --size
 step attention_cost;  quiet $py bench/attention_cost.py $ham --images 150 --size 32 --epochs 1 --repeats 1
 step bench_load;      quiet $py bench/bench_load.py --uploads 2 --upload-seconds 0.5 --pollers 2 --submitters 1 --seconds 3
 step bench_workers;   quiet $py bench/bench_workers.py --images 40
+step bench_sweep;     quiet $py bench/bench_sweep.py --images 40 --size 32 --epochs 1
 step cancel_races;    quiet $py bench/cancel_races.py --rounds 4 --concurrency 2
 step gpu_study
 if $py -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then

@@ -100,6 +100,16 @@ def record(
     return job
 
 
+def commit_or_forget(session: Session, jobs: list[Job], store: Store) -> None:
+    """Commits the recorded jobs; should the commit fail, the files copied for them go too."""
+    try:
+        session.commit()
+    except BaseException:
+        for job in jobs:
+            store.delete(job_key(job.id))
+        raise
+
+
 def send(session: Session, jobs: list[Job], *, celery, store: Store, take_back: bool = True) -> None:
     """One message per unit that can start, for each of these committed jobs. A queue that refuses
     takes them all back (rows and files); with take_back False they stay queued instead, for the
@@ -139,7 +149,7 @@ def submit(
     can, committed, so a worker finds it) and sends one message per unit that can start."""
     spec, warnings = admit(spec, dataset, settings)
     job = record(session, owner_id=owner_id, dataset=dataset, spec=spec, warnings=warnings, store=store, reuse=reuse)
-    session.commit()
+    commit_or_forget(session, [job], store)
     send(session, [job], celery=celery, store=store)
     session.refresh(job)
     return job

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import uuid
 from typing import Any
 
@@ -33,10 +34,10 @@ def variants_of(vary: dict[str, list[Any]]) -> list[dict[str, Any]]:
     for field, values in vary.items():
         if not isinstance(values, list) or not values:
             raise InvalidInput(f"vary.{field}: give a non-empty list of values")
-    combos = [dict(zip(vary, values)) for values in itertools.product(*vary.values())]
-    if len(combos) > MAX_VARIANTS:
-        raise InvalidInput(f"vary: {len(combos)} variants; a sweep runs at most {MAX_VARIANTS}")
-    return combos
+    n = math.prod(len(values) for values in vary.values())
+    if n > MAX_VARIANTS:  # counted before any is built: a few long lists multiply fast
+        raise InvalidInput(f"vary: {n} variants; a sweep runs at most {MAX_VARIANTS}")
+    return [dict(zip(vary, values)) for values in itertools.product(*vary.values())]
 
 
 def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
@@ -94,22 +95,33 @@ def create(
     session.add(sweep)
     session.flush()
     leads: dict[str, uuid.UUID] = {}  # reuse key -> the variant's job that computes those dense units
-    submitted = []
-    for position, (overrides, spec) in enumerate(zip(combos, specs)):
-        resolved, _ = jobs.admit(spec, dataset, settings)
-        key = reuse_key(resolved.model_dump(mode="json"), str(dataset.id))
-        variant = SweepVariant(
-            sweep_id=sweep.id, position=position, overrides=overrides, spec=spec.model_dump(mode="json"), state=PENDING
-        )
-        if reuse and key in leads:
-            variant.lead_job_id = leads[key]
-        else:
-            job = _submit_variant(session, sweep, variant, dataset=dataset, settings=settings, store=store, reuse=reuse)
-            submitted.append(job)
-            if job.reused_from is None:
-                leads[key] = job.id
-        session.add(variant)
-    session.commit()
+    submitted: list[Job] = []
+    try:
+        for position, (overrides, spec) in enumerate(zip(combos, specs)):
+            resolved, _ = jobs.admit(spec, dataset, settings)
+            key = reuse_key(resolved.model_dump(mode="json"), str(dataset.id))
+            variant = SweepVariant(
+                sweep_id=sweep.id,
+                position=position,
+                overrides=overrides,
+                spec=spec.model_dump(mode="json"),
+                state=PENDING,
+            )
+            if reuse and key in leads:
+                variant.lead_job_id = leads[key]
+            else:
+                job = _submit_variant(
+                    session, sweep, variant, dataset=dataset, settings=settings, store=store, reuse=reuse
+                )
+                submitted.append(job)
+                if job.reused_from is None:
+                    leads[key] = job.id
+            session.add(variant)
+    except BaseException:
+        for job in submitted:  # files copied for a job whose rows now roll back
+            store.delete(jobs.job_key(job.id))
+        raise
+    jobs.commit_or_forget(session, submitted, store)
     try:
         jobs.send(session, submitted, celery=celery, store=store)
     except Unavailable:

@@ -132,3 +132,38 @@ def test_the_annotation_queue_command_exports_the_unlabeled_images_as_csv(servic
     assert {i["image_id"] for i in shuffled} == unlabeled and all(i["strategy"] == "random" for i in shuffled)
     refused = htl(service, "annotation-queue", job["id"], "--strategy", "mc_dropout")
     assert refused.returncode == 1 and "404" in refused.stderr and "mc_dropout" in refused.stderr
+
+
+def test_htl_sweep_runs_the_variants_and_shows_them_side_by_side(service, tmp_path):
+    folder = make_dataset(tmp_path / "sweep", n=40, size=32, seed=7)
+    spec = tmp_path / "base.json"
+    spec.write_text(json.dumps({**SPEC, "split": {"test_fraction": 0.25}, "attention": {"control": "random"}}))
+    with HtlClient(service.base, service.key) as api:
+        dataset = api.upload_dataset(folder)["id"]
+    bad = htl(service, "sweep", dataset, "--vary", "attention.factor")
+    assert bad.returncode != 0 and "FIELD=VALUE1,VALUE2" in bad.stderr
+    refused = htl(service, "sweep", dataset, "--spec", str(spec), "--vary", "attention.factor=2,-3")
+    assert refused.returncode == 1 and "422" in refused.stderr and "attention.factor" in refused.stderr
+
+    ran = htl(
+        service, "sweep", dataset, "--spec", str(spec), "--vary", "attention.factor=2,6",
+        "--vary", "attention.mode=from_scratch,fine_tune", "--wait",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    assert "4 variants, 1 submitted, 3 waiting for the dense units they share" in ran.stdout
+    sweep_id = ran.stdout.split()[1].rstrip(":")
+    shown = htl(service, "sweep", "show", sweep_id)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    header = lines[1].split()
+    assert header[:5] == ["variant", "job", "status", "attention.factor", "attention.mode"]
+    rows = [line.split() for line in lines[2:6]]
+    assert [r[3:5] for r in rows] == [
+        ["2", '"from_scratch"'],
+        ["2", '"fine_tune"'],
+        ["6", '"from_scratch"'],
+        ["6", '"fine_tune"'],
+    ]
+    assert all(r[2] == "succeeded" for r in rows) and rows[0][-1] == "-"
+    assert {r[-1] for r in rows[1:]} == {rows[0][1]}  # the other three re-used the first's dense units
+    assert sum(line.startswith("variant ") and "random control" in line for line in lines) == 4
