@@ -157,12 +157,12 @@ def test_htl_sweep_runs_the_variants_and_shows_them_side_by_side(service, tmp_pa
     lines = shown.stdout.splitlines()
     header = lines[1].split()
     assert header[:5] == ["variant", "job", "status", "attention.factor", "attention.mode"]
-    rows = [line.split() for line in lines[2:6]]
+    rows = [line.split() for line in lines[2:6]]  # the values as the jobs ran them: factor is a float
     assert [r[3:5] for r in rows] == [
-        ["2", '"from_scratch"'],
-        ["2", '"fine_tune"'],
-        ["6", '"from_scratch"'],
-        ["6", '"fine_tune"'],
+        ["2.0", '"from_scratch"'],
+        ["2.0", '"fine_tune"'],
+        ["6.0", '"from_scratch"'],
+        ["6.0", '"fine_tune"'],
     ]
     assert all(r[2] == "succeeded" for r in rows) and rows[0][-1] == "-"
     assert {r[-1] for r in rows[1:]} == {rows[0][1]}  # the other three re-used the first's dense units
