@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import update
 
 from app.db.models import Job, Sweep, SweepVariant
-from ml import pipeline
 from tests.app.archives import dataset_files, make_zip
 from tests.app.conftest import count_rows
 from tests.app.helpers import TINY
@@ -54,6 +53,7 @@ def _scores(client, headers, job_id) -> list[dict]:
 
 def _no_shared_units(monkeypatch) -> None:
     """From here on a dense, label-check or score unit run in this process fails the job."""
+    from ml import pipeline  # torch: imported here, so the API-only install can still collect this module
 
     def refuse(job, seed):
         raise AssertionError("a re-used unit ran")
