@@ -41,11 +41,12 @@ def is_shared_file(relative: str) -> bool:
     return any(fnmatch.fnmatchcase(relative, pattern) for pattern in SHARED_FILES)
 
 
-def _code_version() -> str:
+def code_version() -> str:
+    """The installed htl-miner's version (`htl --version` prints it too)."""
     try:
         return version("htl-miner")
     except PackageNotFoundError:  # a checkout run without installing it
-        return "unknown"
+        return "unknown (not installed)"
 
 
 def shared_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -57,5 +58,5 @@ def reuse_key(spec: dict[str, Any], dataset: str) -> str:
     """Equal for two jobs whose re-used units compute the same files: the same dataset (its id in
     the service, its fingerprint for `htl run`), the same spec but for attention, the same code
     version (another release may train differently)."""
-    identity = {"dataset": dataset, "spec": shared_spec(spec), "version": _code_version()}
+    identity = {"dataset": dataset, "spec": shared_spec(spec), "version": code_version()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

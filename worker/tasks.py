@@ -28,7 +28,6 @@ from app.db.models import Dataset, Job
 from app.db.session import make_engine, make_sessionmaker
 from app.services import jobs, sweeps
 from contract.results import JobResults
-from contract.reuse import REUSED_KINDS
 from worker import memory
 from worker.celery_app import celery
 
@@ -432,7 +431,7 @@ def _fan_out(claimed: ClaimedUnit, *, worker: str, sessionmaker, settings: Setti
     log.info("succeeded on %s; ready now: %s", worker, ", ".join(ready) or "nothing")
     for _ in ready[1:]:  # this worker takes one itself; others may take the rest
         _send(job_id)
-    if claimed.kind in REUSED_KINDS:  # a sweep's variants waiting on this job's dense units may start now
+    if claimed.kind == "score":  # the last shared unit (it needs all the others): variants waiting on them may start
         _advance_sweeps(settings)
     return "unit-succeeded"
 

@@ -62,12 +62,9 @@ def require_torch(what: str) -> None:
 
 
 def version_string() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from contract.reuse import code_version
 
-    try:
-        return version("htl-miner")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+    return code_version()
 
 
 def data_dir_option(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Text, and_, bindparam, cast, delete, or_, select, text, update
+from sqlalchemy import ColumnElement, Row, Text, and_, bindparam, cast, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import units
@@ -176,12 +176,14 @@ def create_job(
     return job
 
 
+def _shared_units_done() -> ColumnElement[bool]:
+    """The job has dense, label-check and score units (contract.reuse), and all have succeeded."""
+    shared = select(JobUnit.job_id).where(JobUnit.kind.in_(REUSED_KINDS))
+    return and_(Job.id.in_(shared), Job.id.not_in(shared.where(JobUnit.status != UnitStatus.SUCCEEDED)))
+
+
 def reusable_units_done(*, session: Session, job_id: uuid.UUID) -> bool:
-    """Whether the job's dense, label-check and score units have all succeeded (contract.reuse)."""
-    statuses = session.scalars(
-        select(JobUnit.status).where(JobUnit.job_id == job_id, JobUnit.kind.in_(REUSED_KINDS))
-    ).all()
-    return bool(statuses) and all(s == UnitStatus.SUCCEEDED for s in statuses)
+    return session.scalar(select(Job.id).where(Job.id == job_id, _shared_units_done())) is not None
 
 
 def find_reusable(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUID, reuse_key: str) -> Job | None:
@@ -189,17 +191,9 @@ def find_reusable(*, session: Session, owner_id: uuid.UUID, dataset_id: uuid.UUI
     score units have all succeeded (it may still be running its later units, or have failed in
     them), one that computed them before one that copied them, its row locked until the
     transaction ends: a delete of it waits until its files are copied."""
-    shared = select(JobUnit.job_id).where(JobUnit.kind.in_(REUSED_KINDS))
-    unfinished = shared.where(JobUnit.status != UnitStatus.SUCCEEDED)
     stmt = (
         select(Job)
-        .where(
-            Job.owner_id == owner_id,
-            Job.dataset_id == dataset_id,
-            Job.reuse_key == reuse_key,
-            Job.id.in_(shared),
-            Job.id.not_in(unfinished),
-        )
+        .where(Job.owner_id == owner_id, Job.dataset_id == dataset_id, Job.reuse_key == reuse_key, _shared_units_done())
         .order_by(Job.reused_from.is_not(None), Job.created_at.desc(), Job.id)
         .limit(1)
         .with_for_update(of=Job)

@@ -35,29 +35,27 @@ def create_units(
     plan = plan_units(JobSpec.model_validate(spec))
     reused = {p.name for p in plan if reused_from is not None and p.kind in REUSED_KINDS}
 
-    def status(p) -> UnitStatus:
-        if p.name in reused:
-            return UnitStatus.SUCCEEDED
-        return UnitStatus.QUEUED if set(p.deps) <= reused else UnitStatus.WAITING
-
-    units = [
-        JobUnit(
-            job_id=job_id,
-            name=p.name,
-            kind=p.kind,
-            seed=p.seed,
-            position=p.position,
-            deps=list(p.deps),
-            weight=p.weight,
-            status=status(p),
-            progress=1.0 if p.name in reused else 0.0,
-            attempt=0,
-            queued_at=now if status(p) == UnitStatus.QUEUED else None,
-            finished_at=now if p.name in reused else None,
-            reused_from=reused_from if p.name in reused else None,
+    units = []
+    for p in plan:
+        done = p.name in reused
+        status = UnitStatus.SUCCEEDED if done else (UnitStatus.QUEUED if set(p.deps) <= reused else UnitStatus.WAITING)
+        units.append(
+            JobUnit(
+                job_id=job_id,
+                name=p.name,
+                kind=p.kind,
+                seed=p.seed,
+                position=p.position,
+                deps=list(p.deps),
+                weight=p.weight,
+                status=status,
+                progress=1.0 if done else 0.0,
+                attempt=0,
+                queued_at=now if status == UnitStatus.QUEUED else None,
+                finished_at=now if done else None,
+                reused_from=reused_from if done else None,
+            )
         )
-        for p in plan
-    ]
     session.add_all(units)
     session.flush()
     return units

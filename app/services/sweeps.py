@@ -54,17 +54,20 @@ def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
     return spec
 
 
-def _admitted(base: dict, overrides: dict[str, Any], dataset: Dataset, settings: Settings) -> JobSpec:
-    """The variant's spec, validated and admitted for the dataset; 422 naming the variant."""
+def _admitted(
+    base: dict, overrides: dict[str, Any], dataset: Dataset, settings: Settings
+) -> tuple[JobSpec, JobSpec, list[str]]:
+    """The variant's spec as given, and as admitted for the dataset with its warnings (jobs.admit);
+    422 naming the variant."""
     try:
         spec = JobSpec.model_validate(with_overrides(base, overrides))
-        jobs.admit(spec, dataset, settings)
+        resolved, warnings = jobs.admit(spec, dataset, settings)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise InvalidInput(f"variant {overrides}: spec {problems}") from e
     except SpecError as e:
         raise InvalidInput(f"variant {overrides}: spec.{e.field}: {e.message}") from e
-    return spec
+    return spec, resolved, warnings
 
 
 def create(
@@ -84,7 +87,7 @@ def create(
     sweep, submits each variant that can start now (the first of its dense settings, or any whose
     dense units an earlier job of the owner computed) and leaves the others pending on that first."""
     combos = variants_of(vary)
-    specs = [_admitted(base, overrides, dataset, settings) for overrides in combos]
+    admitted = [_admitted(base, overrides, dataset, settings) for overrides in combos]
     sweep = Sweep(
         owner_id=owner_id,
         dataset_id=dataset.id,
@@ -97,8 +100,7 @@ def create(
     leads: dict[str, uuid.UUID] = {}  # reuse key -> the variant's job that computes those dense units
     submitted: list[Job] = []
     try:
-        for position, (overrides, spec) in enumerate(zip(combos, specs)):
-            resolved, _ = jobs.admit(spec, dataset, settings)
+        for position, (overrides, (spec, resolved, warnings)) in enumerate(zip(combos, admitted)):
             key = reuse_key(resolved.model_dump(mode="json"), str(dataset.id))
             variant = SweepVariant(
                 sweep_id=sweep.id,
@@ -111,7 +113,7 @@ def create(
                 variant.lead_job_id = leads[key]
             else:
                 job = _submit_variant(
-                    session, sweep, variant, dataset=dataset, settings=settings, store=store, reuse=reuse
+                    session, sweep, variant, resolved, warnings, dataset=dataset, store=store, reuse=reuse
                 )
                 submitted.append(job)
                 if job.reused_from is None:
@@ -136,13 +138,14 @@ def _submit_variant(
     session: Session,
     sweep: Sweep,
     variant: SweepVariant,
+    spec: JobSpec,
+    warnings: list[str],
     *,
     dataset: Dataset,
-    settings: Settings,
     store: Store,
     reuse: bool = True,
 ) -> Job:
-    spec, warnings = jobs.admit(JobSpec.model_validate(variant.spec), dataset, settings)
+    """Records the variant's job (spec: as admitted by jobs.admit)."""
     job = jobs.record(
         session,
         owner_id=sweep.owner_id,
@@ -176,7 +179,8 @@ def advance(session: Session, *, settings: Settings, store: Store) -> list[Job]:
         elif queries.reusable_units_done(session=session, job_id=lead.id):
             sweep = session.get_one(Sweep, variant.sweep_id)
             dataset = session.get_one(Dataset, sweep.dataset_id)
-            submitted.append(_submit_variant(session, sweep, variant, dataset=dataset, settings=settings, store=store))
+            spec, warnings = jobs.admit(JobSpec.model_validate(variant.spec), dataset, settings)
+            submitted.append(_submit_variant(session, sweep, variant, spec, warnings, dataset=dataset, store=store))
         elif lead.status in FINISHED:
             variant.state = SKIPPED
             variant.error = (
