@@ -17,8 +17,10 @@ from contract.jobspec import JobSpec
 from ml import label_check
 from ml.data import decode_dataset, sample_records, scan_dataset, split_indices
 from ml.models import ModelConfig
+from ml.precision import resolve
 from ml.setting import make_targets
-from ml.stages import StageInputs, boost, train_model
+from ml.stage_inputs import StageInputs
+from ml.stages import boost, train_model
 
 
 def main() -> None:
@@ -47,6 +49,7 @@ def main() -> None:
         targets=make_targets(index, spec, train),
         model_config=ModelConfig("unet", 16),
         device=torch.device("cpu"),
+        precision=resolve(spec.train.precision, "cpu"),
     )
     dense = train_model(inputs, 0).model
     chosen = inputs.image_ids(inputs.train_idx)[: len(inputs.train_idx) // 10]

@@ -40,7 +40,7 @@ def main() -> None:
     for path in sorted((out / "checkpoints").glob("dense*.safetensors")):
         model, _ = load_checkpoint(path)
         model.cam_threshold = 0.0  # forward now answers the relative map itself
-        model = prepare_for_device(model, "cpu").eval()
+        model = prepare_for_device(model, "cpu", precision="fp32").eval()
         dice = {t: [] for t in THRESHOLDS}
         scored = dict(zip(run.val_idx, run.targets.localizable(run.val_idx)))  # positives with a mask
         for batch in iterate_batches(run.val_idx, 64):

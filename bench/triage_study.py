@@ -62,7 +62,7 @@ def spec_for(args, attention: dict, mode: str, factor: float, top_fraction: floa
             "model": {"arch": "unet", "width": 16},
             "sample": {"max_images": args.images, "seed": 0},
             "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
-            "train": {"epochs": args.epochs, "seeds": args.seeds},
+            "train": {"epochs": args.epochs, "seeds": args.seeds, "precision": args.precision},
             "htl": {"top_fraction": top_fraction},
             "label_check": {"folds": args.folds},
             "scorers": ["pruning", "loss"],
@@ -321,6 +321,7 @@ def main() -> None:
         help="pruning scope and BatchNorm choices (the first listed default is the service's)",
     )
     parser.add_argument("--data-seed", type=int, default=7)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision")
     parser.add_argument("--overlays", type=int, default=0, help="draw this many flagged masks (real data)")
     parser.add_argument("--overlay-dir", type=Path, default=Path("docs/label-issues"))
     parser.add_argument("--out", type=Path, default=Path("runs/triage-study"))

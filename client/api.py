@@ -205,8 +205,12 @@ class HtlClient:
         *,
         name: str | None = None,
         reuse: bool = True,
+        select_on: str | None = None,
     ) -> JsonObject:
-        body = {"dataset_id": dataset_id, "spec": spec or {}, "vary": vary, "name": name, "reuse": reuse}
+        """select_on ('focus' or 'overall'): choose a variant on validation once all have finished."""
+        body: JsonObject = {"dataset_id": dataset_id, "spec": spec or {}, "vary": vary, "name": name, "reuse": reuse}
+        if select_on is not None:
+            body["select"] = {"split": "validation", "on": select_on}
         return self._object(self._request("POST", "/v1/sweeps", json=body))
 
     def sweep(self, sweep_id: str) -> JsonObject:

@@ -100,6 +100,13 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"
     augment: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="the precision of every forward pass, in training and in inference (scoring, evaluation): auto is "
+        "bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32. "
+        "bf16 autocasts the convolutions only: the loss, Dice, pruning masks and scores stay float32. Each trained model "
+        "records the precision it ran in (metrics.json 'precision')",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED)
     seeds: list[int] | None = Field(
         None, description="train dense and attended once per seed; HTL scores average over the dense seeds"
@@ -202,7 +209,15 @@ class LabelCheckSpec(_Strict):
 
 
 class AttentionSpec(_Strict):
-    strategy: Literal["oversample", "reweight", "both"] = "oversample"
+    strategy: Literal["oversample", "reweight", "both", "jtt", "group_balance"] = Field(
+        "oversample",
+        description="oversample: the attended set drawn factor times as often; reweight: its loss weighed factor times; "
+        "both; jtt (Just Train Twice): the attended set is the training images the dense models localize worst by "
+        "their own training Dice (as many as the HTL set), drawn factor times as often; group_balance: the training "
+        "subgroups over-represented among the HTL images are sampled so each weighs as much as all images in no such "
+        "group (factor unused). Each strategy's random control is treated the same way (group_balance: random "
+        "groups of the same sizes and overlap)",
+    )
     factor: float | None = Field(
         None,
         ge=1.0,
@@ -226,6 +241,13 @@ class AttentionSpec(_Strict):
         "starts from the dense model of its seed and trains finetune_epochs more at train.lr x finetune_lr_factor",
     )
     finetune_epochs: int = Field(2, ge=1, le=1000, description="fine_tune: epochs on top of the dense model")
+    guard_margin: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="when the attended model's validation Dice (mean over seeds) falls below the dense model's by more "
+        "than this, the job recommends the dense model (metrics 'recommended_model') and its warnings and verdict say so",
+    )
     finetune_lr_factor: float = Field(
         0.1, gt=0.0, le=1.0, description="fine_tune: the learning rate as a fraction of train.lr"
     )
@@ -330,6 +352,11 @@ class JobSpec(_Strict):
         if weak and (not self.weak.label_column or not self.weak.positive):
             raise ValueError(
                 "weakly_supervised needs weak.label_column and weak.positive (the values that mean positive)"
+            )
+        if weak and self.attention.strategy == "jtt":
+            raise ValueError(
+                "attention.strategy jtt picks the images the dense model localizes worst against their masks; "
+                "weakly_supervised trains on no mask: use oversample, reweight, both or group_balance"
             )
         if weak and self.label_check.enabled:
             self.label_check.enabled = False  # a classifier trains on no mask: there is nothing to check

@@ -3,10 +3,35 @@ estimate, the pipeline and the API. Torch-free."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from contract.jobspec import JobSpec
+# What the roster reads of a job spec (contract.jobspec.JobSpec has it), as structural types: the
+# spec module imports the roster to estimate a job's cost, so the roster must not import the spec.
+
+
+class _Prune(Protocol):
+    @property
+    def sparsities(self) -> list[float]: ...
+
+
+class _Attention(Protocol):
+    @property
+    def control(self) -> str: ...
+
+
+class _Train(Protocol):
+    def seed_list(self) -> list[int]: ...
+
+
+class RosterSpec(Protocol):
+    @property
+    def prune(self) -> _Prune: ...
+
+    @property
+    def attention(self) -> _Attention: ...
+
+    @property
+    def train(self) -> _Train: ...
 
 
 def sparsity_key(s: float) -> str:
@@ -18,11 +43,11 @@ def pruned_base(sparsity: float) -> str:
     return f"pruned@{sparsity_key(sparsity)}"
 
 
-def pruned_bases(spec: JobSpec) -> list[str]:
+def pruned_bases(spec: RosterSpec) -> list[str]:
     return [pruned_base(s) for s in spec.prune.sparsities]
 
 
-def model_bases(spec: JobSpec) -> list[str]:
+def model_bases(spec: RosterSpec) -> list[str]:
     """Every model trained per seed: dense, one per sparsity, attended and (attention.control random)
     its control."""
     control = ["control"] if spec.attention.control == "random" else []
@@ -34,6 +59,6 @@ def model_name(base: str, seed: int, seeds: list[int]) -> str:
     return base if len(seeds) == 1 else f"{base}-s{seed}"
 
 
-def model_names(spec: JobSpec) -> list[str]:
+def model_names(spec: RosterSpec) -> list[str]:
     seeds = spec.train.seed_list()
     return [model_name(base, seed, seeds) for seed in seeds for base in model_bases(spec)]

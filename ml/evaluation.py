@@ -21,7 +21,7 @@ from ml.metrics import aggregate, auroc, stack_metrics
 from ml.png import write_mask_png
 from ml.seeds import compare_over_seeds, over_seeds
 from ml.setting import Targets
-from ml.stages import StageInputs
+from ml.stage_inputs import StageInputs
 from ml.train import iterate_batches, localize_and_classify, predict_each
 
 EVAL_BATCH = 32

@@ -15,13 +15,14 @@ import torch
 from contract.jobspec import JobSpec, check_spec_fits_dataset, resolve_group_column
 from contract.results import decode
 from contract.roster import model_bases, model_name, model_names, pruned_base, pruned_bases, sparsity_key
-from ml import subgroups
+from ml import precision, subgroups
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
 from ml.metrics import subgroup_labels, usable_attributes
 from ml.models import ModelConfig
 from ml.run_folder import RunFolder, read_json
 from ml.setting import make_targets
-from ml.stages import AttentionSets, StageInputs
+from ml.stage_inputs import StageInputs
+from ml.stages import AttentionSets
 
 LABEL_CHECK_ATTRIBUTE = "label_check"  # the subgroup every image falls in by its label check: issue, ok, unchecked
 
@@ -49,6 +50,9 @@ class JobContext:
         # 'auto' is resolved here, so spec.json and every checkpoint name the column actually used
         self.spec, self.split_warnings = resolve_group_column(spec, self.index.columns)
         self.model_config = ModelConfig(self.spec.model.arch, self.spec.model.width, self.spec.weak.cam_threshold)
+        # on this worker's device: units of one job on different hosts may resolve 'auto' differently,
+        # so each trained model records the precision it ran in
+        self.precision = precision.resolve(self.spec.train.precision, self.device)
         self.folder = RunFolder(out_dir, self.spec.model_dump(mode="json"), _fingerprint(self.index))
         self.out = self.folder.out
         s = self.spec.split
@@ -98,6 +102,7 @@ class JobContext:
             targets=self.targets,
             model_config=self.model_config,
             device=self.device,
+            precision=self.precision,
         )
 
     def image_id(self, i: int) -> str:
@@ -125,7 +130,7 @@ class JobContext:
         return model_names(self.spec)
 
     def load(self, name: str) -> torch.nn.Module:
-        return self.folder.load_model(name, self.device)
+        return self.folder.load_model(name, self.device, precision=self.precision)
 
     def save(self, model: torch.nn.Module, base: str, seed: int, **details):
         return self.folder.save_model(
@@ -213,5 +218,14 @@ class JobContext:
                 f"pruned models at sparsity {', '.join(sparsity_key(s) for s in bad)} are degenerate (they predict "
                 "(nearly) nothing, or far worse than the dense model: see metrics.json 'pruning'); they are left out of "
                 "htl_score, and per_sparsity still shows them"
+            )
+        if (
+            self.spec.attention.strategy == "group_balance"
+            and self.folder.finished("select")
+            and self.folder.read_marker("select")["attended"] == 0
+        ):
+            out.append(
+                "attention.strategy group_balance found no training subgroup over-represented among the HTL images "
+                "(subgroups.json): there was nothing to balance, and the attended and control models are the dense ones"
             )
         return out

@@ -19,7 +19,7 @@ from torch import nn
 from contract.jobspec import JobSpec
 from ml.data import DatasetIndex, DecodedDataset
 from ml.setting import Targets
-from ml.stages import StageInputs
+from ml.stage_inputs import StageInputs
 from ml.train import fit, iterate_batches, predict_each, prepare_for_device
 
 CONFIDENT = 0.9  # a pixel's out-of-sample probability past which the model contradicts a label with confidence
@@ -135,7 +135,7 @@ def check_fold(
     rest = [i for k, f in enumerate(folds) if k != fold for i in f]
     seed = fold_seed(spec, fold)
     torch.manual_seed(seed)
-    model = prepare_for_device(inputs.model_config.build(), inputs.device)
+    model = prepare_for_device(inputs.model_config.build(), inputs.device, precision=inputs.precision)
     fit(model, inputs.data, rest, inputs.fit_config(seed, epochs=spec.label_check.epochs), progress=progress)
     return check_with([model], inputs.data, held, fold=fold)
 

@@ -16,6 +16,7 @@ from torch.nn.utils import prune
 from ml.data import DecodedDataset
 from ml.metrics import auroc
 from ml.models import prunable_layers
+from ml.precision import autocast_for
 from ml.train import binary_dice, iterate_batches, localize_and_classify, model_input, predict_logits
 
 SCOPES = ("global", "layerwise")
@@ -119,7 +120,8 @@ def recalibrate_batchnorm(
             if len(batch) < 2:  # a batch of one has no variance to estimate
                 continue
             images, _ = data.batch(batch)
-            model(model_input(images, device))
+            with autocast_for(model, device):
+                model(model_input(images, device))
     finally:
         for m, momentum in zip(norms, saved):
             m.momentum = momentum

@@ -154,6 +154,6 @@ class RunFolder:
             files.append(decode(CheckpointFile, read_json(record)))
         return files
 
-    def load_model(self, name: str, device: torch.device) -> torch.nn.Module:
+    def load_model(self, name: str, device: torch.device, *, precision: str) -> torch.nn.Module:
         model, _ = load_checkpoint(self.out / "checkpoints" / checkpoint_name(name))
-        return prepare_for_device(model, device).eval()
+        return prepare_for_device(model, device, precision=precision).eval()

@@ -15,7 +15,7 @@ from contract.scorers import SCORERS
 from ml import hardness
 
 if TYPE_CHECKING:
-    from ml.stages import StageInputs
+    from ml.stage_inputs import StageInputs
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.data import DecodedDataset, PairedAugment
+from ml.precision import autocast_for
 from ml.train import (
     EpochEnd,
     FitConfig,
     StepProgress,
     TrainingRecord,
     _draws,
-    autocast,
     device_of,
     model_input,
     optimizer_and_schedule,
@@ -111,9 +111,9 @@ def _semi_loss(
     if augment is not None:
         u_images, _ = augment(u_images, u_masks)
     x = model_input(u_images, device)
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast_for(teacher, device):
         teacher_logits = teacher(_perturb(x, g))
-    with autocast(device):
+    with autocast_for(model, device):
         student_logits = model(_perturb(x, g))
     w_u = weight_of(unl)
     unsup = (_unlabeled_loss(student_logits, teacher_logits, method, confidence) * w_u).sum() / w_u.sum().clamp_min(

@@ -13,12 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.jobspec import JobSpec
 from contract.results import ImageScore
 from contract.roster import sparsity_key
-from ml import hardness
-from ml.data import DatasetIndex, DecodedDataset
-from ml.models import ModelConfig
+from ml import hardness, remedies
 from ml.prune import (
     apply_pruning_masks,
     health,
@@ -29,8 +26,8 @@ from ml.prune import (
 )
 from ml.scorers import DenseSeed, score_others
 from ml.scoring import HtlScores, score_disagreement, seeded_tiebreak, select_htl
-from ml.setting import Targets, fit_in_setting
-from ml.train import FitConfig, TrainingRecord, prepare_for_device
+from ml.stage_inputs import StageInputs
+from ml.train import TrainingRecord, prepare_for_device
 
 FINETUNE_LR_DIVISOR = 10.0
 
@@ -40,52 +37,6 @@ FractionAndLoss = Callable[[float, float | None], None]
 
 class DegenerateError(RuntimeError):
     """Every pruned model collapsed: nothing is left to rank the images by."""
-
-
-@dataclass(frozen=True)
-class StageInputs:
-    """What every stage reads: the spec, the decoded images and their split, the targets the setting
-    trains on, the model config and the device."""
-
-    spec: JobSpec
-    index: DatasetIndex
-    data: DecodedDataset
-    val_idx: list[int]
-    targets: Targets  # their train_idx is the training images'
-    model_config: ModelConfig
-    device: torch.device
-
-    @property
-    def train_idx(self) -> list[int]:
-        return self.targets.train_idx
-
-    def fit_config(self, seed: int, *, epochs: int | None = None, lr: float | None = None) -> FitConfig:
-        t = self.spec.train
-        return FitConfig(
-            epochs=epochs or t.epochs,
-            batch_size=t.batch_size,
-            lr=lr or t.lr,
-            weight_decay=t.weight_decay,
-            schedule=t.schedule,
-            augment=t.augment,
-            seed=seed,
-        )
-
-    def fit(self, model: nn.Module, cfg: FitConfig, **kwargs) -> list[float]:
-        return fit_in_setting(model, self.data, self.targets, self.spec, cfg, **kwargs)
-
-    def reference(self, dense: nn.Module) -> nn.Module:
-        """The dense model the pruned ones are compared with: dense itself, or with
-        prune.bn_recalibration a copy whose BatchNorm statistics are re-estimated on the same
-        unaugmented training images as theirs, so the two differ by the pruned weights alone (the
-        dense model's own statistics come from augmented images in train mode: a shift that pruning
-        did not cause)."""
-        if not self.spec.prune.bn_recalibration:
-            return dense
-        return recalibrate_batchnorm(copy.deepcopy(dense), self.data, self.train_idx)
-
-    def image_ids(self, indices: list[int]) -> list[str]:
-        return [self.index.records[i].image_id for i in indices]
 
 
 # --- dense, attended and control models ----------------------------------------------------------
@@ -113,7 +64,11 @@ def train_model(
     finetune_epochs at train.lr x finetune_lr_factor)."""
     spec = inputs.spec
     torch.manual_seed(seed)
-    model = prepare_for_device(inputs.model_config.build() if start is None else copy.deepcopy(start), inputs.device)
+    model = prepare_for_device(
+        inputs.model_config.build() if start is None else copy.deepcopy(start),
+        inputs.device,
+        precision=inputs.precision,
+    )
     if start is not None:
         a = spec.attention
         cfg = inputs.fit_config(seed, epochs=a.finetune_epochs, lr=spec.train.lr * a.finetune_lr_factor)
@@ -169,7 +124,7 @@ def prune_dense(
     )
     out = []
     for i, s in enumerate(p.sparsities):
-        model = prepare_for_device(apply_pruning_masks(dense, s, p.scope), inputs.device)
+        model = prepare_for_device(apply_pruning_masks(dense, s, p.scope), inputs.device, precision=inputs.precision)
         if p.finetune_epochs:
             cfg = inputs.fit_config(seed, epochs=p.finetune_epochs, lr=inputs.spec.train.lr / FINETUNE_LR_DIVISOR)
             inputs.fit(
@@ -177,7 +132,7 @@ def prune_dense(
                 cfg,
                 progress=None if progress is None else lambda f, loss, i=i: progress((i + f) / len(p.sparsities), loss),
             )
-        model = prepare_for_device(make_permanent(model), inputs.device).eval()
+        model = prepare_for_device(make_permanent(model), inputs.device, precision=inputs.precision).eval()
         if p.bn_recalibration:
             recalibrate_batchnorm(model, inputs.data, inputs.train_idx)
         prediction = validation_prediction(model, inputs.data, inputs.val_idx, has_target, labels=labels)
@@ -314,21 +269,48 @@ class AttentionSets:
     excluded: list[str] = dataclasses.field(
         default_factory=list
     )  # left out of both: label issues, semi's images without a mask
+    # group_balance: each boosted image's sampling weight (every other image weighs 1), the control's
+    # per seed, and the flagged subgroups as [attribute, value]
+    weights: dict[str, float] | None = None
+    control_weights: dict[str, dict[str, float]] | None = None
+    groups: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def weights_of(self, base: str, seed: int) -> dict[str, float] | None:
+        """The per-image sampling weights the attended model ('attended') or the seed's control uses;
+        None: the strategy boosts its set by attention.factor."""
+        if base == "attended":
+            return self.weights
+        return None if self.control_weights is None else self.control_weights[str(seed)]
 
 
 def attention_sets(
-    inputs: StageInputs, ranking: Ranking, seeds: list[int], *, excluded: set[str] = frozenset()
+    inputs: StageInputs,
+    ranking: Ranking,
+    seeds: list[int],
+    *,
+    excluded: set[str] = frozenset(),
+    train_dice: np.ndarray | None = None,
+    enrichment: dict | None = None,
 ) -> AttentionSets:
     """The attended set: as many images as the HTL set, the top of the attention scorer's ranking
     among the training images not excluded (label issues, with attention.exclude_label_issues; in the
     semi-supervised setting the images without a mask, with attention.unlabeled leave_out); the
-    control sets: as many, drawn at random per seed from the same pool."""
+    control sets: as many, drawn at random per seed from the same pool. attention.strategy jtt: the
+    dense models' worst train_dice instead of the ranking; group_balance: the subgroups enrichment
+    flags, balanced (ml.remedies)."""
     spec = inputs.spec
     k = int(ranking.is_htl.sum())
     ids = inputs.image_ids(inputs.train_idx)
     eligible = np.array([image_id not in excluded for image_id in ids])
+    if spec.attention.strategy == "group_balance":
+        return _group_balance_sets(inputs, ranking, seeds, eligible, enrichment or {}, excluded)
     scorer = spec.attention.scorer
-    if scorer == "pruning":
+    if spec.attention.strategy == "jtt":
+        if train_dice is None:
+            raise ValueError("attention.strategy jtt needs the dense models' training Dice")
+        scorer = "dense_training_dice"
+        order = remedies.error_set(train_dice, eligible, k)
+    elif scorer == "pruning":
         rank = {s.image_id: s.rank for s in ranking.scores}
         order = np.argsort([rank[image_id] for image_id in ids], kind="stable")
     else:
@@ -350,12 +332,61 @@ def attention_sets(
     return AttentionSets(scorer, len(attended), [ids[j] for j in attended], control, excluded=sorted(excluded))
 
 
-def boost(inputs: StageInputs, image_ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _group_balance_sets(
+    inputs: StageInputs,
+    ranking: Ranking,
+    seeds: list[int],
+    eligible: np.ndarray,
+    enrichment: dict,
+    excluded: set[str],
+) -> AttentionSets:
+    """attention.strategy group_balance: the flagged subgroups' eligible images, weighted so each
+    group draws as much as the images in no group; per seed, random groups of the same
+    sizes from the same pool, weighted alike."""
+    ids = inputs.image_ids(inputs.train_idx)
+    by_id = {s.image_id: s.subgroups for s in ranking.scores}
+    groups = remedies.flagged_groups(enrichment)
+    members = remedies.group_members(groups, [by_id[i] for i in ids], eligible)
+    n = len(ids)
+
+    def as_weights(sets: list[np.ndarray]) -> dict[str, float]:
+        weights = remedies.balance_weights(sets, n)
+        return {ids[j]: float(weights[j]) for j in sorted({int(j) for m in sets for j in m})}
+
+    weights = as_weights(members)
+    control = control_weights = None
+    if inputs.spec.attention.control == "random":
+        pool = np.flatnonzero(eligible)
+        control_weights = {
+            str(seed): as_weights(
+                remedies.random_groups_like(members, pool, np.random.default_rng([inputs.spec.split.seed, seed]))
+            )
+            for seed in seeds
+        }
+        control = {seed: list(w) for seed, w in control_weights.items()}
+    return AttentionSets(
+        "enrichment",
+        len(weights),
+        list(weights),
+        control,
+        excluded=sorted(excluded),
+        weights=weights,
+        control_weights=control_weights,
+        groups=[[a, v] for a, v in groups],
+    )
+
+
+def boost(
+    inputs: StageInputs, image_ids: list[str], weights: dict[str, float] | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(loss_weights, sampling_weights) over the training images that boost these images as
-    attention.strategy says."""
+    attention.strategy says; weights (group_balance): each boosted image's own sampling weight."""
     a = inputs.spec.attention
+    all_ids = inputs.image_ids(inputs.train_idx)
+    if weights is not None:
+        return None, np.array([weights.get(image_id, 1.0) for image_id in all_ids])
     chosen = set(image_ids)
-    boosted = np.array([a.factor if image_id in chosen else 1.0 for image_id in inputs.image_ids(inputs.train_idx)])
+    boosted = np.array([a.factor if image_id in chosen else 1.0 for image_id in all_ids])
     loss_weights = boosted if a.strategy in ("reweight", "both") else None
-    sampling_weights = boosted if a.strategy in ("oversample", "both") else None
+    sampling_weights = boosted if a.strategy in ("oversample", "both", "jtt") else None
     return loss_weights, sampling_weights

@@ -1,5 +1,6 @@
 """Training: BCE + soft Dice per sample, per-sample loss weights, optional oversampling, AdamW with a
-one-cycle or cosine schedule, channels_last, bfloat16 autocast on CUDA. Seeded and deterministic on CPU."""
+one-cycle or cosine schedule, channels_last, bfloat16 autocast where the model's precision says so
+(ml.precision; the loss stays float32). Seeded and deterministic on CPU for a given thread count."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.data import DecodedDataset, PairedAugment, to_model_input
+from ml.precision import autocast_for, set_precision
 
 # fraction of this fit done, latest batch loss
 StepProgress = Callable[[float, float], None]
@@ -65,7 +67,7 @@ def binary_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def segmentation_objective(model: nn.Module, x: torch.Tensor, masks: torch.Tensor, _indices: np.ndarray) -> StepOutput:
-    with autocast(x.device):
+    with autocast_for(model, x.device):
         logits = model(x)
     loss = per_sample_loss(logits, masks)
     with torch.no_grad():
@@ -86,7 +88,7 @@ class ClassificationObjective:
         y = self.labels[torch.as_tensor(indices)].to(x.device)
         known = ~torch.isnan(y)
         target = torch.nan_to_num(y, nan=0.0)
-        with autocast(x.device):
+        with autocast_for(model, x.device):
             logit = model.classify(x)
         weight = torch.where(target > 0.5, self.pos_weight, 1.0) * known
         loss = F.binary_cross_entropy_with_logits(logit.float(), target, reduction="none") * weight
@@ -113,8 +115,9 @@ def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def prepare_for_device(model: nn.Module, device: str | torch.device) -> nn.Module:
-    return model.to(device=device, memory_format=torch.channels_last)
+def prepare_for_device(model: nn.Module, device: str | torch.device, *, precision: str) -> nn.Module:
+    """The model on its device in channels_last, its forward passes in this resolved precision (fp32 or bf16)."""
+    return set_precision(model.to(device=device, memory_format=torch.channels_last), precision)
 
 
 def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -125,10 +128,6 @@ def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[to
 def model_input(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = to_model_input(images_u8.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last)
-
-
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _draws(
@@ -241,7 +240,7 @@ def predict_each(models: list[nn.Module], images_u8: torch.Tensor) -> list[torch
         device = device_of(model)
         if device not in inputs:
             inputs[device] = model_input(images_u8, device)
-        with autocast(device):
+        with autocast_for(model, device):
             out.append(model(inputs[device]).float())
     return out
 
@@ -258,7 +257,7 @@ def localize_and_classify(
         device = device_of(model)
         if device not in inputs:
             inputs[device] = model_input(images_u8, device)
-        with autocast(device):
+        with autocast_for(model, device):
             scaled, logit = model.cam(inputs[device])
             maps.append((scaled - model.cam_threshold).float())
         logits.append(logit.float().cpu())

@@ -5,6 +5,7 @@ units before it left."""
 from __future__ import annotations
 
 from contract.results import EvaluationResult, decode, encode
+from ml import guard
 from ml.evaluation import (
     SplitEvaluation,
     compare_models,
@@ -99,6 +100,12 @@ def _report(job: JobContext, results: dict[str, SplitEvaluation]) -> dict:
         "degenerate_sparsities": score_marker["degenerate_sparsities"],
         "attention": {"scorer": attention.scorer, "size": attention.size},
         "training_loss": {name: t["epoch_losses"] for name, t in training.items()},
+        # what each model trained in (None: recorded before train.precision existed), and what this
+        # evaluation's forward passes ran in
+        "precision": {
+            "training": {name: t.get("precision") for name, t in training.items()},
+            "inference": job.precision,
+        },
         "validation_curve": {name: t["validation_dice"] for name, t in training.items() if "validation_dice" in t},
         "scorer_agreement": score_marker["scorer_agreement"],
         "label_check": label_check_summary(job),
@@ -113,7 +120,20 @@ def _report(job: JobContext, results: dict[str, SplitEvaluation]) -> dict:
     report["warnings"] += [line for b in report["blank_guesses"].values() for line in b["warnings"]]
     if not job.targets.weak:
         _add_focus(job, report, results)
+    _add_guard(job, report)
     return report
+
+
+def _add_guard(job: JobContext, report: dict) -> None:
+    """Which model to use, from validation; when attention sank the attended model, the warnings and
+    the verdict say so."""
+    recommended = guard.recommend(
+        report["models"], margin=job.spec.attention.guard_margin, seeds=job.seeds, name=job.name
+    )
+    report["recommended_model"] = recommended
+    if (line := guard.warning(recommended)) is not None:
+        report["warnings"].append(line)
+    report["verdict"] = guard.with_guard(report.get("verdict"), recommended)
 
 
 def _add_focus(job: JobContext, report: dict, results: dict[str, SplitEvaluation]) -> None:

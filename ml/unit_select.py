@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 
 from contract.results import ImageScore, decode, encode
+from ml import remedies
 from ml.job_context import JobContext
 from ml.run_folder import read_json, write_json
 from ml.setting import SEMI
@@ -25,13 +26,31 @@ def run_select_unit(job: JobContext) -> None:
     job.report("select", 0.0, None)
     ranking = ranking_of(job)
     flagged = {s.image_id for s in ranking.scores if s.label_issue}
-    sets = attention_sets(job.inputs(), ranking, job.seeds, excluded=_excluded_from_attention(job, ranking, flagged))
+    sets = attention_sets(
+        job.inputs(),
+        ranking,
+        job.seeds,
+        excluded=_excluded_from_attention(job, ranking, flagged),
+        **_strategy_inputs(job),
+    )
     write_json(job.folder.state("attention.json"), encode(sets))
     attended = set(sets.attended)
     scores = [dataclasses.replace(s, attended=s.image_id in attended) for s in ranking.scores]
     write_json(job.out / "scores.json", encode(scores))
     write_json(job.folder.marker("select"), {"attended": len(sets.attended)})
     job.report("select", 1.0, None)
+
+
+def _strategy_inputs(job: JobContext) -> dict:
+    """What a strategy other than boosting the ranking's top reads: jtt the dense models' Dice on the
+    training images, group_balance the enrichment of the training subgroups."""
+    strategy = job.spec.attention.strategy
+    if strategy == "jtt":
+        dense = [job.load(job.name("dense", seed)) for seed in job.seeds]
+        return {"train_dice": remedies.training_dice(job.inputs(), dense)}
+    if strategy == "group_balance":
+        return {"enrichment": read_json(job.folder.state("enrichment.json"))}
+    return {}
 
 
 def ranking_of(job: JobContext) -> Ranking:

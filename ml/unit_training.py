@@ -44,6 +44,7 @@ def _train(
         np.savez(job.folder.state(f"dynamics-{name}.npz"), **trained.dynamics)
     record = {
         "epoch_losses": trained.epoch_losses,
+        "precision": job.precision,
         **({"validation_dice": trained.validation_dice} if trained.validation_dice is not None else {}),
     }
     write_json(done, record)
@@ -86,7 +87,8 @@ def train_attended(job: JobContext, base: str, seed: int) -> None:
         return
     chosen = sets.attended if base == "attended" else sets.control[str(seed)]
     start_from = "dense" if job.spec.attention.mode == "fine_tune" else None
-    _train(job, "attend", base, seed, boost(job.inputs(), chosen), start_from=start_from)
+    weights = boost(job.inputs(), chosen, sets.weights_of(base, seed))
+    _train(job, "attend", base, seed, weights, start_from=start_from)
 
 
 def _dense_as(job: JobContext, base: str, seed: int) -> None:

@@ -20,6 +20,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=NO_TORCH))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _auto_precision_is_fp32():
+    """train.precision 'auto' resolves to fp32 in this test process, whatever the CPU: the learning
+    tests were calibrated in fp32, and bf16's rounding moves their effects. Tests that want bf16 ask
+    for it by name (tests/ml/test_precision.py); jobs in the processes the service tests start
+    (htl serve, workers) resolve 'auto' as on any machine."""
+    if not HAS_TORCH:
+        yield
+        return
+    from ml import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "native_bf16", lambda device: False)
+        yield
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("HTL_SHARED_DATA", REPO.parent / "shared" / "data"))
 

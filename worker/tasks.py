@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from celery import current_task
 from celery.exceptions import Reject
+from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError
 
 from app.core.queue import RUN_JOB, enqueue_job
@@ -30,6 +31,7 @@ from app.services import jobs, sweeps
 from contract.results import JobResults
 from worker import memory
 from worker.celery_app import celery
+from worker.lifecycle import SHUTTING_DOWN, STOP_SWEEPING
 
 log = logging.getLogger("htl.worker")
 
@@ -89,11 +91,6 @@ class JobLost(Exception):
 
 class JobReleased(Exception):
     """This worker is shutting down: the job goes back to the queue for another worker to resume."""
-
-
-# set when the worker process is asked to stop (SIGTERM, the parent `htl serve` dying): the running
-# job is given back at its next progress report instead of holding the shutdown for hours
-SHUTTING_DOWN = threading.Event()
 
 
 class Heartbeat:
@@ -551,3 +548,9 @@ def sweep_forever(stop: threading.Event, worker: str, settings: Settings | None 
             log.warning("sweep failed (%s: %s); trying again in %.0f s", type(e).__name__, e, settings.sweep_interval_s)
         if stop.wait(settings.sweep_interval_s):
             return
+
+
+@worker_ready.connect
+def _start_sweeping(sender=None, **_):
+    name = sender.hostname if sender is not None else "htl-worker"
+    threading.Thread(target=sweep_forever, args=(STOP_SWEEPING, name), name="htl-sweep", daemon=True).start()

@@ -306,15 +306,7 @@ def job_metrics(
         raise NotFound(
             f"job {job_id} has no {split} split (it evaluated on: {', '.join(splits)}); set split.test_fraction"
         )
-    models: dict[str, dict] = {}
-    for m in queries.job_metrics(session=session, job_id=job_id, split=split):
-        entry = models.setdefault(m.model, {"n": 0, "overall": {}, "subgroups": {}})
-        if m.attribute is None:
-            entry["overall"][m.metric] = m.value
-            entry["n"] = m.n
-        else:
-            group = entry["subgroups"].setdefault(m.attribute, {}).setdefault(m.subgroup, {"n": m.n})
-            group[m.metric] = m.value
+    models = _models_on(session, job_id, split)
     endpoint = _endpoint_on(summary, split)
 
     def on_split(key: str) -> dict | None:
@@ -342,6 +334,8 @@ def job_metrics(
         pruning=summary.get("pruning", {}),
         degenerate_sparsities=summary.get("degenerate_sparsities", []),
         validation_curve=summary.get("validation_curve", {}),
+        precision=summary.get("precision"),
+        recommended_model=summary.get("recommended_model"),
         focus=endpoint.get("focus"),
         worst_decile=endpoint.get("worst_decile"),
         verdict=endpoint.get("verdict"),
@@ -349,6 +343,20 @@ def job_metrics(
         blank_guesses=(summary.get("blank_guesses") or {}).get(split),
         warnings=summary.get("warnings", []),
     )
+
+
+def _models_on(session, job_id: uuid.UUID, split: str) -> dict[str, dict]:
+    """Per model, its overall metrics and its metrics per attribute and subgroup, with counts, on one split."""
+    models: dict[str, dict] = {}
+    for m in queries.job_metrics(session=session, job_id=job_id, split=split):
+        entry = models.setdefault(m.model, {"n": 0, "overall": {}, "subgroups": {}})
+        if m.attribute is None:
+            entry["overall"][m.metric] = m.value
+            entry["n"] = m.n
+        else:
+            group = entry["subgroups"].setdefault(m.attribute, {}).setdefault(m.subgroup, {"n": m.n})
+            group[m.metric] = m.value
+    return models
 
 
 def _endpoint_on(summary: dict, split: str) -> dict:

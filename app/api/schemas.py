@@ -261,6 +261,17 @@ class MetricsOut(BaseModel):
     validation_curve: dict[str, list[float | None]] = Field(
         default_factory=dict, description="dense models' validation Dice per epoch"
     )
+    recommended_model: dict | None = Field(
+        None,
+        description="which model to use, chosen on validation: 'model' (dense or attended), 'download' (the checkpoint "
+        "of that model with the best validation Dice), 'reason'; 'attention_sank' is true when the attended model fell "
+        "below dense by more than attention.guard_margin",
+    )
+    precision: dict | None = Field(
+        None,
+        description="the floating-point precision that ran (train.precision resolved on the worker): 'training' per "
+        "trained model (fp32 or bf16; null where the job predates the record), 'inference' for scoring and evaluation",
+    )
     focus: dict | None = Field(
         None,
         description="the focus set (the pre-registered endpoint): held-out images in the subgroups "
@@ -300,6 +311,18 @@ class SubgroupsOut(BaseModel):
     gap_closing: dict | None
 
 
+class SelectRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    split: Literal["validation"] = Field(
+        "validation", description="where the choice is made: validation only (test is read only to report it)"
+    )
+    on: Literal["focus", "overall"] = Field(
+        "focus",
+        description="focus: attended - control Dice on the validation focus set; overall: over all validation images "
+        "(attended - dense where a variant trained no control)",
+    )
+
+
 class SweepCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset_id: uuid.UUID
@@ -311,6 +334,11 @@ class SweepCreate(BaseModel):
         min_length=1,
     )
     reuse: bool = Field(True, description="variants that share their dense settings share one set of dense units")
+    select: SelectRule | None = Field(
+        None,
+        description="choose one variant on validation once all have finished (GET answers 'selection'), "
+        'e.g. {"split": "validation", "on": "focus"}',
+    )
 
 
 class Difference(BaseModel):
@@ -364,3 +392,10 @@ class SweepOut(BaseModel):
     created_at: datetime
     variants: list[SweepVariantOut]
     comparison: ComparisonOut | None = Field(None, description="the submitted variants' jobs side by side")
+    select: dict | None = Field(None, description="how the sweep chooses its variant, as given")
+    selection: dict | None = Field(
+        None,
+        description="with select, once every variant has finished: the job chosen on validation ('job_id', 'split', "
+        "'on', 'value', 'compared': how many variants were compared), 'test': the chosen job's attended_vs_control and "
+        "attended_vs_dense on the focus set and overall with 95% intervals and its verdict, and one 'sentence'",
+    )

@@ -13,7 +13,7 @@ from app.core.errors import NotFound
 from app.core.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.db import queries
 from app.db.models import Sweep
-from app.services import compare, sweeps
+from app.services import compare, selection, sweeps
 
 router = APIRouter(tags=["sweeps"], responses=error_responses(400, 401, 404, 422, 429, 500, 503))
 MAX_COMPARED = 100
@@ -31,7 +31,7 @@ def _out(session, sweep: Sweep, *, with_comparison: bool) -> SweepOut:
         )
         for v in sweep.variants
     ]
-    comparison = None
+    comparison = chosen = None
     if with_comparison:
         by_id = queries.jobs_by_id(session=session, job_ids=[v.job_id for v in sweep.variants if v.job_id])
         comparison = ComparisonOut.model_validate(
@@ -41,6 +41,8 @@ def _out(session, sweep: Sweep, *, with_comparison: bool) -> SweepOut:
                 first=[entry["field"] for entry in sweep.vary],
             )
         )
+        if sweep.select_rule:
+            chosen = _selection(session, sweep, by_id)
     return SweepOut(
         id=sweep.id,
         dataset_id=sweep.dataset_id,
@@ -50,7 +52,27 @@ def _out(session, sweep: Sweep, *, with_comparison: bool) -> SweepOut:
         created_at=sweep.created_at,
         variants=variants,
         comparison=comparison,
+        select=sweep.select_rule,
+        selection=chosen,
     )
+
+
+def _selection(session, sweep: Sweep, by_id: dict) -> dict:
+    """The variant chosen on validation by the sweep's rule (app.services.selection)."""
+    assert sweep.select_rule is not None
+    rows = []
+    for v in sweep.variants:
+        job = by_id.get(v.job_id) if v.job_id else None
+        rows.append(
+            {
+                "job_id": None if job is None else job.id,
+                "overrides": v.overrides,
+                "state": v.state,
+                "status": None if job is None else job.status,
+                "summary": None if job is None else queries.job_report(session=session, job_id=job.id, kind="summary"),
+            }
+        )
+    return selection.select(rows, sweep.select_rule["on"])
 
 
 @router.post("/v1/sweeps", status_code=202, response_model=SweepOut, operation_id="create_sweep")
@@ -70,6 +92,7 @@ def create_sweep(body: SweepCreate, request: Request, owner: CurrentOwner, sessi
         vary=body.vary,
         name=body.name,
         reuse=body.reuse,
+        select_rule=None if body.select is None else body.select.model_dump(),
         settings=state.settings,
         celery=state.celery,
         store=state.store,

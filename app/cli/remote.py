@@ -227,6 +227,9 @@ def _print_sweep(sweep: dict) -> None:
             print(f"variant {v['position']}: {verdict}")
         if v.get("error"):
             print(f"variant {v['position']}: {v['error']}")
+    chosen = sweep.get("selection")
+    if chosen:
+        print(f"selection ({chosen['split']}, {chosen['on']}): {chosen['sentence']}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -247,7 +250,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = json.loads(Path(args.spec).read_text())
 
     def create(api):
-        sweep = api.create_sweep(args.target, vary, spec, name=args.name, reuse=not args.no_reuse)
+        sweep = api.create_sweep(
+            args.target, vary, spec, name=args.name, reuse=not args.no_reuse, select_on=args.select
+        )
         n = len(sweep["variants"])
         started = sum(v["state"] == "submitted" for v in sweep["variants"])
         print(
@@ -302,19 +307,20 @@ def cmd_checkpoints_download(args: argparse.Namespace) -> int:
     return _client_call(args, download)
 
 
-def add_parsers(sub) -> None:
-    def client_command(group, name: str, help: str, func):
-        """A subcommand that talks to a running service: --server and --api-key on each."""
-        p = group.add_parser(name, help=help)
-        p.add_argument("--server", help="the service's URL (default: $HTL_SERVER or http://127.0.0.1:8000)")
-        p.add_argument("--api-key", help="an API key (default: $HTL_API_KEY)")
-        p.set_defaults(func=func)
-        return p
+def _client_command(group, name: str, help: str, func):
+    """A subcommand that talks to a running service: --server and --api-key on each."""
+    p = group.add_parser(name, help=help)
+    p.add_argument("--server", help="the service's URL (default: $HTL_SERVER or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="an API key (default: $HTL_API_KEY)")
+    p.set_defaults(func=func)
+    return p
 
+
+def _add_dataset_parsers(sub) -> None:
     datasets = sub.add_parser("datasets", help="datasets on a running service").add_subparsers(
         dest="datasets_command", required=True
     )
-    upload = client_command(
+    upload = _client_command(
         datasets,
         "upload",
         "pack a dataset folder (or take an archive) and upload it, with a progress bar",
@@ -322,10 +328,12 @@ def add_parsers(sub) -> None:
     )
     upload.add_argument("source", help="a folder with images/, masks/ and metadata.csv, or a zip / tar.gz of one")
     upload.add_argument("--name", help="the dataset's name (default: the folder's)")
-    client_command(datasets, "list", "your datasets, newest first", cmd_datasets_list)
+    _client_command(datasets, "list", "your datasets, newest first", cmd_datasets_list)
 
+
+def _add_job_parsers(sub) -> None:
     jobs = sub.add_parser("jobs", help="jobs on a running service").add_subparsers(dest="jobs_command", required=True)
-    submit = client_command(jobs, "submit", "submit a job on a dataset", cmd_jobs_submit)
+    submit = _client_command(jobs, "submit", "submit a job on a dataset", cmd_jobs_submit)
     submit.add_argument("dataset", help="the dataset's id")
     submit.add_argument("--spec", help="job spec JSON file (every field optional)")
     submit.add_argument(
@@ -337,16 +345,18 @@ def add_parsers(sub) -> None:
         help="compute the dense, label-check and score units even when an earlier job of yours on this dataset, "
         "differing only in attention, computed them",
     )
-    jlist = client_command(jobs, "list", "your jobs, newest first", cmd_jobs_list)
+    jlist = _client_command(jobs, "list", "your jobs, newest first", cmd_jobs_list)
     jlist.add_argument("--status", choices=list(JobStatus), help="only jobs in this status")
-    client_command(
+    _client_command(
         jobs, "show", "a job's status, stage, progress, warnings and spec, as JSON", cmd_jobs_show
     ).add_argument("job", help="the job's id")
-    client_command(jobs, "cancel", "cancel a queued or running job", cmd_jobs_cancel).add_argument(
+    _client_command(jobs, "cancel", "cancel a queued or running job", cmd_jobs_cancel).add_argument(
         "job", help="the job's id"
     )
 
-    sweep = client_command(
+
+def _add_sweep_parser(sub) -> None:
+    sweep = _client_command(
         sub,
         "sweep",
         "htl sweep DATASET --spec base.json --vary attention.factor=2,3,6: one job per combination, sharing their "
@@ -366,13 +376,22 @@ def add_parsers(sub) -> None:
     sweep.add_argument("--name", help="the sweep's name")
     sweep.add_argument("--no-reuse", action="store_true", help="every variant trains its own dense models")
     sweep.add_argument("--wait", action="store_true", help="wait for every variant, then print the comparison")
+    sweep.add_argument(
+        "--select",
+        choices=["focus", "overall"],
+        help="choose a variant on validation, by attended - control Dice on the focus set or over all images; "
+        "the chosen one is then reported on test",
+    )
 
-    scores = client_command(sub, "scores", "a finished job's per-image HTL scores, hardest first", cmd_scores)
+
+def _add_result_parsers(sub) -> None:
+    """A finished job's scores, annotation queue and checkpoints."""
+    scores = _client_command(sub, "scores", "a finished job's per-image HTL scores, hardest first", cmd_scores)
     scores.add_argument("job", help="the job's id")
     scores.add_argument("--htl-only", action="store_true", help="only the HTL images")
     scores.add_argument("--format", choices=["json", "csv"], default="json", help="json (a list) or csv (streamed)")
 
-    queue = client_command(
+    queue = _client_command(
         sub,
         "annotation-queue",
         "a semi-supervised job's unlabeled images, most worth annotating first",
@@ -393,7 +412,7 @@ def add_parsers(sub) -> None:
     checkpoints = sub.add_parser("checkpoints", help="a finished job's models").add_subparsers(
         dest="checkpoints_command", required=True
     )
-    download = client_command(
+    download = _client_command(
         checkpoints, "download", "download a checkpoint (safetensors), checking its sha256", cmd_checkpoints_download
     )
     download.add_argument("job", help="the job's id")
@@ -401,3 +420,10 @@ def add_parsers(sub) -> None:
         "name", help="dense, attended, control, pruned@0.5, ... (suffixed -s<seed> with several seeds)"
     )
     download.add_argument("--out", default=".", help="a folder or a file name (default: the current folder)")
+
+
+def add_parsers(sub) -> None:
+    _add_dataset_parsers(sub)
+    _add_job_parsers(sub)
+    _add_sweep_parser(sub)
+    _add_result_parsers(sub)

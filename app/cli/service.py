@@ -55,12 +55,58 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+class _LocalWorker:
+    """`htl serve`'s worker process: started with the API, started again when it dies (after a pause
+    that doubles while it keeps dying), stopped with the API."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import threading
+
+        self.env = env
+        self.stopping = threading.Event()
+        self.process = self._start()
+        threading.Thread(target=self._keep_alive, name="keep-worker-alive", daemon=True).start()
+
+    def _start(self):
+        import subprocess
+
+        return subprocess.Popen(_worker_command(), env=self.env, preexec_fn=_die_with_parent)
+
+    def _keep_alive(self) -> None:
+        """A worker that dies (out of memory, a crash) is started again, after a pause if it keeps dying."""
+        pause = 1.0
+        while not self.stopping.wait(2.0):
+            worker = self.process
+            if worker.poll() is not None and not self.stopping.is_set():
+                print(
+                    f"htl serve: the worker (pid {worker.pid}) exited with {worker.returncode}; starting another",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 60.0)
+                if not self.stopping.is_set():
+                    self.process = self._start()
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        self.stopping.set()
+        worker = self.process
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)  # it gives its running job back at the next progress report
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()  # its job is taken up again once its heartbeat is stale
+                worker.wait()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The API plus a local Celery worker, started and stopped together."""
     import os
     import signal
-    import subprocess
-    import threading
 
     import uvicorn
 
@@ -73,35 +119,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.ensure_dirs()
     upgrade(settings.resolved_database_url)
     env = dict(os.environ, HTL_DATA_DIR=str(settings.data_dir.resolve()))
-    stopping = threading.Event()
-    current: dict[str, subprocess.Popen | None] = {"worker": None}
-
-    def start_worker() -> subprocess.Popen:
-        return subprocess.Popen(_worker_command(), env=env, preexec_fn=_die_with_parent)
-
-    def keep_worker_alive() -> None:
-        """A worker that dies (out of memory, a crash) is started again, after a pause if it keeps dying."""
-        pause = 1.0
-        while not stopping.wait(2.0):
-            worker = current["worker"]
-            if worker is not None and worker.poll() is not None and not stopping.is_set():
-                print(
-                    f"htl serve: the worker (pid {worker.pid}) exited with {worker.returncode}; starting another",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                stopping.wait(pause)
-                pause = min(pause * 2, 60.0)
-                if not stopping.is_set():
-                    current["worker"] = start_worker()
-
-    if not args.no_worker:
-        current["worker"] = start_worker()
-        threading.Thread(target=keep_worker_alive, name="keep-worker-alive", daemon=True).start()
+    worker = None if args.no_worker else _LocalWorker(env)
     print(
         f"htl serve: API on http://{args.host}:{args.port}, data in {settings.data_dir.resolve()}, "
         f"database {redacted(settings.resolved_database_url)}, broker {settings.resolved_broker_url}"
-        + ("" if current["worker"] is None else f", worker pid {current['worker'].pid}"),
+        + ("" if worker is None else f", worker pid {worker.process.pid}"),
         file=sys.stderr,
         flush=True,
     )
@@ -111,15 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     finally:
-        stopping.set()
-        worker = current["worker"]
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)  # it gives its running job back at the next progress report
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()  # its job is taken up again once its heartbeat is stale
-                worker.wait()
+        if worker is not None:
+            worker.stop()
     return 0
 
 

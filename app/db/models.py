@@ -206,6 +206,7 @@ class Sweep(UUIDPrimaryKey, CreatedAt, Base):
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict]  # the base spec, as given
     vary: Mapped[list]  # [{"field": "attention.factor", "values": [2, 3, 6]}, ...], in the order given
+    select_rule: Mapped[dict | None]  # {"split": "validation", "on": "focus" | "overall"}, or none
     variants: Mapped[list[SweepVariant]] = relationship(
         order_by="SweepVariant.position", lazy="selectin", viewonly=True
     )

@@ -302,11 +302,8 @@ def _decode_fully(path: Path, what: str) -> None:
         raise InvalidInput(f"{what} does not decode: {_reason(e, path, what)}") from e
 
 
-def validate_layout(root: Path, limits: Limits) -> IngestResult:
-    """Check the unpacked folder: images decode within the pixel limit, masks match their image's size,
-    ids are unique and safe, metadata.csv names only known images."""
-    warnings: list[str] = []
-    image_dir, mask_dir = root / "images", root / "masks"
+def _images_by_id(image_dir: Path) -> dict[str, Path]:
+    """images/<image_id>.<ext>, each id safe and unique."""
     files = sorted(image_dir.iterdir()) if image_dir.is_dir() else []
     if not files:
         raise InvalidInput("the archive has no images: put them in images/<image_id>.jpg|.jpeg|.png")
@@ -320,48 +317,46 @@ def validate_layout(root: Path, limits: Limits) -> IngestResult:
         if image_id in by_id:
             raise InvalidInput(f"duplicate image id {image_id!r}: images/{by_id[image_id].name} and images/{path.name}")
         by_id[image_id] = path
+    return by_id
 
+
+def _masks_by_image(mask_dir: Path, image_ids: set[str], warnings: list[str]) -> dict[str, Path]:
+    """masks/ by the image each belongs to, at most one each; a mask of no image is dropped, with a warning."""
     masks: dict[str, Path] = {}
     for path in sorted(mask_dir.iterdir()) if mask_dir.is_dir() else []:
         owner = mask_image_id(path.name)
-        if owner is None or owner not in by_id:
+        if owner is None or owner not in image_ids:
             path.unlink()
             warnings.append(f"masks/{path.name} matches no image and was dropped")
             continue
         if owner in masks:
             raise InvalidInput(f"image {owner!r} has two masks: masks/{masks[owner].name} and masks/{path.name}")
         masks[owner] = path
+    return masks
 
-    columns: list[str] = []
-    metadata: dict[str, dict[str, str]] = {}
-    if (root / METADATA_FILE).is_file():
-        try:
-            columns, metadata = read_metadata(root / METADATA_FILE, known_ids=set(by_id))
-        except LayoutError as e:
-            raise InvalidInput(str(e)) from e
 
-    images = []
-    empty_masks: list[str] = []
-    for image_id, path in by_id.items():
-        width, height, fmt = _image_header(path, limits, f"images/{path.name}")
-        if fmt not in ("JPEG", "PNG"):
-            raise InvalidInput(f"images/{path.name} is {fmt}, not JPEG or PNG")
-        _decode_fully(path, f"images/{path.name}")
-        mask = masks.get(image_id)
-        if mask is not None:
-            mw, mh, _ = _image_header(mask, limits, f"masks/{mask.name}")
-            if (mw, mh) != (width, height):
-                raise InvalidInput(f"masks/{mask.name} is {mw}x{mh} but its image is {width}x{height}")
-            _decode_fully(mask, f"masks/{mask.name}")
-            if not read_mask(mask).any():
-                empty_masks.append(mask.name)
-        images.append(
-            ImageInfo(image_id, path.name, mask.name if mask else None, width, height, metadata.get(image_id, {}))
-        )
-    for name in empty_masks[:MAX_EMPTY_MASK_WARNINGS]:
-        warnings.append(
-            f"masks/{name} holds no lesion pixel (grey level > 127, a 0/1 label, or opaque alpha): its image trains as lesion-free"
-        )
+def _checked_image(path: Path, mask: Path | None, limits: Limits) -> tuple[int, int, bool]:
+    """An image (and its mask) decodes within the limits, the mask at the image's size: (width, height,
+    whether the mask holds no lesion pixel)."""
+    width, height, fmt = _image_header(path, limits, f"images/{path.name}")
+    if fmt not in ("JPEG", "PNG"):
+        raise InvalidInput(f"images/{path.name} is {fmt}, not JPEG or PNG")
+    _decode_fully(path, f"images/{path.name}")
+    if mask is None:
+        return width, height, False
+    mw, mh, _ = _image_header(mask, limits, f"masks/{mask.name}")
+    if (mw, mh) != (width, height):
+        raise InvalidInput(f"masks/{mask.name} is {mw}x{mh} but its image is {width}x{height}")
+    _decode_fully(mask, f"masks/{mask.name}")
+    return width, height, not read_mask(mask).any()
+
+
+def _coverage_warnings(images: list[ImageInfo], metadata: dict, empty_masks: list[str]) -> list[str]:
+    """Empty masks (the first few by name), images without a mask, images without a metadata row."""
+    warnings = [
+        f"masks/{name} holds no lesion pixel (grey level > 127, a 0/1 label, or opaque alpha): its image trains as lesion-free"
+        for name in empty_masks[:MAX_EMPTY_MASK_WARNINGS]
+    ]
     if len(empty_masks) > MAX_EMPTY_MASK_WARNINGS:
         warnings.append(f"... and {len(empty_masks) - MAX_EMPTY_MASK_WARNINGS} more masks hold no lesion pixel")
     n_without = sum(i.mask_filename is None for i in images)
@@ -371,6 +366,33 @@ def validate_layout(root: Path, limits: Limits) -> IngestResult:
         missing = len(images) - len(metadata)
         if missing:
             warnings.append(f"{missing} images have no row in metadata.csv")
+    return warnings
+
+
+def validate_layout(root: Path, limits: Limits) -> IngestResult:
+    """Check the unpacked folder: images decode within the pixel limit, masks match their image's size,
+    ids are unique and safe, metadata.csv names only known images."""
+    warnings: list[str] = []
+    by_id = _images_by_id(root / "images")
+    masks = _masks_by_image(root / "masks", set(by_id), warnings)
+    columns: list[str] = []
+    metadata: dict[str, dict[str, str]] = {}
+    if (root / METADATA_FILE).is_file():
+        try:
+            columns, metadata = read_metadata(root / METADATA_FILE, known_ids=set(by_id))
+        except LayoutError as e:
+            raise InvalidInput(str(e)) from e
+    images = []
+    empty_masks: list[str] = []
+    for image_id, path in by_id.items():
+        mask = masks.get(image_id)
+        width, height, empty = _checked_image(path, mask, limits)
+        if mask is not None and empty:
+            empty_masks.append(mask.name)
+        images.append(
+            ImageInfo(image_id, path.name, mask.name if mask else None, width, height, metadata.get(image_id, {}))
+        )
+    warnings += _coverage_warnings(images, metadata, empty_masks)
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     return IngestResult(images=images, columns=columns, warnings=warnings, size_bytes=size)
 

@@ -82,6 +82,7 @@ def create(
     settings: Settings,
     celery,
     store: Store,
+    select_rule: dict | None = None,
 ) -> Sweep:
     """Validates every variant first (one that does not fit: 422, nothing recorded), records the
     sweep, submits each variant that can start now (the first of its dense settings, or any whose
@@ -94,9 +95,28 @@ def create(
         name=name,
         spec=base,
         vary=[{"field": f, "values": v} for f, v in vary.items()],
+        select_rule=select_rule,
     )
     session.add(sweep)
     session.flush()
+    submitted = _record_variants(session, sweep, combos, admitted, dataset=dataset, reuse=reuse, store=store)
+    jobs.commit_or_forget(session, submitted, store)
+    try:
+        jobs.send(session, submitted, celery=celery, store=store)
+    except Unavailable:
+        session.delete(session.get(Sweep, sweep.id))
+        session.commit()
+        raise
+    session.refresh(sweep)
+    return sweep
+
+
+def _record_variants(
+    session: Session, sweep: Sweep, combos: list[dict], admitted: list, *, dataset: Dataset, reuse: bool, store: Store
+) -> list[Job]:
+    """A row per variant: the first of each dense setting submitted (its job recorded, files copied
+    where it re-uses an earlier job), the others pending on it. Answers the submitted jobs; on error
+    their copied files are deleted."""
     leads: dict[str, uuid.UUID] = {}  # reuse key -> the variant's job that computes those dense units
     submitted: list[Job] = []
     try:
@@ -123,15 +143,7 @@ def create(
         for job in submitted:  # files copied for a job whose rows now roll back
             store.delete(jobs.job_key(job.id))
         raise
-    jobs.commit_or_forget(session, submitted, store)
-    try:
-        jobs.send(session, submitted, celery=celery, store=store)
-    except Unavailable:
-        session.delete(session.get(Sweep, sweep.id))
-        session.commit()
-        raise
-    session.refresh(sweep)
-    return sweep
+    return submitted
 
 
 def _submit_variant(

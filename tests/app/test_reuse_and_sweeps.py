@@ -117,11 +117,12 @@ def test_a_sweep_submits_its_variants_once_the_shared_dense_units_are_done(
     client, alice, dataset_id, settings, session_factory
 ):
     vary = {"attention.factor": [2, 6], "attention.mode": ["from_scratch", "fine_tune"]}
-    r = client.post(
-        "/v1/sweeps", headers=alice, json={"dataset_id": dataset_id, "spec": SPEC, "vary": vary, "name": "s"}
-    )
+    select = {"split": "validation", "on": "focus"}
+    body = {"dataset_id": dataset_id, "spec": SPEC, "vary": vary, "name": "s", "select": select}
+    r = client.post("/v1/sweeps", headers=alice, json=body)
     assert r.status_code == 202, r.text
     sweep = r.json()
+    assert sweep["select"] == select
     lead = sweep["variants"][0]
     assert lead["state"] == "submitted" and [v["overrides"] for v in sweep["variants"]] == [
         {"attention.factor": 2, "attention.mode": "from_scratch"},
@@ -134,6 +135,8 @@ def test_a_sweep_submits_its_variants_once_the_shared_dense_units_are_done(
     _run(settings, lead["job_id"])  # its score unit's completion submits the others
     sweep = client.get(f"/v1/sweeps/{sweep['id']}", headers=alice).json()
     assert [v["state"] for v in sweep["variants"]] == ["submitted"] * 4
+    waiting = sweep["selection"]
+    assert waiting["job_id"] is None and waiting["sentence"].startswith("Waiting for 3 of 4 variants")
     for variant in sweep["variants"][1:]:
         job = client.get(f"/v1/jobs/{variant['job_id']}", headers=alice).json()
         assert job["reused_from"] == lead["job_id"] and job["sweep_id"] == sweep["id"]
@@ -150,9 +153,30 @@ def test_a_sweep_submits_its_variants_once_the_shared_dense_units_are_done(
             assert isinstance(headline[key]["overall"], float) and isinstance(headline[key]["focus"], float)
         assert set(headline["worst_decile"]) == {"dense", "attended", "control"}
         assert headline["verdict"].startswith("On the focus set")
+    _check_selection(client, alice, sweep)
     listed = client.get(f"/v1/datasets/{dataset_id}/comparison", headers=alice).json()
     assert len(listed["rows"]) == 4 and "attention.factor" in listed["fields"]
     assert client.get(f"/v1/sweeps/{sweep['id']}", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def _check_selection(client, headers, sweep: dict) -> None:
+    """The selection is the variant with the best attended - control on the validation focus set (read
+    from each job's own validation metrics), reported with that job's test figures."""
+    on_validation, on_test = {}, {}
+    for v in sweep["variants"]:
+        job = v["job_id"]
+        validation = client.get(f"/v1/jobs/{job}/metrics", headers=headers, params={"split": "validation"}).json()
+        test = client.get(f"/v1/jobs/{job}/metrics", headers=headers, params={"split": "test"}).json()
+        on_validation[job] = validation["attended_vs_control"]["focus"]["difference"]
+        on_test[job] = test["attended_vs_control"]["focus"]["difference"]
+    chosen = sweep["selection"]
+    best = max(on_validation.values())
+    assert chosen["job_id"] == next(j for j, v in on_validation.items() if v == best)
+    assert chosen["split"] == "validation" and chosen["on"] == "focus" and chosen["compared"] == 4
+    assert chosen["value"] == pytest.approx(best)
+    assert chosen["test"]["attended_vs_control"]["focus"]["difference"] == pytest.approx(on_test[chosen["job_id"]])
+    assert chosen["test"]["verdict"].startswith("On the focus set")
+    assert "among 4 variants" in chosen["sentence"] and "On test" in chosen["sentence"]
 
 
 def test_a_sweep_variant_that_does_not_fit_is_refused_whole(client, alice, bob, dataset_id, session_factory):
@@ -167,6 +191,12 @@ def test_a_sweep_variant_that_does_not_fit_is_refused_whole(client, alice, bob, 
         "/v1/sweeps", headers=alice, json={"dataset_id": dataset_id, "spec": SPEC, "vary": {"attention.nonsense": [1]}}
     )
     assert r.status_code == 422 and "nonsense" in r.text, r.text
+    r = client.post(
+        "/v1/sweeps",
+        headers=alice,
+        json={"dataset_id": dataset_id, "spec": SPEC, "vary": {"attention.factor": [2]}, "select": {"split": "test"}},
+    )
+    assert r.status_code == 422 and "select" in r.text, r.text  # a choice is made on validation only
     assert count_rows(session_factory, Sweep) == count_rows(session_factory, SweepVariant) == 0
     assert count_rows(session_factory, Job) == 0
     r = client.post(

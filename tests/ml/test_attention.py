@@ -11,7 +11,8 @@ from contract.jobspec import JobSpec
 from ml.data import decode_dataset, scan_dataset, split_indices
 from ml.models import ModelConfig
 from ml.setting import make_targets
-from ml.stages import StageInputs, boost, train_model
+from ml.stage_inputs import StageInputs
+from ml.stages import boost, train_model
 from ml.synthetic import make_dataset
 from ml.train import binary_dice, predict_logits
 
@@ -28,6 +29,7 @@ def _inputs(root, spec: dict) -> StageInputs:
         targets=make_targets(index, parsed, train),
         model_config=ModelConfig("unet", 16),
         device=torch.device("cpu"),
+        precision="fp32",
     )
 
 

@@ -57,7 +57,7 @@ def test_an_image_never_learned_tops_forgetting_loss_dynamic_dice_and_el2n(tmp_p
     decoded.masks = decoded.masks.copy()
     decoded.masks[5] = 1 - decoded.masks[5]  # its mask contradicts every other image: never learnable
     torch.manual_seed(0)
-    model = prepare_for_device(build_model("unet", width=8), "cpu")
+    model = prepare_for_device(build_model("unet", width=8), "cpu", precision="fp32")
     record = TrainingRecord(32, 8)
     early = {}
 

@@ -11,7 +11,7 @@ from ml import label_check
 from ml.data import decode_dataset, scan_dataset, split_indices
 from ml.models import ModelConfig
 from ml.setting import make_targets
-from ml.stages import StageInputs
+from ml.stage_inputs import StageInputs
 from ml.synthetic import make_dataset
 
 
@@ -68,6 +68,7 @@ def test_the_check_finds_the_wrong_masks_and_leaves_hard_images_alone(tmp_path):
         targets=make_targets(index, spec, train),
         model_config=ModelConfig("unet", 16),
         device=torch.device("cpu"),
+        precision="fp32",
     )
     checks = [label_check.check_fold(inputs, k) for k in range(spec.label_check.folds)]
     checked = [i for c in checks for i in c.indices]

@@ -141,12 +141,14 @@ def test_spec_json_has_every_default_filled_in(planted):
         "mode": "from_scratch",
         "finetune_epochs": 2,
         "finetune_lr_factor": 0.1,
+        "guard_margin": 0.02,
         "exclude_label_issues": True,
         "unlabeled": "leave_out",
     }
     assert spec["label_check"] == {"enabled": True, "folds": 3, "epochs": None, "max_quality": 0.3}
     assert spec["prune"]["scope"] == "global" and spec["prune"]["bn_recalibration"] is False
     assert spec["train"]["lr"] == JobSpec().train.lr and spec["image_size"] == 32
+    assert spec["train"]["precision"] == "auto"
 
 
 def test_resume_after_an_interrupted_stage_gives_the_same_results(planted, tmp_path):

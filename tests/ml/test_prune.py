@@ -11,7 +11,7 @@ from .helpers import synthetic_decoded
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7, 0.9])
 def test_achieved_sparsity_equals_the_request(sparsity):
     torch.manual_seed(0)
-    dense = prepare_for_device(build_model("unet", width=8), "cpu")  # channels_last, as trained
+    dense = prepare_for_device(build_model("unet", width=8), "cpu", precision="fp32")  # channels_last, as trained
     pruned, report = prune_model(dense, sparsity)
     total = sum(m.weight.numel() for _, m in prunable_layers(pruned))
     assert abs(report.achieved - sparsity) <= 1 / total
@@ -32,7 +32,7 @@ def test_fine_tuning_keeps_the_pruning_masks(tmp_path):
     _, decoded = synthetic_decoded(tmp_path, n=16)
     torch.manual_seed(0)
     dense = build_model("unet", width=8)
-    masked = prepare_for_device(apply_pruning_masks(dense, 0.6), "cpu")
+    masked = prepare_for_device(apply_pruning_masks(dense, 0.6), "cpu", precision="fp32")
     before = {k: v.clone() for k, v in masked.state_dict().items() if k.endswith("weight_orig")}
     fit(masked, decoded, list(range(16)), FitConfig(epochs=2, batch_size=8))
     after = masked.state_dict()

@@ -97,7 +97,7 @@ def test_weakly_supervised_mining_with_class_activation_maps(data, tmp_path):
 def test_semi_supervised_training_learns_from_few_masks(tmp_path):
     _, decoded = synthetic_decoded(tmp_path, n=48, hard_fraction=0.0)
     torch.manual_seed(0)
-    model = prepare_for_device(build_model("unet", width=8), "cpu")
+    model = prepare_for_device(build_model("unet", width=8), "cpu", precision="fp32")
     losses = fit_semi(
         model, decoded, list(range(8)), list(range(8, 48)), FitConfig(epochs=6, batch_size=16, augment=False)
     )

@@ -47,6 +47,7 @@ def inputs_for(tmp_path, spec: dict) -> StageInputs:
         targets=make_targets(index, parsed, train),
         model_config=ModelConfig("unet", 4),
         device=torch.device("cpu"),
+        precision="fp32",
     )
 
 

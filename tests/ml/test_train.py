@@ -10,7 +10,7 @@ from .helpers import synthetic_decoded
 
 def _trained(decoded, seed=0, epochs=4, **kwargs):
     torch.manual_seed(seed)
-    model = prepare_for_device(build_model("unet", width=8), "cpu")
+    model = prepare_for_device(build_model("unet", width=8), "cpu", precision="fp32")
     losses = fit(model, decoded, list(range(len(decoded))), FitConfig(epochs=epochs, batch_size=8, seed=seed), **kwargs)
     return model, losses
 
@@ -79,7 +79,7 @@ def test_fit_draws_the_attended_images_as_often_as_their_weights_say(tmp_path):
     weights = np.ones(100)
     weights[:10] = 3.0
     torch.manual_seed(0)
-    model = prepare_for_device(build_model("unet", width=4), "cpu")
+    model = prepare_for_device(build_model("unet", width=4), "cpu", precision="fp32")
     fit(
         model,
         decoded,

@@ -60,7 +60,7 @@ def test_layerwise_pruning_gives_every_layer_but_the_stem_and_the_head_the_spars
 def test_batchnorm_recalibration_recovers_a_pruned_model(tmp_path):
     _, decoded = synthetic_decoded(tmp_path, n=64, size=32)
     torch.manual_seed(0)
-    dense = prepare_for_device(build_model("unet", width=8), "cpu")
+    dense = prepare_for_device(build_model("unet", width=8), "cpu", precision="fp32")
     fit(dense, decoded, list(range(48)), FitConfig(epochs=6, batch_size=16))
     has_target = np.ones(16, dtype=bool)
     val = list(range(48, 64))

@@ -56,6 +56,15 @@ function verdicts(comparison, variants) {
   return lines.length || skipped.length ? h("ul", { class: "verdicts", testid: "verdicts" }, lines, skipped) : null;
 }
 
+// the variant chosen on validation (and why), then how it did on test
+function selectionBox(selection) {
+  if (!selection) return null;
+  return h("section", { class: "selection", testid: "selection" }, h("h2", {}, "Selected on validation"),
+    selection.job_id ? h("p", {}, "Chosen: ", h("a", { href: `/jobs/${selection.job_id}` }, selection.job_id.slice(0, 8)),
+      ` ${JSON.stringify(selection.overrides)}`) : null,
+    h("p", { class: "verdict" }, selection.sentence));
+}
+
 const finished = (comparison, variants) =>
   comparison.rows.every((r) => FINISHED.includes(r.status)) && !(variants || []).some((v) => v.state === "pending");
 
@@ -74,6 +83,7 @@ async function sweepPage(main, sweepId) {
         h("p", { class: "legend" }, "Dice differences on each job's test split (validation when it has none), averaged over seeds, ",
           "with 95% intervals; focus: the images where attention should matter. Variants that share their dense settings ",
           "share one set of dense, label-check and score units: the first computes them, the others re-use them."),
+        selectionBox(sweep.selection),
         comparisonTable(sweep.comparison, sweep.variants),
         verdicts(sweep.comparison, sweep.variants));
       done = finished(sweep.comparison, sweep.variants);

@@ -301,7 +301,7 @@ async function results(main, job) {
       `Guesses that read no pixel score Dice ${fixed(guesses.all_foreground)} (an all-foreground mask) and ${fixed(guesses.centred_disc)} `,
       "(a centred disc of the mean lesion size) on the same images.", ...guesses.warnings.map((w) => h("span", { class: "warning" }, ` ${w}`))) : null,
     metrics.splits.includes("test") ? h("p", { class: "hint" }, "Test split: ", h("a", { href: `/v1/jobs/${jobId}/metrics?split=test` }, "JSON")) : null,
-    h("h3", {}, "Checkpoints"),
+    h("h3", {}, "Checkpoints"), recommendation(metrics.recommended_model),
     table(["Name", "Seed", "Sparsity", "Size", "sha256", ""], checkpoints.map((c) => [c.name, c.seed ?? "–", c.sparsity ?? "–", bytes(c.size_bytes),
       h("code", { title: c.sha256 }, c.sha256.slice(0, 12)),
       h("button", { type: "button", class: "secondary", onclick: () => download(c, status).catch((e) => { status.textContent = e.message; }) }, "Download")]),
@@ -359,4 +359,11 @@ export async function render(main) {
     refreshHeader();
   }
   if (job.status === "succeeded") await results(main, job);
+}
+
+// which model to use, chosen on validation; loud when attention sank the attended model
+function recommendation(rec) {
+  if (!rec) return null;
+  return h("p", { class: rec.attention_sank ? "warning verdict" : "hint", testid: "recommended-model" },
+    `Use the ${rec.model} model (download ${rec.download}): ${rec.reason}.`);
 }
