@@ -209,14 +209,19 @@ class LabelCheckSpec(_Strict):
 
 
 class AttentionSpec(_Strict):
-    strategy: Literal["oversample", "reweight", "both", "jtt", "group_balance"] = Field(
+    strategy: Literal["oversample", "reweight", "both", "jtt", "group_balance", "group_dro", "topk_loss"] = Field(
         "oversample",
         description="oversample: the attended set drawn factor times as often; reweight: its loss weighed factor times; "
         "both; jtt (Just Train Twice): the attended set is the training images the dense models localize worst by "
         "their own training Dice (as many as the HTL set), drawn factor times as often; group_balance: the training "
         "subgroups over-represented among the HTL images are sampled so each weighs as much as all images in no such "
-        "group (factor unused). Each strategy's random control is treated the same way (group_balance: random "
-        "groups of the same sizes and overlap)",
+        "group (factor unused); group_dro: online group DRO (Sagawa et al. 2020) over those subgroups and the rest; "
+        "topk_loss: in each batch only its topk_fraction hardest samples carry the loss (online hard example mining). "
+        "Each strategy's random control is treated the same way (group_balance and group_dro: random groups of the "
+        "same sizes and overlap; topk_loss: as many random samples of each batch)",
+    )
+    topk_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="topk_loss: the share of each batch, hardest first, that carries the loss"
     )
     factor: float | None = Field(
         None,
@@ -357,6 +362,11 @@ class JobSpec(_Strict):
             raise ValueError(
                 "attention.strategy jtt picks the images the dense model localizes worst against their masks; "
                 "weakly_supervised trains on no mask: use oversample, reweight, both or group_balance"
+            )
+        if self.setting == "semi_supervised" and self.attention.strategy in ("group_dro", "topk_loss"):
+            raise ValueError(
+                f"attention.strategy {self.attention.strategy} weighs each batch as it trains, which the semi_supervised "
+                "training loop does not do yet: use oversample, reweight, both, jtt or group_balance"
             )
         if weak and self.label_check.enabled:
             self.label_check.enabled = False  # a classifier trains on no mask: there is nothing to check

@@ -220,12 +220,12 @@ class JobContext:
                 "htl_score, and per_sparsity still shows them"
             )
         if (
-            self.spec.attention.strategy == "group_balance"
+            self.spec.attention.strategy in ("group_balance", "group_dro")
             and self.folder.finished("select")
             and self.folder.read_marker("select")["attended"] == 0
         ):
             out.append(
-                "attention.strategy group_balance found no training subgroup over-represented among the HTL images "
+                f"attention.strategy {self.spec.attention.strategy} found no training subgroup over-represented among the HTL images "
                 "(subgroups.json): there was nothing to balance, and the attended and control models are the dense ones"
             )
         return out

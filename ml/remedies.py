@@ -9,11 +9,18 @@ the same way:
   HTL images, Benjamini-Hochberg adjusted p < 0.05; found on the training split only) are sampled so
   that each weighs as much as all the images in no flagged group (group-balanced sampling, as in
   Sagawa et al. 2020 and Idrissi et al. 2022). Its control balances random groups of the
-  same sizes and overlap, drawn from the same pool."""
+  same sizes and overlap, drawn from the same pool.
+- group_dro: online group DRO over the same flagged groups and the rest (GroupDRO below); its
+  control: the same over random groups of the same sizes and overlap.
+- topk_loss: in each batch only its hardest samples carry the loss (TopKLoss below); its control:
+  as many random samples of each batch."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 from torch import nn
 
 from ml.prune import validation_prediction
@@ -89,3 +96,57 @@ def random_groups_like(members: list[np.ndarray], pool: np.ndarray, rng: np.rand
     drawn = rng.choice(pool, size=len(union), replace=False)
     image_of = dict(zip(union.tolist(), drawn.tolist()))
     return [np.sort(np.array([image_of[j] for j in m.tolist()], dtype=int)) for m in members]
+
+
+# --- remedies that weigh each batch as it comes (fit's batch_weighting) --------------------------
+GROUP_DRO_STEP = 0.01  # Sagawa et al.'s eta_q for their vision tasks
+
+
+class TopKLoss:
+    """attention.strategy topk_loss, online hard example mining (Shrivastava et al. 2016) at the
+    sample level: in each batch only the top_fraction of samples with the highest loss carry the loss.
+    The control (random=True): as many samples of each batch, drawn at random, carry it."""
+
+    def __init__(self, top_fraction: float, *, random: bool, seed: int):
+        self.top_fraction = top_fraction
+        self.random = random
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self, positions: np.ndarray, loss: torch.Tensor) -> torch.Tensor:
+        k = max(1, math.ceil(self.top_fraction * len(loss)))
+        chosen = torch.randperm(len(loss), generator=self.g)[:k] if self.random else torch.topk(loss.cpu(), k).indices
+        weights = torch.zeros(len(loss))
+        weights[chosen] = 1.0
+        return weights
+
+
+class GroupDRO:
+    """attention.strategy group_dro, online group DRO (Sagawa et al., ICLR 2020, Algorithm 1): a weight
+    q_g per group, raised each step by exp(step * the group's mean loss in the batch) and normalized;
+    the batch loss is sum_g q_g * (group g's mean loss), given to fit as per-sample weights q_g / (the
+    group's count in the batch), which fit normalizes over the groups present. group_of: each training
+    position's group (0: the images in no flagged group)."""
+
+    def __init__(self, group_of: np.ndarray, *, step: float = GROUP_DRO_STEP):
+        self.group_of = torch.as_tensor(group_of, dtype=torch.long)
+        self.q = torch.full((int(self.group_of.max()) + 1,), 1.0 / (int(self.group_of.max()) + 1))
+        self.step = step
+
+    def __call__(self, positions: np.ndarray, loss: torch.Tensor) -> torch.Tensor:
+        groups = self.group_of[torch.as_tensor(positions, dtype=torch.long)]
+        loss = loss.detach().float().cpu()
+        counts = torch.bincount(groups, minlength=len(self.q)).float()
+        sums = torch.bincount(groups, weights=loss, minlength=len(self.q))
+        present = counts > 0
+        means = torch.where(present, sums / counts.clamp_min(1), torch.zeros_like(sums))
+        self.q = self.q * torch.exp(self.step * means)
+        self.q = self.q / self.q.sum()
+        return self.q[groups] / counts[groups]
+
+
+def group_index(members: list[np.ndarray], n: int) -> np.ndarray:
+    """Each of n training positions' group for group DRO: 1 + the first group holding it, 0 for the rest."""
+    group_of = np.zeros(n, dtype=np.int64)
+    for g in range(len(members) - 1, -1, -1):  # the first listed group wins where groups overlap
+        group_of[members[g]] = g + 1
+    return group_of

@@ -120,10 +120,13 @@ def fit_in_setting(
     progress=None,
     record=None,
     on_epoch_end=None,
+    batch_weighting=None,
 ) -> list[float]:
     """Trains on the training images as the setting says (semi-supervised: the images without a mask
     through fit_semi's unlabeled loss); weights align with targets.train_idx. Answers the epoch losses."""
     train_idx = targets.train_idx
+    if batch_weighting is not None and targets.setting == SEMI:
+        raise ValueError("a batch weighting (group_dro, topk_loss) is not available in the semi_supervised setting")
     if targets.setting != SEMI:
         return fit(
             model,
@@ -136,6 +139,7 @@ def fit_in_setting(
             record=record,
             objective=targets.objective(),
             on_epoch_end=on_epoch_end,
+            batch_weighting=batch_weighting,
         )
     labeled = [i for i, known in zip(train_idx, targets.train_labeled) if known]
     unlabeled = [i for i, known in zip(train_idx, targets.train_labeled) if not known]

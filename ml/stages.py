@@ -27,7 +27,7 @@ from ml.prune import (
 from ml.scorers import DenseSeed, score_others
 from ml.scoring import HtlScores, score_disagreement, seeded_tiebreak, select_htl
 from ml.stage_inputs import StageInputs
-from ml.train import TrainingRecord, prepare_for_device
+from ml.train import BatchWeighting, TrainingRecord, prepare_for_device
 
 FINETUNE_LR_DIVISOR = 10.0
 
@@ -57,6 +57,7 @@ def train_model(
     record_dynamics: bool = False,
     progress: FractionAndLoss | None = None,
     start: nn.Module | None = None,
+    batch_weighting: BatchWeighting | None = None,
 ) -> TrainedModel:
     """A fresh model trained from seed; weights align with inputs.train_idx. record_dynamics (the
     dense models): the validation curve, and what the dynamics scorers read off the training.
@@ -69,13 +70,11 @@ def train_model(
         inputs.device,
         precision=inputs.precision,
     )
+    weighing = {"loss_weights": loss_weights, "sampling_weights": sampling_weights, "batch_weighting": batch_weighting}
     if start is not None:
         a = spec.attention
         cfg = inputs.fit_config(seed, epochs=a.finetune_epochs, lr=spec.train.lr * a.finetune_lr_factor)
-        return TrainedModel(
-            model,
-            inputs.fit(model, cfg, loss_weights=loss_weights, sampling_weights=sampling_weights, progress=progress),
-        )
+        return TrainedModel(model, inputs.fit(model, cfg, progress=progress, **weighing))
     record = TrainingRecord(len(inputs.train_idx), spec.train.epochs) if record_dynamics else None
     curve: list[float | None] = []
     early_error: dict[str, np.ndarray] = {}
@@ -93,10 +92,9 @@ def train_model(
         model,
         inputs.fit_config(seed),
         record=record,
-        loss_weights=loss_weights,
-        sampling_weights=sampling_weights,
         on_epoch_end=on_epoch_end if record_dynamics else None,
         progress=progress,
+        **weighing,
     )
     if not record_dynamics:
         return TrainedModel(model, losses)
@@ -274,6 +272,10 @@ class AttentionSets:
     weights: dict[str, float] | None = None
     control_weights: dict[str, dict[str, float]] | None = None
     groups: list[list[str]] = dataclasses.field(default_factory=list)
+    # group_dro: each grouped image's group (1 + its first flagged group; every other image is in group 0),
+    # and the control's per seed
+    group_of: dict[str, int] | None = None
+    control_group_of: dict[str, dict[str, int]] | None = None
 
     def weights_of(self, base: str, seed: int) -> dict[str, float] | None:
         """The per-image sampling weights the attended model ('attended') or the seed's control uses;
@@ -281,6 +283,12 @@ class AttentionSets:
         if base == "attended":
             return self.weights
         return None if self.control_weights is None else self.control_weights[str(seed)]
+
+    def group_of_model(self, base: str, seed: int) -> dict[str, int] | None:
+        """group_dro: the groups the attended model or the seed's control weighs online."""
+        if base == "attended":
+            return self.group_of
+        return None if self.control_group_of is None else self.control_group_of[str(seed)]
 
 
 def attention_sets(
@@ -302,8 +310,11 @@ def attention_sets(
     k = int(ranking.is_htl.sum())
     ids = inputs.image_ids(inputs.train_idx)
     eligible = np.array([image_id not in excluded for image_id in ids])
-    if spec.attention.strategy == "group_balance":
-        return _group_balance_sets(inputs, ranking, seeds, eligible, enrichment or {}, excluded)
+    if spec.attention.strategy in ("group_balance", "group_dro"):
+        return _group_sets(inputs, ranking, seeds, eligible, enrichment or {}, excluded)
+    if spec.attention.strategy == "topk_loss":  # nothing chosen ahead: each batch picks its hardest samples
+        control = {str(seed): [] for seed in seeds} if spec.attention.control == "random" else None
+        return AttentionSets("batch_loss", 0, [], control, excluded=sorted(excluded))
     scorer = spec.attention.scorer
     if spec.attention.strategy == "jtt":
         if train_dice is None:
@@ -332,7 +343,7 @@ def attention_sets(
     return AttentionSets(scorer, len(attended), [ids[j] for j in attended], control, excluded=sorted(excluded))
 
 
-def _group_balance_sets(
+def _group_sets(
     inputs: StageInputs,
     ranking: Ranking,
     seeds: list[int],
@@ -340,39 +351,36 @@ def _group_balance_sets(
     enrichment: dict,
     excluded: set[str],
 ) -> AttentionSets:
-    """attention.strategy group_balance: the flagged subgroups' eligible images, weighted so each
-    group draws as much as the images in no group; per seed, random groups of the same
-    sizes from the same pool, weighted alike."""
+    """attention.strategy group_balance and group_dro: the flagged subgroups' eligible images, weighted
+    so each group draws as much as the images in no group (group_balance) or indexed for group DRO;
+    per seed, random groups of the same sizes and overlap from the same pool, treated alike."""
     ids = inputs.image_ids(inputs.train_idx)
     by_id = {s.image_id: s.subgroups for s in ranking.scores}
     groups = remedies.flagged_groups(enrichment)
     members = remedies.group_members(groups, [by_id[i] for i in ids], eligible)
-    n = len(ids)
+    dro = inputs.spec.attention.strategy == "group_dro"
 
-    def as_weights(sets: list[np.ndarray]) -> dict[str, float]:
-        weights = remedies.balance_weights(sets, n)
-        return {ids[j]: float(weights[j]) for j in sorted({int(j) for m in sets for j in m})}
+    def per_image(sets: list[np.ndarray]) -> dict:
+        values = remedies.group_index(sets, len(ids)) if dro else remedies.balance_weights(sets, len(ids))
+        kind = int if dro else float
+        return {ids[j]: kind(values[j]) for j in sorted({int(j) for m in sets for j in m})}
 
-    weights = as_weights(members)
-    control = control_weights = None
+    own = per_image(members)
+    control = per_seed = None
     if inputs.spec.attention.control == "random":
         pool = np.flatnonzero(eligible)
-        control_weights = {
-            str(seed): as_weights(
-                remedies.random_groups_like(members, pool, np.random.default_rng([inputs.spec.split.seed, seed]))
-            )
-            for seed in seeds
-        }
-        control = {seed: list(w) for seed, w in control_weights.items()}
+        rngs = {seed: np.random.default_rng([inputs.spec.split.seed, seed]) for seed in seeds}
+        per_seed = {str(s): per_image(remedies.random_groups_like(members, pool, rngs[s])) for s in seeds}
+        control = {seed: list(values) for seed, values in per_seed.items()}
+    chosen = {"group_of": own, "control_group_of": per_seed} if dro else {"weights": own, "control_weights": per_seed}
     return AttentionSets(
         "enrichment",
-        len(weights),
-        list(weights),
+        len(own),
+        list(own),
         control,
         excluded=sorted(excluded),
-        weights=weights,
-        control_weights=control_weights,
         groups=[[a, v] for a, v in groups],
+        **chosen,
     )
 
 

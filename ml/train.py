@@ -55,6 +55,9 @@ class StepOutput:
 
 # (model, model input, masks, dataset indices) -> per-sample loss, success and error
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], StepOutput]
+# (the batch's positions in the training list, its per-sample loss, detached) -> per-sample weights,
+# multiplied into the loss weights: remedies that weigh each batch as it comes (ml.remedies)
+BatchWeighting = Callable[[np.ndarray, torch.Tensor], torch.Tensor]
 
 
 def binary_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -174,6 +177,7 @@ def fit(
     record: TrainingRecord | None = None,
     objective: Objective = segmentation_objective,
     on_epoch_end: EpochEnd | None = None,
+    batch_weighting: BatchWeighting | None = None,
 ) -> list[float]:
     """Train in place on data[indices]; loss_weights and sampling_weights align with indices.
     Returns the mean training loss of each epoch; with record, also fills per-sample dynamics."""
@@ -201,6 +205,8 @@ def fit(
                 images, masks = augment(images, masks)
             w = weights[pick].to(device)
             out = objective(model, model_input(images, device), masks, positions[pick.numpy()])
+            if batch_weighting is not None:
+                w = w * batch_weighting(pick.numpy(), out.loss.detach()).to(device)
             loss = (out.loss * w).sum() / w.sum().clamp_min(1e-8)
             if record is not None:
                 record.add(pick.numpy(), epoch, out.success)

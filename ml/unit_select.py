@@ -43,12 +43,12 @@ def run_select_unit(job: JobContext) -> None:
 
 def _strategy_inputs(job: JobContext) -> dict:
     """What a strategy other than boosting the ranking's top reads: jtt the dense models' Dice on the
-    training images, group_balance the enrichment of the training subgroups."""
+    training images, group_balance and group_dro the enrichment of the training subgroups."""
     strategy = job.spec.attention.strategy
     if strategy == "jtt":
         dense = [job.load(job.name("dense", seed)) for seed in job.seeds]
         return {"train_dice": remedies.training_dice(job.inputs(), dense)}
-    if strategy == "group_balance":
+    if strategy in ("group_balance", "group_dro"):
         return {"enrichment": read_json(job.folder.state("enrichment.json"))}
     return {}
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml import label_check
+from ml import label_check, remedies
 from ml.job_context import JobContext
 from ml.run_folder import RunDirError, read_json, write_json, write_npz
 from ml.stages import boost, train_model
+from ml.train import BatchWeighting
 
 
 def _train(
@@ -21,6 +22,7 @@ def _train(
     *,
     record_dynamics: bool = False,
     start_from: str | None = None,
+    batch_weighting: BatchWeighting | None = None,
 ) -> dict:
     """Trains base's model of this seed (a fresh one, or fine-tunes start_from's model of the same
     seed); weights: its (loss_weights, sampling_weights). Answers what its training recorded."""
@@ -38,6 +40,7 @@ def _train(
         record_dynamics=record_dynamics,
         start=None if start_from is None else job.load(job.name(start_from, seed)),
         progress=lambda f, loss: job.report(stage, f, loss),
+        batch_weighting=batch_weighting,
     )
     job.save(trained.model, base, seed)
     if trained.dynamics is not None:
@@ -82,13 +85,28 @@ def train_attended(job: JobContext, base: str, seed: int) -> None:
     sets = job.attention()
     if base == "control" and sets.control is None:
         raise RunDirError("a control unit, but the spec asked for no control (attention.control)")
-    if sets.size == 0:
+    strategy = job.spec.attention.strategy
+    if sets.size == 0 and strategy != "topk_loss":  # topk_loss chooses in each batch, not ahead
         _dense_as(job, base, seed)
         return
     chosen = sets.attended if base == "attended" else sets.control[str(seed)]
     start_from = "dense" if job.spec.attention.mode == "fine_tune" else None
     weights = boost(job.inputs(), chosen, sets.weights_of(base, seed))
-    _train(job, "attend", base, seed, weights, start_from=start_from)
+    weighting = _batch_weighting(job, sets, base, seed)
+    _train(job, "attend", base, seed, weights, start_from=start_from, batch_weighting=weighting)
+
+
+def _batch_weighting(job: JobContext, sets, base: str, seed: int) -> BatchWeighting | None:
+    """topk_loss and group_dro weigh each batch as it comes (ml.remedies); the others weigh nothing online."""
+    a = job.spec.attention
+    if a.strategy == "topk_loss":
+        return remedies.TopKLoss(a.topk_fraction, random=base == "control", seed=seed)
+    if a.strategy == "group_dro":
+        group_of = sets.group_of_model(base, seed) or {}
+        return remedies.GroupDRO(
+            np.array([group_of.get(image_id, 0) for image_id in job.inputs().image_ids(job.train_idx)])
+        )
+    return None
 
 
 def _dense_as(job: JobContext, base: str, seed: int) -> None:

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import ml.unit_training
 from contract.jobspec import JobSpec
@@ -116,3 +117,77 @@ def test_jtt_is_refused_where_there_is_no_mask_to_err_on():
                 "attention": {"strategy": "jtt"},
             }
         )
+
+
+def test_topk_loss_keeps_the_hardest_share_of_each_batch_and_its_control_a_random_one():
+    loss = torch.tensor([0.1, 0.9, 0.5, 0.7])
+    top = remedies.TopKLoss(0.5, random=False, seed=0)(np.arange(4), loss)
+    assert top.tolist() == [0.0, 1.0, 0.0, 1.0]
+    drawn = [remedies.TopKLoss(0.5, random=True, seed=s)(np.arange(4), loss) for s in range(8)]
+    assert all(d.sum() == 2 for d in drawn) and any(d.tolist() != top.tolist() for d in drawn)
+
+
+def test_group_dro_moves_weight_to_the_group_that_loses_more():
+    dro = remedies.GroupDRO(np.array([0, 0, 1, 1]), step=0.5)
+    for _ in range(20):
+        weights = dro(np.arange(4), torch.tensor([0.1, 0.1, 1.0, 1.0]))
+    assert dro.q[1] > 0.9 and dro.q.sum().item() == pytest.approx(1.0)
+    assert weights[2] == pytest.approx(dro.q[1].item() / 2) and weights[0] == pytest.approx(dro.q[0].item() / 2)
+    assert remedies.group_index([np.array([1, 2]), np.array([2, 3])], 5).tolist() == [0, 1, 1, 2, 0]
+
+
+def _weighting_seen(planted, tmp_path, strategy, monkeypatch) -> tuple[Run, list]:
+    """The run's attend and control units, the batch weighting each model trained with recorded."""
+    data, root = planted
+    spec = JobSpec.model_validate({**SPEC, "attention": {**SPEC["attention"], "strategy": strategy}})
+    run = Run(data, spec, tmp_path / strategy, device="cpu")
+    run.job.folder.reuse(root / "base")
+    seen = []
+    real = ml.unit_training.train_model
+
+    def spy(inputs, seed, *, batch_weighting=None, **kwargs):
+        seen.append(batch_weighting)
+        return real(inputs, seed, batch_weighting=batch_weighting, **kwargs)
+
+    monkeypatch.setattr(ml.unit_training, "train_model", spy)
+    run.run(until="control")
+    return run, seen
+
+
+def test_topk_loss_trains_with_the_hard_share_and_the_control_with_a_random_one(planted, tmp_path, monkeypatch):
+    _, (attended, control) = _weighting_seen(planted, tmp_path, "topk_loss", monkeypatch)
+    assert isinstance(attended, remedies.TopKLoss) and not attended.random and attended.top_fraction == 0.5
+    assert isinstance(control, remedies.TopKLoss) and control.random
+
+
+def test_group_dro_trains_over_the_flagged_groups_and_the_control_over_random_ones(planted, tmp_path, monkeypatch):
+    run, (attended, control) = _weighting_seen(planted, tmp_path, "group_dro", monkeypatch)
+    sets = json.loads((run.job.out / "state" / "attention.json").read_text())
+    ids = run.job.inputs().image_ids(run.job.train_idx)
+    scores = {s["image_id"]: s for s in json.loads((run.job.out / "scores.json").read_text())}
+    first = sets["groups"][0]
+    in_first = [scores[i]["subgroups"].get(first[0]) == first[1] for i in ids]
+    assert ["site", "rare"] in sets["groups"]
+    assert all(g == 1 for g, inside in zip(attended.group_of.tolist(), in_first) if inside)
+    assert (attended.group_of > 0).sum() == len(sets["attended"])
+    assert (control.group_of > 0).sum() == len(sets["control"]["0"]) and not torch.equal(
+        attended.group_of, control.group_of
+    )
+    assert float(attended.q.sum()) == pytest.approx(1.0) and not torch.allclose(attended.q, attended.q[0])
+
+
+def test_batch_weighting_changes_what_is_learned(planted):
+    """fit uses the weighting it is given: training with topk_loss ends elsewhere than without it."""
+    from ml.data import decode_dataset, scan_dataset
+    from ml.models import build_model
+    from ml.train import FitConfig, fit, prepare_for_device
+
+    data, _ = planted
+    decoded = decode_dataset(scan_dataset(data), 32)
+    ends = []
+    for weighting in (None, remedies.TopKLoss(0.25, random=False, seed=0)):
+        torch.manual_seed(0)
+        model = prepare_for_device(build_model("unet", width=4), "cpu", precision="fp32")
+        fit(model, decoded, list(range(64)), FitConfig(epochs=1, batch_size=16, seed=0), batch_weighting=weighting)
+        ends.append(next(iter(model.parameters())).detach().clone())
+    assert not torch.equal(ends[0], ends[1])
