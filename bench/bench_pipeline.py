@@ -100,7 +100,10 @@ def run_stages(args, precision: str) -> dict:
         # measured right before and right after it, and averaged (the score unit's prune and score
         # stages share the measurement around the unit)
         seconds, limits, began = {}, {}, {}
-        for kind in ("dense", "score", "attend", "evaluate"):
+        for kind in ("dense", "score", "select", "attend", "evaluate"):
+            if kind == "select":  # picks the attended set: no model runs, nothing to time against a limit
+                run.run_unit(kind)
+                continue
             around = [limit()]
             start = began[kind] = time.perf_counter()
             for unit in run.plan:

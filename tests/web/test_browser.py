@@ -205,6 +205,9 @@ def test_the_web_app_end_to_end(browser, service):
     # the verdict is the pre-registered endpoint's, on the test split (validation's is for choosing variants)
     verdict = page.locator("[data-testid=verdict]").inner_text()
     assert "test image" in verdict and "random control" in verdict, verdict
+    # which model to use, chosen on validation, with the checkpoint to download
+    recommended = page.locator("[data-testid=recommended-model]").inner_text()
+    assert recommended.startswith("Use the ") and "(download " in recommended, recommended
 
     # the plots name the groups
     enrichment = page.locator("[data-testid=enrichment-plot]").text_content()
@@ -299,7 +302,7 @@ def test_a_sweep_compares_its_variants_side_by_side(browser, service, tmp_path):
     }
     with HtlClient(server.base, server.key) as api:
         dataset = api.upload_dataset(folder)["id"]
-        sweep = api.create_sweep(dataset, {"attention.factor": [2, 6]}, spec, name="factors")
+        sweep = api.create_sweep(dataset, {"attention.factor": [2, 6]}, spec, name="factors", select_on="focus")
         assert [v["state"] for v in sweep["variants"]] == ["submitted", "pending"]
         done = api.wait_sweep(sweep["id"])
     rows = done["comparison"]["rows"]
@@ -327,6 +330,10 @@ def test_a_sweep_compares_its_variants_side_by_side(browser, service, tmp_path):
         assert re.fullmatch(r"\d\.\d{3} / \d\.\d{3}", c[7]), c[7]
     assert cells[0][8] == "–" and cells[1][8] == lead[:8]
     assert page.locator("[data-testid=verdicts] li").count() == 2
+    chosen = done["selection"]
+    assert chosen["job_id"] in (lead, follower) and chosen["compared"] == 2
+    box = page.locator("[data-testid=selection]").inner_text()
+    assert chosen["job_id"][:8] in box and chosen["sentence"] in box
     _shot(page, "sweep")
     page.click(f"[data-testid=comparison] a[href='/jobs/{follower}']")
     page.wait_for_selector("[data-testid=job-status]")
