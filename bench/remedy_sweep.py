@@ -13,7 +13,6 @@ what is missing. On real data (--data), the rare-look report is left out."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from app.services.selection import select
 from contract.jobspec import JobSpec
 from ml.pipeline import Run
-from ml.synthetic import make_dataset
+from ml.synthetic import planted_dataset, read_truth
 
 
 def spec_for(args, strategy: str) -> JobSpec:
@@ -67,19 +66,9 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("runs/remedy-sweep"))
     args = parser.parse_args()
-    data = args.data or args.out / "data"
-    if args.data is None and not (data / "truth.csv").is_file():
-        make_dataset(
-            data,
-            n=args.images,
-            size=args.size,
-            seed=args.data_seed,
-            hard_fraction=0.15,
-            rare_look_fraction=0.06,
-            wrong_mask_fraction=0.06,
-        )
-    planted = (data / "truth.csv").is_file()
-    truth = {r["image_id"]: r for r in csv.DictReader(open(data / "truth.csv"))} if planted else {}
+    data = args.data or planted_dataset(args.out / "data", n=args.images, size=args.size, seed=args.data_seed)
+    truth = read_truth(data)
+    planted = bool(truth)
     lead: Path | None = None
     variants = []
     for strategy in args.strategies:

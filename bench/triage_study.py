@@ -23,7 +23,6 @@ verdict.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import time
@@ -35,7 +34,7 @@ from PIL import Image
 from contract.jobspec import JobSpec
 from ml.data import read_mask
 from ml.pipeline import Run
-from ml.synthetic import make_dataset
+from ml.synthetic import planted_dataset, read_truth
 
 # scorer variants -> the attention part of the spec (the random control is trained in each)
 SCORERS = {
@@ -326,19 +325,9 @@ def main() -> None:
     parser.add_argument("--overlay-dir", type=Path, default=Path("docs/label-issues"))
     parser.add_argument("--out", type=Path, default=Path("runs/triage-study"))
     args = parser.parse_args()
-    data = args.data or args.out / "data"
-    if args.data is None and not (data / "truth.csv").is_file():
-        make_dataset(
-            data,
-            n=args.images,
-            size=args.size,
-            seed=args.data_seed,
-            hard_fraction=0.15,
-            rare_look_fraction=0.06,
-            wrong_mask_fraction=0.06,
-        )
-    planted = (data / "truth.csv").is_file()
-    truth = {r["image_id"]: r for r in csv.DictReader(open(data / "truth.csv"))} if planted else {}
+    data = args.data or planted_dataset(args.out / "data", n=args.images, size=args.size, seed=args.data_seed)
+    truth = read_truth(data)
+    planted = bool(truth)
     results = {}
     # an earlier invocation's runs (other variants or modes, same --out) lend their dense models
     first_dir = next((d for d in sorted(args.out.glob("*-*")) if (d / "metrics.json").is_file()), None)

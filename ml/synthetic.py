@@ -158,3 +158,24 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+# the triage studies' mix: faint lesions (site=rare), a rare learnable look (look=pale), wrong masks
+TRIAGE_MIX = {"hard_fraction": 0.15, "rare_look_fraction": 0.06, "wrong_mask_fraction": 0.06}
+
+
+def planted_dataset(root: str | Path, *, n: int, size: int, seed: int) -> Path:
+    """The triage studies' generated data (TRIAGE_MIX), made once: a folder with its truth.csv is kept."""
+    root = Path(root)
+    if not (root / "truth.csv").is_file():
+        make_dataset(root, n=n, size=size, seed=seed, **TRIAGE_MIX)
+    return root
+
+
+def read_truth(root: str | Path) -> dict[str, dict[str, str]]:
+    """truth.csv by image id (what the generator planted, for reports only); empty for real data."""
+    path = Path(root) / "truth.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {row["image_id"]: row for row in csv.DictReader(f)}

@@ -142,6 +142,7 @@ def test_spec_json_has_every_default_filled_in(planted):
         "finetune_epochs": 2,
         "finetune_lr_factor": 0.1,
         "guard_margin": 0.02,
+        "topk_fraction": 0.5,
         "exclude_label_issues": True,
         "unlabeled": "leave_out",
     }
