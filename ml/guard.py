@@ -20,6 +20,19 @@ def _best_seed(models: dict, base: str, seeds: list[int], name: ModelName) -> st
     return max(scored)[2] if scored else name(base, seeds[0])
 
 
+def _reason(dense: float, attended: float, margin: float) -> str:
+    drop = dense - attended
+    said = f"the attended model's validation Dice ({attended:.4f})"
+    if drop > margin:
+        return (
+            f"{said} is {drop:.4f} below the dense model's ({dense:.4f}), more than attention.guard_margin "
+            f"{margin:g}: attention hurt this model, use the dense model"
+        )
+    if drop <= 0:
+        return f"{said} is at or above the dense model's ({dense:.4f})"
+    return f"{said} is {drop:.4f} below the dense model's ({dense:.4f}), within attention.guard_margin {margin:g}"
+
+
 def recommend(models: dict, *, margin: float, seeds: list[int], name: ModelName) -> dict:
     """metrics.json 'recommended_model'. models: metrics.json 'models' (each model's validation
     report; with several seeds the plain base names hold the means over seeds)."""
@@ -33,16 +46,9 @@ def recommend(models: dict, *, margin: float, seeds: list[int], name: ModelName)
         )
         out["attention_sank"] = None
     else:
-        drop = dense - attended
-        out["attention_sank"] = drop > margin
+        out["attention_sank"] = dense - attended > margin
         base = "dense" if out["attention_sank"] else "attended"
-        out["reason"] = (
-            f"the attended model's validation Dice ({attended:.4f}) is {drop:.4f} below the dense model's ({dense:.4f}), "
-            f"more than attention.guard_margin {margin:g}: attention hurt this model, use the dense model"
-            if out["attention_sank"]
-            else f"the attended model's validation Dice ({attended:.4f}) is within attention.guard_margin {margin:g} of "
-            f"the dense model's ({dense:.4f}) or above it"
-        )
+        out["reason"] = _reason(dense, attended, margin)
     out["model"] = base
     out["download"] = _best_seed(models, base, seeds, name)
     return out

@@ -99,7 +99,7 @@ def select(variants: list[dict], on: str) -> dict:
     where = "focus set" if on == "focus" else "images"
     sentence = (
         f"Chosen on validation among {len(scored)} variants{why_out}, by {what} Dice on the validation {where}: "
-        f"{chosen['overrides']} at {value:+.4f}."
+        f"{', '.join(f'{k}={v}' for k, v in chosen['overrides'].items())} at {value:+.4f}."
     )
     test = out["test"]
     if test is None:
