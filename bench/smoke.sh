@@ -30,6 +30,8 @@ PY
 step bench_pipeline;  quiet $py bench/bench_pipeline.py --images 60 --size 32 --epochs 1 --limit-seconds 0.5
 step precision_study; quiet $py bench/precision_study.py --images 120 --size 32 --epochs 1 --seeds 0 1 --out "$out/precision-study"
 step remedy_sweep;   quiet $py bench/remedy_sweep.py --images 200 --size 32 --epochs 1 --seeds 0 1 --out "$out/remedy-sweep"
+step enrichment_drift; toy_spec examples/ham10000-triage.json "$out/triage.json"
+quiet $py bench/enrichment_drift.py $ham --out "$out/enrichment-drift" --spec triage="$out/triage.json"
 step bench_api;       quiet $py bench/bench_api.py --scores 2000 --page 100 --page-requests 5 --poll-seconds 1 --poll-threads 2
 step attention_study; quiet $py bench/attention_study.py --images 120 --size 32 --epochs 1 --seeds 0 --out "$out/attention-study"
 step semi_methods;    IMAGES=100 EPOCHS=1 quiet bench/semi_methods.sh "$out/semi-methods"
