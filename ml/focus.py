@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from ml.subgroups import _cluster_codes
+from ml.subgroups import _cluster_codes, over_represented
 
 ALPHA = 0.05
 
@@ -174,13 +174,8 @@ def focus_report(
     mask, which image_ids, disagreement (mean over seeds and ranked sparsities), groups, label_issue and
     clusters align with. Images whose mask the label check flagged are left out: on a wrong mask no
     model can be right."""
-    enriched = [
-        (g["attribute"], g["value"])
-        for g in enrichment.get("groups", [])
-        if g.get("significant") and (g.get("enrichment") or 0) > 1 and g["attribute"] != "label_check"
-    ]
     kept, why = focus_positions(
-        groups, enriched, disagreement, top_fraction, leave_out=np.asarray(label_issue, dtype=bool)
+        groups, over_represented(enrichment), disagreement, top_fraction, leave_out=np.asarray(label_issue, dtype=bool)
     )
     focus = {
         "split": split,

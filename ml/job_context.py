@@ -23,8 +23,7 @@ from ml.run_folder import RunFolder, read_json
 from ml.setting import make_targets
 from ml.stage_inputs import StageInputs
 from ml.stages import AttentionSets
-
-LABEL_CHECK_ATTRIBUTE = "label_check"  # the subgroup every image falls in by its label check: issue, ok, unchecked
+from ml.subgroups import LABEL_CHECK_ATTRIBUTE
 
 Report = Callable[[str, float, float | None], None]  # (stage, the stage's fraction done, loss)
 

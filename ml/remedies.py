@@ -26,8 +26,6 @@ from torch import nn
 from ml.prune import validation_prediction
 from ml.stage_inputs import StageInputs
 
-LABEL_CHECK_ATTRIBUTE = "label_check"  # an image's own label check is no subgroup to balance
-
 
 def training_dice(inputs: StageInputs, dense_models: list[nn.Module]) -> np.ndarray:
     """Each training image's Dice under the dense models (eval mode, unaugmented images), averaged
@@ -45,16 +43,6 @@ def error_set(dice: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarray:
     candidates = np.flatnonzero(eligible & np.isfinite(dice))
     worst = candidates[np.lexsort((candidates, dice[candidates]))][:k]
     return np.sort(worst)
-
-
-def flagged_groups(enrichment: dict) -> list[tuple[str, str]]:
-    """(attribute, value) of every subgroup over-represented among the HTL images (significant after
-    Benjamini-Hochberg, enrichment > 1), the label check's own grouping left out."""
-    return [
-        (g["attribute"], g["value"])
-        for g in enrichment.get("groups", [])
-        if g.get("significant") and (g.get("enrichment") or 0) > 1 and g["attribute"] != LABEL_CHECK_ATTRIBUTE
-    ]
 
 
 def group_members(

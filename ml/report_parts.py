@@ -7,8 +7,9 @@ import numpy as np
 
 from ml import focus, subgroups
 from ml.evaluation import SplitEvaluation, blank_guesses
-from ml.job_context import LABEL_CHECK_ATTRIBUTE, JobContext
+from ml.job_context import JobContext
 from ml.run_folder import read_json, write_json
+from ml.subgroups import LABEL_CHECK_ATTRIBUTE
 
 BOOTSTRAP_RESAMPLES = 2000
 BLANK_GUESSES = {"all_foreground": "an all-foreground mask", "centred_disc": "a centred disc of the mean lesion size"}

@@ -15,7 +15,7 @@ from torch import nn
 
 from contract.results import ImageScore
 from contract.roster import sparsity_key
-from ml import hardness, remedies
+from ml import hardness, remedies, subgroups
 from ml.prune import (
     apply_pruning_masks,
     health,
@@ -311,7 +311,7 @@ def attention_sets(
     ids = inputs.image_ids(inputs.train_idx)
     eligible = np.array([image_id not in excluded for image_id in ids])
     if spec.attention.strategy in ("group_balance", "group_dro"):
-        return _group_sets(inputs, ranking, seeds, eligible, enrichment or {}, excluded)
+        return _group_sets(inputs, ranking, seeds, ids, eligible, enrichment or {}, excluded)
     if spec.attention.strategy == "topk_loss":  # nothing chosen ahead: each batch picks its hardest samples
         control = {str(seed): [] for seed in seeds} if spec.attention.control == "random" else None
         return AttentionSets("batch_loss", 0, [], control, excluded=sorted(excluded))
@@ -347,16 +347,17 @@ def _group_sets(
     inputs: StageInputs,
     ranking: Ranking,
     seeds: list[int],
+    ids: list[str],
     eligible: np.ndarray,
     enrichment: dict,
     excluded: set[str],
 ) -> AttentionSets:
     """attention.strategy group_balance and group_dro: the flagged subgroups' eligible images, weighted
     so each group draws as much as the images in no group (group_balance) or indexed for group DRO;
-    per seed, random groups of the same sizes and overlap from the same pool, treated alike."""
-    ids = inputs.image_ids(inputs.train_idx)
+    per seed, random groups of the same sizes and overlap from the same pool, treated alike. ids and
+    eligible align with the training images."""
     by_id = {s.image_id: s.subgroups for s in ranking.scores}
-    groups = remedies.flagged_groups(enrichment)
+    groups = subgroups.over_represented(enrichment)
     members = remedies.group_members(groups, [by_id[i] for i in ids], eligible)
     dro = inputs.spec.attention.strategy == "group_dro"
 

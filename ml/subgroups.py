@@ -14,6 +14,8 @@ from scipy.stats import fisher_exact, norm
 from ml.data import DecodedDataset
 from ml.metrics import subgroup_labels
 
+LABEL_CHECK_ATTRIBUTE = "label_check"  # the subgroup every image falls in by its label check: issue, ok, unchecked
+
 Z95 = float(norm.ppf(0.975))
 ALPHA = 0.05
 IMAGE_PROPERTIES = ("image:lesion_area", "image:lesion_contrast", "image:brightness")
@@ -67,6 +69,17 @@ def benjamini_hochberg(p_values: list[float]) -> list[float]:
         running = min(running, p_values[i] * m / rank)
         adjusted[i] = running
     return adjusted.tolist()
+
+
+def over_represented(enrichment_report: dict) -> list[tuple[str, str]]:
+    """(attribute, value) of every subgroup an enrichment report flags as over-represented among the
+    HTL images (significant after Benjamini-Hochberg, enrichment > 1), the label check's own grouping
+    left out: a flagged mask is no group of images to attend or to focus on."""
+    return [
+        (g["attribute"], g["value"])
+        for g in enrichment_report.get("groups", [])
+        if g.get("significant") and (g.get("enrichment") or 0) > 1 and g["attribute"] != LABEL_CHECK_ATTRIBUTE
+    ]
 
 
 def enrichment(
