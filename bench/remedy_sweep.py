@@ -7,8 +7,14 @@ for this report only) and on the focus set.
     .venv/bin/python bench/remedy_sweep.py --images 1200 --size 64 --epochs 6 --seeds 0 1 2 \\
         --strategies oversample group_balance jtt --out runs/remedy-sweep
 
+A variant is a strategy, or strategy@factor for another attention.factor (jtt@20: JTT's error set
+drawn 20 times as often, its control likewise).
+
 Resumable: each variant's run folder keeps what it trained; a rerun into the same --out trains only
-what is missing. On real data (--data), the rare-look report is left out."""
+what is missing. With --results, each finished variant also writes, per seed, its small per-image
+result (bench/remedy_study.py aggregates those over seeds), and a variant whose results are all there
+is skipped: a study can go on in another checkout from its committed results alone. On real data
+(--data), the rare-look report is left out."""
 
 from __future__ import annotations
 
@@ -25,7 +31,13 @@ from ml.pipeline import Run
 from ml.synthetic import planted_dataset, read_truth
 
 
-def spec_for(args, strategy: str) -> JobSpec:
+def parse_variant(variant: str) -> tuple[str, float | None]:
+    strategy, _, factor = variant.partition("@")
+    return strategy, (float(factor) if factor else None)
+
+
+def spec_for(args, variant: str) -> JobSpec:
+    strategy, factor = parse_variant(variant)
     return JobSpec.model_validate(
         {
             "image_size": args.size,
@@ -33,7 +45,11 @@ def spec_for(args, strategy: str) -> JobSpec:
             "sample": {"max_images": args.images, "seed": 0},
             "split": {"group_column": "lesion_id", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
             "train": {"epochs": args.epochs, "seeds": args.seeds, "precision": args.precision},
-            "attention": {"strategy": strategy, "control": "random"},
+            "attention": {
+                "strategy": strategy,
+                "control": "random",
+                **({"factor": factor} if factor is not None else {}),
+            },
         }
     )
 
@@ -51,6 +67,44 @@ def pale_report(run_dir: Path, truth: dict[str, dict], seeds: list[int]) -> dict
     return {**dice, "attended_minus_control": [a - c for a, c in zip(dice["attended"], dice["control"])]}
 
 
+def result_path(results: Path, seed: int, variant: str) -> Path:
+    return results / f"s{seed}-{variant}.json"
+
+
+def write_results(results: Path, variant: str, seeds: list[int], summary: dict, seconds: float) -> None:
+    """Per seed, what bench/remedy_study.py needs of one variant: per held-out split, the per-image
+    Dice of dense, attended and control, and the split's focus set (chosen by the job before any
+    held-out label was read)."""
+    results.mkdir(parents=True, exist_ok=True)
+    focus = {"test": summary.get("focus"), "validation": (summary.get("validation_endpoint") or {}).get("focus")}
+    name = (lambda base, s: f"{base}-s{s}") if len(seeds) > 1 else (lambda base, s: base)
+    strategy, factor = parse_variant(variant)
+    for seed in seeds:
+        splits = {}
+        for split in ("validation", "test"):
+            rows = {
+                base: (lambda m: m if split == "validation" else m["test"])(summary["models"][name(base, seed)])[
+                    "per_image"
+                ]
+                for base in ("dense", "attended", "control")
+            }
+            splits[split] = {
+                "image_ids": [r["image_id"] for r in rows["dense"]],
+                **{base: [round(r["dice"], 5) for r in per_image] for base, per_image in rows.items()},
+                "focus": (focus[split] or {}).get("images", []),
+            }
+        record = {
+            "variant": variant,
+            "strategy": strategy,
+            "factor": factor,
+            "seed": seed,
+            "seconds_all_seeds": round(seconds),
+            "precision": summary.get("precision"),
+            "splits": splits,
+        }
+        result_path(results, seed, variant).write_text(json.dumps(record, separators=(",", ":")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -65,32 +119,44 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--data-seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("runs/remedy-sweep"))
+    parser.add_argument(
+        "--results", type=Path, default=None, help="write per-seed results here; skip the variants already there"
+    )
     args = parser.parse_args()
     data = args.data or planted_dataset(args.out / "data", n=args.images, size=args.size, seed=args.data_seed)
     truth = read_truth(data)
     planted = bool(truth)
     lead: Path | None = None
     variants = []
-    for strategy in args.strategies:
-        run_dir = args.out / strategy
-        run = Run(data, spec_for(args, strategy), run_dir, device="cpu")
+    for variant in args.strategies:
+        if args.results and all(result_path(args.results, seed, variant).is_file() for seed in args.seeds):
+            print(f"{variant}: its results are in {args.results}; skipped", flush=True)
+            continue
+        run_dir = args.out / variant
+        run = Run(data, spec_for(args, variant), run_dir, device="cpu")
         if lead is not None and not run.job.folder.finished("score"):
             run.job.folder.reuse(lead)  # the dense, label-check and score units, as a sweep shares them
         started = time.perf_counter()
         run.run()
-        print(f"{strategy}: {time.perf_counter() - started:.0f} s", flush=True)
+        seconds = time.perf_counter() - started
+        print(f"{variant}: {seconds:.0f} s", flush=True)
         lead = lead or run_dir
         summary = json.loads((run_dir / "metrics.json").read_text())
+        if args.results:
+            write_results(args.results, variant, args.seeds, summary, seconds)
         variants.append(
             {
-                "job_id": strategy,
-                "overrides": {"attention.strategy": strategy},
+                "job_id": variant,
+                "overrides": {"attention.strategy": variant},
                 "state": "submitted",
                 "status": "succeeded",
                 "summary": summary,
                 **({"pale": pale_report(run_dir, truth, args.seeds)} if planted else {}),
             }
         )
+    if len(variants) < len(args.strategies):
+        print("some variants were skipped: bench/remedy_study.py reports over the results", flush=True)
+        return
     chosen = select(variants, args.select_on)
     report = {
         "selection": chosen,
