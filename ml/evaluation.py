@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract.results import ImageEvaluation
+from ml.boundary import boundary_metrics
 from ml.data import read_mask
 from ml.metrics import aggregate, auroc, stack_metrics
 from ml.png import write_mask_png
@@ -43,11 +44,18 @@ def _mask_disagreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _score_and_write(
-    record, scored: bool, preds: np.ndarray, peaks: list[int] | None, paths: list[Path], pairs: list[tuple[int, int]]
+    record,
+    scored: bool,
+    preds: np.ndarray,
+    peaks: list[int] | None,
+    paths: list[Path],
+    pairs: list[tuple[int, int]],
+    boundary: list[bool],
 ) -> tuple[list[dict] | None, list[float]]:
     """One held-out image's predictions by every model (M, H, W) at its own size: written as 0/255
     PNGs, scored against its mask if `scored` (Targets.localizable; peaks: pointing, for weak
-    supervision), and the disagreement of each pair of models (by position) asked for."""
+    supervision; boundary: which models also get hd95 and nsd), and the disagreement of each pair of
+    models (by position) asked for."""
     for path, pred in zip(paths, preds):
         write_mask_png(path, pred)
     disagreement = [_mask_disagreement(preds[i], preds[j]) for i, j in pairs]
@@ -55,6 +63,9 @@ def _score_and_write(
         return None, disagreement
     truth = read_mask(record.mask_path)
     entries = [{"image_id": record.image_id, **metrics} for metrics in stack_metrics(truth, preds)]
+    for entry, pred, wanted in zip(entries, preds, boundary):
+        if wanted:
+            entry.update(boundary_metrics(truth, pred))
     if peaks is not None:  # does each map's peak fall inside the lesion?
         for entry, peak in zip(entries, peaks):
             entry["pointing"] = float(truth.flat[peak])
@@ -119,6 +130,9 @@ def evaluate_split(
     disagree on each image. progress(n): n more images done."""
     names = list(models)
     positions = [(names.index(a), names.index(b)) for a, b in pairs]
+    # boundary metrics cost a distance transform per model and image: the pruned models, which only rank
+    # and disagree, go without them
+    boundary = [not name.startswith("pruned@") for name in names]
     result = SplitEvaluation({name: [] for name in names}, {name: [] for name in names}, [], {p: [] for p in pairs})
     weak = inputs.targets.weak
     scorable = dict(zip(indices, inputs.targets.localizable(indices).tolist()))
@@ -132,7 +146,7 @@ def evaluate_split(
                 full = _at_own_size(logits, j, inputs.data.original_sizes[i])
                 peaks = full.flatten(1).argmax(1).tolist() if weak else None  # where each map peaks (pointing)
                 paths = [prediction_path(name, record.image_id) for name in names]
-                args = (record, bool(scorable[i]), (full > 0).numpy(), peaks, paths, positions)
+                args = (record, bool(scorable[i]), (full > 0).numpy(), peaks, paths, positions, boundary)
                 pending.append((i, helper.submit(_score_and_write, *args)))
             if progress is not None:
                 progress(len(batch))

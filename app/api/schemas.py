@@ -225,7 +225,8 @@ class EvaluationOut(BaseModel):
     model: str
     split: str
     metrics: dict[str, float] = Field(
-        description="dice, jaccard, threshold_jaccard, box_iou, sensitivity, specificity (weak: pointing)"
+        description="dice, jaccard, threshold_jaccard, box_iou, sensitivity, specificity; hd95 (pixels of the "
+        "evaluated image) and nsd (tolerance 2 pixels) for every model but the pruned ones; weak: pointing"
     )
 
 

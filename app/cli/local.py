@@ -58,10 +58,13 @@ def print_report(metrics: dict, spec, split_warnings: list[str], out) -> None:
     )
     for split in metrics["splits"]:
         print(f"{split}:")
-        print(f"  {'model':<14}{'dice':>8}{'jaccard':>9}{'thr.jac':>9}{'box_iou':>9}")
+        print(f"  {'model':<14}{'dice':>8}{'jaccard':>9}{'thr.jac':>9}{'box_iou':>9}{'hd95 px':>9}{'nsd':>8}")
         for name, m in metrics["models"].items():
             o = (m if split == "validation" else m["test"])["overall"]
-            print(f"  {name:<14}{o['dice']:8.4f}{o['jaccard']:9.4f}{o['threshold_jaccard']:9.4f}{o['box_iou']:9.4f}")
+            boundary = f"{o['hd95']:9.2f}{o['nsd']:8.4f}" if "hd95" in o else f"{'-':>9}{'-':>8}"
+            print(
+                f"  {name:<14}{o['dice']:8.4f}{o['jaccard']:9.4f}{o['threshold_jaccard']:9.4f}{o['box_iou']:9.4f}{boundary}"
+            )
         for key, label in (("attended_vs_dense", "attended - dense"), ("attended_vs_control", "attended - control")):
             if key not in metrics:
                 continue

@@ -145,7 +145,12 @@ def test_metrics_cover_every_model_overall_and_per_subgroup(client, alice, finis
         "box_iou",
         "sensitivity",
         "specificity",
+        "hd95",
+        "nsd",
     }
+    # boundary metrics for the models a user would use, not for the pruned ones that only rank
+    assert {"hd95", "nsd"}.isdisjoint(body["models"]["pruned@0.5"]["overall"])
+    assert all({"hd95", "nsd"} <= set(g) for g in dense["subgroups"]["site"].values())
     assert set(dense["subgroups"]) == {
         "site",
         "sex",
@@ -357,8 +362,10 @@ def test_per_image_evaluations_page_by_model_and_split(client, alice, dataset_id
         if not cursor:
             break
     assert len(pages) == metrics["models"]["attended"]["n"] and len({p["image_id"] for p in pages}) == len(pages)
-    mean_dice = sum(p["metrics"]["dice"] for p in pages) / len(pages)
-    assert mean_dice == pytest.approx(metrics["models"]["attended"]["overall"]["dice"])
+    for name in ("dice", "hd95", "nsd"):
+        mean = sum(p["metrics"][name] for p in pages) / len(pages)
+        assert mean == pytest.approx(metrics["models"]["attended"]["overall"][name])
+    assert all(p["metrics"]["hd95"] >= 0 and 0 <= p["metrics"]["nsd"] <= 1 for p in pages)
     missing = client.get(f"/v1/jobs/{job['id']}/evaluations", headers=alice, params={"model": "nope"})
     assert missing.status_code == 404 and "attended on test" in missing.json()["detail"]
 
