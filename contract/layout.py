@@ -5,7 +5,7 @@ level (Pillow's convert("L"), so palette PNGs are not inverted) and binarized at
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -61,18 +61,25 @@ def _bounded_lines(f: TextIO, path: Path) -> Iterator[str]:
         yield line
 
 
-def read_metadata(path: Path, known_ids: set[str] | None = None) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """Columns other than image_id, and each row's values by image id (strings, stripped). Read row by
-    row: with known_ids, a row naming another image is refused as soon as it is read, so memory
-    holds at most one row per known image; columns and values are capped."""
+def read_metadata(
+    path: Path,
+    known_ids: set[str] | None = None,
+    *,
+    id_column: str = "image_id",
+    on_unknown: Callable[[str], None] | None = None,
+) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Columns other than the id column, and each row's values by image id (strings, stripped). Read
+    row by row: with known_ids, a row naming another image is refused as soon as it is read (or, with
+    on_unknown, handed to it and left out), so memory holds at most one row per known image; columns
+    and values are capped."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(_bounded_lines(f, path))
             fields = [c.strip() for c in reader.fieldnames or []]
             if any("\x00" in c for c in fields):
                 raise LayoutError(f"{path.name}'s header holds a NUL character (U+0000)")
-            if "image_id" not in fields:
-                raise LayoutError(f"{path.name} has no image_id column (columns: {fields[:20]})")
+            if id_column not in fields:
+                raise LayoutError(f"{path.name} has no {id_column} column (columns: {fields[:20]})")
             if len(fields) > MAX_COLUMNS:
                 raise LayoutError(f"{path.name} has {len(fields)} columns, over the limit of {MAX_COLUMNS}")
             rows: dict[str, dict[str, str]] = {}
@@ -84,11 +91,16 @@ def read_metadata(path: Path, known_ids: set[str] | None = None) -> tuple[list[s
                     raise LayoutError(f"{path.name} line {line} has a value over {MAX_VALUE_CHARS} characters")
                 if any("\x00" in k or "\x00" in v for k, v in row.items()):
                     raise LayoutError(f"{path.name} line {line} holds a NUL character (U+0000)")
-                image_id = row.pop("image_id")
+                image_id = row.pop(id_column)
                 if not image_id:
-                    raise LayoutError(f"{path.name} line {line} has an empty image_id")
+                    raise LayoutError(f"{path.name} line {line} has an empty {id_column}")
                 if known_ids is not None and image_id not in known_ids:
-                    raise LayoutError(f"{path.name} line {line} names image {image_id[:80]!r}, which is not in images/")
+                    if on_unknown is None:
+                        raise LayoutError(
+                            f"{path.name} line {line} names image {image_id[:80]!r}, which is not in images/"
+                        )
+                    on_unknown(image_id)
+                    continue
                 if image_id in rows:
                     raise LayoutError(f"{path.name} lists image {image_id!r} twice")
                 rows[image_id] = row
@@ -96,7 +108,7 @@ def read_metadata(path: Path, known_ids: set[str] | None = None) -> tuple[list[s
         raise LayoutError(f"{path.name} is not UTF-8 text: {e}") from e
     except csv.Error as e:
         raise LayoutError(f"{path.name} is not valid CSV: {e}") from e
-    return [c for c in fields if c != "image_id"], rows
+    return [c for c in fields if c != id_column], rows
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -16,7 +16,8 @@ from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.db import queries
 from app.services import jobs
-from app.services.ingest import Limits, ingest_archive
+from app.services.image_files import Limits
+from app.services.ingest import ingest_archive
 from app.services.upload import receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(400, 401, 422, 429, 500, 503))
@@ -59,7 +60,8 @@ DATASET_LINKS = {
     responses={**error_responses(413, 415), 201: {"description": "the dataset", "links": DATASET_LINKS}},
 )
 async def upload_dataset(request: Request, owner: UploadOwner, settings: SettingsDep) -> DatasetOut:
-    """multipart/form-data: `file` = a zip or tar.gz of images/, masks/ and metadata.csv; optional `name`.
+    """multipart/form-data: `file` = a zip or tar.gz of images/, masks/ and metadata.csv, an ISIC challenge
+    download, Kvasir-SEG, or a COCO JSON with its images (app.services.layouts); optional `name`.
     No database connection is held while the archive streams in and is checked: the rows are written
     in a short transaction at the end."""
     with request.app.state.upload_slots:
@@ -118,6 +120,7 @@ def _record_dataset(
             size_bytes=result.size_bytes,
             columns=result.columns,
             warnings=result.warnings,
+            layout=result.layout,
             images=(
                 {
                     "image_id": i.image_id,

@@ -59,6 +59,10 @@ class DatasetOut(BaseModel):
     size_bytes: int
     attributes: list[str]
     warnings: list[str]
+    layout: str = Field(
+        description="the layout the upload came in: htl (images/, masks/, metadata.csv), isic (a challenge download), "
+        "kvasir (Kvasir-SEG) or coco (a COCO JSON with its images)"
+    )
     created_at: datetime
 
 

@@ -56,8 +56,8 @@ def cmd_datasets_upload(args: argparse.Namespace) -> int:
 
             dataset = api.upload_dataset(Path(args.source), name=args.name, on_progress=on_progress)
         print(
-            f"dataset {dataset['id']}: {dataset['n_images']} images, {dataset['n_masks']} masks, "
-            f"attributes {', '.join(dataset['attributes']) or '-'}"
+            f"dataset {dataset['id']} ({dataset['layout']} layout): {dataset['n_images']} images, "
+            f"{dataset['n_masks']} masks, attributes {', '.join(dataset['attributes']) or '-'}"
         )
         for warning in dataset["warnings"]:
             print(f"warning: {warning}")

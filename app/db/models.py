@@ -39,6 +39,8 @@ class Dataset(UUIDPrimaryKey, CreatedAt, Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     attributes: Mapped[list]
     warnings: Mapped[list]
+    # the layout the upload came in (app.services.layouts.LAYOUTS); stored in the service's own
+    layout: Mapped[str] = mapped_column(String(20), server_default="htl")
 
 
 class Image(Base):

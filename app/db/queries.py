@@ -109,6 +109,7 @@ def create_dataset(
     columns: list[str],
     warnings: list[str],
     images: Iterable[dict[str, Any]],
+    layout: str = "htl",
 ) -> Dataset:
     rows = [dict(image, dataset_id=dataset_id) for image in images]
     dataset = Dataset(
@@ -121,6 +122,7 @@ def create_dataset(
         n_masks=sum(r["has_mask"] for r in rows),
         attributes=columns,
         warnings=warnings,
+        layout=layout,
     )
     session.add(dataset)
     session.flush()

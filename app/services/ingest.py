@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import os
 import re
 import shutil
 import tarfile
@@ -19,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
-from PIL import Image
-
 from app.core.errors import InvalidInput, TooLarge, UnsupportedMediaType
+from app.services.image_files import Limits, decode_fully, image_header
+from app.services.layouts import arrange
 from contract.layout import IMAGE_SUFFIXES, METADATA_FILE, LayoutError, mask_image_id, read_mask, read_metadata
 
 CHUNK = 1024 * 1024
@@ -31,14 +32,6 @@ MAX_NAME_BYTES = 200  # a member's file name; filesystems stop at 255
 MAX_EMPTY_MASK_WARNINGS = 20
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 RATIO_GRACE_BYTES = 1024 * 1024  # tiny archives compress well; judge the ratio past this much output
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_files: int
-    max_uncompressed_bytes: int
-    max_compression_ratio: float
-    max_image_pixels: int
 
 
 @dataclass
@@ -57,6 +50,7 @@ class IngestResult:
     columns: list[str]
     warnings: list[str] = field(default_factory=list)
     size_bytes: int = 0
+    layout: str = "htl"  # app.services.layouts.LAYOUTS
 
     @property
     def n_masks(self) -> int:
@@ -211,49 +205,46 @@ def _copy_counted(src: IO[bytes], dst: Path, declared: int, budget: list[int], n
     return written
 
 
-def _target(path: PurePosixPath) -> tuple[str, str] | None:
-    """('images'|'masks'|'metadata', file name) for a member the layout uses, else None."""
+RAW = "raw"  # where unpack puts what it extracts, before app.services.layouts arranges it
+RELEVANT_SUFFIXES = (*IMAGE_SUFFIXES, ".csv", ".json")
+MAX_DEPTH = 6  # folders deep, inside the archive
+
+
+def _relevant(path: PurePosixPath) -> bool:
+    """A member some layout could use (images, masks, CSV metadata, a COCO JSON), else ignored."""
     parts = path.parts
     if parts and len(parts[-1].encode()) > MAX_NAME_BYTES:
         raise InvalidInput(f"archive member {str(path)[:80]!r}...: its file name is over {MAX_NAME_BYTES} bytes")
-    if len(parts) == 1 and parts[0] == METADATA_FILE:
-        return "metadata", METADATA_FILE
-    if len(parts) == 2 and parts[0] == "images" and parts[1].lower().endswith(IMAGE_SUFFIXES):
-        return "images", parts[1]
-    if len(parts) == 2 and parts[0] == "masks" and parts[1].lower().endswith(".png"):
-        return "masks", parts[1]
-    return None
+    if not parts or parts[-1] in IGNORED_NAMES or parts[0] == "__MACOSX" or parts[-1].startswith("._"):
+        return False
+    return len(parts) <= MAX_DEPTH and parts[-1].lower().endswith(RELEVANT_SUFFIXES)
+
+
+def _without_wrapping_folder(paths: list[PurePosixPath]) -> list[PurePosixPath]:
+    """An archive of one folder ("mydata/images/...") is read as that folder's contents; one of
+    images/ alone is not unwrapped (its files would lose their folder)."""
+    if paths and all(len(p.parts) > 1 for p in paths) and len({p.parts[0] for p in paths}) == 1:
+        inner = [PurePosixPath(*p.parts[1:]) for p in paths]
+        if any(len(p.parts) > 1 for p in inner):
+            return inner
+    return paths
 
 
 def unpack(archive: Path, dest: Path, limits: Limits) -> list[str]:
-    """Extract the members the layout uses into dest/images, dest/masks, dest/metadata.csv.
-    Returns warnings about ignored members."""
+    """Extract the members a layout could use (images, masks, CSV, JSON) into dest/raw, under their
+    paths in the archive less a wrapping folder. Returns warnings about ignored members."""
     kind = _archive_kind(archive)
     members = _zip_members(archive, limits) if kind == "zip" else _tar_members(archive, limits)
     budget = [limits.max_uncompressed_bytes]
     ignored: list[str] = []
-    # a tar.gz is read in one pass, so a wrapping folder ("mydata/images/...") is recognised on
-    # the first file; members under it lose that folder, others are taken as they are
-    root: str | None = None
-    seen: set[str] = set()
+    extracted: list[tuple[Path, PurePosixPath]] = []
+    incoming = dest / ".incoming"  # named by position until every path is known (a tar is read once)
+    incoming.mkdir(parents=True, exist_ok=True)
     for k, member in enumerate(members):
-        parts = member.path.parts
-        if k == 0 and len(parts) > 1 and parts[0] not in ("images", "masks"):
-            root = parts[0]
-        if root is not None and len(parts) > 1 and parts[0] == root:
-            parts = parts[1:]
-        relative = PurePosixPath(*parts)
-        target = _target(relative)
-        if target is None or relative.name in IGNORED_NAMES:
+        if not _relevant(member.path):
             ignored.append(str(member.path))
             continue
-        folder, name = target
-        key = f"{folder}/{name}"
-        if key in seen:
-            raise InvalidInput(f"archive holds {key} twice")
-        seen.add(key)
-        out = dest / name if folder == "metadata" else dest / folder / name
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = incoming / str(k)
         try:
             with member.open() as src:
                 _copy_counted(src, out, member.size, budget, str(member.path))
@@ -264,42 +255,26 @@ def unpack(archive: Path, dest: Path, limits: Limits) -> list[str]:
             ) from e
         except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as e:
             raise InvalidInput(f"archive member {str(member.path)!r} is corrupt: {e}") from e
+        extracted.append((out, member.path))
+    relatives = _without_wrapping_folder([path for _, path in extracted])
+    seen: set[PurePosixPath] = set()
+    for (out, _), relative in zip(extracted, relatives):
+        if relative in seen:
+            raise InvalidInput(f"archive holds {relative} twice")
+        seen.add(relative)
+        target = dest / RAW / relative
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(out, target)
+        except OSError as e:  # a file and a folder of one name
+            raise InvalidInput(f"archive member {relative} clashes with another member's path") from e
+    incoming.rmdir()
     warnings = []
     if ignored:
         warnings.append(
             f"{len(ignored)} archive members are not part of the layout and were ignored (e.g. {ignored[0]})"
         )
     return warnings
-
-
-def _reason(e: Exception, path: Path, what: str) -> str:
-    """A decoder's message without this server's folders in it (Pillow names the file it opened)."""
-    return str(e).replace(str(path), what)
-
-
-def _image_header(path: Path, limits: Limits, what: str) -> tuple[int, int, str | None]:
-    try:
-        with Image.open(path) as img:
-            width, height, fmt = img.width, img.height, img.format
-    except Image.DecompressionBombError as e:
-        raise InvalidInput(
-            f"{what} is over the limit of {limits.max_image_pixels} pixels ({_reason(e, path, what)})"
-        ) from e
-    except Exception as e:  # noqa: BLE001 - any decoder failure is the upload's fault
-        raise InvalidInput(f"{what} is not a readable image: {_reason(e, path, what)}") from e
-    if width * height > limits.max_image_pixels:
-        raise InvalidInput(
-            f"{what} is {width}x{height} = {width * height} pixels, over the limit of {limits.max_image_pixels}"
-        )
-    return width, height, fmt
-
-
-def _decode_fully(path: Path, what: str) -> None:
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except Exception as e:  # noqa: BLE001
-        raise InvalidInput(f"{what} does not decode: {_reason(e, path, what)}") from e
 
 
 def _images_by_id(image_dir: Path) -> dict[str, Path]:
@@ -338,16 +313,16 @@ def _masks_by_image(mask_dir: Path, image_ids: set[str], warnings: list[str]) ->
 def _checked_image(path: Path, mask: Path | None, limits: Limits) -> tuple[int, int, bool]:
     """An image (and its mask) decodes within the limits, the mask at the image's size: (width, height,
     whether the mask holds no lesion pixel)."""
-    width, height, fmt = _image_header(path, limits, f"images/{path.name}")
+    width, height, fmt = image_header(path, limits, f"images/{path.name}")
     if fmt not in ("JPEG", "PNG"):
         raise InvalidInput(f"images/{path.name} is {fmt}, not JPEG or PNG")
-    _decode_fully(path, f"images/{path.name}")
+    decode_fully(path, f"images/{path.name}")
     if mask is None:
         return width, height, False
-    mw, mh, _ = _image_header(mask, limits, f"masks/{mask.name}")
+    mw, mh, _ = image_header(mask, limits, f"masks/{mask.name}")
     if (mw, mh) != (width, height):
         raise InvalidInput(f"masks/{mask.name} is {mw}x{mh} but its image is {width}x{height}")
-    _decode_fully(mask, f"masks/{mask.name}")
+    decode_fully(mask, f"masks/{mask.name}")
     return width, height, not read_mask(mask).any()
 
 
@@ -402,9 +377,11 @@ def ingest_archive(archive: Path, staging: Path, limits: Limits) -> IngestResult
     staging.mkdir(parents=True)
     try:
         warnings = unpack(archive, staging, limits)
+        layout, notes = arrange(staging / RAW, staging, limits)
         result = validate_layout(staging, limits)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    result.warnings = warnings + result.warnings
+    result.warnings = warnings + notes + result.warnings
+    result.layout = layout
     return result

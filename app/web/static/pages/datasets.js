@@ -2,10 +2,12 @@
 import { getAll, upload } from "../api.js";
 import { bytes, errorBox, h, table, when } from "../dom.js";
 
+const LAYOUT_NAMES = { htl: "images/ + masks/", isic: "ISIC challenge", kvasir: "Kvasir-SEG", coco: "COCO JSON" };
+
 function summary(dataset) {
   return h("div", { class: "card", testid: "dataset-summary" },
     h("h2", {}, `Uploaded ${dataset.name}`),
-    h("p", {}, `${dataset.n_images} images, ${dataset.n_masks} masks, ${bytes(dataset.size_bytes)}.`),
+    h("p", {}, `${dataset.n_images} images, ${dataset.n_masks} masks, ${bytes(dataset.size_bytes)}; read as the ${LAYOUT_NAMES[dataset.layout] || dataset.layout} layout.`),
     h("p", {}, "Attributes: ", dataset.attributes.length ? dataset.attributes.join(", ") : "none (no metadata.csv columns)"),
     dataset.warnings.length ? h("ul", { class: "warnings" }, dataset.warnings.map((w) => h("li", {}, w))) : null,
     h("a", { class: "button", href: `/jobs/new?dataset=${dataset.id}` }, "Run a job on it"));
