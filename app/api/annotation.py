@@ -8,6 +8,7 @@ import uuid
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from app.api import label_studio_export
 from app.api.csv_export import csv_line
 from app.api.deps import CurrentOwner, SessionDep
 from app.api.lookup import succeeded_job
@@ -48,9 +49,13 @@ def job_annotation_queue(
     seed: int = Query(0, ge=0, le=2**31 - 1, description="the random strategy's seed"),
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
+    format: str | None = label_studio_export.FORMAT,
+    image_prefix: str | None = label_studio_export.IMAGE_PREFIX,
 ):
     """The unlabeled training images of a semi-supervised job (those without a mask), in the order
-    a strategy would have them annotated. With `Accept: text/csv`, the whole queue as CSV."""
+    a strategy would have them annotated. With `Accept: text/csv`, the whole queue as CSV; with
+    `format=label-studio`, as Label Studio tasks (the dense model's mask as a prediction where the job
+    kept it)."""
     job = succeeded_job(session, owner, job_id)
     setting = job.spec.get("setting", "supervised")
     if setting != "semi_supervised":
@@ -66,22 +71,32 @@ def job_annotation_queue(
     except GalleryError:
         in_gallery = set()
     items = [_item(job_id, strategy, q, q.image.image_id in in_gallery) for q in queue]
-    if "text/csv" in request.headers.get("accept", ""):
-        body = csv_line(CSV_COLUMNS) + "".join(
-            csv_line([i.position, i.image_id, i.strategy, repr(i.value), i.rank, repr(i.htl_score), i.links["image"]])
+    if format == "label-studio":
+        entries = [
+            {
+                "image_id": i.image_id,
+                "split": "train",
+                "data": {"position": i.position, "strategy": i.strategy, "value": i.value, "rank": i.rank},
+            }
             for i in items
-        )
-        return Response(
-            body,
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="annotation-queue-{strategy}-{job_id}.csv"'},
-        )
+        ]
+        return label_studio_export.tasks_response(request, session, job, entries, prefix=image_prefix, kind="queue")
+    if "text/csv" in request.headers.get("accept", ""):
+        return _csv_response(items, f"annotation-queue-{strategy}-{job_id}.csv")
     after = decode_cursor(cursor, keys=("position",))
     start = after["position"] if after else 0
     more = start + limit < len(items)
     return Page(
         items=items[start : start + limit], next_cursor=encode_cursor({"position": start + limit}) if more else None
     )
+
+
+def _csv_response(items: list[AnnotationQueueItemOut], filename: str) -> Response:
+    body = csv_line(CSV_COLUMNS) + "".join(
+        csv_line([i.position, i.image_id, i.strategy, repr(i.value), i.rank, repr(i.htl_score), i.links["image"]])
+        for i in items
+    )
+    return Response(body, media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _item(job_id: uuid.UUID, strategy: str, queued: Queued, in_gallery: bool) -> AnnotationQueueItemOut:

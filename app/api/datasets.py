@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
 from python_multipart.exceptions import MultipartParseError
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +17,7 @@ from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from app.db import queries
 from app.services import jobs
+from app.services.gallery import GalleryError, image_file
 from app.services.image_files import Limits
 from app.services.ingest import ingest_archive
 from app.services.upload import receive_upload
@@ -33,7 +35,8 @@ UPLOAD_BODY = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "zip or tar.gz of images/, masks/ and metadata.csv",
+                            "description": "zip or tar.gz of images/, masks/ and metadata.csv, an ISIC challenge "
+                            "download, Kvasir-SEG, or a COCO JSON with its images",
                         },
                         "name": {"type": "string", "maxLength": 200, "description": "default: the archive's file name"},
                     },
@@ -158,6 +161,37 @@ def get_dataset(dataset_id: uuid.UUID, owner: CurrentOwner, session: SessionDep)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found")
     return DatasetOut.model_validate(dataset)
+
+
+@router.get(
+    "/{dataset_id}/images/{image_id}",
+    response_class=Response,
+    responses={
+        **error_responses(404),
+        200: {
+            "content": {
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "description": "the image file as uploaded",
+        },
+    },
+    operation_id="get_dataset_image",
+)
+def get_dataset_image(
+    dataset_id: uuid.UUID, image_id: str, request: Request, owner: CurrentOwner, session: SessionDep
+) -> Response:
+    """One image of the dataset, the file as it was uploaded (what a Label Studio task's data.image
+    points at: brush masks are drawn at this size)."""
+    dataset = queries.get_dataset(session=session, owner_id=owner.id, dataset_id=dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    try:
+        path = image_file(request.app.state.store, dataset.storage_key, image_id)
+    except GalleryError as e:
+        raise NotFound(f"dataset {dataset_id} has no image {image_id!r}") from e
+    media = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    return FileResponse(path, media_type=media)
 
 
 @router.delete(

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from app.api import label_studio_export
 from app.api.csv_export import csv_line
 from app.api.deps import INVALID_KEY, CurrentOwner, SessionDep, bearer_key, failed_authentication
 from app.api.lookup import job_or_404, succeeded_job
@@ -392,11 +393,15 @@ def job_label_issues(
     session: SessionDep,
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
+    format: str | None = label_studio_export.FORMAT,
+    image_prefix: str | None = label_studio_export.IMAGE_PREFIX,
 ):
     """The images whose mask the out-of-sample prediction contradicts (the label check), worst first:
     training images checked by the fold model that never saw them, held-out ones by the dense
-    models. With `Accept: text/csv`, all of them as CSV."""
-    succeeded_job(session, owner, job_id)
+    models. With `Accept: text/csv`, all of them as CSV; with `format=label-studio`, all of them as
+    Label Studio tasks (the mask as an annotation, the out-of-sample prediction as a prediction scored
+    by the label quality)."""
+    job = succeeded_job(session, owner, job_id)
     summary = queries.job_report(session=session, job_id=job_id, kind="summary") or {}
     check = summary.get("label_check") or {}
     if not check.get("enabled"):
@@ -406,6 +411,24 @@ def job_label_issues(
         _label_issue(job_id, entry, scored.get(entry["image_id"]) if entry["split"] == "train" else None)
         for entry in check["issues"]
     ]
+    if format == "label-studio":
+        entries = [
+            {
+                "image_id": item.image_id,
+                "split": item.split,
+                "score": item.label_quality,
+                "data": {
+                    "label_quality": item.label_quality,
+                    "contradicted": item.contradicted,
+                    "oos_dice": item.oos_dice,
+                    "rank": item.rank,
+                },
+            }
+            for item in items
+        ]
+        return label_studio_export.tasks_response(
+            request, session, job, entries, prefix=image_prefix, kind="label_issues"
+        )
     if "text/csv" in request.headers.get("accept", ""):
         return Response(
             _label_issues_csv(items),

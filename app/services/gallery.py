@@ -43,7 +43,7 @@ def image_layers(index: dict, image_id: str) -> list[str]:
     return [layer for layer in index["layers"] if layer != "oos" or image_id in index.get("oos_images", ())]
 
 
-def _first_file(store: Store, keys: list[str]) -> Path | None:
+def first_file(store: Store, keys: list[str]) -> Path | None:
     for key in keys:
         path = store.local_file(key)
         if path is not None:
@@ -53,7 +53,7 @@ def _first_file(store: Store, keys: list[str]) -> Path | None:
 
 def image_file(store: Store, dataset_key: str, image_id: str) -> Path:
     names = [f"{image_id}{suffix}" for s in IMAGE_SUFFIXES for suffix in (s, s.upper())]
-    path = _first_file(store, [f"{dataset_key}/images/{name}" for name in names])
+    path = first_file(store, [f"{dataset_key}/images/{name}" for name in names])
     if path is None:
         raise GalleryError(f"image {image_id!r} is not in the dataset")
     return path
@@ -121,7 +121,7 @@ def render_overlay(
     width = max(1, round(max(h, w) / 200))
     for layer in layers:
         if layer == "gt":
-            mask_path = _first_file(store, [f"{dataset_key}/masks/{name}" for name in mask_names(image_id)])
+            mask_path = first_file(store, [f"{dataset_key}/masks/{name}" for name in mask_names(image_id)])
             if mask_path is None:
                 continue  # an image without a mask has no ground truth to draw
             mask = read_mask(mask_path)
