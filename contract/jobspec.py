@@ -13,8 +13,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from contract.roster import model_bases
 from contract.scorers import SCORER_NAMES, SCORERS
 
-Arch = Literal["unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50", "cnn", "resnet18"]
-SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50")
+Arch = Literal["unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50", "flexible_unet", "monai_unet", "cnn", "resnet18"]
+Encoder = Literal["resnet18", "resnet34", "efficientnet-b0"]
+SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50", "flexible_unet", "monai_unet")
 CLASSIFIERS = ("cnn", "resnet18")
 Setting = Literal["supervised", "semi_supervised", "weakly_supervised"]
 
@@ -47,9 +48,41 @@ class ModelSpec(_Strict):
     arch: Arch | None = Field(
         None,
         description="default: unet, or cnn (a classifier) for weakly_supervised; segmentation settings "
-        "take unet|lraspp_mobilenet_v3|deeplabv3_resnet50, weakly_supervised cnn|resnet18",
+        "take unet|lraspp_mobilenet_v3|deeplabv3_resnet50|flexible_unet|monai_unet (MONAI's FlexibleUNet with "
+        "model.encoder, and its UNet), weakly_supervised cnn|resnet18",
     )
-    width: int = Field(16, ge=4, le=128, description="base width (channels of the first level) of unet and cnn")
+    width: int = Field(
+        16,
+        ge=4,
+        le=128,
+        description="base width (channels of the first level) of unet, monai_unet and cnn; flexible_unet's decoder "
+        "runs width x (16, 8, 4, 2, 1) channels",
+    )
+    encoder: Encoder | None = Field(None, description="flexible_unet's encoder (and only flexible_unet's)")
+    weights: str | None = Field(
+        None,
+        max_length=2000,
+        description="flexible_unet: encoder weights to start every model from, an absolute path on the worker or an "
+        "http(s) URL of the encoder's state dict (.pt/.pth via torch.load weights_only, or .safetensors; torchvision's "
+        "ImageNet ResNets load as they are); checked before anything trains: a missing or mismatched file fails the "
+        "job naming what is wrong. Default: random initialisation",
+    )
+    weights_sha256: str | None = Field(
+        None, pattern="^[0-9a-f]{64}$", description="the sha256 the weights file must have"
+    )
+
+    @model_validator(mode="after")
+    def _encoder_fits(self) -> ModelSpec:
+        if self.arch == "flexible_unet" and self.encoder is None:
+            raise ValueError("model.arch flexible_unet needs model.encoder: resnet18, resnet34 or efficientnet-b0")
+        if self.arch != "flexible_unet" and (self.encoder or self.weights or self.weights_sha256):
+            raise ValueError("model.encoder, model.weights and model.weights_sha256 are flexible_unet's")
+        w = self.weights
+        if w is not None and not (w.startswith(("http://", "https://")) or w.startswith("/")):
+            raise ValueError("model.weights is an absolute path on the worker or an http(s) URL")
+        if w is not None and any(ord(c) < 32 for c in w):
+            raise ValueError("model.weights holds a control character")
+        return self
 
 
 GROUP_KEY_NAMES = (
@@ -417,6 +450,10 @@ PARAMS_AT_WIDTH_16 = {
     "lraspp_mobilenet_v3": 3_220_000,
     "deeplabv3_resnet50": 39_640_000,
     "resnet18": 11_180_000,
+    "monai_unet": 1_630_000,
+    "flexible_unet:resnet18": 13_550_000,
+    "flexible_unet:resnet34": 23_650_000,
+    "flexible_unet:efficientnet-b0": 7_060_000,
 }
 # bytes of activations kept for the backward pass, per pixel of a training batch, at width 16
 ACTIVATION_BYTES_PER_PIXEL = {
@@ -425,6 +462,11 @@ ACTIVATION_BYTES_PER_PIXEL = {
     "lraspp_mobilenet_v3": 900,
     "deeplabv3_resnet50": 6_000,
     "resnet18": 600,
+    # measured as the others: peak RSS growth of a training step at batch 16, 128 px, width 16
+    "monai_unet": 600,
+    "flexible_unet:resnet18": 1_400,
+    "flexible_unet:resnet34": 1_600,
+    "flexible_unet:efficientnet-b0": 2_100,
 }
 
 
@@ -433,8 +475,10 @@ def estimate_resources(spec: JobSpec, n_images: int) -> dict[str, int]:
     optimizer state, a training batch's activations) and disk (the decoded cache and every
     checkpoint). Coarse on purpose: enough to refuse a job that cannot fit, not to plan one."""
     n = min(n_images, spec.sample.max_images or n_images)
-    arch = spec.model.arch or "unet"
-    scale = (spec.model.width / 16) ** 2 if arch in ("unet", "cnn") else 1.0
+    arch: str = spec.model.arch or "unet"
+    scale = (spec.model.width / 16) ** 2 if arch in ("unet", "cnn", "monai_unet") else 1.0
+    if arch == "flexible_unet":
+        arch = f"flexible_unet:{spec.model.encoder}"
     params = int(PARAMS_AT_WIDTH_16[arch] * scale)
     pixels = spec.image_size**2
     decoded = n * 4 * pixels  # uint8 image (3 channels) and mask

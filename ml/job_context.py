@@ -15,7 +15,7 @@ import torch
 from contract.jobspec import JobSpec, check_spec_fits_dataset, resolve_group_column
 from contract.results import decode
 from contract.roster import model_bases, model_name, model_names, pruned_base, pruned_bases, sparsity_key
-from ml import precision, subgroups
+from ml import encoder_weights, precision, subgroups
 from ml.data import DatasetIndex, DecodedDataset, decode_dataset, sample_records, scan_dataset, split_indices
 from ml.metrics import subgroup_labels, usable_attributes
 from ml.models import ModelConfig
@@ -48,7 +48,9 @@ class JobContext:
         )
         # 'auto' is resolved here, so spec.json and every checkpoint name the column actually used
         self.spec, self.split_warnings = resolve_group_column(spec, self.index.columns)
-        self.model_config = ModelConfig(self.spec.model.arch, self.spec.model.width, self.spec.weak.cam_threshold)
+        self.model_config = ModelConfig(
+            self.spec.model.arch, self.spec.model.width, self.spec.weak.cam_threshold, encoder=self.spec.model.encoder
+        )
         # on this worker's device: units of one job on different hosts may resolve 'auto' differently,
         # so each trained model records the precision it ran in
         self.precision = precision.resolve(self.spec.train.precision, self.device)
@@ -78,6 +80,19 @@ class JobContext:
         self._data: DecodedDataset | None = None
         self._property_labels: dict[str, list[str]] | None = None
         self._label_check_cache: dict | None = None
+        self._encoder_weights: dict[str, torch.Tensor] | None = None
+
+    def encoder_weights(self) -> dict[str, torch.Tensor] | None:
+        """model.weights read and checked against the encoder (ml.encoder_weights), once; None without."""
+        m = self.spec.model
+        if m.weights is None:
+            return None
+        if self._encoder_weights is None:
+            source = m.weights
+            path = encoder_weights.fetch(source, self.out / "cache", m.weights_sha256)
+            raw = encoder_weights.read_state_dict(path, source)
+            self._encoder_weights = encoder_weights.matched(self.model_config.build().encoder, raw, source)
+        return self._encoder_weights
 
     # --- data ----------------------------------------------------------------------------------
     def decoded(self) -> DecodedDataset:
@@ -102,6 +117,7 @@ class JobContext:
             model_config=self.model_config,
             device=self.device,
             precision=self.precision,
+            encoder_weights=self.encoder_weights(),
         )
 
     def image_id(self, i: int) -> str:

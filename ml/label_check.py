@@ -135,7 +135,7 @@ def check_fold(
     rest = [i for k, f in enumerate(folds) if k != fold for i in f]
     seed = fold_seed(spec, fold)
     torch.manual_seed(seed)
-    model = prepare_for_device(inputs.model_config.build(), inputs.device, precision=inputs.precision)
+    model = prepare_for_device(inputs.fresh_model(), inputs.device, precision=inputs.precision)
     fit(model, inputs.data, rest, inputs.fit_config(seed, epochs=spec.label_check.epochs), progress=progress)
     return check_with([model], inputs.data, held, fold=fold)
 

@@ -1,5 +1,6 @@
-"""Segmentation models with one output channel (lesion logit): a small U-Net and two torchvision
-models built with weights=None, so nothing is downloaded."""
+"""Segmentation models with one output channel (lesion logit): a small U-Net, two torchvision models
+built with weights=None, and MONAI's FlexibleUNet (a ResNet or EfficientNet encoder, pretrained=False:
+encoder weights come only from model.weights, ml.encoder_weights) and UNet. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.segmentation import deeplabv3_resnet50, lraspp_mobilenet_v3_large
 
-SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50")
+SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50", "flexible_unet", "monai_unet")
+ENCODERS = ("resnet18", "resnet34", "efficientnet-b0")
 CLASSIFIERS = ("cnn", "resnet18")
 ARCHES = SEGMENTERS + CLASSIFIERS
 
@@ -118,7 +120,36 @@ def _small_cnn_features(width: int, poolings: int = CAM_POOLINGS) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-def build_model(arch: str, width: int = 16, cam_threshold: float = 0.2, cam_poolings: int = CAM_POOLINGS) -> nn.Module:
+def _monai_model(arch: str, width: int, encoder: str | None) -> nn.Module:
+    from monai.networks.nets import FlexibleUNet
+    from monai.networks.nets import UNet as MonaiUNet
+
+    if arch == "flexible_unet":
+        if encoder not in ENCODERS:
+            raise ValueError(f"flexible_unet needs model.encoder, one of {ENCODERS}")
+        decoder = tuple(width * 2**i for i in reversed(range(5)))  # width 16: MONAI's default (256, ..., 16)
+        return FlexibleUNet(
+            in_channels=3, out_channels=1, backbone=encoder, pretrained=False, spatial_dims=2, decoder_channels=decoder
+        )
+    return MonaiUNet(
+        spatial_dims=2,
+        in_channels=3,
+        out_channels=1,
+        channels=tuple(width * 2**i for i in range(5)),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+    )
+
+
+def build_model(
+    arch: str,
+    width: int = 16,
+    cam_threshold: float = 0.2,
+    cam_poolings: int = CAM_POOLINGS,
+    encoder: str | None = None,
+) -> nn.Module:
+    if arch in ("flexible_unet", "monai_unet"):
+        return _monai_model(arch, width, encoder)
     if arch == "cnn":
         return CamClassifier(_small_cnn_features(width, cam_poolings), width * 8, cam_threshold)
     if arch == "resnet18":
@@ -146,9 +177,16 @@ class ModelConfig:
         0.2  # CAM classifiers only: above the median, the share of the way to the peak that is lesion
     )
     cam_poolings: int = CAM_POOLINGS  # the small CNN only
+    encoder: str | None = None  # flexible_unet only
 
     def build(self) -> nn.Module:
-        return build_model(self.arch, self.width, cam_threshold=self.cam_threshold, cam_poolings=self.cam_poolings)
+        return build_model(
+            self.arch,
+            self.width,
+            cam_threshold=self.cam_threshold,
+            cam_poolings=self.cam_poolings,
+            encoder=self.encoder,
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +195,7 @@ class ModelConfig:
     def from_dict(cls, raw: dict) -> ModelConfig:
         # a checkpoint written before cam_poolings was recorded was built with 3 (weights alike: only the map differs)
         return cls(
-            **{k: raw[k] for k in ("arch", "width", "cam_threshold") if k in raw},
+            **{k: raw[k] for k in ("arch", "width", "cam_threshold", "encoder") if k in raw},
             cam_poolings=raw.get("cam_poolings", 3),
         )
 

@@ -31,6 +31,14 @@ class StageInputs:
     model_config: ModelConfig
     device: torch.device
     precision: str  # train.precision resolved for the device: fp32 or bf16
+    encoder_weights: dict[str, torch.Tensor] | None = None  # model.weights, checked (ml.encoder_weights)
+
+    def fresh_model(self) -> nn.Module:
+        """A new model to train: its encoder starts from model.weights where the spec names them."""
+        model = self.model_config.build()
+        if self.encoder_weights is not None:
+            model.encoder.load_state_dict(self.encoder_weights, strict=True)
+        return model
 
     @property
     def train_idx(self) -> list[int]:

@@ -66,7 +66,7 @@ def train_model(
     spec = inputs.spec
     torch.manual_seed(seed)
     model = prepare_for_device(
-        inputs.model_config.build() if start is None else copy.deepcopy(start),
+        inputs.fresh_model() if start is None else copy.deepcopy(start),
         inputs.device,
         precision=inputs.precision,
     )

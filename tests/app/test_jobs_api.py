@@ -536,3 +536,28 @@ def test_submits_racing_the_deletion_of_their_dataset_answer_202_or_404_and_ever
     for _, _, job_id in answers:
         if job_id is not None:
             assert client.get(f"/v1/jobs/{job_id}", headers=alice).status_code == 200
+
+
+@pytest.mark.torch
+def test_a_flexible_unet_job_with_encoder_weights_through_the_api(client, alice, dataset_id, settings, tmp_path):
+    import torch
+
+    from ml.models import build_model
+
+    weights = tmp_path / "resnet18-encoder.pt"
+    torch.save(build_model("flexible_unet", 4, encoder="resnet18").encoder.state_dict(), weights)
+    spec = {**TINY, "model": {"arch": "flexible_unet", "encoder": "resnet18", "width": 4, "weights": str(weights)}}
+    job = submit(client, alice, dataset_id, spec).json()
+    assert execute_job(uuid.UUID(job["id"]), settings=settings, worker="w") == "succeeded"
+    metrics = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()
+    assert {"dense", "attended", "pruned@0.5", "pruned@0.9"} == set(metrics["models"])
+    assert client.get(f"/v1/jobs/{job['id']}/checkpoints/dense", headers=alice).status_code == 200
+    # a weights file the worker cannot find fails the job saying so, before anything trains
+    missing = submit(
+        client, alice, dataset_id, {**spec, "model": {**spec["model"], "weights": str(tmp_path / "gone.pt")}}
+    )
+    assert execute_job(uuid.UUID(missing.json()["id"]), settings=settings, worker="w") == "failed"
+    failed = client.get(f"/v1/jobs/{missing.json()['id']}", headers=alice).json()
+    assert "gone.pt is not a file on this worker" in failed["error"]
+    refused = submit(client, alice, dataset_id, {**TINY, "model": {"arch": "flexible_unet"}})
+    assert refused.status_code == 422 and "needs model.encoder" in refused.text
