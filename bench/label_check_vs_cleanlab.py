@@ -35,6 +35,8 @@ from ml.train import fit, prepare_for_device
 
 OUR_CUTOFF = 0.3  # label_check.max_quality's default
 CLEANLAB_THRESHOLD = 0.1  # cleanlab.segmentation.rank.issues_from_scores's default
+OUR_GRID = (0.2, 0.3, 0.4, 0.5)
+CLEANLAB_GRID = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2)
 
 
 def spec_for(args) -> JobSpec:
@@ -119,6 +121,9 @@ def planted(data: Path, ids: list[str], ours: np.ndarray, theirs: np.ndarray) ->
             for name, f in rules.items()
         },
         "average_precision": {"ours": average_precision(ours, wrong), "cleanlab": average_precision(theirs, wrong)},
+        # each rule's cut-off swept, to choose one on another generated set (--data-seed 11) and report it here
+        "ours_by_cutoff": {f"{t:g}": rule_report(ours < t, wrong) for t in OUR_GRID},
+        "cleanlab_by_threshold": {f"{t:g}": rule_report(theirs < t, wrong) for t in CLEANLAB_GRID},
     }
 
 

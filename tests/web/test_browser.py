@@ -116,6 +116,7 @@ def test_the_web_app_end_to_end(browser, service):
     page.click("form button[type=submit]")
     summary = page.wait_for_selector("[data-testid=dataset-summary]")
     assert "60 images, 60 masks" in summary.inner_text() and "site" in summary.inner_text()
+    assert "images/ + masks/ layout" in summary.inner_text()
     page.wait_for_selector("[data-testid=dataset-list] >> text=synthetic")
     _shot(page, "datasets")
 
@@ -215,6 +216,7 @@ def test_the_web_app_end_to_end(browser, service):
     gap = page.locator("[data-testid=gap-plot]").first.text_content()
     assert "overall" in gap and "site = common" in gap and "attended − control" in gap
     assert page.locator("[data-testid=metrics-table]").inner_text().count("pruned@") >= 2
+    assert "hd95" in page.locator("[data-testid=metrics-table]").inner_text()
 
     # the jobs list shows it finished
     page.goto(f"{base}/jobs")

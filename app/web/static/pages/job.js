@@ -146,7 +146,7 @@ function gallery(items, layers, colours, openDetail) {
 
 function metricsTable(metrics) {
   const names = Object.keys(metrics.models).filter((name) => !/-s\d+$/.test(name));
-  const columns = ["dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity"];
+  const columns = ["dice", "jaccard", "threshold_jaccard", "box_iou", "sensitivity", "specificity", "hd95", "nsd"];
   const available = columns.filter((c) => names.some((n) => metrics.models[n].overall[c] !== undefined));
   const degenerate = new Set(metrics.degenerate_sparsities.map(String));
   const rows = names.map((name) => {
