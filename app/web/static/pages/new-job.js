@@ -34,8 +34,10 @@ function field(path, schema, value) {
     input = h("span", { id, class: "choices" }, boxes);
     read = () => boxes.map((b) => b.firstChild).filter((b) => b.checked).map((b) => b.value);
   } else if (choices(schema)) {
-    input = h("select", { id, name: path }, choices(schema).map((c) => h("option", { value: c, selected: c === value }, c)));
-    read = () => input.value;
+    // a field that may be left unset (model.encoder) offers "none", which sends null
+    const none = schema.nullable ? [h("option", { value: "", selected: value === null }, "none")] : [];
+    input = h("select", { id, name: path }, none.concat(choices(schema).map((c) => h("option", { value: c, selected: c === value }, c))));
+    read = () => (schema.nullable && input.value === "" ? null : input.value);
   } else if (schema.type === "boolean") {
     input = h("input", { id, name: path, type: "checkbox", checked: !!value });
     read = () => input.checked;
