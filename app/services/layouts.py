@@ -122,6 +122,7 @@ def _arrange_kvasir(raw: Path, dest: Path, files: list[PurePosixPath], limits: L
         image_header(raw / f, limits, str(f))  # the pixel limit, before a pixel is decoded
         decode_fully(raw / f, str(f))
         _write_mask(dest / "masks" / f"{f.stem}_segmentation.png", read_mask(raw / f))
+        (raw / f).unlink()  # used: converted
     if PurePosixPath(METADATA_FILE) in files:
         _move(raw, PurePosixPath(METADATA_FILE), dest / METADATA_FILE)
     return []
@@ -171,11 +172,14 @@ def _arrange_isic(raw: Path, dest: Path, files: list[PurePosixPath], limits: Lim
             _move(raw, f, dest / "masks" / f.name)
         elif not truth_folder and f.stem.endswith("_superpixels"):
             superpixels += 1
+            (raw / f).unlink()  # said in a note of their own
         elif not truth_folder and ISIC_IMAGE.match(f.stem) and f.suffix.lower() in IMAGE_SUFFIXES:
             _move(raw, f, dest / "images" / f.name)
             known.add(f.stem)
     csvs = [f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2]
     notes = _merge_metadata(raw, dest, csvs, known)
+    for f in csvs:  # read (or named in a note): not left to count as ignored
+        (raw / f).unlink()
     if superpixels:
         notes.append(f"{superpixels} superpixel files (ISIC_*_superpixels.png) are not images and were left out")
     return notes
@@ -193,6 +197,7 @@ def _coco_image_file(files: set[PurePosixPath], json_path: PurePosixPath, file_n
 def _arrange_coco(raw: Path, dest: Path, files: list[PurePosixPath], limits: Limits) -> list[str]:
     json_path = next(f for f in files if f.suffix.lower() == ".json" and coco.looks_like_coco(raw / f))
     parsed = coco.read_coco(raw / json_path, str(json_path))
+    (raw / json_path).unlink()  # read: not left to count as ignored
     present = set(files)
     budget = [coco.MAX_POLYGON_NUMBERS]
     unannotated = 0

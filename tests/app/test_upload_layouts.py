@@ -65,6 +65,7 @@ def test_isic_challenge_download_as_published(client, alice, pack):
     assert set(body["attributes"]) == {"melanoma", "seborrheic_keratosis", "age_approximate", "sex"}
     assert any("superpixel" in w for w in body["warnings"])
     assert any("1 metadata rows name images not in the upload" in w for w in body["warnings"])
+    assert not any("not part of the isic layout" in w for w in body["warnings"])  # the CSVs were read
     stored = client.app.state.store.path(f"datasets/{body['id']}")
     with (stored / "metadata.csv").open() as f:
         rows = {row["image_id"]: row for row in csv.DictReader(f)}
@@ -112,6 +113,7 @@ def test_kvasir_seg_with_jpeg_masks(client, alice):
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["layout"] == "kvasir" and body["n_images"] == 3 and body["n_masks"] == 3
+    assert any("1 files are not part of the kvasir layout" in w for w in body["warnings"])  # the bbox JSON only
     for image_id, truth in truths.items():
         stored = _stored_mask(client, body["id"], image_id)
         assert (stored != truth).sum() <= 4  # only JPEG's ringing at the edge may move a pixel
@@ -161,6 +163,7 @@ def test_coco_json_with_polygons_and_rle(client, alice):
     body = r.json()
     assert body["layout"] == "coco" and body["n_images"] == 3 and body["n_masks"] == 3
     assert any("1 images have no annotation" in w for w in body["warnings"])
+    assert not any("not part of the coco layout" in w for w in body["warnings"])  # the JSON was read
     for image_id, truth in expected.items():
         assert (_stored_mask(client, body["id"], image_id) == truth).all(), image_id
     # by hand: the rectangle covers the pixel centres of rows 2-7 and columns 2-9 (48 pixels); with the
