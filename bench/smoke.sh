@@ -30,6 +30,16 @@ PY
 step bench_pipeline;  quiet $py bench/bench_pipeline.py --images 60 --size 32 --epochs 1 --limit-seconds 0.5
 step precision_study; quiet $py bench/precision_study.py --images 120 --size 32 --epochs 1 --seeds 0 1 --out "$out/precision-study"
 step remedy_sweep;   quiet $py bench/remedy_sweep.py --images 200 --size 32 --epochs 1 --seeds 0 1 --out "$out/remedy-sweep"
+step "remedy_sweep --results and remedy_study"
+for seed in 0 1; do
+  quiet $py bench/remedy_sweep.py --data $ham --images 150 --size 32 --epochs 1 --seeds $seed --strategies oversample jtt@20 \
+    --out "$out/remedy-study/seed$seed" --results "$out/remedy-study/results"
+done
+quiet $py bench/remedy_study.py --data $ham --results "$out/remedy-study/results" --out "$out/remedy-study/report.json"
+step network_cost;   quiet $py bench/network_cost.py --size 32 --width 4 --repeats 1 --out "$out/network-cost.json"
+quiet $py bench/network_cost.py --size 32 --width 4 --data $ham --images 120 --epochs 1 --runs "$out/network-runs" --out "$out/network-dice.json"
+step label_check_vs_cleanlab; quiet $py bench/label_check_vs_cleanlab.py --images 120 --size 32 --epochs 1 --out "$out/cleanlab-generated"
+quiet $py bench/label_check_vs_cleanlab.py --data $ham --images 150 --size 32 --epochs 1 --out "$out/cleanlab-ham"
 step enrichment_drift; toy_spec examples/ham10000-triage.json "$out/triage.json"
 quiet $py bench/enrichment_drift.py $ham --out "$out/enrichment-drift" --spec triage="$out/triage.json"
 step bench_api;       quiet $py bench/bench_api.py --scores 2000 --page 100 --page-requests 5 --poll-seconds 1 --poll-threads 2
