@@ -27,6 +27,7 @@ import numpy as np
 
 from app.services.selection import select
 from contract.jobspec import JobSpec
+from contract.roster import model_name
 from ml.pipeline import Run
 from ml.synthetic import planted_dataset, read_truth
 
@@ -57,10 +58,9 @@ def spec_for(args, variant: str) -> JobSpec:
 def pale_report(run_dir: Path, truth: dict[str, dict], seeds: list[int]) -> dict:
     """Per seed, test Dice on the rare look of dense, attended and control, and attended - control."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    name = (lambda base, s: f"{base}-s{s}") if len(seeds) > 1 else (lambda base, s: base)
 
     def on_pale(base: str, seed: int) -> float:
-        rows = metrics["models"][name(base, seed)]["test"]["per_image"]
+        rows = metrics["models"][model_name(base, seed, seeds)]["test"]["per_image"]
         return float(np.mean([r["dice"] for r in rows if truth[r["image_id"]]["look"] == "pale"]))
 
     dice = {base: [on_pale(base, s) for s in seeds] for base in ("dense", "attended", "control")}
@@ -77,17 +77,15 @@ def write_results(results: Path, variant: str, seeds: list[int], summary: dict, 
     held-out label was read)."""
     results.mkdir(parents=True, exist_ok=True)
     focus = {"test": summary.get("focus"), "validation": (summary.get("validation_endpoint") or {}).get("focus")}
-    name = (lambda base, s: f"{base}-s{s}") if len(seeds) > 1 else (lambda base, s: base)
     strategy, factor = parse_variant(variant)
     for seed in seeds:
         splits = {}
         for split in ("validation", "test"):
-            rows = {
-                base: (lambda m: m if split == "validation" else m["test"])(summary["models"][name(base, seed)])[
-                    "per_image"
-                ]
-                for base in ("dense", "attended", "control")
+            entries = {
+                base: summary["models"][model_name(base, seed, seeds)] for base in ("dense", "attended", "control")
             }
+            # metrics.json keeps a model's validation report at its top and the test one under "test"
+            rows = {base: (e if split == "validation" else e["test"])["per_image"] for base, e in entries.items()}
             splits[split] = {
                 "image_ids": [r["image_id"] for r in rows["dense"]],
                 **{base: [round(r["dice"], 5) for r in per_image] for base, per_image in rows.items()},

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from app.core.errors import InvalidInput
 from app.db.models import Dataset, Job
 from app.services import jobs, label_studio, task_masks
+from contract.jobspec import JobSpec
 
 FORMAT = Query(
     None,
@@ -35,8 +36,8 @@ def _image_url(request: Request, dataset: Dataset, image_id: str, file_name: str
 
 
 def _first_seed(job: Job) -> int:
-    train = job.spec.get("train", {})
-    return (train.get("seeds") or [train.get("seed", 0)])[0]
+    """The seed of the models the gallery and the predictions folder name first."""
+    return JobSpec.model_validate(job.spec).train.seed_list()[0]
 
 
 def tasks_response(
@@ -48,6 +49,7 @@ def tasks_response(
     store = request.app.state.store
     dataset = session.get_one(Dataset, job.dataset_id)
     run_key = jobs.run_key(job.id)
+    seed = _first_seed(job)
     out = []
     for entry in entries:
         path, width, height = task_masks.image_size(store, dataset.storage_key, entry["image_id"])
@@ -56,7 +58,7 @@ def tasks_response(
             run_key,
             entry["image_id"],
             entry["split"],
-            seed=_first_seed(job),
+            seed=seed,
             width=width,
             height=height,
             layer="oos" if kind == "label_issues" else "dense",

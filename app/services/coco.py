@@ -40,15 +40,18 @@ class CocoFile:
     categories: list[str]
 
 
-def looks_like_coco(path: Path) -> bool | None:
-    """True for a JSON object with 'images' and 'annotations' lists, False for other JSON, None for a
-    file that is no JSON (or too large to read)."""
+def load_json(path: Path) -> object | None:
+    """The file's JSON, or None for a file that is no JSON (or over MAX_JSON_BYTES)."""
     if path.stat().st_size > MAX_JSON_BYTES:
         return None
     try:
-        doc = json.loads(path.read_bytes())
+        return json.loads(path.read_bytes())
     except (ValueError, RecursionError):
         return None
+
+
+def is_coco(doc: object) -> bool:
+    """A JSON object with 'images' and 'annotations' lists."""
     return isinstance(doc, dict) and isinstance(doc.get("images"), list) and isinstance(doc.get("annotations"), list)
 
 
@@ -75,14 +78,9 @@ def _image(entry, k: int, name: str) -> CocoImage:
     return CocoImage(key, path, width, height)
 
 
-def read_coco(path: Path, name: str) -> CocoFile:
-    """The file's images with their annotations' segmentations; every field checked for type."""
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise TooLarge(f"{name} is {path.stat().st_size} bytes, over the limit of {MAX_JSON_BYTES} for a COCO file")
-    try:
-        doc = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as e:
-        raise InvalidInput(f"{name} is not valid JSON: {str(e)[:200]}") from e
+def read_coco(doc: dict, name: str) -> CocoFile:
+    """A COCO file's images (doc: its JSON, which is_coco) with their annotations' segmentations;
+    every field checked for type."""
     images = [_image(entry, k, name) for k, entry in enumerate(doc["images"])]
     by_key: dict[int | str, CocoImage] = {}
     for image in images:

@@ -54,12 +54,13 @@ def _what_is_there(files: list[PurePosixPath]) -> str:
     return ", ".join(tops[:12]) + (" ..." if len(tops) > 12 else "") if tops else "nothing a layout uses"
 
 
-def detect(raw: Path, files: list[PurePosixPath]) -> tuple[str, list[str]]:
-    """The layout's name, and notes on JSON files that were no COCO file."""
+def detect(raw: Path, files: list[PurePosixPath]) -> tuple[str, list[str], tuple[PurePosixPath, dict] | None]:
+    """The layout's name, notes on JSON files that were no COCO file, and the COCO file (its path and
+    its JSON, read once) when the layout is coco."""
     jsons = [f for f in files if f.suffix.lower() == ".json" and len(f.parts) <= 2]
-    kinds = {f: coco.looks_like_coco(raw / f) for f in jsons}
-    cocos = [f for f, is_coco in kinds.items() if is_coco]
-    broken = [f"{f} is not JSON this service can read" for f, is_coco in kinds.items() if is_coco is None]
+    docs = {f: coco.load_json(raw / f) for f in jsons}
+    cocos = [f for f, doc in docs.items() if coco.is_coco(doc)]
+    broken = [f"{f} is not JSON this service can read" for f, doc in docs.items() if doc is None]
     isic = sorted({f.parts[0] for f in files if len(f.parts) == 2 and ISIC_FOLDER.match(f.parts[0])})
     has_images = bool(_in("images", files, IMAGE_SUFFIXES))
     masks = _in("masks", files, (".png", *JPEG_SUFFIXES))
@@ -82,10 +83,10 @@ def detect(raw: Path, files: list[PurePosixPath]) -> tuple[str, list[str]]:
             + (f" ({'; '.join(broken)})" if broken else "")
         )
     if cocos:
-        return "coco", broken
+        return "coco", broken, (cocos[0], docs[cocos[0]])  # type: ignore[return-value]  # is_coco: a dict
     if isic:
-        return "isic", broken
-    return ("kvasir" if any(m.suffix.lower() in JPEG_SUFFIXES for m in masks) else "htl"), broken
+        return "isic", broken, None
+    return ("kvasir" if any(m.suffix.lower() in JPEG_SUFFIXES for m in masks) else "htl"), broken, None
 
 
 def _move(raw: Path, source: PurePosixPath, target: Path) -> None:
@@ -100,13 +101,21 @@ def _write_mask(target: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(target, format="PNG")
 
 
-def _arrange_htl(raw: Path, dest: Path, files: list[PurePosixPath], limits: Limits) -> list[str]:
+def _move_images(raw: Path, dest: Path, files: list[PurePosixPath]) -> None:
     for f in _in("images", files, IMAGE_SUFFIXES):
         _move(raw, f, dest / "images" / f.name)
-    for f in _in("masks", files, (".png",)):
-        _move(raw, f, dest / "masks" / f.name)
+
+
+def _move_metadata(raw: Path, dest: Path, files: list[PurePosixPath]) -> None:
     if PurePosixPath(METADATA_FILE) in files:
         _move(raw, PurePosixPath(METADATA_FILE), dest / METADATA_FILE)
+
+
+def _arrange_htl(raw: Path, dest: Path, files: list[PurePosixPath], limits: Limits) -> list[str]:
+    _move_images(raw, dest, files)
+    for f in _in("masks", files, (".png",)):
+        _move(raw, f, dest / "masks" / f.name)
+    _move_metadata(raw, dest, files)
     return []
 
 
@@ -116,15 +125,13 @@ def _arrange_kvasir(raw: Path, dest: Path, files: list[PurePosixPath], limits: L
         raise InvalidInput(
             f"masks/ holds both JPEG masks (Kvasir-SEG) and PNG ones (e.g. {pngs[0].name}): send one kind"
         )
-    for f in _in("images", files, IMAGE_SUFFIXES):
-        _move(raw, f, dest / "images" / f.name)
+    _move_images(raw, dest, files)
     for f in _in("masks", files, JPEG_SUFFIXES):
         image_header(raw / f, limits, str(f))  # the pixel limit, before a pixel is decoded
         decode_fully(raw / f, str(f))
         _write_mask(dest / "masks" / f"{f.stem}_segmentation.png", read_mask(raw / f))
         (raw / f).unlink()  # used: converted
-    if PurePosixPath(METADATA_FILE) in files:
-        _move(raw, PurePosixPath(METADATA_FILE), dest / METADATA_FILE)
+    _move_metadata(raw, dest, files)
     return []
 
 
@@ -194,9 +201,11 @@ def _coco_image_file(files: set[PurePosixPath], json_path: PurePosixPath, file_n
     return None
 
 
-def _arrange_coco(raw: Path, dest: Path, files: list[PurePosixPath], limits: Limits) -> list[str]:
-    json_path = next(f for f in files if f.suffix.lower() == ".json" and coco.looks_like_coco(raw / f))
-    parsed = coco.read_coco(raw / json_path, str(json_path))
+def _arrange_coco(
+    raw: Path, dest: Path, files: list[PurePosixPath], limits: Limits, *, source: tuple[PurePosixPath, dict]
+) -> list[str]:
+    json_path, doc = source
+    parsed = coco.read_coco(doc, str(json_path))
     (raw / json_path).unlink()  # read: not left to count as ignored
     present = set(files)
     budget = [coco.MAX_POLYGON_NUMBERS]
@@ -218,8 +227,7 @@ def _arrange_coco(raw: Path, dest: Path, files: list[PurePosixPath], limits: Lim
         notes.append(f"{unannotated} images have no annotation in {json_path}: their masks are empty (lesion-free)")
     if len(parsed.categories) > 1:
         notes.append(f"the masks join {len(parsed.categories)} categories ({', '.join(parsed.categories[:5])})")
-    if PurePosixPath(METADATA_FILE) in present:
-        _move(raw, PurePosixPath(METADATA_FILE), dest / METADATA_FILE)
+    _move_metadata(raw, dest, files)
     return notes
 
 
@@ -227,7 +235,6 @@ ARRANGE: dict[str, Callable[[Path, Path, list[PurePosixPath], Limits], list[str]
     "htl": _arrange_htl,
     "kvasir": _arrange_kvasir,
     "isic": _arrange_isic,
-    "coco": _arrange_coco,
 }
 
 
@@ -235,8 +242,11 @@ def arrange(raw: Path, dest: Path, limits: Limits) -> tuple[str, list[str]]:
     """Detect the layout of what unpack left in raw, put it into dest in the service's own layout, and
     remove raw. Answers the layout's name and notes for the upload's warnings."""
     files = _files(raw)
-    layout, notes = detect(raw, files)
-    notes += ARRANGE[layout](raw, dest, files, limits)
+    layout, notes, coco_file = detect(raw, files)
+    if coco_file is not None:
+        notes += _arrange_coco(raw, dest, files, limits, source=coco_file)
+    else:
+        notes += ARRANGE[layout](raw, dest, files, limits)
     left = len(_files(raw))
     shutil.rmtree(raw, ignore_errors=True)
     if left:
