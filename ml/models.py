@@ -5,6 +5,7 @@ encoder weights come only from model.weights, ml.encoder_weights) and UNet. Noth
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +13,9 @@ from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.segmentation import deeplabv3_resnet50, lraspp_mobilenet_v3_large
 
-SEGMENTERS = ("unet", "lraspp_mobilenet_v3", "deeplabv3_resnet50", "flexible_unet", "monai_unet")
-ENCODERS = ("resnet18", "resnet34", "efficientnet-b0")
-CLASSIFIERS = ("cnn", "resnet18")
+from contract.jobspec import CLASSIFIERS, SEGMENTERS, Encoder
+
+ENCODERS = get_args(Encoder)
 ARCHES = SEGMENTERS + CLASSIFIERS
 
 
